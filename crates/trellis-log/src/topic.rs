@@ -1,0 +1,388 @@
+//! A topic's shared state and its read side: the segment list, the high watermark, reads
+//! through the sparse index, `wait_for`, and the handle that feeds the writer task.
+//!
+//! `TopicShared` is what the writer task and every reader share. `TopicInner` adds the sending
+//! side of the writer's channel; it is what `Topic` handles and the catalog hold, so dropping the
+//! last of them closes the channel and lets the writer finish. Nothing here writes segment bytes.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+#[cfg(test)]
+use std::sync::atomic::AtomicBool;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::files::{self, io_error, lock, read};
+use crate::frame::HEADER_BYTES;
+use crate::index::INDEX_INTERVAL_BYTES;
+use crate::segment::{Segment, Step};
+use crate::writer::{self, ActiveState, AppendRequest, Command, StopReason, Writer};
+use crate::{AppendAck, LogError, MAX_RECORD_BYTES, Record, TopicConfig, TopicStats};
+
+pub(crate) struct TopicShared {
+    pub(crate) name: String,
+    // std Mutex: held only around path-based file-system calls (create, rename, remove), never
+    // across an await. Deleting a topic renames its directory, and this is where the new path goes.
+    pub(crate) dir: Mutex<PathBuf>,
+    // std Mutex: held only to clone or replace the config.
+    config: Mutex<TopicConfig>,
+    // std RwLock: readers hold it only to pick a segment; the writer pushes on roll and retention
+    // removes from the front. Never held across I/O on segment data or an await.
+    pub(crate) segments: RwLock<Vec<Arc<Segment>>>,
+    /// What readers may see. Moved only by the writer, after the ack point of the policy.
+    pub(crate) watermark: watch::Sender<Watermark>,
+    /// Total bytes of every segment.
+    pub(crate) size_bytes: AtomicU64,
+    /// Data-file fsyncs so far; lets tests check that appends share fsyncs.
+    pub(crate) n_data_syncs: AtomicU64,
+    /// Makes the next segment write fail after writing, to test error handling.
+    #[cfg(test)]
+    pub(crate) fail_next_write: AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Watermark {
+    /// Every record below this offset is readable.
+    pub(crate) next_offset: u64,
+    pub(crate) status: Status,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Open,
+    Closed,
+    Deleted,
+}
+
+pub(crate) struct TopicInner {
+    pub(crate) shared: Arc<TopicShared>,
+    // std Mutex: never held across an await; `commands` clones the sender out before sending.
+    writer: Mutex<WriterSlot>,
+}
+
+enum WriterSlot {
+    /// Not started yet: the writer task is spawned on the first append, which is always inside a
+    /// Tokio runtime, so that opening the log does not need one.
+    Idle(Box<Writer>),
+    Running(mpsc::Sender<Command>),
+    Stopped,
+}
+
+/// How many appends may queue for one topic's writer before `append` waits. A full group
+/// commit drains at most 4 MiB anyway, so a deeper queue would only add latency.
+const COMMAND_CHANNEL_CAPACITY: usize = 1024;
+
+impl TopicShared {
+    pub(crate) fn config(&self) -> TopicConfig {
+        lock(&self.config).clone()
+    }
+
+    pub(crate) fn set_config(&self, config: TopicConfig) {
+        *lock(&self.config) = config;
+    }
+
+    pub(crate) fn set_status(&self, status: Status) {
+        self.watermark
+            .send_modify(|watermark| watermark.status = status);
+    }
+
+    /// The error for an operation on a topic that is no longer open.
+    pub(crate) fn gone_error(&self) -> LogError {
+        match self.watermark.borrow().status {
+            Status::Deleted => LogError::NoSuchTopic(self.name.clone()),
+            Status::Open | Status::Closed => LogError::Closed,
+        }
+    }
+
+    pub(crate) fn update_size_gauge(&self) {
+        let size_bytes = self.size_bytes.load(Ordering::Acquire);
+        metrics::gauge!("trellis_log_size_bytes", "topic" => self.name.clone())
+            .set(size_bytes as f64);
+    }
+
+    pub(crate) fn stats(&self) -> TopicStats {
+        let next_offset = self.watermark.borrow().next_offset;
+        let segments = read(&self.segments);
+        let first_offset = segments
+            .first()
+            .map_or(next_offset, |segment| segment.base_offset);
+        TopicStats {
+            first_offset: first_offset.min(next_offset),
+            next_offset,
+            size_bytes: self.size_bytes.load(Ordering::Acquire),
+            n_segments: segments.len(),
+        }
+    }
+
+    pub(crate) async fn wait_for(&self, offset: u64) -> Result<(), LogError> {
+        let mut watermarks = self.watermark.subscribe();
+        let res = watermarks
+            .wait_for(|watermark| {
+                watermark.next_offset > offset || watermark.status != Status::Open
+            })
+            .await
+            .map(|watermark| *watermark);
+        match res {
+            Ok(watermark) if watermark.next_offset > offset => Ok(()),
+            // The sender lives as long as `self`, so an error cannot happen; treat it as gone.
+            Ok(_) | Err(_) => Err(self.gone_error()),
+        }
+    }
+
+    pub(crate) fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, LogError> {
+        let watermark = *self.watermark.borrow();
+        if watermark.status == Status::Deleted {
+            return Err(LogError::NoSuchTopic(self.name.clone()));
+        }
+        let high_watermark = watermark.next_offset;
+        let mut records = Vec::new();
+        if max_records == 0 || from >= high_watermark {
+            return Ok(records);
+        }
+        // Enough for the wanted bytes plus the scan from an index entry, within sane bounds.
+        // Payloads are slices of these chunks (no copy), so a record kept alive keeps its chunk.
+        let chunk_bytes = max_bytes
+            .saturating_add(INDEX_INTERVAL_BYTES as usize + HEADER_BYTES)
+            .clamp(16 * 1024, 1024 * 1024);
+        let mut n_payload_bytes = 0usize;
+        let mut next = from;
+        let mut segment = self.segment_for(from)?;
+        'segments: loop {
+            let start = segment.index_floor(next);
+            let mut cursor = segment.cursor(start.position, chunk_bytes);
+            loop {
+                let step = cursor
+                    .next_step()
+                    .map_err(|source| io_error(&segment.path, source))?;
+                let (position, meta, payload) = match step {
+                    Step::Frame {
+                        position,
+                        meta,
+                        payload,
+                    } => (position, meta, payload),
+                    Step::End => break,
+                    Step::Torn { position } | Step::Corrupt { position, .. } => {
+                        return Err(self.corrupt(&segment, position));
+                    }
+                };
+                if meta.offset < next {
+                    continue;
+                }
+                if meta.offset != next {
+                    return Err(self.corrupt(&segment, position));
+                }
+                if next >= high_watermark {
+                    break 'segments;
+                }
+                if !records.is_empty() && n_payload_bytes.saturating_add(payload.len()) > max_bytes
+                {
+                    break 'segments;
+                }
+                n_payload_bytes = n_payload_bytes.saturating_add(payload.len());
+                records.push(Record {
+                    offset: meta.offset,
+                    timestamp_ms: meta.timestamp_ms,
+                    payload,
+                });
+                next += 1;
+                if records.len() >= max_records {
+                    break 'segments;
+                }
+            }
+            if next >= high_watermark {
+                break;
+            }
+            // The segment ended below the high watermark: the rest is in the next segment.
+            match self.segment_for(next) {
+                Ok(next_segment) if next_segment.base_offset > segment.base_offset => {
+                    segment = next_segment
+                }
+                // No later segment holds `next` although it is below the watermark: a hole.
+                Ok(_) => return Err(self.corrupt(&segment, segment.len())),
+                Err(error) if records.is_empty() => return Err(error),
+                Err(_) => break,
+            }
+        }
+        Ok(records)
+    }
+
+    /// The segment that holds `offset`, or `OffsetTruncated` if retention removed it.
+    fn segment_for(&self, offset: u64) -> Result<Arc<Segment>, LogError> {
+        let segments = read(&self.segments);
+        let n_at_or_before = segments.partition_point(|segment| segment.base_offset <= offset);
+        match n_at_or_before
+            .checked_sub(1)
+            .and_then(|idx| segments.get(idx))
+        {
+            Some(segment) => Ok(Arc::clone(segment)),
+            None => {
+                let first_offset = segments
+                    .first()
+                    .map_or(offset, |segment| segment.base_offset);
+                Err(LogError::OffsetTruncated {
+                    offset,
+                    first_offset,
+                })
+            }
+        }
+    }
+
+    fn corrupt(&self, segment: &Segment, position: u64) -> LogError {
+        LogError::Corrupt {
+            topic: self.name.clone(),
+            segment: segment.base_offset,
+            position,
+        }
+    }
+}
+
+impl TopicInner {
+    /// Assembles a topic from its recovered (or freshly created) segments: the sealed ones in
+    /// offset order, then the active one, which `state` describes.
+    pub(crate) fn new(
+        name: &str,
+        dir: &Path,
+        config: TopicConfig,
+        sealed: Vec<Arc<Segment>>,
+        active: Arc<Segment>,
+        state: ActiveState,
+    ) -> TopicInner {
+        let mut segments = sealed;
+        segments.push(Arc::clone(&active));
+        let size_bytes = segments.iter().map(|segment| segment.len()).sum();
+        let watermark = Watermark {
+            next_offset: state.next_offset,
+            status: Status::Open,
+        };
+        let shared = Arc::new(TopicShared {
+            name: name.to_owned(),
+            dir: Mutex::new(dir.to_owned()),
+            config: Mutex::new(config),
+            segments: RwLock::new(segments),
+            watermark: watch::Sender::new(watermark),
+            size_bytes: AtomicU64::new(size_bytes),
+            n_data_syncs: AtomicU64::new(0),
+            #[cfg(test)]
+            fail_next_write: AtomicBool::new(false),
+        });
+        shared.update_size_gauge();
+        let writer = Writer::new(Arc::clone(&shared), active, state);
+        TopicInner {
+            shared,
+            writer: Mutex::new(WriterSlot::Idle(Box::new(writer))),
+        }
+    }
+
+    /// Creates the directory and first segment of a new, empty topic.
+    pub(crate) fn create(
+        name: &str,
+        dir: &Path,
+        config: TopicConfig,
+    ) -> Result<TopicInner, LogError> {
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(LogError::TopicExists(name.to_owned()));
+            }
+            Err(source) => return Err(io_error(dir, source)),
+        }
+        let res = files::create_segment(dir, 0);
+        let new_files = match res {
+            Ok(new_files) => new_files,
+            Err(error) => {
+                // Best effort: leave no half-made topic behind to be recovered at the next open.
+                let _ = fs::remove_dir_all(dir);
+                return Err(error);
+            }
+        };
+        let segment = Arc::new(Segment::new(
+            0,
+            new_files.log_path,
+            new_files.log_file,
+            0,
+            Vec::new(),
+            None,
+        ));
+        let state = ActiveState::empty(new_files.idx_path, new_files.idx_file);
+        Ok(TopicInner::new(
+            name,
+            dir,
+            config,
+            Vec::new(),
+            segment,
+            state,
+        ))
+    }
+
+    pub(crate) async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck, LogError> {
+        if records.is_empty() {
+            return Err(LogError::EmptyAppend);
+        }
+        if let Some(record) = records
+            .iter()
+            .find(|record| record.len() > MAX_RECORD_BYTES)
+        {
+            return Err(LogError::RecordTooLarge {
+                size: record.len(),
+                max: MAX_RECORD_BYTES,
+            });
+        }
+        if self.shared.watermark.borrow().status != Status::Open {
+            return Err(self.shared.gone_error());
+        }
+        let commands = self.commands()?;
+        let (ack, acked) = oneshot::channel();
+        if commands
+            .send(Command::Append(AppendRequest { records, ack }))
+            .await
+            .is_err()
+        {
+            return Err(self.shared.gone_error());
+        }
+        match acked.await {
+            Ok(res) => res,
+            Err(_) => Err(self.shared.gone_error()),
+        }
+    }
+
+    /// Stops the writer: for `Close` after it has written and fsynced everything queued, for
+    /// `Delete` failing whatever is still queued with `NoSuchTopic`.
+    pub(crate) async fn stop(&self, reason: StopReason) -> Result<(), LogError> {
+        let slot = std::mem::replace(&mut *lock(&self.writer), WriterSlot::Stopped);
+        let WriterSlot::Running(commands) = slot else {
+            // An idle writer never wrote anything, and recovery already fsynced what is on disk.
+            return Ok(());
+        };
+        let (done, stopped) = oneshot::channel();
+        if commands.send(Command::Stop { reason, done }).await.is_err() {
+            return Ok(());
+        }
+        stopped.await.unwrap_or(Ok(()))
+    }
+
+    /// The writer's channel, starting the writer task if this is the first append.
+    fn commands(&self) -> Result<mpsc::Sender<Command>, LogError> {
+        let mut slot = lock(&self.writer);
+        match &*slot {
+            WriterSlot::Running(commands) => return Ok(commands.clone()),
+            WriterSlot::Stopped => return Err(self.shared.gone_error()),
+            WriterSlot::Idle(_) => {}
+        }
+        let WriterSlot::Idle(idle) = std::mem::replace(&mut *slot, WriterSlot::Stopped) else {
+            return Err(self.shared.gone_error());
+        };
+        let (commands, queued) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
+        tokio::spawn(writer::run(*idle, queued));
+        *slot = WriterSlot::Running(commands.clone());
+        Ok(commands)
+    }
+}

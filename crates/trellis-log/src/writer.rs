@@ -1,0 +1,557 @@
+//! Group commit: appends from many producers share one write and one `fsync`.
+//!
+//! Each topic has one writer task fed by a bounded channel. The task takes one request, drains
+//! whatever else is already queued (up to `MAX_GROUP_BYTES`), and hands the whole group to a
+//! blocking thread, which encodes it, writes it with one positional write per segment touched
+//! and, for `Durability::Always`, fsyncs once. Only then does the task move the high watermark and
+//! resolve every waiter, so an ack never resolves before the fsync covering its record returns.
+//!
+//! The writer is the only code that writes to the active segment, rolls to a new one or persists
+//! index entries of the active segment. If a write or fsync fails, every append of that group
+//! fails, the file is truncated back to its last good length, and the topic stays usable.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::files::{self, io_error, lock, write};
+use crate::frame::{self, FrameMeta};
+use crate::index::{self, ENTRY_BYTES, IndexEntry};
+use crate::segment::Segment;
+use crate::topic::{Status, TopicShared};
+use crate::{AppendAck, Durability, LogError};
+
+pub(crate) enum Command {
+    Append(AppendRequest),
+    Stop {
+        reason: StopReason,
+        done: oneshot::Sender<Result<(), LogError>>,
+    },
+}
+
+pub(crate) struct AppendRequest {
+    pub(crate) records: Vec<Bytes>,
+    pub(crate) ack: oneshot::Sender<Result<AppendAck, LogError>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopReason {
+    /// Write and fsync everything queued, then stop.
+    Close,
+    /// Fail everything queued with `NoSuchTopic`; the files are about to be removed.
+    Delete,
+}
+
+/// Where the writer picks up on the active segment, as left by recovery or topic creation.
+pub(crate) struct ActiveState {
+    pub(crate) idx_path: PathBuf,
+    pub(crate) idx_file: File,
+    /// The offset the next record gets.
+    pub(crate) next_offset: u64,
+    /// Bytes of the active segment known to be on disk.
+    pub(crate) synced_len: u64,
+    /// Entries of the active segment's in-memory index already in its `.idx` file.
+    pub(crate) n_index_persisted: usize,
+    pub(crate) last_timestamp_ms: i64,
+}
+
+/// The writer's state. It moves into a blocking thread for every group and back.
+pub(crate) struct Writer {
+    shared: Arc<TopicShared>,
+    active: Arc<Segment>,
+    idx_path: PathBuf,
+    idx_file: File,
+    next_offset: u64,
+    /// Timestamps never go backwards within a topic, so a segment's newest record is its last.
+    last_timestamp_ms: i64,
+    synced_len: u64,
+    n_index_persisted: usize,
+    last_sync: Instant,
+    /// Set when truncating after a failed write failed too; retried before the next write.
+    truncate_pending: Option<u64>,
+    /// Encoded frames of the group being written; kept to reuse its allocation.
+    buf: Vec<u8>,
+}
+
+/// Frames encoded into `Writer::buf` but not yet written.
+struct Pending {
+    acks: Vec<AppendAck>,
+    index: Vec<IndexEntry>,
+    last_entry: Option<IndexEntry>,
+    next_offset: u64,
+}
+
+/// A group stops draining the queue once it holds this many encoded bytes. One write of this
+/// size costs a few ms; more would only delay the acks of the first appends in the group.
+const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
+
+/// The writer task of one topic. Returns when stopped, or when every `Topic` handle is gone.
+pub(crate) async fn run(mut writer: Writer, mut commands: mpsc::Receiver<Command>) {
+    let mut deferred: Option<Command> = None;
+    loop {
+        let command = match deferred.take() {
+            Some(command) => command,
+            None => {
+                let deadline = writer.sync_deadline();
+                tokio::select! {
+                    // Biased towards the deadline so a steady stream of appends cannot starve
+                    // the background fsync of `Durability::Interval`.
+                    biased;
+                    () = sleep_until(deadline) => {
+                        match on_blocking_thread(writer, Writer::background_sync).await {
+                            Some((returned, ())) => writer = returned,
+                            None => return,
+                        }
+                        continue;
+                    }
+                    command = commands.recv() => match command {
+                        Some(command) => command,
+                        None => {
+                            // Every handle is gone: flush what the policy left unsynced and stop.
+                            if let Some((_, Err(error))) = on_blocking_thread(writer, Writer::final_sync).await {
+                                tracing::error!(message = "Failed to fsync a topic on shutdown.", %error);
+                            }
+                            return;
+                        }
+                    },
+                }
+            }
+        };
+        match command {
+            Command::Append(first) => {
+                let mut group = vec![first];
+                let mut group_bytes = encoded_bytes(&group[0].records);
+                while group_bytes < MAX_GROUP_BYTES {
+                    match commands.try_recv() {
+                        Ok(Command::Append(request)) => {
+                            group_bytes += encoded_bytes(&request.records);
+                            group.push(request);
+                        }
+                        Ok(other) => {
+                            deferred = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if writer.shared.watermark.borrow().status == Status::Deleted {
+                    // Queued before the delete's stop command: pending, so it fails too.
+                    for request in group {
+                        let error = LogError::NoSuchTopic(writer.shared.name.clone());
+                        let _ = request.ack.send(Err(error));
+                    }
+                    continue;
+                }
+                let batches: Vec<Vec<Bytes>> = group
+                    .iter_mut()
+                    .map(|request| std::mem::take(&mut request.records))
+                    .collect();
+                let written =
+                    on_blocking_thread(writer, move |writer| writer.write_group(&batches)).await;
+                let Some((returned, results)) = written else {
+                    return;
+                };
+                writer = returned;
+                // Publish before acking, so a producer can read its own record once acked.
+                writer.publish();
+                for (request, res) in group.into_iter().zip(results) {
+                    let _ = request.ack.send(res);
+                }
+            }
+            Command::Stop { reason, done } => {
+                commands.close();
+                let shared = Arc::clone(&writer.shared);
+                let res = match reason {
+                    StopReason::Close => match on_blocking_thread(writer, Writer::final_sync).await
+                    {
+                        Some((_, res)) => res,
+                        None => Err(LogError::Closed),
+                    },
+                    StopReason::Delete => Ok(()),
+                };
+                // Appends that raced with the stop are refused rather than written.
+                while let Ok(command) = commands.try_recv() {
+                    let error = match reason {
+                        StopReason::Close => LogError::Closed,
+                        StopReason::Delete => LogError::NoSuchTopic(shared.name.clone()),
+                    };
+                    fail_command(command, error);
+                }
+                let _ = done.send(res);
+                return;
+            }
+        }
+    }
+}
+
+impl ActiveState {
+    /// The state of a brand-new, empty segment at offset 0.
+    pub(crate) fn empty(idx_path: PathBuf, idx_file: File) -> ActiveState {
+        ActiveState {
+            idx_path,
+            idx_file,
+            next_offset: 0,
+            synced_len: 0,
+            n_index_persisted: 0,
+            last_timestamp_ms: i64::MIN,
+        }
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(
+        shared: Arc<TopicShared>,
+        active: Arc<Segment>,
+        active_state: ActiveState,
+    ) -> Writer {
+        Writer {
+            shared,
+            active,
+            idx_path: active_state.idx_path,
+            idx_file: active_state.idx_file,
+            next_offset: active_state.next_offset,
+            last_timestamp_ms: active_state.last_timestamp_ms,
+            synced_len: active_state.synced_len,
+            n_index_persisted: active_state.n_index_persisted,
+            last_sync: Instant::now(),
+            truncate_pending: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes a group of append batches; one result per batch, in order.
+    fn write_group(&mut self, batches: &[Vec<Bytes>]) -> Vec<Result<AppendAck, LogError>> {
+        let config = self.shared.config();
+        let sync_group = config.durability == Durability::Always;
+        let mut results = Vec::with_capacity(batches.len());
+        if let Err(error) = self.finish_pending_truncate() {
+            results.extend(batches.iter().map(|_| Err(error.duplicate())));
+            return results;
+        }
+        let timestamp_ms = now_ms().max(self.last_timestamp_ms);
+        let mut pending = self.start_pending();
+        for (batch_idx, batch) in batches.iter().enumerate() {
+            let batch_bytes: u64 = batch
+                .iter()
+                .map(|record| frame::frame_bytes(record.len()) as u64)
+                .sum();
+            let segment_len = self.active.len() + self.buf.len() as u64;
+            if segment_len > 0 && segment_len + batch_bytes > config.segment_bytes {
+                // The active segment is full. A batch never spans segments (recovery only checks
+                // batch completeness in the active one), so make what it holds durable, seal it
+                // and start the next before encoding this batch.
+                let res = self
+                    .commit(pending, timestamp_ms, true, &mut results)
+                    .and_then(|()| self.roll());
+                if let Err(error) = res {
+                    results.extend(batches[batch_idx..].iter().map(|_| Err(error.duplicate())));
+                    return results;
+                }
+                pending = self.start_pending();
+            }
+            self.encode_batch(&mut pending, batch, timestamp_ms);
+        }
+        // The commit reports its error through `results`.
+        let _ = self.commit(pending, timestamp_ms, sync_group, &mut results);
+        results
+    }
+
+    fn start_pending(&self) -> Pending {
+        Pending {
+            acks: Vec::new(),
+            index: Vec::new(),
+            last_entry: self.active.last_index_entry(),
+            next_offset: self.next_offset,
+        }
+    }
+
+    fn encode_batch(&mut self, pending: &mut Pending, batch: &[Bytes], timestamp_ms: i64) {
+        let first_offset = pending.next_offset;
+        let mut position = self.active.len() + self.buf.len() as u64;
+        for (record_idx, record) in batch.iter().enumerate() {
+            if index::wants_entry(pending.last_entry.as_ref(), position) {
+                let entry = IndexEntry {
+                    offset: pending.next_offset,
+                    position,
+                };
+                pending.index.push(entry);
+                pending.last_entry = Some(entry);
+            }
+            let meta = FrameMeta {
+                offset: pending.next_offset,
+                timestamp_ms,
+                end_of_batch: record_idx + 1 == batch.len(),
+            };
+            frame::encode(&mut self.buf, meta, record);
+            position += frame::frame_bytes(record.len()) as u64;
+            pending.next_offset += 1;
+        }
+        pending.acks.push(AppendAck {
+            first_offset,
+            n_records: batch.len() as u64,
+        });
+    }
+
+    /// Writes the encoded frames to the active segment and, if `sync`, fsyncs it. On success the
+    /// records become part of the segment; either way every batch of `pending` gets its result.
+    fn commit(
+        &mut self,
+        pending: Pending,
+        timestamp_ms: i64,
+        sync: bool,
+        results: &mut Vec<Result<AppendAck, LogError>>,
+    ) -> Result<(), LogError> {
+        let res = self.write_and_sync(sync);
+        let n_written = self.buf.len() as u64;
+        self.buf.clear();
+        if let Err(error) = res {
+            results.extend(pending.acks.iter().map(|_| Err(error.duplicate())));
+            return Err(error);
+        }
+        let new_len = self.active.len() + n_written;
+        self.active.extend_index(&pending.index);
+        if !pending.acks.is_empty() {
+            self.active.note_timestamp(timestamp_ms);
+            self.last_timestamp_ms = timestamp_ms;
+        }
+        self.active.set_len(new_len);
+        self.shared
+            .size_bytes
+            .fetch_add(n_written, Ordering::AcqRel);
+        self.next_offset = pending.next_offset;
+        if sync {
+            self.synced_len = new_len;
+            self.persist_index();
+        }
+        results.extend(pending.acks.into_iter().map(Ok));
+        Ok(())
+    }
+
+    fn write_and_sync(&mut self, sync: bool) -> Result<(), LogError> {
+        let position = self.active.len();
+        if !self.buf.is_empty()
+            && let Err(source) = self.write_at(position)
+        {
+            self.truncate_to(position);
+            return Err(io_error(&self.active.path, source));
+        }
+        let end = position + self.buf.len() as u64;
+        if sync
+            && end > self.synced_len
+            && let Err(source) = self.sync_active()
+        {
+            self.truncate_to(position);
+            return Err(io_error(&self.active.path, source));
+        }
+        Ok(())
+    }
+
+    fn write_at(&self, position: u64) -> std::io::Result<()> {
+        self.active.file.write_all_at(&self.buf, position)?;
+        #[cfg(test)]
+        if self.shared.fail_next_write.swap(false, Ordering::AcqRel) {
+            // Fail after the bytes are in the file, so the truncation is exercised too.
+            return Err(std::io::Error::other("injected write failure"));
+        }
+        Ok(())
+    }
+
+    fn sync_active(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let res = self.active.file.sync_data();
+        metrics::histogram!("trellis_log_fsync_seconds").record(started.elapsed().as_secs_f64());
+        self.shared.n_data_syncs.fetch_add(1, Ordering::AcqRel);
+        self.last_sync = Instant::now();
+        res
+    }
+
+    /// Cuts the active segment back to `len` after a failed write or fsync, so no unacknowledged
+    /// bytes stay in the file. If that fails too, every later write fails until it succeeds.
+    fn truncate_to(&mut self, len: u64) {
+        if let Err(error) = self.active.file.set_len(len) {
+            tracing::error!(
+                message = "Failed to truncate a segment after a failed write; appends fail until it succeeds.",
+                %error,
+                path = %self.active.path.display(),
+            );
+            self.truncate_pending = Some(len);
+        }
+    }
+
+    fn finish_pending_truncate(&mut self) -> Result<(), LogError> {
+        let Some(len) = self.truncate_pending else {
+            return Ok(());
+        };
+        self.active
+            .file
+            .set_len(len)
+            .map_err(|source| io_error(&self.active.path, source))?;
+        self.truncate_pending = None;
+        Ok(())
+    }
+
+    /// Writes index entries of the active segment that the last fsync covers to its `.idx` file.
+    /// Failures only cost recovery time, so they are logged and retried at the next fsync.
+    fn persist_index(&mut self) {
+        let entries = self
+            .active
+            .index_entries_before(self.n_index_persisted, self.synced_len);
+        if entries.is_empty() {
+            return;
+        }
+        let mut bytes = Vec::new();
+        index::encode(&entries, &mut bytes);
+        let position = (self.n_index_persisted * ENTRY_BYTES) as u64;
+        match self.idx_file.write_all_at(&bytes, position) {
+            Ok(()) => self.n_index_persisted += entries.len(),
+            Err(error) => tracing::warn!(
+                message = "Failed to write a segment index; recovery will rebuild it.",
+                %error,
+                path = %self.idx_path.display(),
+            ),
+        }
+    }
+
+    /// Seals the active segment (its data is already fsynced) and starts the next one.
+    fn roll(&mut self) -> Result<(), LogError> {
+        debug_assert_eq!(self.synced_len, self.active.len());
+        self.persist_index();
+        if let Err(error) = self.idx_file.sync_data() {
+            tracing::warn!(
+                message = "Failed to fsync a segment index; recovery will rebuild it.",
+                %error,
+                path = %self.idx_path.display(),
+            );
+        }
+        let base_offset = self.next_offset;
+        let dir = lock(&self.shared.dir);
+        let new_files = files::create_segment(&dir, base_offset)?;
+        let segment = Arc::new(Segment::new(
+            base_offset,
+            new_files.log_path,
+            new_files.log_file,
+            0,
+            Vec::new(),
+            None,
+        ));
+        write(&self.shared.segments).push(Arc::clone(&segment));
+        drop(dir);
+        self.active = segment;
+        self.idx_path = new_files.idx_path;
+        self.idx_file = new_files.idx_file;
+        self.synced_len = 0;
+        self.n_index_persisted = 0;
+        Ok(())
+    }
+
+    /// When the background fsync of `Durability::Interval` is due, if there is anything to sync.
+    fn sync_deadline(&self) -> Option<Instant> {
+        match self.shared.config().durability {
+            Durability::Interval(interval) if self.active.len() > self.synced_len => {
+                Some(self.last_sync + interval)
+            }
+            Durability::Always | Durability::Interval(_) | Durability::Never => None,
+        }
+    }
+
+    fn background_sync(&mut self) {
+        let len = self.active.len();
+        if len <= self.synced_len {
+            return;
+        }
+        match self.sync_active() {
+            Ok(()) => {
+                self.synced_len = len;
+                self.persist_index();
+            }
+            Err(error) => tracing::error!(
+                message = "Background fsync failed; retrying at the next interval.",
+                %error,
+                path = %self.active.path.display(),
+            ),
+        }
+    }
+
+    /// Makes everything written durable, including the active segment's index.
+    fn final_sync(&mut self) -> Result<(), LogError> {
+        let len = self.active.len();
+        if len > self.synced_len {
+            self.sync_active()
+                .map_err(|source| io_error(&self.active.path, source))?;
+            self.synced_len = len;
+        }
+        self.persist_index();
+        self.idx_file
+            .sync_data()
+            .map_err(|source| io_error(&self.idx_path, source))
+    }
+
+    /// Lets readers see everything written so far. Runs on the async side after the ack point.
+    fn publish(&self) {
+        let next_offset = self.next_offset;
+        self.shared.watermark.send_if_modified(|watermark| {
+            let moved = watermark.next_offset < next_offset;
+            watermark.next_offset = watermark.next_offset.max(next_offset);
+            moved
+        });
+        self.shared.update_size_gauge();
+    }
+}
+
+fn fail_command(command: Command, error: LogError) {
+    match command {
+        Command::Append(request) => {
+            let _ = request.ack.send(Err(error));
+        }
+        Command::Stop { done, .. } => {
+            let _ = done.send(Ok(()));
+        }
+    }
+}
+
+/// Runs `work` on the writer in a blocking thread, handing the writer back. `None` means the
+/// work panicked and the writer is lost; the task then stops and later appends fail.
+async fn on_blocking_thread<R: Send + 'static>(
+    mut writer: Writer,
+    work: impl FnOnce(&mut Writer) -> R + Send + 'static,
+) -> Option<(Writer, R)> {
+    let res = tokio::task::spawn_blocking(move || {
+        let out = work(&mut writer);
+        (writer, out)
+    })
+    .await;
+    match res {
+        Ok(returned) => Some(returned),
+        Err(error) => {
+            tracing::error!(message = "A topic writer panicked; the topic stops accepting appends.", %error);
+            None
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn encoded_bytes(records: &[Bytes]) -> usize {
+    records
+        .iter()
+        .map(|record| frame::frame_bytes(record.len()))
+        .sum()
+}
+
+fn now_ms() -> i64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
