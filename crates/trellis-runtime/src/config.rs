@@ -1,0 +1,36 @@
+//! Runtime settings: what the `trellis` binary hands the runtime after merging its config file,
+//! environment and flags. Plain data; validation of user input happens where it is parsed.
+
+use std::time::Duration;
+
+use crate::topics::TopicSettings;
+
+/// Settings of the HTTP API and the topics it creates.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// A single event larger than this (in its stored, structured JSON form) is refused with 413.
+    pub max_event_bytes: usize,
+    /// A request body (one event or a whole batch) larger than this is refused with 413.
+    pub max_batch_bytes: usize,
+    /// A batch with more events than this is refused with 413.
+    pub max_batch_events: usize,
+    /// Publishing to a topic that does not exist creates it with `default_topic`.
+    pub auto_create_topics: bool,
+    /// Settings for topics created without explicit ones.
+    pub default_topic: TopicSettings,
+    /// How often retention runs over every topic.
+    pub retention_check_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            max_event_bytes: 1024 * 1024,
+            max_batch_bytes: 16 * 1024 * 1024,
+            max_batch_events: 10_000,
+            auto_create_topics: true,
+            default_topic: TopicSettings::default(),
+            retention_check_interval: Duration::from_secs(30),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! The HTTP API's router and shared state. Handlers live in one file per resource.
+
+mod ops;
+mod publish;
+mod topics;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::config::RuntimeConfig;
+use crate::error::ApiError;
+use crate::topics::TopicRegistry;
+
+/// What every handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub config: Arc<RuntimeConfig>,
+    pub topics: TopicRegistry,
+    pub metrics: PrometheusHandle,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+pub(crate) fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+        .route("/v1/topics", get(topics::list))
+        .route(
+            "/v1/topics/{topic}",
+            get(topics::get).put(topics::put).delete(topics::delete),
+        )
+        .route(
+            "/v1/topics/{topic}/events",
+            post(publish::publish).get(topics::read_events),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found(
+        "not_found",
+        "no such endpoint; the API lives under /v1/topics",
+    )
+}
+
+async fn method_not_allowed() -> impl IntoResponse {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}

@@ -1,0 +1,189 @@
+//! `POST /v1/topics/{topic}/events`: the CloudEvents HTTP binding in binary, structured and
+//! batched mode. A 202 is sent only after the log says the events are as durable as the topic's
+//! policy requires; a batch is appended as one all-or-nothing unit.
+
+use std::time::Instant;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use trellis_cloudevents::{CloudEvent, ContentMode, EventError};
+
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::metrics as m;
+
+#[derive(Serialize)]
+struct Published<'a> {
+    events: Vec<PublishedEvent<'a>>,
+}
+
+#[derive(Serialize)]
+struct PublishedEvent<'a> {
+    id: &'a str,
+    offset: u64,
+}
+
+/// Extension names Trellis itself puts on events it returns; a producer may not set them.
+const RESERVED_EXTENSIONS: &[&str] = &["offset"];
+
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    Path(topic_name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let res = publish_inner(&state, &topic_name, &headers, body).await;
+    let outcome = match &res {
+        Ok(_) => "accepted",
+        Err(error) if error.status.is_client_error() => "rejected",
+        Err(_) => "failed",
+    };
+    metrics::counter!(m::PUBLISH_REQUESTS, "outcome" => outcome).increment(1);
+    metrics::histogram!(m::PUBLISH_DURATION, "outcome" => outcome)
+        .record(started.elapsed().as_secs_f64());
+    match res {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn publish_inner(
+    state: &AppState,
+    topic_name: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let limits = &state.config;
+    let mode = trellis_cloudevents::content_mode(headers).map_err(|error| {
+        ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_content_type",
+            error.message,
+        )
+    })?;
+    // The name is checked before the body is read so a bad name costs no body transfer.
+    state.topics.check_publish(topic_name)?;
+
+    let body_limit = match mode {
+        ContentMode::Batch => limits.max_batch_bytes,
+        // A single event's encoded form has some overhead over its body; the exact check on the
+        // encoded size comes below.
+        ContentMode::Binary | ContentMode::Structured => {
+            limits.max_batch_bytes.min(limits.max_event_bytes * 2)
+        }
+    };
+    let body = read_body(headers, body, body_limit).await?;
+
+    let events = match mode {
+        ContentMode::Binary => {
+            vec![trellis_cloudevents::parse_binary(headers, body).map_err(invalid_event)?]
+        }
+        ContentMode::Structured => {
+            vec![trellis_cloudevents::parse_structured(&body).map_err(invalid_event)?]
+        }
+        ContentMode::Batch => trellis_cloudevents::parse_batch(&body).map_err(invalid_event)?,
+    };
+    if events.len() > limits.max_batch_events {
+        return Err(ApiError::too_large(format!(
+            "a batch may hold at most {} events; got {}",
+            limits.max_batch_events,
+            events.len()
+        )));
+    }
+    let batch_index = |idx: usize| (mode == ContentMode::Batch).then_some(idx);
+
+    let mut records = Vec::with_capacity(events.len());
+    let mut n_bytes = 0u64;
+    for (idx, event) in events.iter().enumerate() {
+        check_reserved(event).map_err(|error| error.with_index(batch_index(idx)))?;
+        let encoded = event.to_structured_json();
+        if encoded.len() > limits.max_event_bytes {
+            let at = batch_index(idx)
+                .map(|idx| format!("event {idx} "))
+                .unwrap_or_default();
+            return Err(ApiError::too_large(format!(
+                "{at}is {} bytes encoded; the maximum event size is {} bytes",
+                encoded.len(),
+                limits.max_event_bytes
+            ))
+            .with_index(batch_index(idx)));
+        }
+        n_bytes += encoded.len() as u64;
+        records.push(Bytes::from(encoded));
+    }
+
+    let topic = state.topics.for_publish(topic_name)?;
+    let ack = topic.append(records).await.map_err(|error| match error {
+        trellis_log::LogError::NoSuchTopic(_) => ApiError::unavailable(
+            "the topic was deleted while the events were being stored; nothing was stored",
+        ),
+        trellis_log::LogError::Closed => {
+            ApiError::unavailable("Trellis is shutting down; nothing was stored")
+        }
+        other => ApiError::internal("storing events", &other),
+    })?;
+
+    let topic_label = topic.name().to_owned();
+    metrics::counter!(m::PUBLISH_EVENTS, "topic" => topic_label.clone()).increment(ack.n_records);
+    metrics::counter!(m::PUBLISH_BYTES, "topic" => topic_label).increment(n_bytes);
+
+    let published = Published {
+        events: events
+            .iter()
+            .zip(ack.first_offset..)
+            .map(|(event, offset)| PublishedEvent {
+                id: &event.id,
+                offset,
+            })
+            .collect(),
+    };
+    Ok((StatusCode::ACCEPTED, Json(published)).into_response())
+}
+
+/// Reads the whole body, refusing with 413 (before reading, when `Content-Length` says so) above `limit`.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::too_large(format!(
+            "the request body exceeds the limit of {limit} bytes"
+        ))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|declared| declared > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) => Err(ApiError::bad_request(
+            "unreadable_body",
+            format!("the request body could not be read: {error}"),
+        )),
+    }
+}
+
+fn invalid_event(error: EventError) -> ApiError {
+    ApiError::bad_request("invalid_event", error.message)
+        .with_attribute(error.attribute)
+        .with_index(error.index)
+}
+
+fn check_reserved(event: &CloudEvent) -> Result<(), ApiError> {
+    match RESERVED_EXTENSIONS.iter().find(|name| event.extensions.contains_key(**name)) {
+        None => Ok(()),
+        Some(name) => Err(ApiError::bad_request(
+            "invalid_event",
+            format!("extension attribute `{name}` is reserved: Trellis reports each event's log offset under that name"),
+        )
+        .with_attribute(Some((*name).to_owned()))),
+    }
+}

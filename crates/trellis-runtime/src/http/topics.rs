@@ -1,0 +1,178 @@
+//! Topic administration and reads: `PUT/GET/DELETE /v1/topics/{topic}`, `GET /v1/topics` and
+//! `GET /v1/topics/{topic}/events`.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use trellis_log::{LogError, Topic};
+
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::topics::{PutOutcome, TopicSettings, TopicSettingsPatch, settings_of};
+
+/// A reads page holds at most this many events, whatever `limit` asks for.
+const MAX_READ_LIMIT: usize = 1000;
+const DEFAULT_READ_LIMIT: usize = 100;
+/// A reads page stops growing once it holds this much event data.
+const MAX_READ_BYTES: usize = 8 * 1024 * 1024;
+
+#[derive(Serialize)]
+pub(crate) struct TopicView {
+    name: String,
+    first_offset: u64,
+    next_offset: u64,
+    size_bytes: u64,
+    segments: usize,
+    settings: TopicSettings,
+}
+
+impl TopicView {
+    fn of(topic: &Topic) -> TopicView {
+        let stats = topic.stats();
+        TopicView {
+            name: topic.name().to_owned(),
+            first_offset: stats.first_offset,
+            next_offset: stats.next_offset,
+            size_bytes: stats.size_bytes,
+            segments: stats.n_segments,
+            settings: settings_of(&topic.config()),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct TopicList {
+    topics: Vec<TopicView>,
+}
+
+pub(crate) async fn list(State(state): State<AppState>) -> Json<TopicList> {
+    let topics = state
+        .topics
+        .log()
+        .topics()
+        .iter()
+        .map(TopicView::of)
+        .collect();
+    Json(TopicList { topics })
+}
+
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<TopicView>, ApiError> {
+    let topic = state.topics.get(&name)?;
+    Ok(Json(TopicView::of(&topic)))
+}
+
+pub(crate) async fn put(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // An empty body means "create with the defaults" (or "change nothing").
+    let patch: TopicSettingsPatch = if body.iter().all(u8::is_ascii_whitespace) {
+        TopicSettingsPatch::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|error| {
+            ApiError::bad_request(
+                "invalid_settings",
+                format!("topic settings must be a JSON object: {error}"),
+            )
+        })?
+    };
+    let (outcome, topic) = state.topics.put(&name, &patch).await?;
+    let status = match outcome {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Updated => StatusCode::OK,
+    };
+    Ok((status, Json(TopicView::of(&topic))).into_response())
+}
+
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.topics.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReadQuery {
+    from: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Events as a JSON array of structured events, each with its `offset` added.
+pub(crate) async fn read_events(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "expected ?from=OFFSET&limit=N with non-negative integers: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    let topic = state.topics.get(&name)?;
+    let limit = query.limit.unwrap_or(DEFAULT_READ_LIMIT);
+    if limit == 0 || limit > MAX_READ_LIMIT {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_READ_LIMIT}; got {limit}"),
+        ));
+    }
+    let from = query.from.unwrap_or_else(|| topic.stats().first_offset);
+    let reader = topic.clone();
+    let records = tokio::task::spawn_blocking(move || reader.read(from, limit, MAX_READ_BYTES))
+        .await
+        .map_err(|error| ApiError::internal("reading events", &error))?
+        .map_err(|error| match error {
+            LogError::OffsetTruncated { offset, first_offset } => ApiError::new(
+                StatusCode::GONE,
+                "offset_truncated",
+                format!("offset {offset} was removed by retention; the oldest stored offset is {first_offset}"),
+            ),
+            LogError::NoSuchTopic(name) => ApiError::not_found("topic_not_found", format!("topic {name:?} does not exist")),
+            other => ApiError::internal("reading events", &other),
+        })?;
+
+    // The log stores each event as a structured JSON object; splicing the offset in as the first
+    // member avoids decoding and re-encoding every event.
+    let mut body = Vec::with_capacity(
+        records
+            .iter()
+            .map(|record| record.payload.len() + 24)
+            .sum::<usize>()
+            + 2,
+    );
+    body.push(b'[');
+    for (idx, record) in records.iter().enumerate() {
+        if idx > 0 {
+            body.push(b',');
+        }
+        let rest = record.payload.strip_prefix(b"{").ok_or_else(|| {
+            ApiError::internal(
+                "reading events",
+                &std::io::Error::other(format!(
+                    "stored record at offset {} is not a JSON object",
+                    record.offset
+                )),
+            )
+        })?;
+        body.extend_from_slice(format!("{{\"offset\":{}", record.offset).as_bytes());
+        if rest.first() != Some(&b'}') {
+            body.push(b',');
+        }
+        body.extend_from_slice(rest);
+    }
+    body.push(b']');
+    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+}

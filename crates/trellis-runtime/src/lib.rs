@@ -1,0 +1,25 @@
+//! The Trellis runtime: the HTTP API (CloudEvents publish, topics, reads, operations) over the
+//! event log and the metadata store.
+//!
+//! # Layout
+//! - `serve`: runs the API until a shutdown signal, then drains and flushes.
+//! - `http`: the router; one file per resource under `http/`.
+//! - `topics`: topic settings and the registry joining the metadata store and the log.
+//! - `config`: the runtime's settings, as the binary hands them over.
+//! - `error`: the API's one error shape.
+//! - `metrics`: metric names and the Prometheus recorder.
+//!
+//! This crate knows HTTP and CloudEvents; the log below it stores opaque records and the
+//! metadata store below it is a trait.
+
+mod config;
+mod error;
+mod http;
+mod metrics;
+mod serve;
+mod topics;
+
+pub use config::RuntimeConfig;
+pub use error::error_chain;
+pub use serve::{ServeError, serve};
+pub use topics::{DurabilityPolicy, TopicSettings};

@@ -1,0 +1,117 @@
+//! Running the runtime: open storage, serve HTTP until the shutdown signal, then drain in-flight
+//! requests, stop background work and flush the log before returning.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use trellis_log::Log;
+use trellis_meta::MetadataStore;
+
+use crate::config::RuntimeConfig;
+use crate::error::error_chain;
+use crate::http::{AppState, router};
+use crate::topics::TopicRegistry;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    #[error("loading topic settings failed: {0}")]
+    Topics(String),
+    #[error("the HTTP server failed")]
+    Http(#[source] std::io::Error),
+    #[error("flushing the log at shutdown failed")]
+    Flush(#[source] trellis_log::LogError),
+}
+
+/// Serves the HTTP API on `listener` until `shutdown` is cancelled. On shutdown it stops
+/// accepting, lets in-flight requests finish, stops background tasks and closes (fsyncs) the log.
+pub async fn serve(
+    listener: TcpListener,
+    log: Log,
+    meta: Arc<dyn MetadataStore>,
+    config: RuntimeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let topics = TopicRegistry::open(
+        log.clone(),
+        meta,
+        config.default_topic.clone(),
+        config.auto_create_topics,
+    )
+    .await
+    .map_err(|error| ServeError::Topics(error.message))?;
+    let metrics = crate::metrics::handle();
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let state = AppState {
+        config: Arc::new(config.clone()),
+        topics,
+        metrics: metrics.clone(),
+        shutting_down: shutting_down.clone(),
+    };
+
+    let tasks = TaskTracker::new();
+    tasks.spawn(retention_loop(
+        log.clone(),
+        config.retention_check_interval,
+        shutdown.child_token(),
+    ));
+    tasks.spawn(metrics_upkeep(metrics, shutdown.child_token()));
+
+    let app = router(state);
+    let graceful = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.cancelled().await;
+            shutting_down.store(true, Ordering::Relaxed);
+            tracing::info!(message = "Shutting down: finishing in-flight requests.");
+        }
+    };
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(graceful)
+        .await;
+    shutdown.cancel();
+    tasks.close();
+    tasks.wait().await;
+    let closed = log.close().await;
+    served.map_err(ServeError::Http)?;
+    closed.map_err(ServeError::Flush)?;
+    tracing::info!(message = "Stopped; the log is flushed.");
+    Ok(())
+}
+
+async fn retention_loop(log: Log, every: Duration, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let pass = log.clone();
+        match tokio::task::spawn_blocking(move || pass.enforce_retention()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(message = "Retention pass failed.", error = %error_chain(&error))
+            }
+            Err(error) => tracing::warn!(message = "Retention pass failed.", error = %error),
+        }
+    }
+}
+
+/// Histograms in the Prometheus recorder need periodic upkeep to age out old samples.
+async fn metrics_upkeep(
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+    shutdown: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = ticker.tick() => handle.run_upkeep(),
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! Starts and stops an in-process runtime for a test.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use trellis_log::{Log, LogOptions};
+use trellis_meta::EmbeddedStore;
+use trellis_runtime::{RuntimeConfig, ServeError};
+
+pub(crate) struct Server {
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Server {
+    pub(crate) async fn start(dir: &std::path::Path, config: RuntimeConfig) -> Server {
+        let log = Log::open(LogOptions {
+            dir: dir.join("log"),
+            default_topic: config.default_topic.to_log_config(),
+        })
+        .expect("open log");
+        let meta = EmbeddedStore::open(&dir.join("meta.redb")).expect("open metadata store");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(trellis_runtime::serve(
+            listener,
+            log,
+            Arc::new(meta),
+            config,
+            shutdown.clone(),
+        ));
+        Server {
+            base,
+            client: reqwest::Client::new(),
+            shutdown,
+            task,
+        }
+    }
+
+    pub(crate) async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("serve task")
+            .expect("serve ends cleanly");
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Publishes one binary-mode event and returns the status and JSON body.
+    pub(crate) async fn publish_binary(&self, topic: &str, id: &str, data: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(&format!("/v1/topics/{topic}/events")))
+            .header("ce-specversion", "1.0")
+            .header("ce-id", id)
+            .header("ce-source", "/tests")
+            .header("ce-type", "com.example.test")
+            .header("content-type", "text/plain")
+            .body(data.to_owned())
+            .send()
+            .await
+            .expect("publish request");
+        json_of(response).await
+    }
+
+    pub(crate) async fn post(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        json_of(response).await
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+        json_of(
+            self.client
+                .get(self.url(path))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub(crate) async fn put(&self, path: &str, body: &str) -> (u16, Value) {
+        json_of(
+            self.client
+                .put(self.url(path))
+                .body(body.to_owned())
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+
+    pub(crate) async fn delete(&self, path: &str) -> (u16, Value) {
+        json_of(
+            self.client
+                .delete(self.url(path))
+                .send()
+                .await
+                .expect("request"),
+        )
+        .await
+    }
+}
+
+pub(crate) async fn json_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    (status, value)
+}
+
+/// Asserts the API's error shape and returns the message.
+#[track_caller]
+pub(crate) fn assert_error(res: &(u16, Value), status: u16, code: &str) -> String {
+    assert_eq!(res.0, status, "unexpected status; body {}", res.1);
+    assert_eq!(
+        res.1["error"], code,
+        "unexpected error code; body {}",
+        res.1
+    );
+    res.1["message"]
+        .as_str()
+        .expect("message is a string")
+        .to_owned()
+}
+
+pub(crate) fn event(id: &str) -> Value {
+    serde_json::json!({"specversion": "1.0", "id": id, "source": "/tests", "type": "com.example.test", "data": {"n": 1}})
+}

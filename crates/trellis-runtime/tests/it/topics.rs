@@ -1,0 +1,206 @@
+//! Topic administration and reads.
+
+use serde_json::json;
+use trellis_runtime::RuntimeConfig;
+
+use crate::support::{Server, assert_error};
+
+async fn server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    (dir, server)
+}
+
+#[tokio::test]
+async fn put_creates_then_updates_a_topic() {
+    let (_dir, server) = server().await;
+    let created = server
+        .put(
+            "/v1/topics/orders",
+            r#"{"durability": "interval", "fsync_interval_ms": 50}"#,
+        )
+        .await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    assert_eq!(created.1["name"], "orders");
+    assert_eq!(created.1["settings"]["durability"], "interval");
+    assert_eq!(created.1["settings"]["fsync_interval_ms"], 50);
+    assert_eq!(created.1["next_offset"], 0);
+
+    let updated = server
+        .put("/v1/topics/orders", r#"{"retention_bytes": 1048576}"#)
+        .await;
+    assert_eq!(updated.0, 200, "{}", updated.1);
+    assert_eq!(updated.1["settings"]["retention_bytes"], 1048576);
+    assert_eq!(
+        updated.1["settings"]["durability"], "interval",
+        "fields not given keep their value"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn put_refuses_bad_settings_naming_the_field() {
+    let (_dir, server) = server().await;
+    let message = assert_error(
+        &server.put("/v1/topics/t", r#"{"segment_bytes": 10}"#).await,
+        400,
+        "invalid_settings",
+    );
+    assert!(message.contains("segment_bytes"), "{message}");
+    let message = assert_error(
+        &server.put("/v1/topics/t", r#"{"retention": 5}"#).await,
+        400,
+        "invalid_settings",
+    );
+    assert!(message.contains("retention"), "{message}");
+    let message = assert_error(
+        &server
+            .put("/v1/topics/t", r#"{"durability": "sometimes"}"#)
+            .await,
+        400,
+        "invalid_settings",
+    );
+    assert!(message.contains("sometimes"), "{message}");
+    assert_error(
+        &server.put("/v1/topics/t", "[1,2]").await,
+        400,
+        "invalid_settings",
+    );
+    assert_error(
+        &server.put("/v1/topics/bad%20name", "").await,
+        400,
+        "invalid_topic_name",
+    );
+    assert_eq!(
+        server.get("/v1/topics/t").await.0,
+        404,
+        "a refused PUT creates nothing"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_and_get_report_offsets_bytes_and_settings() {
+    let (_dir, server) = server().await;
+    server.publish_binary("b", "1", "x").await;
+    server.publish_binary("b", "2", "y").await;
+    server.put("/v1/topics/a", "").await;
+    let (status, list) = server.get("/v1/topics").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = list["topics"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let (status, topic) = server.get("/v1/topics/b").await;
+    assert_eq!(status, 200);
+    assert_eq!(topic["first_offset"], 0);
+    assert_eq!(topic["next_offset"], 2);
+    assert!(
+        topic["size_bytes"].as_u64().is_some_and(|bytes| bytes > 0),
+        "{topic}"
+    );
+    assert_eq!(topic["settings"]["durability"], "always");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn delete_removes_a_topic_and_its_events() {
+    let (_dir, server) = server().await;
+    server.publish_binary("t", "1", "x").await;
+    let (status, _) = server.delete("/v1/topics/t").await;
+    assert_eq!(status, 204);
+    assert_error(&server.get("/v1/topics/t").await, 404, "topic_not_found");
+    assert_error(&server.delete("/v1/topics/t").await, 404, "topic_not_found");
+    assert_error(
+        &server.get("/v1/topics/t/events").await,
+        404,
+        "topic_not_found",
+    );
+    // Publishing again starts a new topic from offset 0.
+    let res = server.publish_binary("t", "2", "x").await;
+    assert_eq!(res.1["events"][0]["offset"], 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reads_page_through_the_log() {
+    let (_dir, server) = server().await;
+    for n in 0..25 {
+        server
+            .publish_binary("t", &format!("e-{n}"), &format!("data-{n}"))
+            .await;
+    }
+    let (status, page) = server.get("/v1/topics/t/events?from=10&limit=5").await;
+    assert_eq!(status, 200);
+    let offsets: Vec<u64> = page
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|e| e["offset"].as_u64())
+        .collect();
+    assert_eq!(offsets, [10, 11, 12, 13, 14]);
+    assert_eq!(page[0]["id"], "e-10");
+    assert_eq!(page[0]["data"], "data-10");
+    let (_, tail) = server.get("/v1/topics/t/events?from=25").await;
+    assert_eq!(tail, json!([]));
+    let (_, all) = server.get("/v1/topics/t/events").await;
+    assert_eq!(all.as_array().map(Vec::len), Some(25));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reads_refuse_bad_queries() {
+    let (_dir, server) = server().await;
+    server.publish_binary("t", "1", "x").await;
+    assert_error(
+        &server.get("/v1/topics/t/events?limit=0").await,
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        &server.get("/v1/topics/t/events?limit=5000").await,
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        &server.get("/v1/topics/t/events?from=-1").await,
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        &server.get("/v1/topics/t/events?form=1").await,
+        400,
+        "invalid_query",
+    );
+    assert_error(
+        &server.get("/v1/topics/none/events").await,
+        404,
+        "topic_not_found",
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn settings_and_events_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    server
+        .put(
+            "/v1/topics/kept",
+            r#"{"durability": "never", "retention_ms": 60000}"#,
+        )
+        .await;
+    server.publish_binary("kept", "1", "x").await;
+    server.stop().await;
+
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let (status, topic) = server.get("/v1/topics/kept").await;
+    assert_eq!(status, 200);
+    assert_eq!(topic["settings"]["durability"], "never");
+    assert_eq!(topic["settings"]["retention_ms"], 60000);
+    assert_eq!(topic["next_offset"], 1);
+    server.stop().await;
+}
