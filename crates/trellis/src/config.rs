@@ -1,0 +1,199 @@
+//! Settings of `trellis serve`, merged from the config file, the environment and flags (each
+//! overriding the one before), with defaults kept in one place: [`Settings::default`].
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use trellis_runtime::{DurabilityPolicy, RuntimeConfig, TopicSettings};
+
+use crate::cli::ServeArgs;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// The config file. Every key is optional; unknown keys are an error so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    http_addr: Option<String>,
+    grpc_addr: Option<String>,
+    #[serde(default)]
+    log: FileLog,
+    #[serde(default)]
+    storage: FileStorage,
+    #[serde(default)]
+    http: FileHttp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    fsync: Option<DurabilityPolicy>,
+    fsync_interval_ms: Option<u64>,
+    segment_bytes: Option<u64>,
+    retention_ms: Option<u64>,
+    retention_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    max_event_bytes: Option<usize>,
+    max_batch_bytes: Option<usize>,
+    max_batch_events: Option<usize>,
+    auto_create_topics: Option<bool>,
+}
+
+/// Everything `serve` needs, resolved and validated.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) http_addr: SocketAddr,
+    pub(crate) grpc_addr: SocketAddr,
+    pub(crate) log_level: String,
+    pub(crate) log_format: LogFormat,
+    pub(crate) runtime: RuntimeConfig,
+}
+
+const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:10105";
+const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:10205";
+
+impl Settings {
+    pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let defaults = RuntimeConfig::default();
+        let default_topic = TopicSettings::default();
+        let topic = TopicSettings {
+            durability: args
+                .fsync
+                .or(file.storage.fsync)
+                .unwrap_or(default_topic.durability),
+            fsync_interval_ms: args
+                .fsync_interval_ms
+                .or(file.storage.fsync_interval_ms)
+                .unwrap_or(default_topic.fsync_interval_ms),
+            segment_bytes: file
+                .storage
+                .segment_bytes
+                .unwrap_or(default_topic.segment_bytes),
+            retention_ms: file
+                .storage
+                .retention_ms
+                .unwrap_or(default_topic.retention_ms),
+            retention_bytes: file
+                .storage
+                .retention_bytes
+                .unwrap_or(default_topic.retention_bytes),
+        };
+        if let Err(message) = topic.validate() {
+            bail!("invalid storage settings: {message}");
+        }
+        let runtime = RuntimeConfig {
+            max_event_bytes: args
+                .max_event_bytes
+                .or(file.http.max_event_bytes)
+                .unwrap_or(defaults.max_event_bytes),
+            max_batch_bytes: file
+                .http
+                .max_batch_bytes
+                .unwrap_or(defaults.max_batch_bytes),
+            max_batch_events: file
+                .http
+                .max_batch_events
+                .unwrap_or(defaults.max_batch_events),
+            auto_create_topics: args
+                .auto_create_topics
+                .or(file.http.auto_create_topics)
+                .unwrap_or(defaults.auto_create_topics),
+            default_topic: topic,
+            retention_check_interval: defaults.retention_check_interval,
+        };
+        if runtime.max_event_bytes == 0 || runtime.max_batch_bytes < runtime.max_event_bytes {
+            bail!(
+                "http.max_event_bytes must be at least 1 and at most http.max_batch_bytes ({}); got {}",
+                runtime.max_batch_bytes,
+                runtime.max_event_bytes
+            );
+        }
+        if runtime.max_batch_events == 0 {
+            bail!("http.max_batch_events must be at least 1; got 0");
+        }
+        let http_addr = args
+            .http_addr
+            .clone()
+            .or(file.http_addr)
+            .unwrap_or_else(|| DEFAULT_HTTP_ADDR.to_owned());
+        let grpc_addr = args
+            .grpc_addr
+            .clone()
+            .or(file.grpc_addr)
+            .unwrap_or_else(|| DEFAULT_GRPC_ADDR.to_owned());
+        Ok(Settings {
+            data_dir: args
+                .data_dir
+                .clone()
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./trellis-data")),
+            http_addr: parse_addr("http_addr", &http_addr)?,
+            grpc_addr: parse_addr("grpc_addr", &grpc_addr)?,
+            log_level: args
+                .log_level
+                .clone()
+                .or(file.log.level)
+                .unwrap_or_else(|| "info".to_owned()),
+            log_format: args
+                .log_format
+                .or(file.log.format)
+                .unwrap_or(LogFormat::Pretty),
+            runtime,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    // toml's own message spans several lines (it draws the offending line); keep ours to one.
+    toml::from_str(&text).map_err(|error| {
+        let message = error.message().to_owned();
+        match error.span().map(|span| line_of(&text, span.start)) {
+            Some(line) => anyhow::anyhow!("config file {} line {line}: {message}", path.display()),
+            None => anyhow::anyhow!("config file {}: {message}", path.display()),
+        }
+    })
+}
+
+fn line_of(text: &str, byte: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(byte)
+        .filter(|byte| **byte == b'\n')
+        .count()
+        + 1
+}
+
+fn parse_addr(key: &str, text: &str) -> anyhow::Result<SocketAddr> {
+    text.parse().with_context(|| {
+        format!("{key} must be an IP address and port such as 127.0.0.1:10105; got {text:?}")
+    })
+}
+
+#[cfg(test)]
+mod tests;

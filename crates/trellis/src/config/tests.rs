@@ -1,0 +1,93 @@
+use std::io::Write;
+
+use clap::Parser;
+
+use super::*;
+use crate::cli::{Cli, Command};
+
+fn args(argv: &[&str]) -> ServeArgs {
+    let mut full = vec!["trellis", "serve"];
+    full.extend_from_slice(argv);
+    match Cli::parse_from(full).command {
+        Command::Serve(args) => args,
+    }
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    file.write_all(text.as_bytes()).expect("write temp file");
+    file
+}
+
+#[test]
+fn defaults_without_file_or_flags() {
+    let settings = Settings::resolve(&args(&[])).expect("defaults resolve");
+    assert_eq!(settings.data_dir, PathBuf::from("./trellis-data"));
+    assert_eq!(settings.http_addr.to_string(), "127.0.0.1:10105");
+    assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:10205");
+    assert_eq!(
+        settings.runtime.default_topic.durability,
+        DurabilityPolicy::Always
+    );
+    assert_eq!(settings.runtime.max_event_bytes, 1024 * 1024);
+    assert!(settings.runtime.auto_create_topics);
+}
+
+#[test]
+fn flags_override_the_file() {
+    let file = config_file("http_addr = \"127.0.0.1:9000\"\n[storage]\nfsync = \"never\"\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let from_file = Settings::resolve(&args(&["--config", path])).expect("file resolves");
+    assert_eq!(from_file.http_addr.to_string(), "127.0.0.1:9000");
+    assert_eq!(
+        from_file.runtime.default_topic.durability,
+        DurabilityPolicy::Never
+    );
+
+    let flagged = Settings::resolve(&args(&[
+        "--config",
+        path,
+        "--http-addr",
+        "127.0.0.1:9001",
+        "--fsync",
+        "interval",
+    ]))
+    .expect("flags resolve");
+    assert_eq!(flagged.http_addr.to_string(), "127.0.0.1:9001");
+    assert_eq!(
+        flagged.runtime.default_topic.durability,
+        DurabilityPolicy::Interval
+    );
+}
+
+#[test]
+fn unknown_keys_in_the_file_are_refused_with_their_line() {
+    let file = config_file("data_dir = \"x\"\nhtp_addr = \"127.0.0.1:1\"\n");
+    let error = Settings::resolve(&args(&[
+        "--config",
+        file.path().to_str().expect("utf-8 path"),
+    ]))
+    .expect_err("typo must fail");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("line 2") && text.contains("htp_addr"),
+        "{text}"
+    );
+    assert!(!text.contains('\n'), "one line: {text}");
+}
+
+#[test]
+fn bad_address_names_the_key() {
+    let error = Settings::resolve(&args(&["--http-addr", "localhost"])).expect_err("must fail");
+    assert!(format!("{error:#}").contains("http_addr"), "{error:#}");
+}
+
+#[test]
+fn missing_config_file_is_an_error() {
+    let error = Settings::resolve(&args(&["--config", "/nonexistent/trellis.toml"]))
+        .expect_err("must fail");
+    assert!(
+        format!("{error:#}").contains("cannot read config file"),
+        "{error:#}"
+    );
+}

@@ -1,0 +1,20 @@
+//! Log output: `tracing` to stderr, human-readable or JSON lines.
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+pub(crate) fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(level).with_context(|| {
+        format!("log level must be a filter such as info or trellis_log=debug,info; got {level:?}")
+    })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let res = match format {
+        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    res.map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))
+}

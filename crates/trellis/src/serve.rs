@@ -1,0 +1,119 @@
+//! `trellis serve`: opens the data directory (embedded log and metadata store), binds the HTTP
+//! API, prints where it listens, and runs until SIGTERM or SIGINT, then drains and flushes.
+
+use std::fs::{File, TryLockError};
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use trellis_log::{Log, LogOptions};
+use trellis_meta::EmbeddedStore;
+
+use crate::cli::ServeArgs;
+use crate::config::Settings;
+
+pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let settings = Settings::resolve(&args)?;
+    crate::logging::init(&settings.log_level, settings.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    // Bind first: a port in use is the most common start-up failure and costs nothing to find.
+    let listener = TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    let data_dir = &settings.data_dir;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let _lock = lock_data_dir(data_dir)?;
+
+    let log = Log::open(LogOptions {
+        dir: data_dir.join("log"),
+        default_topic: settings.runtime.default_topic.to_log_config(),
+    })
+    .with_context(|| {
+        format!(
+            "cannot open the event log in {}",
+            data_dir.join("log").display()
+        )
+    })?;
+    let meta_path = data_dir.join("meta.redb");
+    let meta = EmbeddedStore::open(&meta_path)
+        .with_context(|| format!("cannot open the metadata store {}", meta_path.display()))?;
+
+    // Signal handlers exist before we say we listen, so a signal sent right after never hits the
+    // default action (which would kill the process without a flush).
+    let signals = Signals::install().context("cannot install signal handlers")?;
+    let local_addr = listener
+        .local_addr()
+        .context("cannot read the listening address")?;
+    // One line on stdout, for people and for scripts that started us with port 0.
+    println!(
+        "trellis listening on http://{local_addr} (data dir {})",
+        data_dir.display()
+    );
+    tracing::info!(message = "Trellis started.", http = %local_addr, data_dir = %data_dir.display());
+    // The gRPC API is not served yet; its address is accepted now so configs stay valid when it is.
+    tracing::debug!(message = "gRPC address reserved.", grpc = %settings.grpc_addr);
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
+    trellis_runtime::serve(listener, log, Arc::new(meta), settings.runtime, shutdown)
+        .await
+        .context("the runtime stopped with an error")
+}
+
+/// Holds an exclusive lock on the data dir for the life of the process, so two runtimes never
+/// write the same log.
+fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    let path = data_dir.join("LOCK");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => {
+            anyhow::bail!(
+                "data dir {} is in use by another trellis process",
+                data_dir.display()
+            )
+        }
+        Err(TryLockError::Error(error)) => {
+            Err(error).with_context(|| format!("cannot lock data dir {}", data_dir.display()))
+        }
+    }
+}
+
+/// SIGTERM and SIGINT, registered up front.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.terminate.recv() => tracing::info!(message = "SIGTERM received."),
+            _ = self.interrupt.recv() => tracing::info!(message = "SIGINT received."),
+        }
+        shutdown.cancel();
+    }
+}

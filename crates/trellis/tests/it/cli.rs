@@ -1,0 +1,193 @@
+//! `trellis serve` start-up, configuration and shutdown, seen from outside the process.
+
+use trellis_test_support::{TrellisProcess, run_to_end};
+
+use crate::bin;
+
+/// Start-up failures print exactly one line on stderr and exit non-zero, never a panic.
+#[track_caller]
+fn assert_one_line_failure(args: &[&str], env: &[(&str, &str)], expected: &str) {
+    let (status, _stdout, stderr) = run_to_end(bin(), args, env).expect("run trellis");
+    assert!(
+        !status.success(),
+        "expected failure, got {status}; stderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line expected, got: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn a_port_in_use_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8");
+    assert_one_line_failure(
+        &["serve", "--data-dir", data, "--http-addr", &addr],
+        &[],
+        "cannot listen on",
+    );
+}
+
+#[test]
+fn an_unusable_data_dir_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").expect("write");
+    let data = file.join("data");
+    assert_one_line_failure(
+        &[
+            "serve",
+            "--data-dir",
+            data.to_str().expect("utf-8"),
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+        "cannot create data dir",
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("trellis.toml");
+    std::fs::write(&config, "[storage]\nfsync = \"sometimes\"\n").expect("write");
+    assert_one_line_failure(
+        &["serve", "--config", config.to_str().expect("utf-8")],
+        &[],
+        "trellis.toml line 2",
+    );
+}
+
+#[test]
+fn a_data_dir_in_use_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let _first = TrellisProcess::start(bin(), dir.path(), &[]).expect("first starts");
+    assert_one_line_failure(
+        &[
+            "serve",
+            "--data-dir",
+            dir.path().to_str().expect("utf-8"),
+            "--http-addr",
+            "127.0.0.1:0",
+        ],
+        &[],
+        "in use by another trellis process",
+    );
+}
+
+#[test]
+fn the_environment_overrides_the_file_and_flags_override_the_environment() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("trellis.toml");
+    std::fs::write(
+        &config,
+        "http_addr = \"127.0.0.1:1\"\n[log]\nlevel = \"warn\"\n",
+    )
+    .expect("write");
+    let config = config.to_str().expect("utf-8");
+    // The file says port 1 (not bindable by a test); the environment says a bad address, so a
+    // successful start proves the flag (port 0, from TrellisProcess) won over both.
+    let process = TrellisProcess::start_with_env(
+        bin(),
+        &dir.path().join("data"),
+        &["--config", config],
+        &[("TRELLIS_HTTP_ADDR", "not-an-address")],
+    )
+    .expect("flags win");
+    drop(process);
+    // Without the flag the environment wins over the file, and its bad value is reported.
+    assert_one_line_failure(
+        &["serve", "--config", config],
+        &[
+            ("TRELLIS_HTTP_ADDR", "not-an-address"),
+            (
+                "TRELLIS_DATA_DIR",
+                dir.path().join("d2").to_str().expect("utf-8"),
+            ),
+        ],
+        "http_addr must be an IP address",
+    );
+}
+
+#[test]
+fn sigterm_finishes_in_flight_work_and_exits_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("start");
+    let base = process.base_url().to_owned();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let acked = runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let mut acked = 0;
+        for n in 0..20 {
+            let response = client
+                .post(format!("{base}/v1/topics/t/events"))
+                .header("ce-specversion", "1.0")
+                .header("ce-id", format!("id-{n}"))
+                .header("ce-source", "/cli-test")
+                .header("ce-type", "t")
+                .body("x")
+                .send()
+                .await
+                .expect("publish");
+            assert_eq!(response.status().as_u16(), 202);
+            acked += 1;
+        }
+        acked
+    });
+    let status = process.terminate().expect("terminate");
+    assert!(
+        status.success(),
+        "exit status {status}; stderr: {}",
+        process.stderr()
+    );
+    assert!(!process.stderr().contains("panicked"));
+
+    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("restart");
+    let base = process.base_url().to_owned();
+    let next = runtime.block_on(async {
+        let topic: serde_json::Value = reqwest::get(format!("{base}/v1/topics/t"))
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        topic["next_offset"].as_u64()
+    });
+    assert_eq!(next, Some(acked));
+}
+
+#[test]
+fn sigint_exits_zero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("start");
+    let status = process.interrupt().expect("interrupt");
+    assert!(
+        status.success(),
+        "exit status {status}; stderr: {}",
+        process.stderr()
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut process =
+        TrellisProcess::start(bin(), dir.path(), &["--log-format", "json"]).expect("start");
+    process.terminate().expect("terminate");
+    let stderr = process.stderr();
+    assert!(stderr.lines().count() >= 2, "{stderr}");
+    for line in stderr.lines() {
+        let parsed: Result<serde_json::Value, _> = serde_json::from_str(line);
+        assert!(parsed.is_ok(), "not JSON: {line}");
+    }
+}
