@@ -1,5 +1,7 @@
 //! Log output: `tracing` to stderr, human-readable or JSON lines.
 
+use std::io::IsTerminal;
+
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
@@ -9,9 +11,11 @@ pub(crate) fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(level).with_context(|| {
         format!("log level must be a filter such as info or trellis_log=debug,info; got {level:?}")
     })?;
+    // Colours only for a person at a terminal; files and log collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let res = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
