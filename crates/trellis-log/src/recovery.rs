@@ -396,7 +396,22 @@ fn load_active(
             .filter(|entry| entry.position < keep.len),
     );
 
-    let truncation = (keep.len < file_len).then(|| Truncation {
+    // The writer keeps a zero-filled stretch ahead of its records (see `Writer::ensure_allocated`),
+    // so after a crash a tail of zeros right after the last whole batch is no damage: nothing
+    // was ever acknowledged there. Anything else after that point is reported.
+    let zero_tail = keep.len < file_len
+        && scan.intact.len == keep.len
+        && is_all_zero(&file, keep.len, file_len).map_err(|source| io_error(&path, source))?;
+    if zero_tail {
+        tracing::debug!(
+            message = "Trimmed the preallocated tail of the active segment.",
+            segment = base_offset,
+            bytes = file_len - keep.len
+        );
+        file.set_len(keep.len)
+            .map_err(|source| io_error(&path, source))?;
+    }
+    let truncation = (keep.len < file_len && !zero_tail).then(|| Truncation {
         segment: base_offset,
         dropped_bytes: file_len - keep.len,
         dropped_records: scan.n_frames_after_batch_end + u64::from(scan.intact.len < file_len),
@@ -436,6 +451,25 @@ fn load_active(
         keep.newest_timestamp_ms,
     );
     Ok((Arc::new(segment), state, truncation))
+}
+
+/// Whether the file holds nothing but zero bytes in `from..to` (bytes past its actual end count
+/// as zero: there is nothing there to lose).
+fn is_all_zero(file: &File, from: u64, to: u64) -> std::io::Result<bool> {
+    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES.min((to - from) as usize)];
+    let mut position = from;
+    while position < to {
+        let want = chunk.len().min((to - position) as usize);
+        let n_read = FileExt::read_at(file, &mut chunk[..want], position)?;
+        if n_read == 0 {
+            break;
+        }
+        if chunk[..n_read].iter().any(|byte| *byte != 0) {
+            return Ok(false);
+        }
+        position += n_read as u64;
+    }
+    Ok(true)
 }
 
 /// The bytes of an `.idx` file. Unreadable counts as missing: the index is only a cache.

@@ -381,8 +381,35 @@ impl TopicInner {
             return Err(self.shared.gone_error());
         };
         let (commands, queued) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
-        tokio::spawn(writer::run(*idle, queued));
+        spawn_writer_thread(&self.shared.name, *idle, queued).map_err(|source| LogError::Io {
+            path: lock(&self.shared.dir).clone(),
+            source,
+        })?;
         *slot = WriterSlot::Running(commands.clone());
         Ok(commands)
     }
+}
+
+/// Stack of a writer thread: its deepest path is encode + write + fsync, a few frames deep.
+const WRITER_STACK_BYTES: usize = 256 * 1024;
+
+/// Starts a topic's writer on an OS thread of its own with a single-threaded runtime.
+///
+/// The writer blocks in `write` and `fsync`. On the shared runtime it would need a blocking-pool
+/// hop per group and then wait for a worker to come free (behind every HTTP connection) before
+/// it could ack the group and start the next one; on its own thread it goes from one fsync to the
+/// next at once, which is what keeps group commit fast under load.
+fn spawn_writer_thread(
+    topic: &str,
+    writer: writer::Writer,
+    queued: mpsc::Receiver<writer::Command>,
+) -> std::io::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    std::thread::Builder::new()
+        .name(format!("trellis-writer-{topic}"))
+        .stack_size(WRITER_STACK_BYTES)
+        .spawn(move || runtime.block_on(writer::run(writer, queued)))?;
+    Ok(())
 }

@@ -286,3 +286,53 @@ async fn stray_files_and_directories_are_ignored() -> TestResult {
     );
     Ok(())
 }
+
+/// The writer keeps zeros ahead of its records so group commits need not write the inode; a
+/// crash leaves them behind. Recovery reads them as the end of the records, not as damage.
+#[tokio::test]
+async fn a_preallocated_zero_tail_is_the_end_of_the_records() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(1 << 20);
+    write_and_close(dir.path(), &config, 10, 3).await?;
+    let segment = last_segment(dir.path())?;
+    let records_len: u64 = (0..10).map(frame_len).sum();
+    assert_eq!(
+        fs::metadata(&segment)?.len(),
+        records_len,
+        "close trims the zero tail"
+    );
+    append_bytes(&segment, &vec![0u8; 300_000])?;
+    check_recovered(dir.path(), &config, 10).await
+}
+
+/// Zeros do not hide damage: a torn frame before them is still dropped, whole batches kept.
+#[tokio::test]
+async fn garbage_before_a_zero_tail_is_still_damage() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(1 << 20);
+    write_and_close(dir.path(), &config, 10, 1).await?;
+    let segment = last_segment(dir.path())?;
+    let mut tail = vec![0xAB_u8; 17];
+    tail.extend(vec![0u8; 100_000]);
+    append_bytes(&segment, &tail)?;
+    check_recovered(dir.path(), &config, 10).await
+}
+
+/// While open, the active segment's file runs ahead of its records; readers and stats see only
+/// the records.
+#[tokio::test]
+async fn an_open_segment_reports_only_its_records() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = config(1 << 20);
+    let (log, topic) = open(dir.path(), &config)?;
+    append_range(&topic, 0, 10, 3).await?;
+    let records_len: u64 = (0..10).map(frame_len).sum();
+    assert!(
+        fs::metadata(last_segment(dir.path())?)?.len() > records_len,
+        "the file is preallocated"
+    );
+    assert_eq!(topic.stats().size_bytes, records_len);
+    check_records(&read_all(&topic, 0)?, 0..10);
+    log.close().await?;
+    Ok(())
+}
