@@ -15,15 +15,16 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::RuntimeConfig;
 use crate::error::ApiError;
+use crate::metrics::PublishMetrics;
 use crate::topics::TopicRegistry;
 
-/// What every handler can reach. Cheap to clone.
-#[derive(Clone)]
+/// What every handler can reach, shared behind one `Arc` so a request costs one reference count.
 pub(crate) struct AppState {
     pub config: Arc<RuntimeConfig>,
     pub topics: TopicRegistry,
     pub metrics: PrometheusHandle,
     pub shutting_down: Arc<AtomicBool>,
+    pub publish_metrics: PublishMetrics,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -42,7 +43,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(state)
+        .with_state(Arc::new(state))
 }
 
 async fn not_found() -> ApiError {

@@ -1,8 +1,10 @@
 //! Metric names and the Prometheus recorder. Names follow `trellis_<name>_<unit>[_total]`;
 //! labels come only from bounded sets (outcome words, topic names).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, RwLock};
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use trellis_log::Log;
 
@@ -82,5 +84,68 @@ pub(crate) fn refresh_gauges(log: &Log) {
         metrics::gauge!(LOG_SIZE, "topic" => topic.name().to_owned()).set(stats.size_bytes as f64);
         metrics::gauge!(TOPIC_NEXT_OFFSET, "topic" => topic.name().to_owned())
             .set(stats.next_offset as f64);
+    }
+}
+
+/// How a publish request ended, as a metric label.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum PublishOutcome {
+    Accepted,
+    Rejected,
+    Failed,
+}
+
+/// Publish metric handles, registered once. Building a labelled key allocates and hashes, which
+/// at tens of thousands of publishes per second is a cost worth paying only once per topic.
+#[derive(Clone)]
+pub(crate) struct PublishMetrics {
+    by_outcome: Arc<[(Counter, Histogram); 3]>,
+    // A std lock: nothing awaits while holding it, and reads (the common case) do not contend.
+    per_topic: Arc<RwLock<HashMap<String, TopicCounters>>>,
+}
+
+#[derive(Clone)]
+pub(crate) struct TopicCounters {
+    pub(crate) events: Counter,
+    pub(crate) bytes: Counter,
+}
+
+impl PublishMetrics {
+    pub(crate) fn new() -> PublishMetrics {
+        let handles = |outcome: &'static str| {
+            (
+                metrics::counter!(PUBLISH_REQUESTS, "outcome" => outcome),
+                metrics::histogram!(PUBLISH_DURATION, "outcome" => outcome),
+            )
+        };
+        PublishMetrics {
+            by_outcome: Arc::new([handles("accepted"), handles("rejected"), handles("failed")]),
+            per_topic: Arc::default(),
+        }
+    }
+
+    pub(crate) fn record_request(&self, outcome: PublishOutcome, seconds: f64) {
+        let (requests, duration) = &self.by_outcome[outcome as usize];
+        requests.increment(1);
+        duration.record(seconds);
+    }
+
+    pub(crate) fn topic(&self, topic: &str) -> TopicCounters {
+        if let Some(counters) = self
+            .per_topic
+            .read()
+            .ok()
+            .and_then(|map| map.get(topic).cloned())
+        {
+            return counters;
+        }
+        let counters = TopicCounters {
+            events: metrics::counter!(PUBLISH_EVENTS, "topic" => topic.to_owned()),
+            bytes: metrics::counter!(PUBLISH_BYTES, "topic" => topic.to_owned()),
+        };
+        if let Ok(mut map) = self.per_topic.write() {
+            map.insert(topic.to_owned(), counters.clone());
+        }
+        counters
     }
 }

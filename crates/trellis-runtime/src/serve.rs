@@ -51,6 +51,7 @@ pub async fn serve(
         topics,
         metrics: metrics.clone(),
         shutting_down: shutting_down.clone(),
+        publish_metrics: crate::metrics::PublishMetrics::new(),
     };
 
     let tasks = TaskTracker::new();

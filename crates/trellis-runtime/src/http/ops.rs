@@ -1,5 +1,7 @@
 //! Operations endpoints: liveness, readiness and Prometheus metrics.
 
+use std::sync::Arc;
+
 use std::sync::atomic::Ordering;
 
 use axum::extract::State;
@@ -13,7 +15,7 @@ pub(crate) async fn healthz() -> &'static str {
 }
 
 /// Ready while serving; 503 once shutdown has begun so load balancers stop sending.
-pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
+pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
     if state.shutting_down.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
     } else {
@@ -21,7 +23,7 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> (StatusCode, &'stat
     }
 }
 
-pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     crate::metrics::refresh_gauges(state.topics.log());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

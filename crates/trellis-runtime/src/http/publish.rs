@@ -2,11 +2,13 @@
 //! batched mode. A 202 is sent only after the log says the events are as durable as the topic's
 //! policy requires; a batch is appended as one all-or-nothing unit.
 
+use std::sync::Arc;
+
 use std::time::Instant;
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -16,7 +18,7 @@ use trellis_cloudevents::{CloudEvent, ContentMode, EventError};
 
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::metrics as m;
+use crate::metrics::PublishOutcome;
 
 #[derive(Serialize)]
 struct Published<'a> {
@@ -33,21 +35,22 @@ struct PublishedEvent<'a> {
 const RESERVED_EXTENSIONS: &[&str] = &["offset"];
 
 pub(crate) async fn publish(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(topic_name): Path<String>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let started = Instant::now();
-    let res = publish_inner(&state, &topic_name, &headers, body).await;
+    // Taking the request whole (rather than a `HeaderMap` extractor) avoids cloning every header.
+    let (parts, body) = request.into_parts();
+    let res = publish_inner(&state, &topic_name, &parts.headers, body).await;
     let outcome = match &res {
-        Ok(_) => "accepted",
-        Err(error) if error.status.is_client_error() => "rejected",
-        Err(_) => "failed",
+        Ok(_) => PublishOutcome::Accepted,
+        Err(error) if error.status.is_client_error() => PublishOutcome::Rejected,
+        Err(_) => PublishOutcome::Failed,
     };
-    metrics::counter!(m::PUBLISH_REQUESTS, "outcome" => outcome).increment(1);
-    metrics::histogram!(m::PUBLISH_DURATION, "outcome" => outcome)
-        .record(started.elapsed().as_secs_f64());
+    state
+        .publish_metrics
+        .record_request(outcome, started.elapsed().as_secs_f64());
     match res {
         Ok(response) => response,
         Err(error) => error.into_response(),
@@ -130,9 +133,9 @@ async fn publish_inner(
         other => ApiError::internal("storing events", &other),
     })?;
 
-    let topic_label = topic.name().to_owned();
-    metrics::counter!(m::PUBLISH_EVENTS, "topic" => topic_label.clone()).increment(ack.n_records);
-    metrics::counter!(m::PUBLISH_BYTES, "topic" => topic_label).increment(n_bytes);
+    let counters = state.publish_metrics.topic(topic.name());
+    counters.events.increment(ack.n_records);
+    counters.bytes.increment(n_bytes);
 
     let published = Published {
         events: events

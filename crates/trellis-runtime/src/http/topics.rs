@@ -1,6 +1,8 @@
 //! Topic administration and reads: `PUT/GET/DELETE /v1/topics/{topic}`, `GET /v1/topics` and
 //! `GET /v1/topics/{topic}/events`.
 
+use std::sync::Arc;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -48,7 +50,7 @@ pub(crate) struct TopicList {
     topics: Vec<TopicView>,
 }
 
-pub(crate) async fn list(State(state): State<AppState>) -> Json<TopicList> {
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<TopicList> {
     let topics = state
         .topics
         .log()
@@ -60,7 +62,7 @@ pub(crate) async fn list(State(state): State<AppState>) -> Json<TopicList> {
 }
 
 pub(crate) async fn get(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<TopicView>, ApiError> {
     let topic = state.topics.get(&name)?;
@@ -68,7 +70,7 @@ pub(crate) async fn get(
 }
 
 pub(crate) async fn put(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -92,7 +94,7 @@ pub(crate) async fn put(
 }
 
 pub(crate) async fn delete(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.topics.delete(&name).await?;
@@ -108,7 +110,7 @@ pub(crate) struct ReadQuery {
 
 /// Events as a JSON array of structured events, each with its `offset` added.
 pub(crate) async fn read_events(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     query: Result<Query<ReadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
