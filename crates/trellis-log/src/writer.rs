@@ -259,7 +259,13 @@ impl Writer {
                 // and start the next before encoding this batch.
                 let res = self
                     .commit(pending, timestamp_ms, true, &mut results)
-                    .and_then(|()| self.roll());
+                    .and_then(|()| {
+                        let started = Instant::now();
+                        let rolled = self.roll();
+                        metrics::histogram!("trellis_log_roll_seconds")
+                            .record(started.elapsed().as_secs_f64());
+                        rolled
+                    });
                 if let Err(error) = res {
                     results.extend(batches[batch_idx..].iter().map(|_| Err(error.duplicate())));
                     return results;

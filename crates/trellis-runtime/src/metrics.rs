@@ -70,6 +70,11 @@ fn describe() {
         metrics::Unit::Seconds,
         "Latency of one log fsync."
     );
+    metrics::describe_histogram!(
+        "trellis_log_roll_seconds",
+        metrics::Unit::Seconds,
+        "Time to seal a full segment and start the next."
+    );
     metrics::describe_gauge!(LOG_SIZE, metrics::Unit::Bytes, "Bytes on disk per topic.");
     metrics::describe_gauge!(
         TOPIC_NEXT_OFFSET,
