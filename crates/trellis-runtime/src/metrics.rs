@@ -9,6 +9,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use trellis_log::Log;
 
 pub(crate) const PUBLISH_REQUESTS: &str = "trellis_publish_requests_total";
+pub(crate) const PUBLISH_TOPIC_REQUESTS: &str = "trellis_publish_topic_requests_total";
 pub(crate) const PUBLISH_EVENTS: &str = "trellis_publish_events_total";
 pub(crate) const PUBLISH_BYTES: &str = "trellis_publish_bytes_total";
 pub(crate) const PUBLISH_DURATION: &str = "trellis_publish_duration_seconds";
@@ -111,6 +112,7 @@ pub(crate) struct PublishMetrics {
 
 #[derive(Clone)]
 pub(crate) struct TopicCounters {
+    pub(crate) requests: Counter,
     pub(crate) events: Counter,
     pub(crate) bytes: Counter,
 }
@@ -145,6 +147,7 @@ impl PublishMetrics {
             return counters;
         }
         let counters = TopicCounters {
+            requests: metrics::counter!(PUBLISH_TOPIC_REQUESTS, "topic" => topic.to_owned()),
             events: metrics::counter!(PUBLISH_EVENTS, "topic" => topic.to_owned()),
             bytes: metrics::counter!(PUBLISH_BYTES, "topic" => topic.to_owned()),
         };

@@ -108,11 +108,10 @@ async fn publish_inner(
         check_reserved(event).map_err(|error| error.with_index(batch_index(idx)))?;
         let encoded = event.to_structured_json();
         if encoded.len() > limits.max_event_bytes {
-            let at = batch_index(idx)
-                .map(|idx| format!("event {idx} "))
-                .unwrap_or_default();
+            let subject = batch_index(idx)
+                .map_or_else(|| "the event".to_owned(), |idx| format!("event {idx}"));
             return Err(ApiError::too_large(format!(
-                "{at}is {} bytes encoded; the maximum event size is {} bytes",
+                "{subject} is {} bytes encoded; the maximum event size is {} bytes",
                 encoded.len(),
                 limits.max_event_bytes
             ))
@@ -134,6 +133,7 @@ async fn publish_inner(
     })?;
 
     let counters = state.publish_metrics.topic(topic.name());
+    counters.requests.increment(1);
     counters.events.increment(ack.n_records);
     counters.bytes.increment(n_bytes);
 

@@ -41,6 +41,7 @@ async fn metrics_expose_publish_and_log_figures() {
         .expect("body");
     for name in [
         "trellis_publish_requests_total",
+        "trellis_publish_topic_requests_total{topic=\"metered\"} 1",
         "trellis_publish_events_total{topic=\"metered\"}",
         "trellis_publish_bytes_total{topic=\"metered\"}",
         "trellis_publish_duration_seconds_bucket",

@@ -220,7 +220,11 @@ async fn oversized_events_and_batches_are_refused_with_413() {
 
     let big = "x".repeat(4096);
     let res = server.publish_binary("t", "big", &big).await;
-    assert_error(&res, 413, "payload_too_large");
+    let message = assert_error(&res, 413, "payload_too_large");
+    assert!(
+        message.contains("2048"),
+        "the message gives the limit: {message}"
+    );
 
     let mut big_event = event("big");
     big_event["data"] = json!("y".repeat(2100));
