@@ -54,6 +54,11 @@ fn describe() {
         "Publish requests by outcome (accepted, rejected, failed)."
     );
     metrics::describe_counter!(
+        PUBLISH_TOPIC_REQUESTS,
+        "Accepted publish requests per topic. Refused requests are counted by outcome only, so \
+         invalid topic names never become labels."
+    );
+    metrics::describe_counter!(
         PUBLISH_EVENTS,
         "Events stored by publish requests, per topic."
     );
