@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -71,6 +72,13 @@ pub async fn serve(
             tracing::info!(message = "Shutting down: finishing in-flight requests.");
         }
     };
+    // Replies are small and clients wait for each one: never let Nagle's algorithm hold them back
+    // waiting for an ACK.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(message = "Cannot set TCP_NODELAY on a connection.", %error);
+        }
+    });
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(graceful)
         .await;
