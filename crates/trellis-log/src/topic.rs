@@ -100,8 +100,11 @@ impl TopicShared {
 
     pub(crate) fn update_size_gauge(&self) {
         let size_bytes = self.size_bytes.load(Ordering::Acquire);
+        self.size_gauge().set(size_bytes as f64);
+    }
+
+    pub(crate) fn size_gauge(&self) -> metrics::Gauge {
         metrics::gauge!("trellis_log_size_bytes", "topic" => self.name.clone())
-            .set(size_bytes as f64);
     }
 
     pub(crate) fn stats(&self) -> TopicStats {

@@ -80,6 +80,10 @@ pub(crate) struct Writer {
     truncate_pending: Option<u64>,
     /// Encoded frames of the group being written; kept to reuse its allocation.
     buf: Vec<u8>,
+    /// Metric handles, registered once: building a keyed handle per group costs an allocation
+    /// and a registry look-up on the hot path.
+    fsync_seconds: metrics::Histogram,
+    size_bytes_gauge: metrics::Gauge,
 }
 
 /// Frames encoded into `Writer::buf` but not yet written.
@@ -219,6 +223,7 @@ impl Writer {
         active: Arc<Segment>,
         active_state: ActiveState,
     ) -> Writer {
+        let size_bytes_gauge = shared.size_gauge();
         Writer {
             shared,
             active: Arc::clone(&active),
@@ -233,6 +238,8 @@ impl Writer {
             last_sync: Instant::now(),
             truncate_pending: None,
             buf: Vec::new(),
+            fsync_seconds: metrics::histogram!("trellis_log_fsync_seconds"),
+            size_bytes_gauge,
         }
     }
 
@@ -422,7 +429,7 @@ impl Writer {
     fn sync_active(&mut self) -> std::io::Result<()> {
         let started = Instant::now();
         let res = self.active.file.sync_data();
-        metrics::histogram!("trellis_log_fsync_seconds").record(started.elapsed().as_secs_f64());
+        self.fsync_seconds.record(started.elapsed().as_secs_f64());
         self.shared.n_data_syncs.fetch_add(1, Ordering::AcqRel);
         self.last_sync = Instant::now();
         res
@@ -570,7 +577,8 @@ impl Writer {
             watermark.next_offset = watermark.next_offset.max(next_offset);
             moved
         });
-        self.shared.update_size_gauge();
+        self.size_bytes_gauge
+            .set(self.shared.size_bytes.load(Ordering::Acquire) as f64);
     }
 }
 

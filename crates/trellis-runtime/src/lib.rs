@@ -21,5 +21,6 @@ mod topics;
 
 pub use config::RuntimeConfig;
 pub use error::error_chain;
+pub use metrics::install_metrics_recorder;
 pub use serve::{ServeError, serve};
 pub use topics::{DurabilityPolicy, TopicSettings};

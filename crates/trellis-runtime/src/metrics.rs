@@ -22,7 +22,8 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 
 /// The process-wide recorder, installed on first use. A process has one `metrics` recorder, so
-/// several runtimes in one process (tests) share it.
+/// several runtimes in one process (tests) share it. Call it before opening the log: metrics
+/// recorded before it is installed (recovery's, say) are lost.
 pub(crate) fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
@@ -46,6 +47,12 @@ pub(crate) fn handle() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Installs the process-wide Prometheus recorder if it is not there yet. Call it before opening
+/// the log, so that what recovery records is not lost.
+pub fn install_metrics_recorder() {
+    let _ = handle();
 }
 
 fn describe() {

@@ -35,6 +35,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let _lock = lock_data_dir(data_dir)?;
 
+    // Before the log opens, so what recovery counts reaches /metrics.
+    trellis_runtime::install_metrics_recorder();
     let log = Log::open(LogOptions {
         dir: data_dir.join("log"),
         default_topic: settings.runtime.default_topic.to_log_config(),

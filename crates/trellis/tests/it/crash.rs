@@ -201,3 +201,66 @@ async fn verify(base: &str, acked: &Acked, round: usize) {
         );
     }
 }
+
+/// A torn tail found at start-up shows up where an operator looks: one warning in the log and
+/// the dropped bytes on /metrics (the recorder must be installed before the log is recovered).
+#[test]
+fn a_truncated_tail_is_reported_in_the_log_and_on_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("start");
+    let base = process.base_url().to_owned();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for n in 0..3 {
+            let response = client
+                .post(format!("{base}/v1/topics/torn/events"))
+                .header("ce-specversion", "1.0")
+                .header("ce-id", format!("id-{n}"))
+                .header("ce-source", "/torn")
+                .header("ce-type", "t")
+                .body("x")
+                .send()
+                .await
+                .expect("publish");
+            assert_eq!(response.status().as_u16(), 202);
+        }
+    });
+    assert!(process.terminate().expect("terminate").success());
+
+    let segment = dir.path().join("log/torn/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).expect("segment exists where the log keeps it");
+    bytes.extend_from_slice(&[0xEE; 40]);
+    std::fs::write(&segment, bytes).expect("damage the tail");
+
+    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("restart");
+    let base = process.base_url().to_owned();
+    let (metrics, topic) = runtime.block_on(async {
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        let topic: Value = reqwest::get(format!("{base}/v1/topics/torn"))
+            .await
+            .expect("get")
+            .json()
+            .await
+            .expect("json");
+        (metrics, topic)
+    });
+    assert_eq!(topic["next_offset"], 3, "every whole record survives");
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line == "trellis_log_recovered_truncated_bytes_total 40"),
+        "the 40 dropped bytes are on /metrics:\n{metrics}"
+    );
+    let warnings = process
+        .stderr()
+        .lines()
+        .filter(|line| line.contains("Truncated a torn or corrupt tail"))
+        .count();
+    assert_eq!(warnings, 1, "one warning: {}", process.stderr());
+}
