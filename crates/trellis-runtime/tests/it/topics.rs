@@ -204,3 +204,67 @@ async fn settings_and_events_survive_a_restart() {
     assert_eq!(topic["next_offset"], 1);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn retention_moves_the_first_offset_and_older_reads_get_410() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = RuntimeConfig {
+        retention_check_interval: std::time::Duration::from_millis(50),
+        ..RuntimeConfig::default()
+    };
+    let server = Server::start(dir.path(), config).await;
+    let created = server
+        .put(
+            "/v1/topics/short",
+            r#"{"segment_bytes": 4096, "retention_bytes": 8192}"#,
+        )
+        .await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    let data = "d".repeat(500);
+    for n in 0..60 {
+        let res = server
+            .publish_binary("short", &format!("e-{n}"), &data)
+            .await;
+        assert_eq!(res.0, 202);
+    }
+    // Retention deletes whole sealed segments, oldest first, while the topic is over its limit;
+    // the active segment stays, so the topic ends up within the limit plus one segment.
+    let within_limit = |topic: &serde_json::Value| {
+        topic["size_bytes"]
+            .as_u64()
+            .is_some_and(|bytes| bytes <= 8192 + 4096)
+    };
+    let mut topic = server.get("/v1/topics/short").await.1;
+    for _ in 0..200 {
+        if within_limit(&topic) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        topic = server.get("/v1/topics/short").await.1;
+    }
+    assert!(
+        within_limit(&topic),
+        "retention must bring the topic within its limit: {topic}"
+    );
+    let first_offset = topic["first_offset"].as_u64().expect("first_offset");
+    assert!(first_offset > 0, "{topic}");
+    assert_eq!(
+        topic["next_offset"], 60,
+        "retention never touches the newest events"
+    );
+
+    let res = server.get("/v1/topics/short/events?from=0").await;
+    let message = assert_error(&res, 410, "offset_truncated");
+    assert!(
+        message.contains(&first_offset.to_string()),
+        "the message names the oldest offset: {message}"
+    );
+    let path = format!("/v1/topics/short/events?from={first_offset}&limit=1");
+    let (status, events) = server.get(&path).await;
+    assert_eq!(status, 200);
+    assert_eq!(events[0]["offset"], first_offset);
+    // Without `from`, a read starts at the oldest offset still kept.
+    let (_, events) = server.get("/v1/topics/short/events?limit=1").await;
+    assert_eq!(events[0]["offset"], first_offset);
+    server.stop().await;
+}
