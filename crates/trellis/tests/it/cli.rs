@@ -191,3 +191,99 @@ fn json_logs_are_one_object_per_line() {
         assert!(parsed.is_ok(), "not JSON: {line}");
     }
 }
+
+/// SIGTERM in the middle of concurrent publishing: Trellis exits 0, and every event that got a
+/// 202 before it stopped is there after a restart. A request it could not finish must fail
+/// visibly (an error or a non-202), never succeed and then vanish.
+#[test]
+fn sigterm_under_load_keeps_every_acknowledged_event() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("start");
+    let base = process.base_url().to_owned();
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|client_idx| {
+            let (base, stop) = (base.clone(), stop.clone());
+            runtime.spawn(async move {
+                let client = reqwest::Client::new();
+                let mut acked = Vec::new();
+                for seq in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let id = format!("c{client_idx}-{seq}");
+                    let sent = client
+                        .post(format!("{base}/v1/topics/drain/events"))
+                        .header("ce-specversion", "1.0")
+                        .header("ce-id", &id)
+                        .header("ce-source", "/drain")
+                        .header("ce-type", "t")
+                        .body("x")
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(response) if response.status().as_u16() == 202 => {
+                            let body: serde_json::Value = response.json().await.expect("ack body");
+                            acked.push((body["events"][0]["offset"].as_u64().expect("offset"), id));
+                        }
+                        // Refused while draining, or the connection closed: not acknowledged.
+                        _ => break,
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let status = process.terminate().expect("terminate");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        status.success(),
+        "exit status {status}; stderr: {}",
+        process.stderr()
+    );
+    let acked: Vec<(u64, String)> = runtime.block_on(async {
+        let mut all = Vec::new();
+        for client in clients {
+            all.extend(client.await.expect("client task"));
+        }
+        all
+    });
+    assert!(
+        acked.len() > 20,
+        "the test must publish under load; only {} acks",
+        acked.len()
+    );
+
+    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("restart");
+    let base = process.base_url().to_owned();
+    let stored: Vec<serde_json::Value> = runtime.block_on(async {
+        let mut stored = Vec::new();
+        loop {
+            let page: Vec<serde_json::Value> = reqwest::get(format!(
+                "{base}/v1/topics/drain/events?from={}&limit=1000",
+                stored.len()
+            ))
+            .await
+            .expect("read")
+            .json()
+            .await
+            .expect("page");
+            if page.is_empty() {
+                break stored;
+            }
+            stored.extend(page);
+        }
+    });
+    for (offset, id) in &acked {
+        let event = usize::try_from(*offset)
+            .ok()
+            .and_then(|offset| stored.get(offset));
+        assert_eq!(
+            event.map(|event| &event["id"]),
+            Some(&serde_json::Value::from(id.as_str())),
+            "acked {id} at {offset} is lost"
+        );
+    }
+}
