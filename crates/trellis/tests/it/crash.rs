@@ -31,10 +31,15 @@ fn acknowledged_events_survive_sigkill_at_random_moments() {
     let dir = tempfile::tempdir().expect("temp dir");
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let acked: Acked = Arc::default();
+    // Small segments, so kills also land while a segment is sealed and the next one created.
+    let config = dir.path().join("trellis.toml");
+    std::fs::write(&config, "[storage]\nsegment_bytes = 65536\n").expect("write config");
+    let config = config.to_str().expect("utf-8 path").to_owned();
+    let data = dir.path().join("data");
+    let start = || TrellisProcess::start(bin(), &data, &["--config", &config]);
 
     for round in 0..KILLS {
-        let mut process =
-            TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis restarts after a kill");
+        let mut process = start().expect("trellis restarts after a kill");
         let base = process.base_url().to_owned();
         runtime.block_on(verify(&base, &acked, round));
 
@@ -56,8 +61,18 @@ fn acknowledged_events_survive_sigkill_at_random_moments() {
             }
         });
     }
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("final restart");
+    let process = start().expect("final restart");
     runtime.block_on(verify(process.base_url(), &acked, KILLS));
+    let n_segments = std::fs::read_dir(data.join("log/crash")).map_or(0, |entries| {
+        entries
+            .filter_map(Result::ok)
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+            .count()
+    });
+    assert!(
+        n_segments > KILLS,
+        "kills must also hit segment rolls; only {n_segments} segments were written"
+    );
     let n_acked = acked.lock().map(|acked| acked.len()).unwrap_or(0);
     assert!(
         n_acked > KILLS * 10,
