@@ -21,9 +21,12 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+pub use stored::{StoredError, stored_to_structured_json};
+
 mod binary;
 mod event;
 mod mode;
+mod stored;
 mod structured;
 
 /// A validated CloudEvent. Construct it through the parsers, which enforce the spec.

@@ -570,6 +570,28 @@ trait Output {
 /// Writes the JSON event format. The one place that decides the encoding; `encoded_len` runs
 /// it against a counter.
 fn emit(event: &CloudEvent, out: &mut impl Output) {
+    emit_attributes(event, out);
+    if let Some(data) = &event.data {
+        emit_data(data, out);
+    }
+    out.raw(b"}");
+}
+
+/// The JSON event format of an event without its data, as a whole object.
+pub(crate) fn write_attributes(event: &CloudEvent) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len(event));
+    emit_attributes(event, &mut out);
+    out.raw(b"}");
+    out
+}
+
+/// Appends the `data` (or `data_base64`) member, with its leading comma, to `out`.
+pub(crate) fn write_data_member(data: &Data, out: &mut Vec<u8>) {
+    emit_data(data, out);
+}
+
+/// Everything but the data member and the closing brace.
+fn emit_attributes(event: &CloudEvent, out: &mut impl Output) {
     out.raw(b"{\"specversion\":");
     out.string(&event.specversion);
     out.raw(b",\"id\":");
@@ -601,23 +623,24 @@ fn emit(event: &CloudEvent, out: &mut impl Output) {
             ExtensionValue::Boolean(false) => out.raw(b"false"),
         }
     }
-    match &event.data {
-        None => {}
-        Some(Data::Json(raw)) => {
+}
+
+fn emit_data(data: &Data, out: &mut impl Output) {
+    match data {
+        Data::Json(raw) => {
             out.raw(b",\"data\":");
             out.raw(raw.get().as_bytes());
         }
-        Some(Data::Text(text)) => {
+        Data::Text(text) => {
             out.raw(b",\"data\":");
             out.string(text);
         }
-        Some(Data::Binary(bytes)) => {
+        Data::Binary(bytes) => {
             out.raw(b",\"data_base64\":\"");
             out.base64(bytes);
             out.raw(b"\"");
         }
     }
-    out.raw(b"}");
 }
 
 impl Output for Vec<u8> {

@@ -183,6 +183,13 @@ proptest! {
     }
 
     #[test]
+    fn stored_records_round_trip_and_render_the_json_event_format(event in event()) {
+        let record = event.to_stored();
+        prop_assert_eq!(trellis_cloudevents::stored_to_structured_json(&record), Ok(event.to_structured_json()));
+        prop_assert_eq!(CloudEvent::from_stored(&record), Ok(event));
+    }
+
+    #[test]
     fn structured_json_is_a_single_valid_json_object(event in event()) {
         let encoded = event.to_structured_json();
         let value: serde_json::Value = serde_json::from_slice(&encoded).expect("valid JSON");

@@ -106,12 +106,12 @@ async fn publish_inner(
     let mut n_bytes = 0u64;
     for (idx, event) in events.iter().enumerate() {
         check_reserved(event).map_err(|error| error.with_index(batch_index(idx)))?;
-        let encoded = event.to_structured_json();
+        let encoded = event.to_stored();
         if encoded.len() > limits.max_event_bytes {
             let subject = batch_index(idx)
                 .map_or_else(|| "the event".to_owned(), |idx| format!("event {idx}"));
             return Err(ApiError::too_large(format!(
-                "{subject} is {} bytes encoded; the maximum event size is {} bytes",
+                "{subject} is {} bytes as stored; the maximum event size is {} bytes",
                 encoded.len(),
                 limits.max_event_bytes
             ))

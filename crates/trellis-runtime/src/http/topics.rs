@@ -146,12 +146,12 @@ pub(crate) async fn read_events(
             other => ApiError::internal("reading events", &other),
         })?;
 
-    // The log stores each event as a structured JSON object; splicing the offset in as the first
-    // member avoids decoding and re-encoding every event.
+    // Each stored event renders to the JSON event format (a JSON object); the offset is spliced
+    // in as its first member.
     let mut body = Vec::with_capacity(
         records
             .iter()
-            .map(|record| record.payload.len() + 24)
+            .map(|record| record.payload.len() * 4 / 3 + 32)
             .sum::<usize>()
             + 2,
     );
@@ -160,20 +160,16 @@ pub(crate) async fn read_events(
         if idx > 0 {
             body.push(b',');
         }
-        let rest = record.payload.strip_prefix(b"{").ok_or_else(|| {
-            ApiError::internal(
-                "reading events",
-                &std::io::Error::other(format!(
-                    "stored record at offset {} is not a JSON object",
-                    record.offset
-                )),
-            )
-        })?;
-        body.extend_from_slice(format!("{{\"offset\":{}", record.offset).as_bytes());
-        if rest.first() != Some(&b'}') {
-            body.push(b',');
-        }
-        body.extend_from_slice(rest);
+        let json =
+            trellis_cloudevents::stored_to_structured_json(&record.payload).map_err(|error| {
+                ApiError::internal(
+                    &format!("reading the event at offset {}", record.offset),
+                    &error,
+                )
+            })?;
+        // `json` is an object with at least the required attributes, so it is never `{}`.
+        body.extend_from_slice(format!("{{\"offset\":{},", record.offset).as_bytes());
+        body.extend_from_slice(json.get(1..).unwrap_or_default());
     }
     body.push(b']');
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())

@@ -1,0 +1,84 @@
+use super::*;
+
+fn event(data: Option<Data>) -> CloudEvent {
+    let mut event = crate::parse_structured(
+        br#"{"specversion":"1.0","id":"1","source":"/s","type":"t","datacontenttype":"application/octet-stream","ext":7}"#,
+    )
+    .expect("valid event");
+    event.data = data;
+    event
+}
+
+#[track_caller]
+fn check_round_trip(event: &CloudEvent) {
+    let record = event.to_stored();
+    assert_eq!(CloudEvent::from_stored(&record).as_ref(), Ok(event));
+    assert_eq!(
+        stored_to_structured_json(&record),
+        Ok(event.to_structured_json())
+    );
+}
+
+#[test]
+fn round_trips_every_kind_of_data() {
+    check_round_trip(&event(None));
+    check_round_trip(&event(Some(Data::Binary(Bytes::from_static(&[
+        0, 159, 146, 150,
+    ])))));
+    check_round_trip(&event(Some(Data::Text("héllo \"world\"\n".to_owned()))));
+    let raw = RawValue::from_string(r#"{"a": [1, 2]}"#.to_owned()).expect("json");
+    check_round_trip(&event(Some(Data::Json(raw))));
+}
+
+#[test]
+fn binary_data_is_stored_raw_not_base64() {
+    let payload = vec![0xAB_u8; 1024];
+    let record = event(Some(Data::Binary(Bytes::from(payload.clone())))).to_stored();
+    assert!(record.ends_with(&payload));
+    assert!(record.len() < 1024 + 200, "{} bytes", record.len());
+}
+
+#[test]
+fn refuses_damaged_records() {
+    let record = event(Some(Data::Text("x".to_owned()))).to_stored();
+    assert_eq!(
+        stored_to_structured_json(&record[..3]),
+        Err(StoredError::Truncated(3))
+    );
+    assert_eq!(
+        stored_to_structured_json(&record[..20]),
+        Err(StoredError::Truncated(20))
+    );
+    let mut version = record.clone();
+    version[0] = 9;
+    assert_eq!(
+        stored_to_structured_json(&version),
+        Err(StoredError::UnknownVersion(9))
+    );
+    let mut kind = record.clone();
+    kind[1] = 7;
+    assert_eq!(
+        stored_to_structured_json(&kind),
+        Err(StoredError::UnknownDataKind(7))
+    );
+    let mut none_with_data = record.clone();
+    none_with_data[1] = 0;
+    assert_eq!(
+        stored_to_structured_json(&none_with_data),
+        Err(StoredError::UnexpectedData)
+    );
+    let mut bad_text = record.clone();
+    if let Some(last) = bad_text.last_mut() {
+        *last = 0xFF;
+    }
+    assert_eq!(
+        stored_to_structured_json(&bad_text),
+        Err(StoredError::Data("UTF-8 text"))
+    );
+    let mut bad_json = bad_text;
+    bad_json[1] = 1;
+    assert_eq!(
+        stored_to_structured_json(&bad_json),
+        Err(StoredError::Data("JSON"))
+    );
+}
