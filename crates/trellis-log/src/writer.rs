@@ -100,6 +100,9 @@ const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
 
 /// How far ahead of the records the active segment's file is zero-filled. One commit per this
 /// many bytes pays for flushing the zeros and the inode; the ones in between flush data alone.
+// Measured for tail latency at 15k publishes/s on the 2-core box (p99, two runs each): 64 KiB
+// 3.9 and 7.1 ms (more commits pay the inode), 1 MiB 2.8 and 4.5 ms, 8 MiB 7.7 and 20.6 ms
+// (each zero flush stalls the commit that carries it for longer).
 const PREALLOC_BYTES: u64 = 1024 * 1024;
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
