@@ -2,7 +2,7 @@
 
 use trellis_test_support::{TrellisProcess, run_to_end};
 
-use crate::bin;
+use crate::{bin, publish};
 
 /// Start-up failures print exactly one line on stderr and exit non-zero, never a panic.
 #[track_caller]
@@ -129,14 +129,7 @@ fn sigterm_finishes_in_flight_work_and_exits_zero() {
         let client = reqwest::Client::new();
         let mut acked = 0;
         for n in 0..20 {
-            let response = client
-                .post(format!("{base}/v1/topics/t/events"))
-                .header("ce-specversion", "1.0")
-                .header("ce-id", format!("id-{n}"))
-                .header("ce-source", "/cli-test")
-                .header("ce-type", "t")
-                .body("x")
-                .send()
+            let response = publish(&client, &base, "t", &format!("id-{n}"), "x".to_owned())
                 .await
                 .expect("publish");
             assert_eq!(response.status().as_u16(), 202);
@@ -213,15 +206,7 @@ fn sigterm_under_load_keeps_every_acknowledged_event() {
                         break;
                     }
                     let id = format!("c{client_idx}-{seq}");
-                    let sent = client
-                        .post(format!("{base}/v1/topics/drain/events"))
-                        .header("ce-specversion", "1.0")
-                        .header("ce-id", &id)
-                        .header("ce-source", "/drain")
-                        .header("ce-type", "t")
-                        .body("x")
-                        .send()
-                        .await;
+                    let sent = publish(&client, &base, "drain", &id, "x".to_owned()).await;
                     match sent {
                         Ok(response) if response.status().as_u16() == 202 => {
                             let body: serde_json::Value = response.json().await.expect("ack body");

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use trellis_test_support::TrellisProcess;
 
-use crate::bin;
+use crate::{bin, publish};
 
 const KILLS: usize = 20;
 const CLIENTS: usize = 6;
@@ -228,14 +228,7 @@ fn a_truncated_tail_is_reported_in_the_log_and_on_metrics() {
     runtime.block_on(async {
         let client = reqwest::Client::new();
         for n in 0..3 {
-            let response = client
-                .post(format!("{base}/v1/topics/torn/events"))
-                .header("ce-specversion", "1.0")
-                .header("ce-id", format!("id-{n}"))
-                .header("ce-source", "/torn")
-                .header("ce-type", "t")
-                .body("x")
-                .send()
+            let response = publish(&client, &base, "torn", &format!("id-{n}"), "x".to_owned())
                 .await
                 .expect("publish");
             assert_eq!(response.status().as_u16(), 202);
