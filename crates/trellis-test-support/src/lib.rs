@@ -4,6 +4,10 @@
 //! Tests never reach beyond 127.0.0.1. The process is killed when the handle drops, so a failing
 //! test leaves nothing running.
 
+mod receiver;
+
+pub use receiver::{ReceivedRequest, Receiver, Reply};
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
