@@ -20,6 +20,9 @@ pub struct RuntimeConfig {
     pub default_topic: TopicSettings,
     /// How often retention runs over every topic.
     pub retention_check_interval: Duration,
+    /// Address ranges webhook targets may not resolve to; by default the link-local ranges
+    /// (where cloud metadata servers answer), 0.0.0.0/8 and multicast.
+    pub webhook_deny: Vec<ipnet::IpNet>,
 }
 
 impl Default for RuntimeConfig {
@@ -31,6 +34,7 @@ impl Default for RuntimeConfig {
             auto_create_topics: true,
             default_topic: TopicSettings::default(),
             retention_check_interval: Duration::from_secs(30),
+            webhook_deny: trellis_delivery::guard::AddressGuard::default_deny_list(),
         }
     }
 }

@@ -15,6 +15,8 @@ pub(crate) struct ApiError {
     pub message: String,
     pub attribute: Option<String>,
     pub index: Option<usize>,
+    /// The request field at fault, as a dotted path (`delivery.backoff.multiplier`).
+    pub field: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -25,6 +27,8 @@ struct ErrorBody<'a> {
     attribute: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     index: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
 }
 
 impl ApiError {
@@ -39,6 +43,7 @@ impl ApiError {
             message: message.into(),
             attribute: None,
             index: None,
+            field: None,
         }
     }
 
@@ -74,6 +79,11 @@ impl ApiError {
         self
     }
 
+    pub(crate) fn with_field(mut self, field: String) -> ApiError {
+        self.field = Some(field);
+        self
+    }
+
     pub(crate) fn with_index(mut self, index: Option<usize>) -> ApiError {
         self.index = index;
         self
@@ -87,6 +97,7 @@ impl IntoResponse for ApiError {
             message: &self.message,
             attribute: self.attribute.as_deref(),
             index: self.index,
+            field: self.field.as_deref(),
         };
         (self.status, Json(body)).into_response()
     }

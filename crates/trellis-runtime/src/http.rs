@@ -2,6 +2,7 @@
 
 mod ops;
 mod publish;
+mod subscriptions;
 mod topics;
 
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+
+use crate::subscriptions::SubscriptionRegistry;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::RuntimeConfig;
@@ -25,6 +28,7 @@ pub(crate) struct AppState {
     pub metrics: PrometheusHandle,
     pub shutting_down: Arc<AtomicBool>,
     pub publish_metrics: PublishMetrics,
+    pub subscriptions: Arc<SubscriptionRegistry>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -41,6 +45,21 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/topics/{topic}/events",
             post(publish::publish).get(topics::read_events),
         )
+        .route(
+            "/v1/subscriptions",
+            post(subscriptions::create).get(subscriptions::list),
+        )
+        .route(
+            "/v1/subscriptions/{name}",
+            get(subscriptions::get)
+                .patch(subscriptions::patch)
+                .delete(subscriptions::delete),
+        )
+        .route("/v1/subscriptions/{name}/pause", post(subscriptions::pause))
+        .route(
+            "/v1/subscriptions/{name}/resume",
+            post(subscriptions::resume),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(Arc::new(state))
@@ -49,7 +68,7 @@ pub(crate) fn router(state: AppState) -> Router {
 async fn not_found() -> ApiError {
     ApiError::not_found(
         "not_found",
-        "no such endpoint; the API lives under /v1/topics",
+        "no such endpoint; the API lives under /v1/topics and /v1/subscriptions",
     )
 }
 

@@ -5,6 +5,7 @@
 //! - `serve`: runs the API until a shutdown signal, then drains and flushes.
 //! - `http`: the router; one file per resource under `http/`.
 //! - `topics`: topic settings and the registry joining the metadata store and the log.
+//! - `subscriptions`: subscriptions, their dispatchers (log -> delivery engine) and dead letters.
 //! - `config`: the runtime's settings, as the binary hands them over.
 //! - `error`: the API's one error shape.
 //! - `metrics`: metric names and the Prometheus recorder.
@@ -17,6 +18,7 @@ mod error;
 mod http;
 mod metrics;
 mod serve;
+mod subscriptions;
 mod topics;
 
 pub use config::RuntimeConfig;

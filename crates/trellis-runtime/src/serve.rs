@@ -15,13 +15,17 @@ use trellis_meta::MetadataStore;
 use crate::config::RuntimeConfig;
 use crate::error::error_chain;
 use crate::http::{AppState, router};
+use crate::subscriptions::SubscriptionRegistry;
 use crate::topics::TopicRegistry;
+use trellis_delivery::guard::AddressGuard;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
     #[error("loading topic settings failed: {0}")]
     Topics(String),
+    #[error("starting subscriptions failed: {0}")]
+    Subscriptions(String),
     #[error("the HTTP server failed")]
     Http(#[source] std::io::Error),
     #[error("flushing the log at shutdown failed")]
@@ -39,12 +43,21 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let topics = TopicRegistry::open(
         log.clone(),
-        meta,
+        Arc::clone(&meta),
         config.default_topic.clone(),
         config.auto_create_topics,
     )
     .await
     .map_err(|error| ServeError::Topics(error.message))?;
+    let subscriptions = Arc::new(
+        SubscriptionRegistry::open(
+            Arc::clone(&meta),
+            topics.clone(),
+            Arc::new(AddressGuard::new(config.webhook_deny.clone())),
+        )
+        .await
+        .map_err(|error| ServeError::Subscriptions(error.message))?,
+    );
     let metrics = crate::metrics::handle();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let state = AppState {
@@ -53,6 +66,7 @@ pub async fn serve(
         metrics: metrics.clone(),
         shutting_down: shutting_down.clone(),
         publish_metrics: crate::metrics::PublishMetrics::new(),
+        subscriptions: Arc::clone(&subscriptions),
     };
 
     let tasks = TaskTracker::new();
@@ -83,6 +97,9 @@ pub async fn serve(
         .with_graceful_shutdown(graceful)
         .await;
     shutdown.cancel();
+    // Dispatchers store their committed offsets and may still write dead letters: stop them
+    // before the log closes.
+    subscriptions.shutdown().await;
     tasks.close();
     tasks.wait().await;
     let closed = log.close().await;

@@ -214,6 +214,12 @@ impl TopicRegistry {
             .map_err(|error| ApiError::internal("creating a topic", &error))
     }
 
+    /// The topic a subscription reads (or dead-letters to), created with the defaults if it does
+    /// not exist yet and auto-creation is on: subscribing before the first publish is normal.
+    pub(crate) fn for_subscription(&self, name: &str) -> Result<Topic, ApiError> {
+        self.for_publish(name)
+    }
+
     pub(crate) fn get(&self, name: &str) -> Result<Topic, ApiError> {
         validate_name(name)?;
         self.log.topic(name).ok_or_else(|| no_such_topic(name))

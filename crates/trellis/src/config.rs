@@ -30,6 +30,15 @@ struct FileConfig {
     storage: FileStorage,
     #[serde(default)]
     http: FileHttp,
+    #[serde(default)]
+    delivery: FileDelivery,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDelivery {
+    /// Address ranges (CIDR) webhook targets may not use; replaces the default list.
+    webhook_deny: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +80,17 @@ pub(crate) struct Settings {
 
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:10105";
 const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:10205";
+
+fn parse_ranges(ranges: &[String]) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    ranges
+        .iter()
+        .map(|range| {
+            range.parse::<ipnet::IpNet>().with_context(|| {
+                format!("delivery.webhook_deny: {range:?} is not an address range such as \"169.254.0.0/16\"")
+            })
+        })
+        .collect()
+}
 
 impl Settings {
     pub(crate) fn resolve(args: &ServeArgs) -> anyhow::Result<Settings> {
@@ -124,6 +144,10 @@ impl Settings {
                 .unwrap_or(defaults.auto_create_topics),
             default_topic: topic,
             retention_check_interval: defaults.retention_check_interval,
+            webhook_deny: match &file.delivery.webhook_deny {
+                None => defaults.webhook_deny,
+                Some(ranges) => parse_ranges(ranges)?,
+            },
         };
         if runtime.max_event_bytes == 0 || runtime.max_batch_bytes < runtime.max_event_bytes {
             bail!(

@@ -91,3 +91,30 @@ fn missing_config_file_is_an_error() {
         "{error:#}"
     );
 }
+
+#[test]
+fn the_webhook_deny_list_comes_from_the_file() {
+    let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
+    assert!(
+        defaults
+            .runtime
+            .webhook_deny
+            .contains(&"169.254.0.0/16".parse().expect("a range"))
+    );
+
+    let file = config_file("[delivery]\nwebhook_deny = [\"10.0.0.0/8\"]\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let settings = Settings::resolve(&args(&["--config", path])).expect("file resolves");
+    assert_eq!(
+        settings.runtime.webhook_deny,
+        vec!["10.0.0.0/8".parse::<ipnet::IpNet>().expect("a range")]
+    );
+
+    let file = config_file("[delivery]\nwebhook_deny = [\"10.0.0.0/33\"]\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let error = Settings::resolve(&args(&["--config", path])).expect_err("must fail");
+    assert!(
+        format!("{error:#}").contains("delivery.webhook_deny"),
+        "{error:#}"
+    );
+}

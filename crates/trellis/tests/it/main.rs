@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod subscriptions;
 
 use std::path::Path;
 

@@ -1,0 +1,95 @@
+//! `/v1/subscriptions`: create, list, read (with live status), change delivery settings, pause,
+//! resume and delete subscriptions.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use crate::error::ApiError;
+use crate::http::AppState;
+
+pub(crate) async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+    let res = async {
+        let body = json_body(&body)?;
+        state.subscriptions.create(&body).await
+    }
+    .await;
+    respond(res, StatusCode::CREATED)
+}
+
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Response {
+    let res = state
+        .subscriptions
+        .list()
+        .await
+        .map(|subscriptions| serde_json::json!({ "subscriptions": subscriptions }));
+    respond(res, StatusCode::OK)
+}
+
+pub(crate) async fn get(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Response {
+    respond(state.subscriptions.get(&name).await, StatusCode::OK)
+}
+
+pub(crate) async fn patch(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let res = async {
+        let body = json_body(&body)?;
+        state.subscriptions.patch(&name, &body).await
+    }
+    .await;
+    respond(res, StatusCode::OK)
+}
+
+pub(crate) async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Response {
+    match state.subscriptions.delete(&name).await {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+pub(crate) async fn pause(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Response {
+    respond(
+        state.subscriptions.set_paused(&name, true).await,
+        StatusCode::OK,
+    )
+}
+
+pub(crate) async fn resume(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Response {
+    respond(
+        state.subscriptions.set_paused(&name, false).await,
+        StatusCode::OK,
+    )
+}
+
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {error}"),
+        )
+    })
+}
+
+fn respond(res: Result<Value, ApiError>, status: StatusCode) -> Response {
+    match res {
+        Ok(body) => (status, Json(body)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}

@@ -1,0 +1,273 @@
+//! One subscription's reading loop: reads its topic from the committed offset, hands records to
+//! the delivery engine, dead-letters records that fail for good, and commits only the contiguous
+//! prefix of records that ended.
+//!
+//! Invariants:
+//! - A record is committed only after its callback said delivered, or after its dead-letter
+//!   append is durable. So after a crash, everything past the committed offset is delivered again
+//!   (at-least-once) and nothing is skipped.
+//! - A cancelled record (shutdown) is never committed and never dead-lettered.
+//! - Reading pauses while `max_in_flight` records are out, which bounds memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use trellis_cloudevents::CloudEvent;
+use trellis_delivery::engine::{Engine, Record};
+use trellis_delivery::offsets::OffsetTracker;
+use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport};
+use trellis_log::{LogError, Topic};
+use trellis_meta::MetadataStore;
+
+use crate::error::error_chain;
+
+/// What the engine's callbacks tell the dispatcher.
+pub(crate) enum Outcome {
+    Delivered(u64),
+    Failed(Box<DeliveryFailure>),
+}
+
+/// The engine's callbacks for a dispatcher: hand each outcome to its loop.
+pub(crate) struct ToDispatcher(pub(crate) mpsc::UnboundedSender<Outcome>);
+
+impl DeliveryCallbacks for ToDispatcher {
+    fn on_success(&self, report: DeliveryReport) {
+        let _ = self.0.send(Outcome::Delivered(report.context.offset));
+    }
+
+    fn on_exception(&self, failure: DeliveryFailure) {
+        let _ = self.0.send(Outcome::Failed(Box::new(failure)));
+    }
+}
+
+/// Live figures the status API shows.
+#[derive(Debug, Default)]
+pub(crate) struct DispatcherStats {
+    pub(crate) committed: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    /// The next offset to read.
+    pub(crate) position: AtomicU64,
+}
+
+pub(crate) struct Dispatcher {
+    pub(crate) name: String,
+    pub(crate) topic: Topic,
+    /// Created on first use with the default topic settings.
+    pub(crate) dead_letter: DeadLetterTarget,
+    pub(crate) meta: Arc<dyn MetadataStore>,
+    pub(crate) offset_key: String,
+    pub(crate) engine: Engine,
+    pub(crate) outcomes: mpsc::UnboundedReceiver<Outcome>,
+    pub(crate) start: u64,
+    pub(crate) max_in_flight: usize,
+    pub(crate) commit_interval: Duration,
+    pub(crate) paused: watch::Receiver<bool>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) stats: Arc<DispatcherStats>,
+}
+
+/// Where dead letters go: a topic looked up (or created) when the first one is written.
+pub(crate) struct DeadLetterTarget {
+    pub(crate) topic_name: String,
+    pub(crate) open: OpenTopic,
+}
+
+/// Looks a topic up by name, creating it if need be; the error is a sentence for the log.
+pub(crate) type OpenTopic = Box<dyn Fn(&str) -> Result<Topic, String> + Send + Sync>;
+
+/// How many records one read takes from the log at most, and how many payload bytes.
+const READ_BATCH_RECORDS: usize = 256;
+const READ_BATCH_BYTES: usize = 1024 * 1024;
+/// Waits between tries to append a dead letter that failed (the log is full or shutting down).
+const DEAD_LETTER_RETRY: Duration = Duration::from_millis(500);
+
+impl Dispatcher {
+    pub(crate) async fn run(mut self) {
+        let mut tracker = OffsetTracker::new(self.start);
+        let mut next = self.start;
+        let mut deliveries = JoinSet::new();
+        let mut persisted = self.start;
+        self.stats.committed.store(self.start, Ordering::Relaxed);
+        let mut commit_tick = tokio::time::interval(self.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let paused = *self.paused.borrow();
+            let room = self.max_in_flight.saturating_sub(deliveries.len());
+            let mut caught_up = false;
+            if !paused && room > 0 {
+                match self.read(next, room).await {
+                    Ok(records) if records.is_empty() => caught_up = true,
+                    Ok(records) => {
+                        for record in records {
+                            next = record.offset + 1;
+                            self.dispatch(record, &mut tracker, &mut deliveries);
+                        }
+                        self.stats.position.store(next, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(LogError::OffsetTruncated { first_offset, .. }) => {
+                        tracing::warn!(
+                            message = "Records the subscription had not delivered were removed by retention; skipping to the first record left.",
+                            subscription = %self.name,
+                            from = next,
+                            to = first_offset,
+                        );
+                        next = first_offset;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(message = "Reading the topic failed; the subscription stops.", subscription = %self.name, error = %error_chain(&error));
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                Some(outcome) = self.outcomes.recv() => {
+                    if !self.settle(outcome, &mut tracker).await {
+                        break;
+                    }
+                }
+                Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
+                _ = self.topic.wait_for(next), if caught_up => {}
+                _ = self.paused.changed() => {}
+                _ = commit_tick.tick() => {
+                    persisted = self.persist(tracker.committable(), persisted).await;
+                }
+            }
+        }
+        // Stop delivering: aborted deliveries report `Cancelled` and stay uncommitted. Records
+        // that ended before the abort are settled first, so their progress is kept.
+        deliveries.abort_all();
+        while deliveries.join_next().await.is_some() {}
+        while let Ok(outcome) = self.outcomes.try_recv() {
+            if !self.settle(outcome, &mut tracker).await {
+                break;
+            }
+        }
+        self.persist(tracker.committable(), persisted).await;
+    }
+
+    fn dispatch(
+        &self,
+        record: trellis_log::Record,
+        tracker: &mut OffsetTracker,
+        deliveries: &mut JoinSet<()>,
+    ) {
+        if let Err(error) = tracker.track(record.offset) {
+            tracing::error!(message = "Offset bookkeeping refused a record; it is skipped.", subscription = %self.name, offset = record.offset, error = %error);
+            return;
+        }
+        let event = match CloudEvent::from_stored(&record.payload) {
+            Ok(event) => event,
+            Err(error) => {
+                // The log only holds events Trellis validated; an unreadable one is damage the
+                // frame checksum did not catch. Skipping it is the only way forward.
+                tracing::error!(message = "A stored event is unreadable; it is skipped.", subscription = %self.name, offset = record.offset, error = %error);
+                let _ = tracker.complete(record.offset);
+                return;
+            }
+        };
+        let engine = self.engine.clone();
+        let topic = self.topic.name().to_owned();
+        deliveries.spawn(async move {
+            engine
+                .deliver(Record {
+                    topic,
+                    offset: record.offset,
+                    event,
+                })
+                .await;
+        });
+    }
+
+    /// Accounts for one ended record; `false` when the dispatcher was stopped meanwhile.
+    async fn settle(&mut self, outcome: Outcome, tracker: &mut OffsetTracker) -> bool {
+        let offset = match outcome {
+            Outcome::Delivered(offset) => offset,
+            Outcome::Failed(failure) if !failure.class.is_final() => return true,
+            Outcome::Failed(failure) => {
+                if !self.dead_letter(&failure).await {
+                    return false;
+                }
+                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                failure.context.offset
+            }
+        };
+        if let Ok(Some(committable)) = tracker.complete(offset) {
+            self.stats.committed.store(committable, Ordering::Relaxed);
+        }
+        true
+    }
+
+    /// Appends the failed record to the dead-letter topic, retrying until it is durable;
+    /// `false` if the dispatcher was stopped first (the record then stays uncommitted).
+    async fn dead_letter(&self, failure: &DeliveryFailure) -> bool {
+        let payload = match self.dead_letter_event(failure).await {
+            Some(event) => Bytes::from(event.to_stored()),
+            None => return true,
+        };
+        loop {
+            let appended = match (self.dead_letter.open)(&self.dead_letter.topic_name) {
+                Ok(topic) => topic
+                    .append(vec![payload.clone()])
+                    .await
+                    .map_err(|error| error_chain(&error)),
+                Err(message) => Err(message),
+            };
+            match appended {
+                Ok(_) => return true,
+                Err(message) => {
+                    tracing::error!(message = "Writing a dead letter failed; retrying.", subscription = %self.name, topic = %self.dead_letter.topic_name, error = %message);
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep(DEAD_LETTER_RETRY) => {}
+            }
+        }
+    }
+
+    /// The original event with extensions saying why it was dead-lettered, or `None` if the
+    /// record cannot be read back (see `dispatch`).
+    async fn dead_letter_event(&self, failure: &DeliveryFailure) -> Option<CloudEvent> {
+        let offset = failure.context.offset;
+        let records = self.read(offset, 1).await.ok()?;
+        let record = records.into_iter().find(|record| record.offset == offset)?;
+        let mut event = CloudEvent::from_stored(&record.payload).ok()?;
+        super::dead_letter::annotate(&mut event, &self.name, failure);
+        Some(event)
+    }
+
+    async fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+    ) -> Result<Vec<trellis_log::Record>, LogError> {
+        let topic = self.topic.clone();
+        let max_records = max_records.min(READ_BATCH_RECORDS);
+        tokio::task::spawn_blocking(move || topic.read(from, max_records, READ_BATCH_BYTES))
+            .await
+            .unwrap_or(Err(LogError::Closed))
+    }
+
+    /// Stores the committed offset if it moved; returns what is stored now.
+    async fn persist(&self, committable: u64, persisted: u64) -> u64 {
+        if committable == persisted {
+            return persisted;
+        }
+        let value = Bytes::from(committable.to_string());
+        match self.meta.put(&self.offset_key, value).await {
+            Ok(_) => committable,
+            Err(error) => {
+                tracing::warn!(message = "Storing the committed offset failed; retrying at the next interval.", subscription = %self.name, error = %error_chain(&error));
+                persisted
+            }
+        }
+    }
+}

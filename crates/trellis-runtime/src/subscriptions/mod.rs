@@ -1,0 +1,396 @@
+//! Subscriptions: their settings live in the metadata store under `/subscriptions/<name>` and
+//! their committed offsets under `/offsets/<name>`, so both survive restarts. Each running
+//! subscription is one dispatcher task (see `dispatcher`) driving one delivery engine.
+//!
+//! Each subscription is its own consumer group: two subscriptions on one topic each get every
+//! event.
+
+mod dead_letter;
+mod dispatcher;
+pub(crate) mod spec;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::{Mutex, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use trellis_delivery::config::SpecError;
+use trellis_delivery::engine::{Engine, EngineStatus};
+use trellis_delivery::guard::AddressGuard;
+use trellis_meta::{CasOutcome, Expect, MetadataStore};
+
+use crate::error::ApiError;
+use crate::topics::TopicRegistry;
+use dispatcher::{DeadLetterTarget, Dispatcher, DispatcherStats, ToDispatcher};
+use spec::{Start, SubscriptionSpec, field_error, reject_unknown};
+
+const SUBSCRIPTION_KEY_PREFIX: &str = "/subscriptions/";
+const OFFSET_KEY_PREFIX: &str = "/offsets/";
+
+/// Records one subscription may have out for delivery at once; reading waits beyond it. Enough
+/// to keep 64 adaptive-concurrency slots per URL busy through retries, small enough that even
+/// 1 MiB events stay well inside the memory targets.
+const MAX_IN_FLIGHT: usize = 256;
+/// How often a moving committed offset is written to the metadata store (and always at shutdown).
+const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+
+pub(crate) struct SubscriptionRegistry {
+    meta: Arc<dyn MetadataStore>,
+    topics: TopicRegistry,
+    guard: Arc<AddressGuard>,
+    running: Mutex<BTreeMap<String, Running>>,
+    tasks: TaskTracker,
+}
+
+struct Running {
+    spec: SubscriptionSpec,
+    engine: Engine,
+    paused: watch::Sender<bool>,
+    stop: CancellationToken,
+    stats: Arc<DispatcherStats>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+/// `GET /v1/subscriptions/{name}`'s live part.
+#[derive(Serialize)]
+pub(crate) struct SubscriptionStatus {
+    pub(crate) delivered: u64,
+    pub(crate) retried: u64,
+    pub(crate) dead_lettered: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) committed_offset: u64,
+    /// Events published but not yet ended for this subscription.
+    pub(crate) lag: u64,
+    pub(crate) paused: bool,
+    pub(crate) urls: Vec<trellis_delivery::engine::TargetStatus>,
+}
+
+impl SubscriptionRegistry {
+    /// Starts every stored subscription from its committed offset.
+    pub(crate) async fn open(
+        meta: Arc<dyn MetadataStore>,
+        topics: TopicRegistry,
+        guard: Arc<AddressGuard>,
+    ) -> Result<SubscriptionRegistry, ApiError> {
+        let registry = SubscriptionRegistry {
+            meta,
+            topics,
+            guard,
+            running: Mutex::new(BTreeMap::new()),
+            tasks: TaskTracker::new(),
+        };
+        let stored = registry
+            .meta
+            .range(SUBSCRIPTION_KEY_PREFIX)
+            .await
+            .map_err(|error| ApiError::internal("reading subscriptions", &error))?;
+        for kv in stored.kvs {
+            let spec = serde_json::from_slice::<Value>(&kv.value)
+                .map_err(|error| error.to_string())
+                .and_then(|value| {
+                    SubscriptionSpec::from_stored(&value).map_err(|error| error.to_string())
+                });
+            let spec = match spec {
+                Ok(spec) => spec,
+                Err(error) => {
+                    tracing::error!(message = "A stored subscription is unreadable; it is not started.", key = %kv.key, error);
+                    continue;
+                }
+            };
+            let committed = registry.stored_offset(&spec.name).await?;
+            let start = match committed {
+                Some(offset) => offset,
+                None => registry.start_offset(&spec)?,
+            };
+            let name = spec.name.clone();
+            if let Err(error) = registry.start(spec, start).await {
+                tracing::error!(message = "A stored subscription cannot start.", subscription = name, error = %error.message);
+            }
+        }
+        Ok(registry)
+    }
+
+    pub(crate) async fn create(&self, body: &Value) -> Result<Value, ApiError> {
+        let spec = SubscriptionSpec::from_request(body).map_err(invalid)?;
+        let topic = self.topics.for_subscription(&spec.topic)?;
+        let start = self.start_offset(&spec)?;
+        if let Start::Offset(offset) = spec.start {
+            let next = topic.stats().next_offset;
+            if offset > next {
+                return Err(invalid(field_error(
+                    "start",
+                    &format!(
+                        "offset {offset} is past the end of topic {:?} (next offset {next})",
+                        spec.topic
+                    ),
+                )));
+            }
+        }
+        // Build the engine before storing anything, so a refused URL leaves no trace.
+        Engine::new(
+            &spec.name,
+            &spec.sink,
+            &spec.delivery,
+            Arc::clone(&self.guard),
+            Arc::new(ToDispatcher(mpsc::unbounded_channel().0)),
+        )
+        .map_err(|error| ApiError::bad_request("invalid_subscription", error.to_string()))?;
+        let stored = encode(&spec)?;
+        let mut running = self.running.lock().await;
+        match self
+            .meta
+            .compare_and_set(&subscription_key(&spec.name), Expect::Absent, stored)
+            .await
+            .map_err(|error| ApiError::internal("storing a subscription", &error))?
+        {
+            CasOutcome::Written { .. } => {}
+            CasOutcome::Conflict { .. } => {
+                return Err(ApiError::new(
+                    http::StatusCode::CONFLICT,
+                    "subscription_exists",
+                    format!("a subscription named {:?} already exists", spec.name),
+                ));
+            }
+        }
+        self.meta
+            .put(&offset_key(&spec.name), Bytes::from(start.to_string()))
+            .await
+            .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?;
+        let view = view_json(&spec)?;
+        let handle = self.spawn(spec, start)?;
+        running.insert(handle.spec.name.clone(), handle);
+        Ok(view)
+    }
+
+    pub(crate) async fn list(&self) -> Result<Vec<Value>, ApiError> {
+        let running = self.running.lock().await;
+        running
+            .values()
+            .map(|running| view_json(&running.spec))
+            .collect()
+    }
+
+    pub(crate) async fn get(&self, name: &str) -> Result<Value, ApiError> {
+        let running = self.running.lock().await;
+        let running = running.get(name).ok_or_else(|| not_found(name))?;
+        let mut view = view_json(&running.spec)?;
+        let status = self.status(running);
+        if let Value::Object(object) = &mut view {
+            object.insert(
+                "status".to_owned(),
+                serde_json::to_value(status)
+                    .map_err(|error| ApiError::internal("encoding status", &error))?,
+            );
+        }
+        Ok(view)
+    }
+
+    /// `PATCH`: a JSON merge patch over `delivery`; other fields cannot change after creation.
+    pub(crate) async fn patch(&self, name: &str, body: &Value) -> Result<Value, ApiError> {
+        let object = body.as_object().ok_or_else(|| {
+            invalid(field_error(
+                "body",
+                "must be a JSON object such as {\"delivery\": {...}}",
+            ))
+        })?;
+        reject_unknown(object, &["delivery"]).map_err(invalid)?;
+        let mut running = self.running.lock().await;
+        let entry = running.get_mut(name).ok_or_else(|| not_found(name))?;
+        let patch = object.get("delivery").cloned().unwrap_or(Value::Null);
+        let delivery = entry
+            .spec
+            .delivery
+            .patched(&patch, "delivery")
+            .map_err(invalid)?;
+        let mut spec = entry.spec.clone();
+        spec.delivery = delivery;
+        self.store(&spec).await?;
+        entry.engine.update_delivery(&spec.delivery);
+        entry.spec = spec;
+        view_json(&entry.spec)
+    }
+
+    pub(crate) async fn set_paused(&self, name: &str, paused: bool) -> Result<Value, ApiError> {
+        let mut running = self.running.lock().await;
+        let entry = running.get_mut(name).ok_or_else(|| not_found(name))?;
+        let mut spec = entry.spec.clone();
+        spec.paused = paused;
+        self.store(&spec).await?;
+        entry.spec = spec;
+        entry.paused.send_replace(paused);
+        if !paused {
+            entry.engine.resume();
+        }
+        view_json(&entry.spec)
+    }
+
+    pub(crate) async fn delete(&self, name: &str) -> Result<(), ApiError> {
+        let mut running = self.running.lock().await;
+        let entry = running.remove(name).ok_or_else(|| not_found(name))?;
+        entry.stop.cancel();
+        let _ = entry.done.await;
+        self.meta
+            .delete(&subscription_key(name))
+            .await
+            .map_err(|error| ApiError::internal("deleting a subscription", &error))?;
+        self.meta
+            .delete(&offset_key(name))
+            .await
+            .map_err(|error| ApiError::internal("deleting a subscription's offset", &error))?;
+        Ok(())
+    }
+
+    /// Stops every dispatcher and waits until each has stored its committed offset.
+    pub(crate) async fn shutdown(&self) {
+        let running = std::mem::take(&mut *self.running.lock().await);
+        for entry in running.values() {
+            entry.stop.cancel();
+        }
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    async fn start(&self, spec: SubscriptionSpec, start: u64) -> Result<(), ApiError> {
+        let handle = self.spawn(spec, start)?;
+        self.running
+            .lock()
+            .await
+            .insert(handle.spec.name.clone(), handle);
+        Ok(())
+    }
+
+    fn spawn(&self, spec: SubscriptionSpec, start: u64) -> Result<Running, ApiError> {
+        let topic = self.topics.for_subscription(&spec.topic)?;
+        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        let engine = Engine::new(
+            &spec.name,
+            &spec.sink,
+            &spec.delivery,
+            Arc::clone(&self.guard),
+            Arc::new(ToDispatcher(outcomes_tx)),
+        )
+        .map_err(|error| ApiError::bad_request("invalid_subscription", error.to_string()))?;
+        let (paused_tx, paused) = watch::channel(spec.paused);
+        let stop = CancellationToken::new();
+        let stats = Arc::new(DispatcherStats::default());
+        let topics = self.topics.clone();
+        let dispatcher = Dispatcher {
+            name: spec.name.clone(),
+            topic,
+            dead_letter: DeadLetterTarget {
+                topic_name: spec.dead_letter_topic.clone(),
+                open: Box::new(move |name| {
+                    topics.for_subscription(name).map_err(|error| error.message)
+                }),
+            },
+            meta: Arc::clone(&self.meta),
+            offset_key: offset_key(&spec.name),
+            engine: engine.clone(),
+            outcomes,
+            start,
+            max_in_flight: MAX_IN_FLIGHT,
+            commit_interval: COMMIT_INTERVAL,
+            paused,
+            stop: stop.clone(),
+            stats: Arc::clone(&stats),
+        };
+        let done = self.tasks.spawn(dispatcher.run());
+        Ok(Running {
+            spec,
+            engine,
+            paused: paused_tx,
+            stop,
+            stats,
+            done,
+        })
+    }
+
+    fn status(&self, running: &Running) -> SubscriptionStatus {
+        let EngineStatus {
+            delivered,
+            failed: _,
+            retries,
+            in_flight,
+            targets,
+        } = running.engine.status();
+        let committed = running.stats.committed.load(Ordering::Relaxed);
+        let next = self
+            .topics
+            .log()
+            .topic(&running.spec.topic)
+            .map_or(committed, |topic| topic.stats().next_offset);
+        SubscriptionStatus {
+            delivered,
+            retried: retries,
+            dead_lettered: running.stats.dead_lettered.load(Ordering::Relaxed),
+            in_flight,
+            committed_offset: committed,
+            lag: next.saturating_sub(committed),
+            paused: running.spec.paused,
+            urls: targets,
+        }
+    }
+
+    fn start_offset(&self, spec: &SubscriptionSpec) -> Result<u64, ApiError> {
+        let topic = self.topics.for_subscription(&spec.topic)?;
+        let stats = topic.stats();
+        Ok(match spec.start {
+            Start::Latest => stats.next_offset,
+            Start::Earliest => stats.first_offset,
+            Start::Offset(offset) => offset.max(stats.first_offset),
+        })
+    }
+
+    async fn stored_offset(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        let kv = self
+            .meta
+            .get(&offset_key(name))
+            .await
+            .map_err(|error| ApiError::internal("reading a subscription's offset", &error))?;
+        Ok(kv.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()))
+    }
+
+    async fn store(&self, spec: &SubscriptionSpec) -> Result<(), ApiError> {
+        self.meta
+            .put(&subscription_key(&spec.name), encode(spec)?)
+            .await
+            .map_err(|error| ApiError::internal("storing a subscription", &error))?;
+        Ok(())
+    }
+}
+
+fn encode(spec: &SubscriptionSpec) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(&spec.to_stored())
+        .map(Bytes::from)
+        .map_err(|error| ApiError::internal("encoding a subscription", &error))
+}
+
+fn view_json(spec: &SubscriptionSpec) -> Result<Value, ApiError> {
+    serde_json::to_value(spec.view())
+        .map_err(|error| ApiError::internal("encoding a subscription", &error))
+}
+
+fn invalid(error: SpecError) -> ApiError {
+    ApiError::bad_request("invalid_subscription", error.to_string()).with_field(error.field)
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::not_found(
+        "subscription_not_found",
+        format!("no subscription named {name:?}"),
+    )
+}
+
+fn subscription_key(name: &str) -> String {
+    format!("{SUBSCRIPTION_KEY_PREFIX}{name}")
+}
+
+fn offset_key(name: &str) -> String {
+    format!("{OFFSET_KEY_PREFIX}{name}")
+}

@@ -1,0 +1,301 @@
+//! Subscriptions end to end: `trellis serve` as a child process delivering to receivers on
+//! loopback, checked through the API a user would use.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use trellis_test_support::{Receiver, Reply, TrellisProcess};
+
+use crate::{bin, publish};
+
+/// A fresh `trellis serve` on a temp data dir; keep the first two alive for the test's length.
+fn start() -> (tempfile::TempDir, TrellisProcess, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
+    let base = process.base_url().to_owned();
+    (dir, process, base)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn create(base: &str, body: Value) -> reqwest::Response {
+    client()
+        .post(format!("{base}/v1/subscriptions"))
+        .json(&body)
+        .send()
+        .await
+        .expect("request")
+}
+
+async fn get_json(url: &str) -> Value {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Fast retries, so failure scenarios end within a test's patience.
+fn fast_delivery() -> Value {
+    json!({
+        "max_attempts": 3,
+        "backoff": {"initial_ms": 10, "max_ms": 50},
+        "request_timeout_ms": 1000,
+    })
+}
+
+/// Polls until `done` holds or 10 s pass; returns whether it held.
+async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+async fn status(base: &str, name: &str) -> Value {
+    get_json(&format!("{base}/v1/subscriptions/{name}")).await["status"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn published_events_reach_the_webhook_and_the_offset_is_committed() {
+    let receiver = Receiver::answering(200).await.expect("test step");
+    let (_dir, _process, base) = start();
+
+    let created = create(
+        &base,
+        json!({"name": "audit", "topic": "orders", "sink": {"urls": [receiver.url("/hook")]}}),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.expect("test step");
+    assert_eq!(created["dead_letter_topic"], "audit.dlq");
+    for n in 0..3 {
+        let response = publish(
+            &client(),
+            &base,
+            "orders",
+            &format!("evt-{n}"),
+            format!("order {n}"),
+        )
+        .await
+        .expect("test step");
+        assert_eq!(response.status(), 202);
+    }
+
+    assert!(eventually(async || receiver.n_requests() == 3).await);
+    let ids: Vec<_> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("ce-id").expect("test step").to_owned())
+        .collect();
+    assert_eq!(ids, ["evt-0", "evt-1", "evt-2"]);
+    assert_eq!(receiver.requests()[1].body, b"order 1");
+    assert!(eventually(async || status(&base, "audit").await["committed_offset"] == 3).await);
+    let status = status(&base, "audit").await;
+    assert_eq!(status["delivered"], 3);
+    assert_eq!(status["lag"], 0);
+    assert_eq!(status["urls"][0]["circuit"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_subscriptions_on_one_topic_each_get_every_event() {
+    let first = Receiver::answering(200).await.expect("test step");
+    let second = Receiver::answering(204).await.expect("test step");
+    let (_dir, _process, base) = start();
+    for (name, receiver) in [("one", &first), ("two", &second)] {
+        let response = create(
+            &base,
+            json!({"name": name, "topic": "t", "sink": {"urls": [receiver.url("/")]}}),
+        )
+        .await;
+        assert_eq!(response.status(), 201);
+    }
+    for n in 0..5 {
+        publish(&client(), &base, "t", &format!("e{n}"), "x".to_owned())
+            .await
+            .expect("test step");
+    }
+    assert!(eventually(async || first.n_requests() == 5 && second.n_requests() == 5).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_that_fails_for_good_goes_to_the_dead_letter_topic() {
+    let receiver = Receiver::answering(400).await.expect("test step");
+    let (_dir, _process, base) = start();
+    let response = create(&base, json!({"name": "billing", "topic": "invoices", "sink": {"urls": [receiver.url("/")]}, "delivery": fast_delivery()})).await;
+    assert_eq!(response.status(), 201);
+    publish(&client(), &base, "invoices", "inv-1", "due".to_owned())
+        .await
+        .expect("test step");
+
+    assert!(eventually(async || status(&base, "billing").await["committed_offset"] == 1).await);
+    assert_eq!(receiver.n_requests(), 1, "a 400 is not retried");
+    let letters = get_json(&format!("{base}/v1/topics/billing.dlq/events?from=0")).await;
+    let letter = &letters[0];
+    assert_eq!(letter["id"], "inv-1");
+    assert_eq!(letter["data"], "due");
+    assert_eq!(letter["trellissubscription"], "billing");
+    assert_eq!(letter["trellisfailure"], "non_retriable");
+    assert_eq!(letter["trellisstatus"], 400);
+    assert_eq!(letter["trellisattempts"], 1);
+    assert_eq!(letter["trellisoffset"], "0");
+    assert_eq!(status(&base, "billing").await["dead_lettered"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn subscriptions_and_their_offsets_survive_a_restart() {
+    let receiver = Receiver::answering(200).await.expect("test step");
+    let dir = tempfile::tempdir().expect("test step");
+    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("test step");
+    let base = process.base_url().to_owned();
+    create(
+        &base,
+        json!({"name": "audit", "topic": "orders", "sink": {"urls": [receiver.url("/")]}}),
+    )
+    .await;
+    publish(&client(), &base, "orders", "before", "1".to_owned())
+        .await
+        .expect("test step");
+    assert!(eventually(async || status(&base, "audit").await["committed_offset"] == 1).await);
+    let exit = process.terminate().expect("test step");
+    assert!(exit.success());
+
+    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("test step");
+    let base = process.base_url().to_owned();
+    let listed = get_json(&format!("{base}/v1/subscriptions")).await;
+    assert_eq!(listed["subscriptions"][0]["name"], "audit");
+    publish(&client(), &base, "orders", "after", "2".to_owned())
+        .await
+        .expect("test step");
+    assert!(eventually(async || receiver.n_requests() == 2).await);
+    let ids: Vec<_> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("ce-id").expect("test step").to_owned())
+        .collect();
+    assert_eq!(
+        ids,
+        ["before", "after"],
+        "nothing delivered twice after a clean restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_requests_name_the_field_and_duplicates_conflict() {
+    let (_dir, _process, base) = start();
+    let sink = json!({"urls": ["http://127.0.0.1:9/hook"]});
+
+    let response = create(&base, json!({"name": "a", "topic": "t", "sink": sink, "delivery": {"backoff": {"multiplier": 0.5}}})).await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("test step");
+    assert_eq!(body["error"], "invalid_subscription");
+    assert_eq!(body["field"], "delivery.backoff.multiplier");
+
+    let response = create(
+        &base,
+        json!({"name": "a", "topic": "t", "sink": {"urls": ["http://169.254.169.254/"]}}),
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.expect("test step");
+    assert!(
+        body["message"]
+            .as_str()
+            .expect("test step")
+            .starts_with("sink.urls[0]"),
+        "{body}"
+    );
+
+    assert_eq!(
+        create(&base, json!({"name": "a", "topic": "t", "sink": sink}))
+            .await
+            .status(),
+        201
+    );
+    let response = create(&base, json!({"name": "a", "topic": "t", "sink": sink})).await;
+    assert_eq!(response.status(), 409);
+    let response = client()
+        .get(format!("{base}/v1/subscriptions/nope"))
+        .send()
+        .await
+        .expect("test step");
+    assert_eq!(response.status(), 404);
+    let response = client()
+        .delete(format!("{base}/v1/subscriptions/a"))
+        .send()
+        .await
+        .expect("test step");
+    assert_eq!(response.status(), 204);
+    let response = client()
+        .get(format!("{base}/v1/subscriptions/a"))
+        .send()
+        .await
+        .expect("test step");
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_subscription_holds_events_until_resumed() {
+    let receiver = Receiver::answering(200).await.expect("test step");
+    let (_dir, _process, base) = start();
+    create(
+        &base,
+        json!({"name": "s", "topic": "t", "sink": {"urls": [receiver.url("/")]}}),
+    )
+    .await;
+    let paused = client()
+        .post(format!("{base}/v1/subscriptions/s/pause"))
+        .send()
+        .await
+        .expect("test step");
+    assert_eq!(paused.status(), 200);
+    publish(&client(), &base, "t", "held", "x".to_owned())
+        .await
+        .expect("test step");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.n_requests(), 0);
+    assert_eq!(status(&base, "s").await["lag"], 1);
+
+    client()
+        .post(format!("{base}/v1/subscriptions/s/resume"))
+        .send()
+        .await
+        .expect("test step");
+    assert!(eventually(async || receiver.n_requests() == 1).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_webhook_recovers_without_losing_records() {
+    let receiver = Receiver::start(|index, _| Reply::Status(if index < 4 { 503 } else { 200 }))
+        .await
+        .expect("test step");
+    let (_dir, _process, base) = start();
+    let delivery = json!({"max_attempts": 10, "backoff": {"initial_ms": 10, "max_ms": 50}});
+    create(&base, json!({"name": "s", "topic": "t", "sink": {"urls": [receiver.url("/")]}, "delivery": delivery})).await;
+    for n in 0..10 {
+        publish(&client(), &base, "t", &format!("e{n}"), "x".to_owned())
+            .await
+            .expect("test step");
+    }
+    assert!(eventually(async || status(&base, "s").await["committed_offset"] == 10).await);
+    let status = status(&base, "s").await;
+    assert_eq!(status["delivered"], 10);
+    assert_eq!(status["dead_lettered"], 0);
+    let mut ids: Vec<_> = receiver
+        .requests()
+        .iter()
+        .map(|r| r.header("ce-id").expect("test step").to_owned())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 10);
+}
