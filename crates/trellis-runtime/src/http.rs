@@ -60,6 +60,10 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/subscriptions/{name}/resume",
             post(subscriptions::resume),
         )
+        .route(
+            "/v1/subscriptions/{name}/redrive",
+            post(subscriptions::redrive),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(Arc::new(state))

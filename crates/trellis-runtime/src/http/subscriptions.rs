@@ -78,6 +78,16 @@ pub(crate) async fn resume(
     )
 }
 
+pub(crate) async fn redrive(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Response {
+    respond(
+        state.subscriptions.redrive(&name).await,
+        StatusCode::ACCEPTED,
+    )
+}
+
 fn json_body(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|error| {
         ApiError::bad_request(

@@ -14,6 +14,17 @@
 use trellis_cloudevents::{CloudEvent, ExtensionValue};
 use trellis_delivery::report::DeliveryFailure;
 
+/// Every extension `annotate` sets; a redrive strips them before delivering again.
+pub(crate) const EXTENSIONS: &[&str] = &[
+    "trellissubscription",
+    "trellistopic",
+    "trellisoffset",
+    "trellisfailure",
+    "trellisstatus",
+    "trellisattempts",
+    "trellisreason",
+];
+
 /// Long enough for a status line and a redacted URL; short enough to keep dead letters small.
 const MAX_REASON_CHARS: usize = 512;
 

@@ -7,6 +7,7 @@
 
 mod dead_letter;
 mod dispatcher;
+mod redrive;
 pub(crate) mod spec;
 
 use std::collections::BTreeMap;
@@ -28,10 +29,12 @@ use trellis_meta::{CasOutcome, Expect, MetadataStore};
 use crate::error::ApiError;
 use crate::topics::TopicRegistry;
 use dispatcher::{DeadLetterTarget, Dispatcher, DispatcherStats, ToDispatcher};
+use redrive::RedriveStats;
 use spec::{Start, SubscriptionSpec, field_error, reject_unknown};
 
 const SUBSCRIPTION_KEY_PREFIX: &str = "/subscriptions/";
 const OFFSET_KEY_PREFIX: &str = "/offsets/";
+const REDRIVE_KEY_PREFIX: &str = "/redrive/";
 
 /// Records one subscription may have out for delivery at once; reading waits beyond it. Enough
 /// to keep 64 adaptive-concurrency slots per URL busy through retries, small enough that even
@@ -55,6 +58,7 @@ struct Running {
     stop: CancellationToken,
     stats: Arc<DispatcherStats>,
     done: tokio::task::JoinHandle<()>,
+    redrive: Arc<RedriveStats>,
 }
 
 /// `GET /v1/subscriptions/{name}`'s live part.
@@ -69,6 +73,8 @@ pub(crate) struct SubscriptionStatus {
     pub(crate) lag: u64,
     pub(crate) paused: bool,
     pub(crate) urls: Vec<trellis_delivery::engine::TargetStatus>,
+    /// The last redrive of the dead-letter topic, if any.
+    pub(crate) redrive: redrive::RedriveView,
 }
 
 impl SubscriptionRegistry {
@@ -239,11 +245,71 @@ impl SubscriptionRegistry {
             .delete(&subscription_key(name))
             .await
             .map_err(|error| ApiError::internal("deleting a subscription", &error))?;
-        self.meta
-            .delete(&offset_key(name))
-            .await
-            .map_err(|error| ApiError::internal("deleting a subscription's offset", &error))?;
+        for key in [offset_key(name), redrive_key(name)] {
+            self.meta
+                .delete(&key)
+                .await
+                .map_err(|error| ApiError::internal("deleting a subscription's offsets", &error))?;
+        }
         Ok(())
+    }
+
+    /// Delivers the subscription's dead letters again, from where the last redrive stopped to
+    /// the end of the dead-letter topic now. Answers at once; progress shows in the status.
+    pub(crate) async fn redrive(&self, name: &str) -> Result<Value, ApiError> {
+        let running = self.running.lock().await;
+        let entry = running.get(name).ok_or_else(|| not_found(name))?;
+        if entry.redrive.running.load(Ordering::Relaxed) {
+            return Err(ApiError::new(
+                http::StatusCode::CONFLICT,
+                "redrive_running",
+                format!("a redrive of {name:?} is already running"),
+            ));
+        }
+        let spec = &entry.spec;
+        let Some(dead_letters) = self.topics.log().topic(&spec.dead_letter_topic) else {
+            return Ok(serde_json::json!({"from": 0, "to": 0, "events": 0}));
+        };
+        let from = match self.stored_u64(&redrive_key(name)).await? {
+            Some(cursor) => cursor.max(dead_letters.stats().first_offset),
+            None => dead_letters.stats().first_offset,
+        };
+        let to = dead_letters.stats().next_offset.max(from);
+        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+        let engine = Engine::new(
+            &spec.name,
+            &spec.sink,
+            &spec.delivery,
+            Arc::clone(&self.guard),
+            Arc::new(ToDispatcher(outcomes_tx)),
+        )
+        .map_err(|error| ApiError::bad_request("invalid_subscription", error.to_string()))?;
+        let stats = Arc::clone(&entry.redrive);
+        stats.from.store(from, Ordering::Relaxed);
+        stats.to.store(to, Ordering::Relaxed);
+        stats.delivered.store(0, Ordering::Relaxed);
+        stats.dead_lettered.store(0, Ordering::Relaxed);
+        stats.running.store(true, Ordering::Relaxed);
+        let topics = self.topics.clone();
+        self.tasks.spawn(
+            redrive::Redrive {
+                name: spec.name.clone(),
+                dead_letters,
+                open_dead_letter_topic: Box::new(move |name| {
+                    topics.for_subscription(name).map_err(|error| error.message)
+                }),
+                engine,
+                outcomes,
+                meta: Arc::clone(&self.meta),
+                cursor_key: redrive_key(name),
+                from,
+                to,
+                stop: entry.stop.child_token(),
+                stats,
+            }
+            .run(),
+        );
+        Ok(serde_json::json!({"from": from, "to": to, "events": to - from}))
     }
 
     /// Stops every dispatcher and waits until each has stored its committed offset.
@@ -308,6 +374,7 @@ impl SubscriptionRegistry {
             stop,
             stats,
             done,
+            redrive: Arc::default(),
         })
     }
 
@@ -334,6 +401,7 @@ impl SubscriptionRegistry {
             lag: next.saturating_sub(committed),
             paused: running.spec.paused,
             urls: targets,
+            redrive: running.redrive.view(),
         }
     }
 
@@ -348,9 +416,13 @@ impl SubscriptionRegistry {
     }
 
     async fn stored_offset(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.stored_u64(&offset_key(name)).await
+    }
+
+    async fn stored_u64(&self, key: &str) -> Result<Option<u64>, ApiError> {
         let kv = self
             .meta
-            .get(&offset_key(name))
+            .get(key)
             .await
             .map_err(|error| ApiError::internal("reading a subscription's offset", &error))?;
         Ok(kv.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()))
@@ -389,6 +461,10 @@ fn not_found(name: &str) -> ApiError {
 
 fn subscription_key(name: &str) -> String {
     format!("{SUBSCRIPTION_KEY_PREFIX}{name}")
+}
+
+fn redrive_key(name: &str) -> String {
+    format!("{REDRIVE_KEY_PREFIX}{name}")
 }
 
 fn offset_key(name: &str) -> String {

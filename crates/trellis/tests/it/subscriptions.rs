@@ -299,3 +299,52 @@ async fn a_failing_webhook_recovers_without_losing_records() {
     ids.dedup();
     assert_eq!(ids.len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redrive_delivers_dead_letters_again() {
+    let receiver = Receiver::answering(400).await.expect("test step");
+    let (_dir, _process, base) = start();
+    create(
+        &base,
+        json!({"name": "s", "topic": "t", "sink": {"urls": [receiver.url("/")]}}),
+    )
+    .await;
+    publish(&client(), &base, "t", "e1", "x".to_owned())
+        .await
+        .expect("test step");
+    assert!(eventually(async || status(&base, "s").await["dead_lettered"] == 1).await);
+
+    receiver.set_script(|_, _| Reply::Status(200));
+    let redrive = client()
+        .post(format!("{base}/v1/subscriptions/s/redrive"))
+        .send()
+        .await
+        .expect("test step");
+    assert_eq!(redrive.status(), 202);
+    let redrive: Value = redrive.json().await.expect("test step");
+    assert_eq!(redrive["events"], 1);
+    assert!(eventually(async || status(&base, "s").await["redrive"]["delivered"] == 1).await);
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[1].header("ce-id"), Some("e1"));
+    assert!(
+        requests[1]
+            .headers
+            .iter()
+            .all(|(name, _)| !name.starts_with("ce-trellis")),
+        "the receiver gets the original event, not the dead letter's annotations"
+    );
+    assert!(eventually(async || status(&base, "s").await["redrive"]["running"] == false).await);
+    let again: Value = client()
+        .post(format!("{base}/v1/subscriptions/s/redrive"))
+        .send()
+        .await
+        .expect("test step")
+        .json()
+        .await
+        .expect("test step");
+    assert_eq!(
+        again["events"], 0,
+        "a redrive starts where the last one stopped"
+    );
+}

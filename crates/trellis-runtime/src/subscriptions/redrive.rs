@@ -1,0 +1,243 @@
+//! Redrive: delivers a subscription's dead letters again. It reads the dead-letter topic from
+//! where the last redrive stopped up to its end at the time of the request, strips the `trellis*`
+//! extensions so the receiver sees the original event, and delivers through an engine of its
+//! own (the subscription's sink and delivery settings, its own circuit and concurrency state, so
+//! a redrive never skews the live subscription's). A record that fails again is dead-lettered
+//! again, past the redrive's end, with its original topic and offset.
+//!
+//! The cursor (`/redrive/<name>`) moves only over the contiguous prefix of redriven records that
+//! ended, as the dispatcher's committed offset does, so a crash mid-redrive repeats, never skips.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use trellis_cloudevents::{CloudEvent, ExtensionValue};
+use trellis_delivery::engine::{Engine, Record};
+use trellis_delivery::offsets::OffsetTracker;
+use trellis_log::Topic;
+use trellis_meta::MetadataStore;
+
+use super::dispatcher::{OpenTopic, Outcome};
+use crate::error::error_chain;
+
+/// Redriven records out at once.
+const MAX_IN_FLIGHT: usize = 64;
+const READ_BATCH_RECORDS: usize = 256;
+const READ_BATCH_BYTES: usize = 1024 * 1024;
+
+/// What a running or finished redrive has done, for the status API.
+#[derive(Debug, Default)]
+pub(crate) struct RedriveStats {
+    pub(crate) from: AtomicU64,
+    pub(crate) to: AtomicU64,
+    pub(crate) delivered: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) running: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct RedriveView {
+    pub(crate) running: bool,
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) delivered: u64,
+    pub(crate) dead_lettered: u64,
+}
+
+impl RedriveStats {
+    pub(crate) fn view(&self) -> RedriveView {
+        RedriveView {
+            running: self.running.load(Ordering::Relaxed),
+            from: self.from.load(Ordering::Relaxed),
+            to: self.to.load(Ordering::Relaxed),
+            delivered: self.delivered.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub(crate) struct Redrive {
+    pub(crate) name: String,
+    pub(crate) dead_letters: Topic,
+    pub(crate) open_dead_letter_topic: OpenTopic,
+    pub(crate) engine: Engine,
+    pub(crate) outcomes: mpsc::UnboundedReceiver<Outcome>,
+    pub(crate) meta: Arc<dyn MetadataStore>,
+    pub(crate) cursor_key: String,
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+    pub(crate) stop: CancellationToken,
+    pub(crate) stats: Arc<RedriveStats>,
+}
+
+impl Redrive {
+    pub(crate) async fn run(mut self) {
+        self.stats.running.store(true, Ordering::Relaxed);
+        let mut tracker = OffsetTracker::new(self.from);
+        let mut next = self.from;
+        let mut deliveries = JoinSet::new();
+        // The original topic and offset of each redriven record, by dead-letter offset.
+        let mut origins = std::collections::HashMap::new();
+        loop {
+            let room = MAX_IN_FLIGHT.saturating_sub(deliveries.len());
+            if next < self.to && room > 0 {
+                let Some(records) = self.read(next, room).await else {
+                    break;
+                };
+                if records.is_empty() {
+                    // Retention removed the rest of the range: nothing left to redrive.
+                    next = self.to;
+                }
+                for record in records
+                    .into_iter()
+                    .take_while(|record| record.offset < self.to)
+                {
+                    next = record.offset + 1;
+                    if tracker.track(record.offset).is_err() {
+                        continue;
+                    }
+                    let Ok(mut event) = CloudEvent::from_stored(&record.payload) else {
+                        let _ = tracker.complete(record.offset);
+                        continue;
+                    };
+                    origins.insert(record.offset, strip(&mut event));
+                    let engine = self.engine.clone();
+                    let topic = self.dead_letters.name().to_owned();
+                    deliveries.spawn(async move {
+                        engine
+                            .deliver(Record {
+                                topic,
+                                offset: record.offset,
+                                event,
+                            })
+                            .await;
+                    });
+                }
+            }
+            if next >= self.to && deliveries.is_empty() {
+                break;
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => break,
+                Some(outcome) = self.outcomes.recv() => {
+                    let offset = match outcome {
+                        Outcome::Delivered(offset) => {
+                            self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                            offset
+                        }
+                        Outcome::Failed(failure) if !failure.class.is_final() => continue,
+                        Outcome::Failed(failure) => {
+                            let offset = failure.context.offset;
+                            let origin = origins.get(&offset).cloned().unwrap_or_default();
+                            if !self.dead_letter_again(offset, &failure, origin).await {
+                                break;
+                            }
+                            self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            offset
+                        }
+                    };
+                    origins.remove(&offset);
+                    if let Ok(Some(cursor)) = tracker.complete(offset) {
+                        self.persist(cursor).await;
+                    }
+                }
+                Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
+            }
+        }
+        deliveries.abort_all();
+        while deliveries.join_next().await.is_some() {}
+        self.persist(tracker.committable()).await;
+        self.stats.running.store(false, Ordering::Relaxed);
+    }
+
+    /// `None` when the dead-letter topic cannot be read; the redrive then stops where it is.
+    async fn read(&self, from: u64, max_records: usize) -> Option<Vec<trellis_log::Record>> {
+        let topic = self.dead_letters.clone();
+        let max_records = max_records.min(READ_BATCH_RECORDS);
+        match tokio::task::spawn_blocking(move || topic.read(from, max_records, READ_BATCH_BYTES))
+            .await
+        {
+            Ok(Ok(records)) => Some(records),
+            Ok(Err(error)) => {
+                tracing::error!(message = "Reading dead letters failed; the redrive stops.", subscription = %self.name, error = %error_chain(&error));
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Appends the record to the dead-letter topic again, with why it failed this time but its
+    /// original topic and offset; `false` if stopped before that was durable.
+    async fn dead_letter_again(
+        &self,
+        offset: u64,
+        failure: &trellis_delivery::report::DeliveryFailure,
+        origin: Origin,
+    ) -> bool {
+        let records = self.read(offset, 1).await.unwrap_or_default();
+        let Some(record) = records.into_iter().find(|record| record.offset == offset) else {
+            return true;
+        };
+        let Ok(mut event) = CloudEvent::from_stored(&record.payload) else {
+            return true;
+        };
+        strip(&mut event);
+        super::dead_letter::annotate(&mut event, &self.name, failure);
+        for (key, value) in origin.0 {
+            event.extensions.insert(key, value);
+        }
+        let payload = Bytes::from(event.to_stored());
+        loop {
+            let appended = match (self.open_dead_letter_topic)(self.dead_letters.name()) {
+                Ok(topic) => topic
+                    .append(vec![payload.clone()])
+                    .await
+                    .map_err(|error| error_chain(&error)),
+                Err(message) => Err(message),
+            };
+            match appended {
+                Ok(_) => return true,
+                Err(message) => {
+                    tracing::error!(message = "Writing a dead letter failed; retrying.", subscription = %self.name, error = %message)
+                }
+            }
+            tokio::select! {
+                () = self.stop.cancelled() => return false,
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn persist(&self, cursor: u64) {
+        if let Err(error) = self
+            .meta
+            .put(&self.cursor_key, Bytes::from(cursor.to_string()))
+            .await
+        {
+            tracing::warn!(message = "Storing the redrive position failed.", subscription = %self.name, error = %error_chain(&error));
+        }
+    }
+}
+
+/// Where a dead letter originally came from: its `trellistopic` and `trellisoffset`.
+#[derive(Debug, Clone, Default)]
+struct Origin(Vec<(String, ExtensionValue)>);
+
+/// Removes the extensions a dead letter carries, returning those that say where it came from.
+fn strip(event: &mut CloudEvent) -> Origin {
+    let mut origin = Vec::new();
+    for key in ["trellistopic", "trellisoffset"] {
+        if let Some(value) = event.extensions.get(key) {
+            origin.push((key.to_owned(), value.clone()));
+        }
+    }
+    event
+        .extensions
+        .retain(|key, _| !super::dead_letter::EXTENSIONS.contains(&key.as_str()));
+    Origin(origin)
+}
