@@ -216,60 +216,89 @@ impl Engine {
     /// Delivers one record and returns once it has ended and its callback has been called.
     /// Dropping the future before then reports the record as cancelled.
     pub async fn deliver(&self, record: Record) {
+        let prepared = PreparedEvent::new(&record.event, self.inner.mode);
+        self.deliver_prepared(vec![record], prepared).await;
+    }
+
+    /// Delivers records together in one `application/cloudevents-batch+json` request; each
+    /// still gets its own callback, and all share the request's fate (and its retries).
+    pub async fn deliver_batch(&self, records: Vec<Record>) {
+        if records.is_empty() {
+            return;
+        }
+        let events: Vec<&CloudEvent> = records.iter().map(|record| &record.event).collect();
+        let prepared = Ok(PreparedEvent::batch(&events));
+        self.deliver_prepared(records, prepared).await;
+    }
+
+    async fn deliver_prepared(
+        &self,
+        records: Vec<Record>,
+        prepared: Result<PreparedEvent, trellis_cloudevents::EventError>,
+    ) {
         let inner = &*self.inner;
-        let context = RecordContext {
-            subscription: inner.subscription.clone(),
-            topic: record.topic.clone(),
-            offset: record.offset,
-            event_id: record.event.id.clone(),
-            urls: inner.targets.iter().map(|t| t.redacted.clone()).collect(),
+        let urls: Vec<String> = inner.targets.iter().map(|t| t.redacted.clone()).collect();
+        let completions: Vec<Completion> = records
+            .iter()
+            .map(|record| {
+                let context = RecordContext {
+                    subscription: inner.subscription.clone(),
+                    topic: record.topic.clone(),
+                    offset: record.offset,
+                    event_id: record.event.id.clone(),
+                    urls: urls.clone(),
+                };
+                Completion::new(Arc::clone(&inner.callbacks), context)
+            })
+            .collect();
+        let _in_flight = InFlight::enter(&inner.counters.in_flight, completions.len() as u64);
+        let mut attempts = Vec::new();
+        let outcome = match prepared {
+            Ok(prepared) => self.attempt_everywhere(&prepared, &mut attempts).await,
+            Err(error) => Err(Failed::new(
+                FailureClass::Rejected,
+                format!("the event cannot be sent in the subscription's content mode: {error}"),
+            )),
         };
-        let mut completion = Completion::new(Arc::clone(&inner.callbacks), context);
-        let _in_flight = InFlight::enter(&inner.counters.in_flight);
-        let prepared = match PreparedEvent::new(&record.event, inner.mode) {
-            Ok(prepared) => prepared,
-            Err(error) => {
-                let failed = Failed::new(
-                    FailureClass::Rejected,
-                    format!("the event cannot be sent in the subscription's content mode: {error}"),
-                );
-                self.finish(completion, Err(failed));
-                return;
-            }
-        };
-        let outcome = match inner.strategy {
+        for mut completion in completions {
+            completion.attempts = attempts.clone();
+            self.finish(completion, outcome.clone());
+        }
+    }
+
+    /// Round robin: one URL at a time. Broadcast: every URL, and the outcome is the first
+    /// failure, if any.
+    async fn attempt_everywhere(
+        &self,
+        prepared: &PreparedEvent,
+        attempts: &mut Vec<AttemptRecord>,
+    ) -> Result<(), Failed> {
+        let inner = &*self.inner;
+        match inner.strategy {
             Strategy::RoundRobin => {
                 let start =
                     inner.next_target.fetch_add(1, Ordering::Relaxed) % inner.targets.len().max(1);
-                self.attempt_until_ended(
-                    &prepared,
-                    Choice::RoundRobin { start },
-                    &mut completion.attempts,
-                )
-                .await
+                self.attempt_until_ended(prepared, Choice::RoundRobin { start }, attempts)
+                    .await
             }
             Strategy::Broadcast => {
-                let per_target = (0..inner.targets.len()).map(|index| {
-                    let prepared = &prepared;
-                    async move {
-                        let mut attempts = Vec::new();
-                        let outcome = self
-                            .attempt_until_ended(prepared, Choice::Only(index), &mut attempts)
-                            .await;
-                        (outcome, attempts)
-                    }
+                let per_target = (0..inner.targets.len()).map(|index| async move {
+                    let mut attempts = Vec::new();
+                    let outcome = self
+                        .attempt_until_ended(prepared, Choice::Only(index), &mut attempts)
+                        .await;
+                    (outcome, attempts)
                 });
                 let mut first_failure = None;
-                for (outcome, attempts) in futures::future::join_all(per_target).await {
-                    completion.attempts.extend(attempts);
+                for (outcome, target_attempts) in futures::future::join_all(per_target).await {
+                    attempts.extend(target_attempts);
                     if let Err(failed) = outcome {
                         first_failure.get_or_insert(failed);
                     }
                 }
                 first_failure.map_or(Ok(()), Err)
             }
-        };
-        self.finish(completion, outcome);
+        }
     }
 
     fn finish(&self, completion: Completion, outcome: Result<(), Failed>) {
@@ -754,18 +783,18 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Counts a record as in flight for as long as it lives.
-struct InFlight<'a>(&'a AtomicU64);
+/// Counts records as in flight for as long as it lives.
+struct InFlight<'a>(&'a AtomicU64, u64);
 
 impl<'a> InFlight<'a> {
-    fn enter(counter: &'a AtomicU64) -> Self {
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter)
+    fn enter(counter: &'a AtomicU64, n_records: u64) -> Self {
+        counter.fetch_add(n_records, Ordering::Relaxed);
+        InFlight(counter, n_records)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(self.1, Ordering::Relaxed);
     }
 }

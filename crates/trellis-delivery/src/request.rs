@@ -19,6 +19,7 @@ pub(crate) const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("trellis-d
 pub(crate) const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
 
 const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
+const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 
 /// An event encoded for the subscription's content mode, shared by all its attempts.
 #[derive(Debug, Clone)]
@@ -59,6 +60,32 @@ impl PreparedEvent {
             body,
             trace_id,
         })
+    }
+
+    /// Several events as one JSON array of structured events (batched content mode).
+    pub(crate) fn batch(events: &[&CloudEvent]) -> PreparedEvent {
+        let mut body = Vec::with_capacity(
+            events
+                .iter()
+                .map(|event| event.encoded_len() + 1)
+                .sum::<usize>()
+                + 2,
+        );
+        body.push(b'[');
+        for (index, event) in events.iter().enumerate() {
+            if index > 0 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&event.to_structured_json());
+        }
+        body.push(b']');
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH_CONTENT_TYPE));
+        PreparedEvent {
+            headers,
+            body: Bytes::from(body),
+            trace_id: random_hex(16),
+        }
     }
 
     #[cfg(test)]
@@ -243,6 +270,20 @@ mod tests {
             .to_str()
             .expect("test fixture");
         sign::verify(secret, header, b"hello", 1_700_000_000, 300).expect("test fixture");
+    }
+
+    #[test]
+    fn a_batch_is_a_json_array_of_structured_events() {
+        let first = event(&[]);
+        let mut second = event(&[]);
+        second.id = "evt-2".to_owned();
+        let prepared = PreparedEvent::batch(&[&first, &second]);
+        let uri: Uri = "http://127.0.0.1:9/hook".parse().expect("test fixture");
+        let extra = HeaderMap::new();
+        let request = build(&prepared, &attempt(&uri, &extra, None));
+        assert_eq!(request.headers()["content-type"], BATCH_CONTENT_TYPE);
+        let parsed = trellis_cloudevents::parse_batch(prepared.body()).expect("test fixture");
+        assert_eq!(parsed, vec![first, second]);
     }
 
     #[test]

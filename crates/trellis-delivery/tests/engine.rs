@@ -517,3 +517,47 @@ async fn a_name_that_resolves_to_a_denied_address_is_rejected_without_retry() {
     assert_eq!(failure.attempts.len(), 1);
     assert_eq!(receiver.n_requests(), 0);
 }
+
+#[tokio::test]
+async fn a_batch_goes_in_one_request_and_each_record_gets_its_callback() {
+    let receiver = Receiver::start(|index, _| Reply::Status(if index == 0 { 503 } else { 200 }))
+        .await
+        .expect("test step");
+    let (engine, outcomes) = engine(&sink(&[receiver.url("/")], json!({})), &fast(json!({})));
+    engine
+        .deliver_batch(vec![record(20), record(21), record(22)])
+        .await;
+
+    outcomes.assert_one_callback_each(&[20, 21, 22]);
+    assert_eq!(outcomes.delivered().len(), 3);
+    assert!(
+        outcomes
+            .delivered()
+            .iter()
+            .all(|report| report.attempts.len() == 2)
+    );
+    let requests = receiver.requests();
+    assert_eq!(requests.len(), 2, "the batch is retried as a whole");
+    assert_eq!(
+        requests[1].header("content-type"),
+        Some("application/cloudevents-batch+json")
+    );
+    let events = trellis_cloudevents::parse_batch(&requests[1].body).expect("a valid batch");
+    let ids: Vec<_> = events.iter().map(|event| event.id.as_str()).collect();
+    assert_eq!(ids, ["evt-20", "evt-21", "evt-22"]);
+}
+
+#[tokio::test]
+async fn a_failed_batch_fails_every_record_in_it() {
+    let receiver = Receiver::answering(400).await.expect("test step");
+    let (engine, outcomes) = engine(&sink(&[receiver.url("/")], json!({})), &fast(json!({})));
+    engine.deliver_batch(vec![record(30), record(31)]).await;
+
+    outcomes.assert_one_callback_each(&[30, 31]);
+    assert!(
+        outcomes
+            .failed()
+            .iter()
+            .all(|f| f.class == FailureClass::NonRetriable)
+    );
+}

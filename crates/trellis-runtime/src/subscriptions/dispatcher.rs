@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::CloudEvent;
+use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::offsets::OffsetTracker;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport};
@@ -67,8 +68,26 @@ pub(crate) struct Dispatcher {
     pub(crate) max_in_flight: usize,
     pub(crate) commit_interval: Duration,
     pub(crate) paused: watch::Receiver<bool>,
+    /// Batch mode: `None` sends each record on its own. Followed live (PATCH).
+    pub(crate) batch: watch::Receiver<Option<BatchSpec>>,
     pub(crate) stop: CancellationToken,
     pub(crate) stats: Arc<DispatcherStats>,
+}
+
+/// Records waiting to fill a batch, and when the batch goes out regardless.
+#[derive(Default)]
+struct Pending {
+    records: Vec<Record>,
+    deadline: Option<tokio::time::Instant>,
+}
+
+impl Pending {
+    async fn due(&self) {
+        match self.deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    }
 }
 
 /// Where dead letters go: a topic looked up (or created) when the first one is written.
@@ -95,9 +114,15 @@ impl Dispatcher {
         self.stats.committed.store(self.start, Ordering::Relaxed);
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending = Pending::default();
         loop {
             let paused = *self.paused.borrow();
-            let room = self.max_in_flight.saturating_sub(deliveries.len());
+            // Records tracked and not ended, batched or in flight: the memory bound.
+            let room = self.max_in_flight.saturating_sub(tracker.in_flight());
+            if room == 0 && !pending.records.is_empty() {
+                // A batch bigger than the in-flight bound could never fill: send what there is.
+                self.send_batch(std::mem::take(&mut pending.records), &mut deliveries);
+            }
             let mut caught_up = false;
             if !paused && room > 0 {
                 match self.read(next, room).await {
@@ -105,7 +130,7 @@ impl Dispatcher {
                     Ok(records) => {
                         for record in records {
                             next = record.offset + 1;
-                            self.dispatch(record, &mut tracker, &mut deliveries);
+                            self.dispatch(record, &mut tracker, &mut deliveries, &mut pending);
                         }
                         self.stats.position.store(next, Ordering::Relaxed);
                         continue;
@@ -135,6 +160,9 @@ impl Dispatcher {
                 }
                 Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
                 _ = self.topic.wait_for(next), if caught_up => {}
+                () = pending.due(), if !pending.records.is_empty() => {
+                    self.send_batch(std::mem::take(&mut pending.records), &mut deliveries);
+                }
                 _ = self.paused.changed() => {}
                 _ = commit_tick.tick() => {
                     persisted = self.persist(tracker.committable(), persisted).await;
@@ -158,6 +186,7 @@ impl Dispatcher {
         record: trellis_log::Record,
         tracker: &mut OffsetTracker,
         deliveries: &mut JoinSet<()>,
+        pending: &mut Pending,
     ) {
         if let Err(error) = tracker.track(record.offset) {
             tracing::error!(message = "Offset bookkeeping refused a record; it is skipped.", subscription = %self.name, offset = record.offset, error = %error);
@@ -173,17 +202,34 @@ impl Dispatcher {
                 return;
             }
         };
+        let record = Record {
+            topic: self.topic.name().to_owned(),
+            offset: record.offset,
+            event,
+        };
+        let batch = self.batch.borrow().clone();
+        match batch {
+            None => {
+                let engine = self.engine.clone();
+                deliveries.spawn(async move { engine.deliver(record).await });
+            }
+            Some(batch) => {
+                if pending.records.is_empty() {
+                    pending.deadline = Some(
+                        tokio::time::Instant::now() + Duration::from_millis(batch.max_wait_ms),
+                    );
+                }
+                pending.records.push(record);
+                if pending.records.len() >= batch.max_events {
+                    self.send_batch(std::mem::take(&mut pending.records), deliveries);
+                }
+            }
+        }
+    }
+
+    fn send_batch(&self, records: Vec<Record>, deliveries: &mut JoinSet<()>) {
         let engine = self.engine.clone();
-        let topic = self.topic.name().to_owned();
-        deliveries.spawn(async move {
-            engine
-                .deliver(Record {
-                    topic,
-                    offset: record.offset,
-                    event,
-                })
-                .await;
-        });
+        deliveries.spawn(async move { engine.deliver_batch(records).await });
     }
 
     /// Accounts for one ended record; `false` when the dispatcher was stopped meanwhile.

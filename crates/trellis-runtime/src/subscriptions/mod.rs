@@ -55,6 +55,7 @@ struct Running {
     spec: SubscriptionSpec,
     engine: Engine,
     paused: watch::Sender<bool>,
+    batch: watch::Sender<Option<trellis_delivery::config::BatchSpec>>,
     stop: CancellationToken,
     stats: Arc<DispatcherStats>,
     done: tokio::task::JoinHandle<()>,
@@ -218,6 +219,7 @@ impl SubscriptionRegistry {
         spec.delivery = delivery;
         self.store(&spec).await?;
         entry.engine.update_delivery(&spec.delivery);
+        entry.batch.send_replace(spec.delivery.batch.clone());
         entry.spec = spec;
         view_json(&entry.spec)
     }
@@ -343,6 +345,7 @@ impl SubscriptionRegistry {
         )
         .map_err(|error| ApiError::bad_request("invalid_subscription", error.to_string()))?;
         let (paused_tx, paused) = watch::channel(spec.paused);
+        let (batch_tx, batch) = watch::channel(spec.delivery.batch.clone());
         let stop = CancellationToken::new();
         let stats = Arc::new(DispatcherStats::default());
         let topics = self.topics.clone();
@@ -363,6 +366,7 @@ impl SubscriptionRegistry {
             max_in_flight: MAX_IN_FLIGHT,
             commit_interval: COMMIT_INTERVAL,
             paused,
+            batch,
             stop: stop.clone(),
             stats: Arc::clone(&stats),
         };
@@ -371,6 +375,7 @@ impl SubscriptionRegistry {
             spec,
             engine,
             paused: paused_tx,
+            batch: batch_tx,
             stop,
             stats,
             done,

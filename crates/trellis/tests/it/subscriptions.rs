@@ -348,3 +348,46 @@ async fn a_redrive_delivers_dead_letters_again() {
         "a redrive starts where the last one stopped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batch_mode_sends_several_events_per_request() {
+    let receiver = Receiver::answering(200).await.expect("test step");
+    let (_dir, _process, base) = start();
+    let created = create(
+        &base,
+        json!({
+            "name": "s", "topic": "t",
+            "sink": {"urls": [receiver.url("/")]},
+            "delivery": {"batch": {"max_events": 5, "max_wait_ms": 50}},
+        }),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    for n in 0..12 {
+        publish(&client(), &base, "t", &format!("e{n}"), "x".to_owned())
+            .await
+            .expect("test step");
+    }
+    assert!(eventually(async || status(&base, "s").await["committed_offset"] == 12).await);
+    let mut ids = Vec::new();
+    for request in receiver.requests() {
+        assert_eq!(
+            request.header("content-type"),
+            Some("application/cloudevents-batch+json")
+        );
+        let batch: Vec<Value> = serde_json::from_slice(&request.body).expect("a JSON array");
+        assert!(
+            !batch.is_empty() && batch.len() <= 5,
+            "{} events in one request",
+            batch.len()
+        );
+        ids.extend(
+            batch
+                .iter()
+                .map(|event| event["id"].as_str().expect("an id").to_owned()),
+        );
+    }
+    ids.sort_by_key(|id| id[1..].parse::<u32>().expect("e<n>"));
+    let expected: Vec<_> = (0..12).map(|n| format!("e{n}")).collect();
+    assert_eq!(ids, expected);
+}
