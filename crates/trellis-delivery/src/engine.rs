@@ -30,6 +30,7 @@ use crate::report::{
     AttemptRecord, Completion, DeliveryCallbacks, Failed, FailureClass, RecordContext, millis,
 };
 use crate::request::{self, Attempt, PreparedEvent};
+use crate::validation::RateGate;
 
 /// A record to deliver.
 #[derive(Debug, Clone)]
@@ -101,6 +102,8 @@ struct Target {
     breaker: CircuitBreaker,
     limiter: ConcurrencyLimiter,
     gone: Mutex<Option<String>>,
+    /// The rate the URL granted in the validation handshake, if it set one.
+    rate: Mutex<Option<Arc<RateGate>>>,
     circuit_gauge: metrics::Gauge,
     concurrency_gauge: metrics::Gauge,
 }
@@ -168,6 +171,7 @@ impl Engine {
                 breaker: CircuitBreaker::new(settings.breaker.clone()),
                 limiter: ConcurrencyLimiter::new(settings.concurrency.clone()),
                 gone: Mutex::new(None),
+                rate: Mutex::new(None),
                 circuit_gauge: metrics::gauge!("trellis_delivery_circuit_state", &labels),
                 concurrency_gauge: metrics::gauge!("trellis_delivery_concurrency_limit", &labels),
                 redacted,
@@ -387,6 +391,12 @@ impl Engine {
             else {
                 return Err(deadline_passed(&settings, last_status));
             };
+            let gate = lock(&target.rate).clone();
+            if let Some(gate) = gate {
+                let waited = Instant::now();
+                gate.wait().await;
+                not_charged += waited.elapsed();
+            }
             let permit = target.limiter.acquire().await;
             let number = failed_attempts + 1;
             let request_id = uuid::Uuid::now_v7().to_string();
@@ -573,6 +583,14 @@ impl Engine {
             .settings
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(settings);
+    }
+
+    /// Keeps requests to `sink.urls[url_index]` within `per_minute` (`None`: no limit), as the
+    /// URL asked in the validation handshake.
+    pub fn limit_rate(&self, url_index: usize, per_minute: Option<u32>) {
+        if let Some(target) = self.inner.targets.get(url_index) {
+            *lock(&target.rate) = per_minute.map(|rate| Arc::new(RateGate::per_minute(rate)));
+        }
     }
 
     /// Lifts the pause of every URL that answered 410 Gone.

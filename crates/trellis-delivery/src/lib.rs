@@ -9,7 +9,8 @@
 //!   targets in denied address ranges;
 //! - `offsets`: which offsets may be committed once records end out of order;
 //! - `request`, `client`: the request of one attempt, and the pooled client that sends it;
-//! - `engine`: the loop that drives each record to its one outcome, reported through `report`.
+//! - `engine`: the loop that drives each record to its one outcome, reported through `report`;
+//! - `validation`: the CloudEvents webhook handshake and the request rate it grants.
 
 pub mod backoff;
 pub mod breaker;
@@ -24,3 +25,4 @@ pub mod redact;
 pub mod report;
 mod request;
 pub mod sign;
+pub mod validation;

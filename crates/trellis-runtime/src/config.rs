@@ -23,6 +23,8 @@ pub struct RuntimeConfig {
     /// Address ranges webhook targets may not resolve to; by default the link-local ranges
     /// (where cloud metadata servers answer), 0.0.0.0/8 and multicast.
     pub webhook_deny: Vec<ipnet::IpNet>,
+    /// The `WebHook-Request-Origin` of validation handshakes: the name receivers allow.
+    pub webhook_origin: String,
 }
 
 impl Default for RuntimeConfig {
@@ -35,6 +37,7 @@ impl Default for RuntimeConfig {
             default_topic: TopicSettings::default(),
             retention_check_interval: Duration::from_secs(30),
             webhook_deny: trellis_delivery::guard::AddressGuard::default_deny_list(),
+            webhook_origin: "trellis".to_owned(),
         }
     }
 }

@@ -54,6 +54,7 @@ pub async fn serve(
             Arc::clone(&meta),
             topics.clone(),
             Arc::new(AddressGuard::new(config.webhook_deny.clone())),
+            config.webhook_origin.clone(),
         )
         .await
         .map_err(|error| ServeError::Subscriptions(error.message))?,

@@ -39,6 +39,8 @@ struct FileConfig {
 struct FileDelivery {
     /// Address ranges (CIDR) webhook targets may not use; replaces the default list.
     webhook_deny: Option<Vec<String>>,
+    /// `WebHook-Request-Origin` of validation handshakes.
+    webhook_origin: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -148,6 +150,11 @@ impl Settings {
                 None => defaults.webhook_deny,
                 Some(ranges) => parse_ranges(ranges)?,
             },
+            webhook_origin: file
+                .delivery
+                .webhook_origin
+                .clone()
+                .unwrap_or(defaults.webhook_origin),
         };
         if runtime.max_event_bytes == 0 || runtime.max_batch_bytes < runtime.max_event_bytes {
             bail!(

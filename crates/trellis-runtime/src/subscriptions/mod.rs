@@ -47,6 +47,8 @@ pub(crate) struct SubscriptionRegistry {
     meta: Arc<dyn MetadataStore>,
     topics: TopicRegistry,
     guard: Arc<AddressGuard>,
+    /// What the validation handshake sends as `WebHook-Request-Origin`.
+    webhook_origin: String,
     running: Mutex<BTreeMap<String, Running>>,
     tasks: TaskTracker,
 }
@@ -84,11 +86,13 @@ impl SubscriptionRegistry {
         meta: Arc<dyn MetadataStore>,
         topics: TopicRegistry,
         guard: Arc<AddressGuard>,
+        webhook_origin: String,
     ) -> Result<SubscriptionRegistry, ApiError> {
         let registry = SubscriptionRegistry {
             meta,
             topics,
             guard,
+            webhook_origin,
             running: Mutex::new(BTreeMap::new()),
             tasks: TaskTracker::new(),
         };
@@ -138,6 +142,10 @@ impl SubscriptionRegistry {
                     ),
                 )));
             }
+        }
+        let mut spec = spec;
+        if spec.sink.validate {
+            spec.allowed_rates = self.validate_urls(&spec).await?;
         }
         // Build the engine before storing anything, so a refused URL leaves no trace.
         Engine::new(
@@ -333,6 +341,31 @@ impl SubscriptionRegistry {
         Ok(())
     }
 
+    /// The CloudEvents webhook handshake with every URL; the rates they granted.
+    async fn validate_urls(&self, spec: &SubscriptionSpec) -> Result<Vec<Option<u32>>, ApiError> {
+        let timeout = std::time::Duration::from_millis(
+            spec.delivery
+                .connect_timeout_ms
+                .saturating_add(spec.delivery.request_timeout_ms),
+        );
+        let mut rates = Vec::with_capacity(spec.sink.urls.len());
+        for (index, url) in spec.sink.urls.iter().enumerate() {
+            let rate = trellis_delivery::validation::handshake(
+                url,
+                &self.webhook_origin,
+                timeout,
+                Arc::clone(&self.guard),
+            )
+            .await
+            .map_err(|error| {
+                ApiError::bad_request("validation_failed", error.to_string())
+                    .with_field(format!("sink.urls[{index}]"))
+            })?;
+            rates.push(rate);
+        }
+        Ok(rates)
+    }
+
     fn spawn(&self, spec: SubscriptionSpec, start: u64) -> Result<Running, ApiError> {
         let topic = self.topics.for_subscription(&spec.topic)?;
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
@@ -344,6 +377,9 @@ impl SubscriptionRegistry {
             Arc::new(ToDispatcher(outcomes_tx)),
         )
         .map_err(|error| ApiError::bad_request("invalid_subscription", error.to_string()))?;
+        for (index, rate) in spec.allowed_rates.iter().enumerate() {
+            engine.limit_rate(index, *rate);
+        }
         let (paused_tx, paused) = watch::channel(spec.paused);
         let (batch_tx, batch) = watch::channel(spec.delivery.batch.clone());
         let stop = CancellationToken::new();

@@ -25,6 +25,9 @@ pub(crate) struct SubscriptionSpec {
     pub(crate) start: Start,
     pub(crate) dead_letter_topic: String,
     pub(crate) paused: bool,
+    /// Requests per minute each URL granted in the validation handshake (`None`: no limit),
+    /// by index in `sink.urls`; empty when the sink is not validated.
+    pub(crate) allowed_rates: Vec<Option<u32>>,
 }
 
 /// The API view of a subscription: credentials redacted (see `trellis_delivery::config`).
@@ -37,6 +40,8 @@ pub(crate) struct SubscriptionView<'a> {
     pub(crate) start: Value,
     pub(crate) dead_letter_topic: &'a str,
     pub(crate) paused: bool,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub(crate) allowed_rates: &'a [Option<u32>],
 }
 
 const FIELDS: &[&str] = &[
@@ -102,6 +107,7 @@ impl SubscriptionSpec {
             start,
             dead_letter_topic,
             paused: false,
+            allowed_rates: Vec::new(),
         })
     }
 
@@ -114,6 +120,7 @@ impl SubscriptionSpec {
             start: start_json(self.start),
             dead_letter_topic: &self.dead_letter_topic,
             paused: self.paused,
+            allowed_rates: &self.allowed_rates,
         }
     }
 
@@ -133,18 +140,36 @@ impl SubscriptionSpec {
             Value::from(self.dead_letter_topic.as_str()),
         );
         object.insert("paused".to_owned(), Value::from(self.paused));
+        if !self.allowed_rates.is_empty() {
+            object.insert(
+                "allowed_rates".to_owned(),
+                Value::from(
+                    self.allowed_rates
+                        .iter()
+                        .map(|rate| rate.map_or(Value::Null, Value::from))
+                        .collect::<Vec<_>>(),
+                ),
+            );
+        }
         Value::Object(object)
     }
 
     pub(crate) fn from_stored(stored: &Value) -> Result<SubscriptionSpec, SpecError> {
         let mut request = stored.clone();
-        let paused = request
-            .as_object_mut()
-            .and_then(|object| object.remove("paused"))
-            .and_then(|paused| paused.as_bool())
-            .unwrap_or(false);
+        let object = request.as_object_mut();
+        let (paused, rates) = match object {
+            Some(object) => (object.remove("paused"), object.remove("allowed_rates")),
+            None => (None, None),
+        };
         let mut spec = SubscriptionSpec::from_request(&request)?;
-        spec.paused = paused;
+        spec.paused = paused.and_then(|paused| paused.as_bool()).unwrap_or(false);
+        spec.allowed_rates = match rates {
+            Some(Value::Array(rates)) => rates
+                .iter()
+                .map(|rate| rate.as_u64().and_then(|rate| u32::try_from(rate).ok()))
+                .collect(),
+            _ => Vec::new(),
+        };
         Ok(spec)
     }
 }
@@ -264,6 +289,7 @@ mod tests {
         }))
         .expect("test fixture");
         spec.paused = true;
+        spec.allowed_rates = vec![Some(120)];
         let stored = spec.to_stored();
         assert_eq!(
             SubscriptionSpec::from_stored(&stored).expect("test fixture"),

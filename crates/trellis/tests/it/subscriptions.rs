@@ -391,3 +391,59 @@ async fn batch_mode_sends_several_events_per_request() {
     let expected: Vec<_> = (0..12).map(|n| format!("e{n}")).collect();
     assert_eq!(ids, expected);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_webhook_handshake_is_required_and_its_rate_is_kept() {
+    let receiver = Receiver::start(|_, request| {
+        if request.method == "OPTIONS"
+            && request.header("webhook-request-origin") == Some("trellis")
+        {
+            Reply::StatusWithHeaders(
+                200,
+                vec![
+                    ("webhook-allowed-origin".to_owned(), "trellis".to_owned()),
+                    ("webhook-allowed-rate".to_owned(), "600".to_owned()),
+                ],
+            )
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await
+    .expect("test step");
+    let refusing = Receiver::answering(405).await.expect("test step");
+    let (_dir, _process, base) = start();
+
+    let refused = create(
+        &base,
+        json!({"name": "r", "topic": "t", "sink": {"urls": [refusing.url("/")], "validate": true}}),
+    )
+    .await;
+    assert_eq!(refused.status(), 400);
+    let refused: Value = refused.json().await.expect("test step");
+    assert_eq!(refused["error"], "validation_failed");
+    assert_eq!(refused["field"], "sink.urls[0]");
+
+    let created = create(
+        &base,
+        json!({"name": "s", "topic": "t", "sink": {"urls": [receiver.url("/")], "validate": true}}),
+    )
+    .await;
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.expect("test step");
+    assert_eq!(created["allowed_rates"], json!([600]));
+    for n in 0..3 {
+        publish(&client(), &base, "t", &format!("e{n}"), "x".to_owned())
+            .await
+            .expect("test step");
+    }
+    assert!(eventually(async || status(&base, "s").await["committed_offset"] == 3).await);
+    let posts: Vec<_> = receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    assert_eq!(posts.len(), 3);
+    // 600 a minute is one every 100 ms: three deliveries span at least 200 ms.
+    assert!(posts[2].at.duration_since(posts[0].at) >= Duration::from_millis(190));
+}
