@@ -166,6 +166,7 @@ impl Dispatcher {
                 _ = self.paused.changed() => {}
                 _ = commit_tick.tick() => {
                     persisted = self.persist(tracker.committable(), persisted).await;
+                    self.publish_gauges(tracker.committable());
                 }
             }
         }
@@ -242,6 +243,7 @@ impl Dispatcher {
                     return false;
                 }
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("trellis_subscription_dead_lettered_total", "subscription" => self.name.clone()).increment(1);
                 failure.context.offset
             }
         };
@@ -300,6 +302,14 @@ impl Dispatcher {
         tokio::task::spawn_blocking(move || topic.read(from, max_records, READ_BATCH_BYTES))
             .await
             .unwrap_or(Err(LogError::Closed))
+    }
+
+    fn publish_gauges(&self, committed: u64) {
+        let next = self.topic.stats().next_offset;
+        let labels = [("subscription", self.name.clone())];
+        metrics::gauge!("trellis_subscription_committed_offset", &labels).set(committed as f64);
+        metrics::gauge!("trellis_subscription_lag", &labels)
+            .set(next.saturating_sub(committed) as f64);
     }
 
     /// Stores the committed offset if it moved; returns what is stored now.

@@ -104,6 +104,34 @@ async fn published_events_reach_the_webhook_and_the_offset_is_committed() {
     assert_eq!(status["delivered"], 3);
     assert_eq!(status["lag"], 0);
     assert_eq!(status["urls"][0]["circuit"], "closed");
+
+    let scrape = || async {
+        client()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("test step")
+            .text()
+            .await
+            .expect("test step")
+    };
+    assert!(
+        eventually(async || scrape()
+            .await
+            .contains("trellis_subscription_lag{subscription=\"audit\"} 0"))
+        .await,
+        "the lag gauge reaches 0"
+    );
+    let metrics = scrape().await;
+    let delivered = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("trellis_delivery_records_total")
+                && line.contains("subscription=\"audit\"")
+                && line.contains("result=\"delivered\"")
+        })
+        .expect("a delivered counter");
+    assert!(delivered.ends_with(" 3"), "{delivered}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
