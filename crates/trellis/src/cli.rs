@@ -1,5 +1,7 @@
 //! The command line. Every setting of `serve` can also come from the environment (`TRELLIS_*`)
-//! or the config file; flags win over the environment, which wins over the file.
+//! or the config file; flags win over the environment, which wins over the file. The
+//! `subscriptions` commands are clients of a running `trellis serve` and only parse here; what
+//! they send and print lives in `subscriptions_cmd.rs`.
 
 use std::path::PathBuf;
 
@@ -21,6 +23,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run the Trellis runtime: the HTTP API over a durable log on local disk.
     Serve(ServeArgs),
+    /// List, show, create and delete subscriptions through a running trellis's HTTP API.
+    Subscriptions(SubscriptionsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -55,4 +59,123 @@ pub(crate) struct ServeArgs {
     /// Log format: pretty or json [default: pretty]
     #[arg(long, env = "TRELLIS_LOG_FORMAT", value_name = "FORMAT")]
     pub(crate) log_format: Option<crate::config::LogFormat>,
+}
+
+/// Where `trellis serve` listens when nothing else is configured.
+pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:10105";
+
+#[derive(Debug, Args)]
+pub(crate) struct SubscriptionsArgs {
+    /// URL of the trellis HTTP API
+    #[arg(
+        long,
+        global = true,
+        env = "TRELLIS_SERVER",
+        value_name = "URL",
+        default_value = DEFAULT_SERVER
+    )]
+    pub(crate) server: String,
+    #[command(subcommand)]
+    pub(crate) command: SubscriptionsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SubscriptionsCommand {
+    /// List subscriptions: name, topic, URLs and whether each is paused.
+    List(OutputArgs),
+    /// Show one subscription's settings and its live delivery status.
+    Get(GetArgs),
+    /// Create a subscription from flags, or from a JSON body with --file.
+    Create(CreateArgs),
+    /// Delete a subscription: delivery stops and its committed offset is forgotten.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct OutputArgs {
+    /// Print the API's JSON answer as it is (pretty-printed)
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// Name of the subscription
+    pub(crate) name: String,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DeleteArgs {
+    /// Name of the subscription
+    pub(crate) name: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CreateArgs {
+    /// The request body of POST /v1/subscriptions as a JSON file; - reads it from stdin
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = ["name", "topic", "urls", "strategy", "mode", "dead_letter_topic", "start"]
+    )]
+    pub(crate) file: Option<PathBuf>,
+    /// Name of the subscription (A-Z a-z 0-9 . _ -)
+    #[arg(long, value_name = "NAME", required_unless_present = "file")]
+    pub(crate) name: Option<String>,
+    /// Topic to deliver
+    #[arg(long, value_name = "TOPIC", required_unless_present = "file")]
+    pub(crate) topic: Option<String>,
+    /// Webhook URL; repeat the flag for several
+    #[arg(long = "url", value_name = "URL", required_unless_present = "file")]
+    pub(crate) urls: Vec<String>,
+    /// Each event to one URL in turn, or to every URL [server default: round_robin]
+    #[arg(long, value_enum)]
+    pub(crate) strategy: Option<SinkStrategy>,
+    /// CloudEvents HTTP content mode of the deliveries [server default: binary]
+    #[arg(long, value_enum)]
+    pub(crate) mode: Option<SinkMode>,
+    /// Topic for records that fail for good [server default: NAME.dlq]
+    #[arg(long, value_name = "TOPIC")]
+    pub(crate) dead_letter_topic: Option<String>,
+    /// Where to start reading the topic: latest, earliest or an offset [server default: latest]
+    #[arg(long, value_name = "latest|earliest|OFFSET", value_parser = parse_start)]
+    pub(crate) start: Option<StartAt>,
+    #[command(flatten)]
+    pub(crate) output: OutputArgs,
+}
+
+/// `sink.strategy`, spelled as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub(crate) enum SinkStrategy {
+    RoundRobin,
+    Broadcast,
+}
+
+/// `sink.mode`, spelled as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub(crate) enum SinkMode {
+    Binary,
+    Structured,
+}
+
+/// `start`: a word or an offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartAt {
+    Latest,
+    Earliest,
+    Offset(u64),
+}
+
+fn parse_start(text: &str) -> Result<StartAt, String> {
+    match text {
+        "latest" => Ok(StartAt::Latest),
+        "earliest" => Ok(StartAt::Earliest),
+        _ => text.parse().map(StartAt::Offset).map_err(|_| {
+            format!("expected latest, earliest or an offset (a whole number from 0), e.g. 0; got {text:?}")
+        }),
+    }
 }

@@ -1,10 +1,12 @@
 //! `trellis`: the one binary. Parses the command line, runs the command, and turns any error
 //! into one line on stderr and a non-zero exit. This is the only place `anyhow` appears.
 
+mod api_client;
 mod cli;
 mod config;
 mod logging;
 mod serve;
+mod subscriptions_cmd;
 
 use std::process::ExitCode;
 
@@ -19,6 +21,7 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let res = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
+        cli::Command::Subscriptions(args) => subscriptions_cmd::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

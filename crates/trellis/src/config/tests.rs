@@ -10,6 +10,7 @@ fn args(argv: &[&str]) -> ServeArgs {
     full.extend_from_slice(argv);
     match Cli::parse_from(full).command {
         Command::Serve(args) => args,
+        _ => panic!("`trellis serve ...` parses as the serve command"),
     }
 }
 

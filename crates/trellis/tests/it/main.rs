@@ -2,7 +2,9 @@
 //! with a temp data dir.
 
 mod cli;
+mod cli_subscriptions;
 mod crash;
+mod delivery_faults;
 mod subscriptions;
 
 use std::path::Path;
