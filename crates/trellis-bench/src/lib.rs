@@ -6,6 +6,9 @@
 //!   closed-loop by default or open-loop with `--rate`, latencies in an HDR histogram.
 //! - `src/bin/trellis-bench-receiver.rs`: the smallest hyper server we can write. It reads each body
 //!   and answers a fixed status, which makes it the throughput ceiling for the same load generator.
-//! - `bench/publish.sh` (at the workspace root) drives both against `trellis serve`.
+//!   With `--stats` it also stands in for a webhook that counts what it receives and times each
+//!   event from its publish (a send time the load generator stamped) to its receipt.
+//! - `bench/publish.sh` (at the workspace root) drives both against `trellis serve`, and
+//!   `bench/delivery.sh` measures delivery from `trellis serve` to the receiver.
 //!
 //! The library target is empty on purpose: each binary is one file, read top to bottom.

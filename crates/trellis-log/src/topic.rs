@@ -72,6 +72,9 @@ enum WriterSlot {
     Stopped,
 }
 
+/// The most a read takes from a segment file at once (see `TopicShared::read`).
+const MAX_READ_CHUNK_BYTES: usize = 64 * 1024;
+
 /// How many appends may queue for one topic's writer before `append` waits. A full group
 /// commit drains at most 4 MiB anyway, so a deeper queue would only add latency.
 const COMMAND_CHANNEL_CAPACITY: usize = 1024;
@@ -151,11 +154,13 @@ impl TopicShared {
         if max_records == 0 || from >= high_watermark {
             return Ok(records);
         }
-        // Enough for the wanted bytes plus the scan from an index entry, within sane bounds.
-        // Payloads are slices of these chunks (no copy), so a record kept alive keeps its chunk.
+        // Payloads are slices of these chunks (no copy), so a record kept alive keeps its whole
+        // chunk: a reader holding a few records of many reads (a subscription's deliveries in
+        // flight) would pin a chunk each. Small chunks bound that, and a larger read just takes
+        // more of them; a frame bigger than a chunk gets a chunk of its own size.
         let chunk_bytes = max_bytes
             .saturating_add(INDEX_INTERVAL_BYTES as usize + HEADER_BYTES)
-            .clamp(16 * 1024, 1024 * 1024);
+            .clamp(16 * 1024, MAX_READ_CHUNK_BYTES);
         let mut n_payload_bytes = 0usize;
         let mut next = from;
         let mut segment = self.segment_for(from)?;

@@ -7,14 +7,20 @@
 //! a fixed schedule, and latency runs from the *scheduled* send time, so a server that stalls is
 //! charged for every request it held back (no coordinated omission, as in wrk2).
 //!
+//! `--requests` turns the run into a fixed amount of work (`bench/delivery.sh` publishes an exact
+//! number of events that way), and `--send-time-header` stamps each request with its wall-clock
+//! send time, so a receiver downstream of the server can time the whole path.
+//!
 //! It runs on the same cores as the server it measures, so the hot loop avoids allocating where
 //! that is easy: the body and headers are built once and shared by reference count.
 //! It deliberately speaks only plain HTTP/1.1: no TLS, no HTTP/2, no redirects.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use bytes::Bytes;
@@ -48,9 +54,18 @@ struct Args {
     /// each connection sends as fast as answers come back (closed loop).
     #[arg(long, value_name = "REQ_PER_SEC")]
     rate: Option<f64>,
-    /// Request body size in bytes.
+    /// Request body size in bytes: that many `x`s.
     #[arg(long, value_name = "BYTES", default_value_t = 1024)]
     body_size: usize,
+    /// Send this file's contents as every request's body instead of `--body-size` bytes, e.g. a
+    /// CloudEvents batch.
+    #[arg(long, value_name = "PATH", conflicts_with = "body_size")]
+    body_file: Option<PathBuf>,
+    /// Send at most this many requests in all, warm-up included, then end the run early once
+    /// the last answer is in. `duration_s` and `rate` then cover the measured time actually used;
+    /// `--duration` still bounds the run.
+    #[arg(long, value_name = "N")]
+    requests: Option<u64>,
     /// Request method.
     #[arg(long, default_value = "POST")]
     method: Method,
@@ -61,6 +76,11 @@ struct Args {
     /// The other `ce-*` headers come from `--header`.
     #[arg(long)]
     ce_binary: bool,
+    /// Put each request's wall-clock send time, in nanoseconds since the Unix epoch, in this
+    /// header, e.g. `ce-sentns` (a CloudEvents extension attribute in binary mode), so that a
+    /// receiver on the same machine can time the way from here to it.
+    #[arg(long, value_name = "NAME")]
+    send_time_header: Option<HeaderName>,
     /// Print one JSON object on stdout; the human line then goes to stderr.
     #[arg(long)]
     json: bool,
@@ -93,6 +113,7 @@ struct Target {
     headers: HeaderMap,
     body: Bytes,
     ce_binary: bool,
+    send_time_header: Option<HeaderName>,
 }
 
 /// The validated run: how long, how hard, and where the measured window lies.
@@ -102,6 +123,7 @@ struct Plan {
     warmup: Duration,
     duration: Duration,
     rate: Option<f64>,
+    max_requests: Option<u64>,
 }
 
 /// Instants shared by all workers. Only answers that arrive in `measure_start..=end` count.
@@ -146,8 +168,8 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    let stats = runtime.block_on(run(Arc::new(target), plan))?;
-    report(&stats, &plan, args.json);
+    let (stats, measured) = runtime.block_on(run(Arc::new(target), plan))?;
+    report(&stats, &plan, measured, args.json);
     Ok(())
 }
 
@@ -189,6 +211,9 @@ fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
         if args.ce_binary && name == CE_ID {
             bail!("--header `{raw}` conflicts with --ce-binary, which sets ce-id per request");
         }
+        if args.send_time_header.as_ref() == Some(&name) {
+            bail!("--header `{raw}` conflicts with --send-time-header, which sets it per request");
+        }
         headers.append(name, value);
     }
 
@@ -213,20 +238,32 @@ fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
     {
         bail!("--rate must be a positive number of requests per second, e.g. 20000; got {rate}");
     }
+    if args.requests == Some(0) {
+        bail!("--requests must be at least 1, e.g. 100000; got 0");
+    }
+    let body = match &args.body_file {
+        Some(path) => Bytes::from(
+            std::fs::read(path)
+                .with_context(|| format!("reading --body-file {}", path.display()))?,
+        ),
+        None => Bytes::from(vec![b'x'; args.body_size]),
+    };
 
     let target = Target {
         connect_addr,
         method: args.method.clone(),
         path,
         headers,
-        body: Bytes::from(vec![b'x'; args.body_size]),
+        body,
         ce_binary: args.ce_binary,
+        send_time_header: args.send_time_header.clone(),
     };
     let plan = Plan {
         n_connections: args.connections,
         warmup: Duration::from_secs_f64(args.warmup_secs),
         duration: Duration::from_secs_f64(args.duration_secs),
         rate: args.rate,
+        max_requests: args.requests,
     };
     Ok((target, plan))
 }
@@ -243,7 +280,9 @@ fn parse_header(raw: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
 }
 
 /// Opens every connection, then runs the workers through warm-up and the measured window.
-async fn run(target: Arc<Target>, plan: Plan) -> anyhow::Result<Stats> {
+/// Returns what they saw and how much of the measured window the run used: all of it, unless
+/// `--requests` ran out first.
+async fn run(target: Arc<Target>, plan: Plan) -> anyhow::Result<(Stats, Duration)> {
     // Connect first, so the clock starts with every connection open and the warm-up is all load.
     let mut conns = Vec::with_capacity(plan.n_connections);
     for _ in 0..plan.n_connections {
@@ -257,6 +296,7 @@ async fn run(target: Arc<Target>, plan: Plan) -> anyhow::Result<Stats> {
         measure_start: start + plan.warmup,
         end: start + plan.warmup + plan.duration,
     };
+    let budget = plan.max_requests.map(|n| Arc::new(AtomicU64::new(n)));
     let mut workers = Vec::with_capacity(plan.n_connections);
     for (conn_idx, conn) in conns.into_iter().enumerate() {
         // Connections take turns within one interval, so the total rate is even, not bursty.
@@ -276,6 +316,7 @@ async fn run(target: Arc<Target>, plan: Plan) -> anyhow::Result<Stats> {
             stats: Stats::new(&empty),
             ce_id: String::with_capacity(32),
             seq: 0,
+            budget: budget.clone(),
         };
         workers.push(tokio::spawn(worker.run(conn)));
     }
@@ -285,7 +326,12 @@ async fn run(target: Arc<Target>, plan: Plan) -> anyhow::Result<Stats> {
         let stats = worker.await.context("a worker task panicked")?;
         total.merge(&stats)?;
     }
-    Ok(total)
+    // Workers stop at `phases.end` at the latest, or after their last answer once the budget
+    // is spent, so this is when the last of them stopped, bounded by the window.
+    let measured = Instant::now()
+        .min(phases.end)
+        .saturating_duration_since(phases.measure_start);
+    Ok((total, measured))
 }
 
 /// One worker: a connection, its schedule and its share of the results.
@@ -299,6 +345,8 @@ struct Worker {
     ce_id: String,
     /// Requests sent so far on this worker, across reconnects.
     seq: u64,
+    /// With `--requests`: how many requests all workers together may still send.
+    budget: Option<Arc<AtomicU64>>,
 }
 
 /// Why `Worker::drive` returned.
@@ -364,6 +412,13 @@ impl Worker {
                 }
                 None => None,
             };
+            if let Some(budget) = &self.budget
+                && budget
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_err()
+            {
+                return Closed::Ended;
+            }
             let request = build_request(&self.target, self.conn_idx, self.seq, &mut self.ce_id);
             self.seq += 1;
 
@@ -458,8 +513,8 @@ async fn connect(addr: &str) -> anyhow::Result<Conn> {
     Ok(Conn { sender, connection })
 }
 
-/// Builds one request from the target. Only `ce-id` is allocated per request; the method, path,
-/// headers and body are shared by reference count.
+/// Builds one request from the target. Only `ce-id` and the send time are allocated per request;
+/// the method, path, headers and body are shared by reference count.
 fn build_request(
     target: &Target,
     conn_idx: usize,
@@ -478,7 +533,23 @@ fn build_request(
             request.headers_mut().insert(CE_ID, value);
         }
     }
+    if let Some(name) = &target.send_time_header {
+        // Stamped last, just before the caller sends, so the time is as close to the send as
+        // this code can get.
+        request
+            .headers_mut()
+            .insert(name.clone(), HeaderValue::from(unix_now_ns()));
+    }
     request
+}
+
+fn unix_now_ns() -> u64 {
+    // A clock before 1970 reads as 0, and one past 2554 saturates: neither happens on a bench box.
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+        })
 }
 
 /// Sends one request and reads the answer to the end, returning its status.
@@ -569,10 +640,15 @@ fn micros(duration: Duration) -> u64 {
 
 /// Prints the human line (stdout, or stderr with `--json`) and, with `--json`, one JSON object.
 /// `rate` counts 2xx answers only: a fast stream of errors is not throughput.
-fn report(stats: &Stats, plan: &Plan, json: bool) {
-    let duration_s = plan.duration.as_secs_f64();
+fn report(stats: &Stats, plan: &Plan, measured: Duration, json: bool) {
+    let duration_s = measured.as_secs_f64();
     let n_requests = stats.n_ok + stats.n_non_2xx + stats.n_errors;
-    let rate = stats.n_ok as f64 / duration_s;
+    // Zero only if `--requests` ran out during the warm-up; there is then no rate to report.
+    let rate = if duration_s > 0.0 {
+        stats.n_ok as f64 / duration_s
+    } else {
+        0.0
+    };
     let ms = |quantile: f64| stats.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
     let (p50_ms, p90_ms, p99_ms) = (ms(0.5), ms(0.9), ms(0.99));
     let max_ms = stats.latency_us.max() as f64 / 1000.0;

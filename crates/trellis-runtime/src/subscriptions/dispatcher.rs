@@ -124,7 +124,10 @@ impl Dispatcher {
                 self.send_batch(std::mem::take(&mut pending.records), &mut deliveries);
             }
             let mut caught_up = false;
-            if !paused && room > 0 {
+            // Read in batches: refilling one slot at a time would read the log once per
+            // delivery. Read when a good share of the slots is free, or nothing is in flight.
+            let worth_reading = room >= (self.max_in_flight / 4).max(1) || tracker.in_flight() == 0;
+            if !paused && room > 0 && worth_reading {
                 match self.read(next, room).await {
                     Ok(records) if records.is_empty() => caught_up = true,
                     Ok(records) => {
