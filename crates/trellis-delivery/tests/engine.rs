@@ -214,7 +214,7 @@ async fn a_400_fails_at_once_without_retry() {
 async fn retry_after_holds_the_next_attempt_back() {
     let receiver = Receiver::start(|index, _| {
         if index == 0 {
-            Reply::StatusWithHeaders(429, vec![("retry-after".to_owned(), "1".to_owned())])
+            Reply::StatusWithHeaders(429, vec![("retry-after".to_owned(), "2".to_owned())])
         } else {
             Reply::Status(200)
         }
@@ -227,8 +227,8 @@ async fn retry_after_holds_the_next_attempt_back() {
     outcomes.assert_one_callback_each(&[4]);
     let requests = receiver.requests();
     assert_eq!(requests.len(), 2);
-    // The backoff alone would retry within 50 ms; Retry-After: 1 says no sooner than a second.
-    assert!(requests[1].at.duration_since(requests[0].at) >= Duration::from_millis(990));
+    // The backoff alone would retry within 50 ms; Retry-After: 2 says no sooner than 2 s.
+    assert!(requests[1].at.duration_since(requests[0].at) >= Duration::from_millis(1990));
 }
 
 #[tokio::test]

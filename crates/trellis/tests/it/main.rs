@@ -5,6 +5,7 @@ mod cli;
 mod cli_subscriptions;
 mod crash;
 mod delivery_faults;
+mod delivery_scenarios;
 mod subscriptions;
 
 use std::path::Path;
