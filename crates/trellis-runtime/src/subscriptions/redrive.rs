@@ -119,7 +119,9 @@ impl Redrive {
                     });
                 }
             }
-            if next >= self.to && deliveries.is_empty() {
+            // Done once every record read has ended. A finished delivery task is not enough:
+            // its outcome may still be in the channel.
+            if next >= self.to && tracker.in_flight() == 0 {
                 break;
             }
             tokio::select! {
