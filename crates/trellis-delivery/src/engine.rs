@@ -94,6 +94,69 @@ struct Inner {
     /// Bumped by `resume`; records waiting on paused URLs watch it.
     resumed: watch::Sender<u64>,
     counters: Counters,
+    metrics: EngineMetrics,
+}
+
+/// Counter handles built once: looking a labelled counter up per record costs an allocation
+/// and a registry search on the hot path.
+struct EngineMetrics {
+    records: Vec<(&'static str, metrics::Counter)>,
+    attempts: Vec<(&'static str, metrics::Counter)>,
+}
+
+const RECORD_RESULTS: &[&str] = &[
+    "delivered",
+    "retries_exhausted",
+    "non_retriable",
+    "deadline_passed",
+    "rejected",
+    "gone",
+    "cancelled",
+];
+const ATTEMPT_VERDICTS: &[&str] = &[
+    "delivered",
+    "retriable_status",
+    "transport_error",
+    "permanent",
+    "gone",
+];
+
+impl EngineMetrics {
+    fn new(subscription: &str) -> EngineMetrics {
+        let counter = |name: &'static str, label: &'static str, value: &'static str| {
+            let labels = [
+                ("subscription", subscription.to_owned()),
+                (label, value.to_owned()),
+            ];
+            (value, metrics::counter!(name, &labels))
+        };
+        EngineMetrics {
+            records: RECORD_RESULTS
+                .iter()
+                .map(|result| counter("trellis_delivery_records_total", "result", result))
+                .collect(),
+            attempts: ATTEMPT_VERDICTS
+                .iter()
+                .map(|verdict| counter("trellis_delivery_attempts_total", "verdict", verdict))
+                .collect(),
+        }
+    }
+
+    fn record(&self, result: &str) -> &metrics::Counter {
+        find(&self.records, result)
+    }
+
+    fn attempt(&self, verdict: &str) -> &metrics::Counter {
+        find(&self.attempts, verdict)
+    }
+}
+
+fn find<'a>(handles: &'a [(&'static str, metrics::Counter)], key: &str) -> &'a metrics::Counter {
+    static NOOP: std::sync::OnceLock<metrics::Counter> = std::sync::OnceLock::new();
+    handles.iter().find(|(label, _)| *label == key).map_or_else(
+        || NOOP.get_or_init(metrics::Counter::noop),
+        |(_, counter)| counter,
+    )
 }
 
 struct Target {
@@ -213,6 +276,7 @@ impl Engine {
                 next_target: AtomicUsize::new(0),
                 resumed,
                 counters: Counters::default(),
+                metrics: EngineMetrics::new(subscription),
             }),
         })
     }
@@ -319,7 +383,7 @@ impl Engine {
         match outcome {
             Ok(()) => {
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("trellis_delivery_records_total", "subscription" => subscription.clone(), "result" => "delivered").increment(1);
+                self.inner.metrics.record("delivered").increment(1);
                 tracing::info!(
                     message = "Delivered.",
                     subscription,
@@ -331,7 +395,10 @@ impl Engine {
             }
             Err(failed) => {
                 counters.failed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("trellis_delivery_records_total", "subscription" => subscription.clone(), "result" => failed.class.as_str()).increment(1);
+                self.inner
+                    .metrics
+                    .record(failed.class.as_str())
+                    .increment(1);
                 tracing::info!(
                     message = "Delivery failed.",
                     subscription,
@@ -476,7 +543,10 @@ impl Engine {
                 error = error_chain.first().map(String::as_str),
                 elapsed_ms = millis(rtt),
             );
-            metrics::counter!("trellis_delivery_attempts_total", "subscription" => inner.subscription.clone(), "verdict" => verdict_label(verdict, status.is_some())).increment(1);
+            inner
+                .metrics
+                .attempt(verdict_label(verdict, status.is_some()))
+                .increment(1);
             if let Some(status) = status {
                 last_status = Some(status.as_u16());
             }
