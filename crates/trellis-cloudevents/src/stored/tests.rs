@@ -82,3 +82,34 @@ fn refuses_damaged_records() {
         Err(StoredError::Data("JSON"))
     );
 }
+
+/// Binary records are read without the JSON round trip; these attributes, which no Trellis
+/// writes, must still read exactly as their rendering parses, or fail where it fails.
+#[test]
+fn binary_records_read_as_their_rendering_parses() {
+    let attributes: &[&str] = &[
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t"}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":null}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data_base64":null}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data":"x"}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","data_base64":"eA=="}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","d\u0061ta_base64":null}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","subject":"\u0064"}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t","datacontenttype":"application/json"}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t" } "#,
+        r#" {"specversion":"1.0","id":"a","source":"/s","type":"t"}"#,
+        r#"{"specversion":"1.0","id":"a","source":"/s","type":"t"}{}"#,
+        r#"{}"#,
+    ];
+    for attributes in attributes {
+        let mut record = vec![1u8, 3];
+        record.extend_from_slice(&(attributes.len() as u32).to_le_bytes());
+        record.extend_from_slice(attributes.as_bytes());
+        record.extend_from_slice(b"\x00\xffbinary");
+        let direct = CloudEvent::from_stored(&record).ok();
+        let via_rendering = stored_to_structured_json(&record)
+            .ok()
+            .and_then(|json| crate::parse_structured(&json).ok());
+        assert_eq!(direct, via_rendering, "{attributes}");
+    }
+}
