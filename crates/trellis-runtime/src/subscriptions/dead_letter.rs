@@ -11,8 +11,63 @@
 //! | `trellisattempts` | how many attempts were made |
 //! | `trellisreason` | one line saying why, with URLs redacted |
 
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::{CloudEvent, ExtensionValue};
 use trellis_delivery::report::DeliveryFailure;
+use trellis_log::Topic;
+
+use crate::error::error_chain;
+
+/// Looks a topic up by name, creating it if need be; the error is a sentence for the log.
+pub(crate) type OpenTopic = Box<dyn Fn(&str) -> Result<Topic, String> + Send + Sync>;
+
+/// Where a subscription's dead letters go: a topic looked up (or created) when one is written,
+/// so deleting it does not stop the subscription.
+pub(crate) struct DeadLetterTarget {
+    pub(crate) topic_name: String,
+    pub(crate) open: OpenTopic,
+}
+
+/// Waits between tries to append a dead letter that failed (the log is full or shutting down).
+const RETRY: Duration = Duration::from_millis(500);
+
+impl DeadLetterTarget {
+    /// Appends `event`, retrying until it is durable; `false` if `stop` came first (the record
+    /// then stays uncommitted and is delivered again after a restart).
+    pub(crate) async fn append(
+        &self,
+        subscription: &str,
+        event: &CloudEvent,
+        stop: &CancellationToken,
+    ) -> bool {
+        let payload = Bytes::from(event.to_stored());
+        loop {
+            let appended = match (self.open)(&self.topic_name) {
+                Ok(topic) => topic
+                    .append(vec![payload.clone()])
+                    .await
+                    .map_err(|error| error_chain(&error)),
+                Err(message) => Err(message),
+            };
+            match appended {
+                Ok(_) => return true,
+                Err(message) => tracing::error!(
+                    message = "Writing a dead letter failed; retrying.",
+                    subscription,
+                    topic = %self.topic_name,
+                    error = %message
+                ),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return false,
+                () = tokio::time::sleep(RETRY) => {}
+            }
+        }
+    }
+}
 
 /// Every extension `annotate` sets; a redrive strips them before delivering again.
 pub(crate) const EXTENSIONS: &[&str] = &[

@@ -25,6 +25,7 @@ use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryRepor
 use trellis_log::{LogError, Topic};
 use trellis_meta::MetadataStore;
 
+use super::dead_letter::DeadLetterTarget;
 use crate::error::error_chain;
 
 /// What the engine's callbacks tell the dispatcher.
@@ -89,21 +90,6 @@ impl Pending {
         }
     }
 }
-
-/// Where dead letters go: a topic looked up (or created) when the first one is written.
-pub(crate) struct DeadLetterTarget {
-    pub(crate) topic_name: String,
-    pub(crate) open: OpenTopic,
-}
-
-/// Looks a topic up by name, creating it if need be; the error is a sentence for the log.
-pub(crate) type OpenTopic = Box<dyn Fn(&str) -> Result<Topic, String> + Send + Sync>;
-
-/// How many records one read takes from the log at most, and how many payload bytes.
-const READ_BATCH_RECORDS: usize = 256;
-const READ_BATCH_BYTES: usize = 1024 * 1024;
-/// Waits between tries to append a dead letter that failed (the log is full or shutting down).
-const DEAD_LETTER_RETRY: Duration = Duration::from_millis(500);
 
 impl Dispatcher {
     pub(crate) async fn run(mut self) {
@@ -259,28 +245,13 @@ impl Dispatcher {
     /// Appends the failed record to the dead-letter topic, retrying until it is durable;
     /// `false` if the dispatcher was stopped first (the record then stays uncommitted).
     async fn dead_letter(&self, failure: &DeliveryFailure) -> bool {
-        let payload = match self.dead_letter_event(failure).await {
-            Some(event) => Bytes::from(event.to_stored()),
-            None => return true,
-        };
-        loop {
-            let appended = match (self.dead_letter.open)(&self.dead_letter.topic_name) {
-                Ok(topic) => topic
-                    .append(vec![payload.clone()])
+        match self.dead_letter_event(failure).await {
+            Some(event) => {
+                self.dead_letter
+                    .append(&self.name, &event, &self.stop)
                     .await
-                    .map_err(|error| error_chain(&error)),
-                Err(message) => Err(message),
-            };
-            match appended {
-                Ok(_) => return true,
-                Err(message) => {
-                    tracing::error!(message = "Writing a dead letter failed; retrying.", subscription = %self.name, topic = %self.dead_letter.topic_name, error = %message);
-                }
             }
-            tokio::select! {
-                () = self.stop.cancelled() => return false,
-                () = tokio::time::sleep(DEAD_LETTER_RETRY) => {}
-            }
+            None => true,
         }
     }
 
@@ -300,11 +271,7 @@ impl Dispatcher {
         from: u64,
         max_records: usize,
     ) -> Result<Vec<trellis_log::Record>, LogError> {
-        let topic = self.topic.clone();
-        let max_records = max_records.min(READ_BATCH_RECORDS);
-        tokio::task::spawn_blocking(move || topic.read(from, max_records, READ_BATCH_BYTES))
-            .await
-            .unwrap_or(Err(LogError::Closed))
+        super::read_records(&self.topic, from, max_records).await
     }
 
     fn publish_gauges(&self, committed: u64) {

@@ -28,7 +28,8 @@ use trellis_meta::{CasOutcome, Expect, MetadataStore};
 
 use crate::error::ApiError;
 use crate::topics::TopicRegistry;
-use dispatcher::{DeadLetterTarget, Dispatcher, DispatcherStats, ToDispatcher};
+use dead_letter::DeadLetterTarget;
+use dispatcher::{Dispatcher, DispatcherStats, Outcome, ToDispatcher};
 use redrive::RedriveStats;
 use spec::{Start, SubscriptionSpec, field_error, reject_unknown};
 
@@ -148,14 +149,7 @@ impl SubscriptionRegistry {
             spec.allowed_rates = self.validate_urls(&spec).await?;
         }
         // Build the engine before storing anything, so a refused URL leaves no trace.
-        Engine::new(
-            &spec.name,
-            &spec.sink,
-            &spec.delivery,
-            Arc::clone(&self.guard),
-            Arc::new(ToDispatcher(mpsc::unbounded_channel().0)),
-        )
-        .map_err(|error| ApiError::bad_request("invalid_subscription", error.to_string()))?;
+        let engine = self.engine(&spec)?;
         let stored = encode(&spec)?;
         let mut running = self.running.lock().await;
         match self
@@ -178,7 +172,7 @@ impl SubscriptionRegistry {
             .await
             .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?;
         let view = view_json(&spec)?;
-        let handle = self.spawn(spec, start)?;
+        let handle = self.spawn(spec, start, engine)?;
         running.insert(handle.spec.name.clone(), handle);
         Ok(view)
     }
@@ -285,29 +279,20 @@ impl SubscriptionRegistry {
             None => dead_letters.stats().first_offset,
         };
         let to = dead_letters.stats().next_offset.max(from);
-        let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
-        let engine = Engine::new(
-            &spec.name,
-            &spec.sink,
-            &spec.delivery,
-            Arc::clone(&self.guard),
-            Arc::new(ToDispatcher(outcomes_tx)),
-        )
-        .map_err(|error| ApiError::bad_request("invalid_subscription", error.to_string()))?;
+        // An engine of its own: a redrive must not trip the live subscription's circuit or
+        // take its concurrency. It keeps the rate the URLs granted, like the live one.
+        let (engine, outcomes) = self.engine(spec)?;
         let stats = Arc::clone(&entry.redrive);
         stats.from.store(from, Ordering::Relaxed);
         stats.to.store(to, Ordering::Relaxed);
         stats.delivered.store(0, Ordering::Relaxed);
         stats.dead_lettered.store(0, Ordering::Relaxed);
         stats.running.store(true, Ordering::Relaxed);
-        let topics = self.topics.clone();
         self.tasks.spawn(
             redrive::Redrive {
                 name: spec.name.clone(),
                 dead_letters,
-                open_dead_letter_topic: Box::new(move |name| {
-                    topics.for_subscription(name).map_err(|error| error.message)
-                }),
+                dead_letter: self.dead_letter_target(spec),
                 engine,
                 outcomes,
                 meta: Arc::clone(&self.meta),
@@ -333,7 +318,8 @@ impl SubscriptionRegistry {
     }
 
     async fn start(&self, spec: SubscriptionSpec, start: u64) -> Result<(), ApiError> {
-        let handle = self.spawn(spec, start)?;
+        let engine = self.engine(&spec)?;
+        let handle = self.spawn(spec, start, engine)?;
         self.running
             .lock()
             .await
@@ -366,8 +352,12 @@ impl SubscriptionRegistry {
         Ok(rates)
     }
 
-    fn spawn(&self, spec: SubscriptionSpec, start: u64) -> Result<Running, ApiError> {
-        let topic = self.topics.for_subscription(&spec.topic)?;
+    /// The subscription's delivery engine, with the rates its URLs granted, and the channel
+    /// its outcomes arrive on.
+    fn engine(
+        &self,
+        spec: &SubscriptionSpec,
+    ) -> Result<(Engine, mpsc::UnboundedReceiver<Outcome>), ApiError> {
         let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
         let engine = Engine::new(
             &spec.name,
@@ -380,20 +370,34 @@ impl SubscriptionRegistry {
         for (index, rate) in spec.allowed_rates.iter().enumerate() {
             engine.limit_rate(index, *rate);
         }
+        Ok((engine, outcomes))
+    }
+
+    fn dead_letter_target(&self, spec: &SubscriptionSpec) -> DeadLetterTarget {
+        let topics = self.topics.clone();
+        DeadLetterTarget {
+            topic_name: spec.dead_letter_topic.clone(),
+            open: Box::new(move |name| {
+                topics.for_subscription(name).map_err(|error| error.message)
+            }),
+        }
+    }
+
+    fn spawn(
+        &self,
+        spec: SubscriptionSpec,
+        start: u64,
+        (engine, outcomes): (Engine, mpsc::UnboundedReceiver<Outcome>),
+    ) -> Result<Running, ApiError> {
+        let topic = self.topics.for_subscription(&spec.topic)?;
         let (paused_tx, paused) = watch::channel(spec.paused);
         let (batch_tx, batch) = watch::channel(spec.delivery.batch.clone());
         let stop = CancellationToken::new();
         let stats = Arc::new(DispatcherStats::default());
-        let topics = self.topics.clone();
         let dispatcher = Dispatcher {
             name: spec.name.clone(),
             topic,
-            dead_letter: DeadLetterTarget {
-                topic_name: spec.dead_letter_topic.clone(),
-                open: Box::new(move |name| {
-                    topics.for_subscription(name).map_err(|error| error.message)
-                }),
-            },
+            dead_letter: self.dead_letter_target(&spec),
             meta: Arc::clone(&self.meta),
             offset_key: offset_key(&spec.name),
             engine: engine.clone(),
@@ -476,6 +480,24 @@ impl SubscriptionRegistry {
             .map_err(|error| ApiError::internal("storing a subscription", &error))?;
         Ok(())
     }
+}
+
+/// How many records one read takes from the log at most, and how many payload bytes.
+const READ_BATCH_RECORDS: usize = 256;
+const READ_BATCH_BYTES: usize = 1024 * 1024;
+
+/// Reads up to `max_records` records of `topic` from `from` on, off the async workers: the log's
+/// reads are blocking file I/O.
+pub(crate) async fn read_records(
+    topic: &trellis_log::Topic,
+    from: u64,
+    max_records: usize,
+) -> Result<Vec<trellis_log::Record>, trellis_log::LogError> {
+    let topic = topic.clone();
+    let max_records = max_records.min(READ_BATCH_RECORDS);
+    tokio::task::spawn_blocking(move || topic.read(from, max_records, READ_BATCH_BYTES))
+        .await
+        .unwrap_or(Err(trellis_log::LogError::Closed))
 }
 
 fn encode(spec: &SubscriptionSpec) -> Result<Bytes, ApiError> {

@@ -22,13 +22,12 @@ use trellis_delivery::offsets::OffsetTracker;
 use trellis_log::Topic;
 use trellis_meta::MetadataStore;
 
-use super::dispatcher::{OpenTopic, Outcome};
+use super::dead_letter::DeadLetterTarget;
+use super::dispatcher::Outcome;
 use crate::error::error_chain;
 
 /// Redriven records out at once.
 const MAX_IN_FLIGHT: usize = 64;
-const READ_BATCH_RECORDS: usize = 256;
-const READ_BATCH_BYTES: usize = 1024 * 1024;
 
 /// What a running or finished redrive has done, for the status API.
 #[derive(Debug, Default)]
@@ -64,7 +63,7 @@ impl RedriveStats {
 pub(crate) struct Redrive {
     pub(crate) name: String,
     pub(crate) dead_letters: Topic,
-    pub(crate) open_dead_letter_topic: OpenTopic,
+    pub(crate) dead_letter: DeadLetterTarget,
     pub(crate) engine: Engine,
     pub(crate) outcomes: mpsc::UnboundedReceiver<Outcome>,
     pub(crate) meta: Arc<dyn MetadataStore>,
@@ -159,17 +158,12 @@ impl Redrive {
 
     /// `None` when the dead-letter topic cannot be read; the redrive then stops where it is.
     async fn read(&self, from: u64, max_records: usize) -> Option<Vec<trellis_log::Record>> {
-        let topic = self.dead_letters.clone();
-        let max_records = max_records.min(READ_BATCH_RECORDS);
-        match tokio::task::spawn_blocking(move || topic.read(from, max_records, READ_BATCH_BYTES))
-            .await
-        {
-            Ok(Ok(records)) => Some(records),
-            Ok(Err(error)) => {
+        match super::read_records(&self.dead_letters, from, max_records).await {
+            Ok(records) => Some(records),
+            Err(error) => {
                 tracing::error!(message = "Reading dead letters failed; the redrive stops.", subscription = %self.name, error = %error_chain(&error));
                 None
             }
-            Err(_) => None,
         }
     }
 
@@ -193,26 +187,9 @@ impl Redrive {
         for (key, value) in origin.0 {
             event.extensions.insert(key, value);
         }
-        let payload = Bytes::from(event.to_stored());
-        loop {
-            let appended = match (self.open_dead_letter_topic)(self.dead_letters.name()) {
-                Ok(topic) => topic
-                    .append(vec![payload.clone()])
-                    .await
-                    .map_err(|error| error_chain(&error)),
-                Err(message) => Err(message),
-            };
-            match appended {
-                Ok(_) => return true,
-                Err(message) => {
-                    tracing::error!(message = "Writing a dead letter failed; retrying.", subscription = %self.name, error = %message)
-                }
-            }
-            tokio::select! {
-                () = self.stop.cancelled() => return false,
-                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-            }
-        }
+        self.dead_letter
+            .append(&self.name, &event, &self.stop)
+            .await
     }
 
     async fn persist(&self, cursor: u64) {
