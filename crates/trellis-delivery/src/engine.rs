@@ -27,7 +27,8 @@ use crate::config::{ConcurrencySpec, DeliverySpec, Mode, SinkSpec, Strategy};
 use crate::guard::{AddressGuard, DeniedHost};
 use crate::redact::redact_url;
 use crate::report::{
-    AttemptRecord, Completion, DeliveryCallbacks, Failed, FailureClass, RecordContext, millis,
+    AttemptRecord, Completion, DeliveryCallbacks, Failed, FailureClass, RecordContext,
+    error_messages, millis,
 };
 use crate::request::{self, Attempt, PreparedEvent};
 use crate::validation::RateGate;
@@ -489,41 +490,21 @@ impl Engine {
             let rtt = sent_at.elapsed();
             let answer = match answer {
                 Ok(answer) => answer,
-                Err(_) => Err(vec![format!(
+                Err(_) => Err(SendError::transport(vec![format!(
                     "no answer within the request timeout of {} ms",
                     timeout.as_millis()
-                )]),
+                )])),
             };
-            let (verdict, status, retry_after, error_chain) = match answer {
+            let (verdict, status, retry_after, error_chain, denied) = match answer {
                 Ok((status, retry_after)) => (
                     settings.status.classify(status),
                     Some(status),
                     retry_after,
                     Vec::new(),
+                    false,
                 ),
-                Err(chain) => (Verdict::Retriable, None, None, chain),
+                Err(error) => (Verdict::Retriable, None, None, error.chain, error.denied),
             };
-            if error_chain.first().map(String::as_str) == Some(DENIED_MARKER) {
-                let mut error_chain = error_chain;
-                error_chain.remove(0);
-                attempts.push(AttemptRecord {
-                    attempt: number,
-                    request_id,
-                    url: target.redacted.clone(),
-                    status: None,
-                    error: error_chain.first().cloned(),
-                    elapsed_ms: millis(rtt),
-                });
-                return Err(Failed {
-                    class: FailureClass::Rejected,
-                    reason: format!(
-                        "{} resolves only to denied addresses (see the webhook deny list)",
-                        target.redacted
-                    ),
-                    last_status: None,
-                    error_chain,
-                });
-            }
             let backpressure = status.is_none_or(is_backpressure);
             attempts.push(AttemptRecord {
                 attempt: number,
@@ -543,6 +524,18 @@ impl Engine {
                 error = error_chain.first().map(String::as_str),
                 elapsed_ms = millis(rtt),
             );
+            if denied {
+                // A configuration matter, not the target's health: no retry, no breaker count.
+                return Err(Failed {
+                    class: FailureClass::Rejected,
+                    reason: format!(
+                        "{} resolves only to denied addresses (see the webhook deny list)",
+                        target.redacted
+                    ),
+                    last_status: None,
+                    error_chain,
+                });
+            }
             inner
                 .metrics
                 .attempt(verdict_label(verdict, status.is_some()))
@@ -775,17 +768,13 @@ impl Settings {
 }
 
 /// Sends one request and reads (a bounded part of) the answer, so the connection can be reused.
-/// On failure, the error and its sources, outermost first.
 async fn send(
     client: HttpClient,
     request: http::Request<Full<Bytes>>,
-) -> Result<(http::StatusCode, Option<Duration>), Vec<String>> {
-    let response = client.request(request).await.map_err(|error| {
-        let mut messages = chain(&error);
-        if is_denied_address(&error) {
-            messages.insert(0, DENIED_MARKER.to_owned());
-        }
-        messages
+) -> Result<(http::StatusCode, Option<Duration>), SendError> {
+    let response = client.request(request).await.map_err(|error| SendError {
+        chain: error_messages(&error),
+        denied: is_denied_address(&error),
     })?;
     let status = response.status();
     let retry_after = response
@@ -808,16 +797,29 @@ async fn send(
             let mut messages = vec![format!(
                 "the connection broke while the {status} answer was being read"
             )];
-            messages.extend(chain(error.as_ref()));
-            return Err(messages);
+            messages.extend(error_messages(error.as_ref()));
+            return Err(SendError::transport(messages));
         }
     }
     Ok((status, retry_after))
 }
 
-/// Put first in an error chain when the guard refused every address of the target's name: a
-/// configuration matter that retrying cannot fix.
-const DENIED_MARKER: &str = "the target's address is in a denied range";
+/// Why an attempt got no usable answer.
+struct SendError {
+    /// The error and its sources, outermost first.
+    chain: Vec<String>,
+    /// The address guard refused every address of the target's name: retrying cannot help.
+    denied: bool,
+}
+
+impl SendError {
+    fn transport(chain: Vec<String>) -> SendError {
+        SendError {
+            chain,
+            denied: false,
+        }
+    }
+}
 
 fn is_denied_address(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut source = Some(error);
@@ -833,16 +835,6 @@ fn is_denied_address(error: &(dyn std::error::Error + 'static)) -> bool {
         source = cause.source();
     }
     false
-}
-
-fn chain(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    let mut messages = vec![error.to_string()];
-    let mut source = error.source();
-    while let Some(cause) = source {
-        messages.push(cause.to_string());
-        source = cause.source();
-    }
-    messages
 }
 
 fn deadline_passed(settings: &Settings, last_status: Option<u16>) -> Failed {

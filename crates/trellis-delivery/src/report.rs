@@ -189,14 +189,18 @@ pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// "outer: inner: root" for an error and its sources.
-pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
+/// An error and its sources, outermost first.
+pub(crate) fn error_messages(error: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    let mut messages = vec![error.to_string()];
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        messages.push(cause.to_string());
         source = cause.source();
     }
-    text
+    messages
+}
+
+/// "outer: inner: root" for an error and its sources.
+pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
+    error_messages(error).join(": ")
 }
