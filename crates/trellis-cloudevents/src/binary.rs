@@ -84,17 +84,17 @@ pub(crate) fn parse(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, Even
 pub(crate) fn write(event: &CloudEvent) -> Result<BinaryMessage, EventError> {
     let mut headers = HeaderMap::with_capacity(8 + event.extensions.len());
     let attributes = [
-        ("specversion", Some(&event.specversion)),
-        ("id", Some(&event.id)),
-        ("source", Some(&event.source)),
-        ("type", Some(&event.ty)),
-        ("dataschema", event.dataschema.as_ref()),
-        ("subject", event.subject.as_ref()),
-        ("time", event.time.as_ref()),
+        ("ce-specversion", Some(&event.specversion)),
+        ("ce-id", Some(&event.id)),
+        ("ce-source", Some(&event.source)),
+        ("ce-type", Some(&event.ty)),
+        ("ce-dataschema", event.dataschema.as_ref()),
+        ("ce-subject", event.subject.as_ref()),
+        ("ce-time", event.time.as_ref()),
     ];
     for (name, value) in attributes {
         if let Some(value) = value {
-            headers.insert(header_name(name)?, encode_value(value));
+            headers.insert(HeaderName::from_static(name), encode_value(value));
         }
     }
     for (name, value) in &event.extensions {
@@ -217,8 +217,10 @@ fn hex_value(digit: u8) -> Option<u8> {
 }
 
 fn encode_value(value: &str) -> HeaderValue {
-    let encoded = percent_encoding::utf8_percent_encode(value, HEADER_VALUE_ESCAPES).to_string();
-    match HeaderValue::try_from(encoded) {
+    // Borrowed, with no copy, when nothing needs escaping: the common case.
+    let encoded: std::borrow::Cow<'_, str> =
+        percent_encoding::utf8_percent_encode(value, HEADER_VALUE_ESCAPES).into();
+    match HeaderValue::from_str(&encoded) {
         Ok(value) => value,
         // Unreachable: percent-encoding leaves only printable ASCII.
         Err(_) => HeaderValue::from_static(""),

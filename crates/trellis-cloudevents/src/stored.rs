@@ -129,9 +129,11 @@ fn binary_from_parts(parts: &Parts<'_>) -> Result<CloudEvent, StoredError> {
 /// null, or either spelled with escapes). Attributes Trellis writes never do; for any that
 /// might, only the full rendering says exactly how the record parses.
 fn may_name_data(attributes: &[u8]) -> bool {
-    attributes
-        .windows(5)
-        .any(|window| window == b"\"data" || window.starts_with(b"\\u"))
+    // A member name is a JSON string: unescaped, `data` and `data_base64` appear between quotes
+    // as they are (so `"datacontenttype"` does not count); escaped, only `\u` can spell letters.
+    memchr::memmem::find(attributes, b"\"data\"").is_some()
+        || memchr::memmem::find(attributes, b"\"data_base64\"").is_some()
+        || memchr::memmem::find(attributes, b"\\u").is_some()
 }
 
 struct Parts<'a> {

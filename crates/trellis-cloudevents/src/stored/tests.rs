@@ -113,3 +113,15 @@ fn binary_records_read_as_their_rendering_parses() {
         assert_eq!(direct, via_rendering, "{attributes}");
     }
 }
+
+/// Binary-mode publishes always carry `datacontenttype`; if that name sent them down the slow
+/// path, every delivery would pay for base64 both ways.
+#[test]
+fn only_data_members_take_the_rendering_path() {
+    assert!(!may_name_data(
+        br#"{"specversion":"1.0","id":"a","datacontenttype":"application/octet-stream","dataschema":"/s"}"#
+    ));
+    assert!(may_name_data(br#"{"id":"a","data":null}"#));
+    assert!(may_name_data(br#"{"id":"a","data_base64":null}"#));
+    assert!(may_name_data(br#"{"id":"a","d\u0061ta":null}"#));
+}
