@@ -1,5 +1,7 @@
 //! Log output: `tracing` to stderr, human-readable or JSON lines.
 
+mod batched;
+
 use std::io::IsTerminal;
 
 use anyhow::Context;
@@ -7,18 +9,25 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-pub(crate) fn init(level: &str, format: LogFormat) -> anyhow::Result<()> {
+pub(crate) use batched::FlushGuard;
+
+/// Sets up logging. Lines reach stderr in batches (see [`batched`]) until the returned guard
+/// is dropped, which writes the rest.
+pub(crate) fn init(level: &str, format: LogFormat) -> anyhow::Result<FlushGuard> {
     let filter = EnvFilter::try_new(level).with_context(|| {
         format!("log level must be a filter such as info or trellis_log=debug,info; got {level:?}")
     })?;
+    let (writer, guard) = batched::BatchedWriter::start(std::io::stderr())
+        .context("cannot start the log writer thread")?;
     // Colours only for a person at a terminal; files and log collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::stderr().is_terminal());
     let res = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    res.map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))
+    res.map_err(|error| anyhow::anyhow!("cannot set up logging: {error}"))?;
+    Ok(guard)
 }

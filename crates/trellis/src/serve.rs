@@ -17,7 +17,7 @@ use crate::config::Settings;
 
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args)?;
-    crate::logging::init(&settings.log_level, settings.log_format)?;
+    let _flush_logs_on_return = crate::logging::init(&settings.log_level, settings.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
