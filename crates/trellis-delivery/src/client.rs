@@ -1,34 +1,267 @@
-//! The pooled HTTP/1.1 client every attempt goes through: keep-alive connections per host, a
-//! connect timeout, and name resolution that refuses denied addresses at connect time.
+//! The HTTP/1.1 client every attempt goes through: keep-alive connections per URL, a connect
+//! timeout, and name resolution that refuses denied addresses at connect time.
+//!
+//! An exchange drives its connection's I/O itself, in the task that awaits the answer. A pooled
+//! client such as hyper-util's runs each connection in a task of its own and hands it requests
+//! over a channel, so every answer wakes two tasks; here it wakes one, and nothing crosses a
+//! channel. That is most of what a delivery costs on top of the system calls.
+//!
+//! The price: nobody polls an idle connection. One the server closed meanwhile is found closed
+//! when it is next taken (or once it has idled for [`IDLE_TIMEOUT`]) and dropped then, and until
+//! then it holds its socket.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::client::legacy::Client;
+use futures::task::noop_waker_ref;
+use http::header::{HOST, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::{self, Connection, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tower_service::Service;
 
 use crate::guard::{AddressGuard, GuardedResolver};
 
-pub(crate) type HttpClient = Client<HttpConnector<GuardedResolver>, Full<Bytes>>;
-
 /// How long an idle keep-alive connection is kept. Shorter than the 60 s or more most servers
 /// allow, so Trellis closes first and rarely sends on a connection the server just dropped.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(crate) fn build(
-    connect_timeout: Duration,
-    max_idle_per_host: usize,
-    guard: Arc<AddressGuard>,
-) -> HttpClient {
-    let mut connector = HttpConnector::new_with_resolver(GuardedResolver::new(guard));
-    connector.set_connect_timeout(Some(connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(max_idle_per_host)
-        .build(connector)
+/// Opens connections: resolution through the address guard, then TCP with a timeout.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    http: HttpConnector<GuardedResolver>,
+}
+
+impl Connector {
+    pub(crate) fn new(connect_timeout: Duration, guard: Arc<AddressGuard>) -> Connector {
+        let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(guard));
+        http.set_connect_timeout(Some(connect_timeout));
+        // One small request at a time per connection: Nagle would hold each one back.
+        http.set_nodelay(true);
+        Connector { http }
+    }
+}
+
+/// One target URL: its request line and `Host`, and its idle connections.
+pub(crate) struct Endpoint {
+    /// Absolute, for the connector.
+    uri: Uri,
+    /// What the request line carries: path and query only.
+    origin_form: Uri,
+    host: HeaderValue,
+    /// Most recently used last. No cap is needed: a connection is only opened when none is
+    /// idle, so the pool never holds more than the most exchanges ever in flight at once, which
+    /// the concurrency limit bounds.
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    connection: Connection<TokioIo<TcpStream>, Full<Bytes>>,
+}
+
+/// An answer whose body was read (up to the cap) or left unread past it.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+}
+
+/// Why an exchange got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ExchangeError {
+    #[error("the URL has no host")]
+    NoHost,
+    #[error("cannot connect")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("the HTTP/1 handshake failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("the request failed")]
+    Request(#[source] hyper::Error),
+    /// The connection ended with an error while the request was out: its cause says more than
+    /// the request's own "connection closed".
+    #[error("the connection failed")]
+    Connection(#[source] hyper::Error),
+    #[error("the connection broke while the {status} answer was being read")]
+    Body {
+        status: StatusCode,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Endpoint {
+    pub(crate) fn new(uri: &Uri) -> Result<Endpoint, ExchangeError> {
+        let host = uri.host().ok_or(ExchangeError::NoHost)?;
+        let default_port = match uri.scheme() {
+            Some(scheme) if *scheme == Scheme::HTTPS => 443,
+            _ => 80,
+        };
+        let host = match uri.port_u16() {
+            Some(port) if port != default_port => format!("{host}:{port}"),
+            _ => host.to_owned(),
+        };
+        let host = HeaderValue::from_str(&host).map_err(|_| ExchangeError::NoHost)?;
+        let origin_form = uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        Ok(Endpoint {
+            uri: uri.clone(),
+            origin_form: Uri::from(origin_form),
+            host,
+            idle: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The URI a request to this endpoint carries; the exchange adds `Host`.
+    pub(crate) fn request_uri(&self) -> &Uri {
+        &self.origin_form
+    }
+
+    /// Sends `request` on an idle connection, or a new one, and reads at most `max_body_bytes`
+    /// of the answer's body. The connection goes back to the pool only when the answer was read
+    /// to its end. Dropping the future drops the connection with it.
+    pub(crate) async fn exchange(
+        &self,
+        connector: impl FnOnce() -> Connector,
+        mut request: Request<Full<Bytes>>,
+        max_body_bytes: usize,
+    ) -> Result<Answer, ExchangeError> {
+        request
+            .headers_mut()
+            .entry(HOST)
+            .or_insert_with(|| self.host.clone());
+        let mut conn = match self.take_idle() {
+            Some(conn) => conn,
+            None => self.connect(connector()).await?,
+        };
+        let (answer, reusable) = drive(&mut conn, request, max_body_bytes).await?;
+        if reusable {
+            self.put_idle(conn);
+        }
+        Ok(answer)
+    }
+
+    async fn connect(&self, mut connector: Connector) -> Result<Conn, ExchangeError> {
+        let io = connector
+            .http
+            .call(self.uri.clone())
+            .await
+            .map_err(|error| ExchangeError::Connect(Box::new(error)))?;
+        let (sender, connection) = http1::handshake(io)
+            .await
+            .map_err(ExchangeError::Handshake)?;
+        Ok(Conn { sender, connection })
+    }
+
+    /// The most recently used idle connection still open, dropping any found closed or idle
+    /// too long.
+    fn take_idle(&self) -> Option<Conn> {
+        let now = Instant::now();
+        loop {
+            let Idle { mut conn, since } = self.lock_idle().pop()?;
+            if now.duration_since(since) < IDLE_TIMEOUT && conn.is_open() {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn put_idle(&self, conn: Conn) {
+        let now = Instant::now();
+        let mut idle = self.lock_idle();
+        // The oldest come first; they expire first too.
+        let expired = idle
+            .iter()
+            .take_while(|entry| now.duration_since(entry.since) >= IDLE_TIMEOUT)
+            .count();
+        idle.drain(..expired);
+        idle.push(Idle { conn, since: now });
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Conn {
+    /// Whether the connection can take a request: polled once without a waker to see whether
+    /// the server closed it (or sent something unasked) while it was idle.
+    fn is_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        if Pin::new(&mut self.connection).poll(&mut cx).is_ready() {
+            return false;
+        }
+        matches!(self.sender.poll_ready(&mut cx), Poll::Ready(Ok(())))
+    }
+}
+
+/// One request and its answer on `conn`, polling the connection's I/O alongside; the answer,
+/// and whether the connection may be used again.
+async fn drive(
+    conn: &mut Conn,
+    request: Request<Full<Bytes>>,
+    max_body_bytes: usize,
+) -> Result<(Answer, bool), ExchangeError> {
+    let Conn { sender, connection } = conn;
+    let exchange = async {
+        sender.ready().await.map_err(ExchangeError::Request)?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(ExchangeError::Request)?;
+        let (parts, body) = response.into_parts();
+        let read_to_end = match Limited::new(body, max_body_bytes).collect().await {
+            Ok(_) => true,
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => false,
+            Err(source) => {
+                return Err(ExchangeError::Body {
+                    status: parts.status,
+                    source,
+                });
+            }
+        };
+        Ok((
+            Answer {
+                status: parts.status,
+                headers: parts.headers,
+            },
+            read_to_end,
+        ))
+    };
+    tokio::pin!(exchange);
+    let mut closed = false;
+    let mut connection_error = None;
+    loop {
+        tokio::select! {
+            biased;
+            // First, so that an answer it reads completes `exchange` in the same poll.
+            ended = &mut *connection, if !closed => {
+                closed = true;
+                connection_error = ended.err();
+            }
+            result = &mut exchange => {
+                return match (result, connection_error) {
+                    (Ok((answer, read_to_end)), _) => Ok((answer, read_to_end && !closed)),
+                    (Err(ExchangeError::Request(_)), Some(cause)) => {
+                        Err(ExchangeError::Connection(cause))
+                    }
+                    (Err(error), _) => Err(error),
+                };
+            }
+        }
+    }
 }

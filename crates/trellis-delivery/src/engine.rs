@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::Full;
 use serde::Serialize;
 use tokio::sync::watch;
 use trellis_cloudevents::CloudEvent;
@@ -21,7 +21,7 @@ use trellis_cloudevents::CloudEvent;
 use crate::backoff::{BackoffSettings, parse_retry_after};
 use crate::breaker::{Admission, BreakerSettings, CircuitBreaker, CircuitState};
 use crate::classify::{StatusPolicy, Verdict, is_backpressure};
-use crate::client::{self, HttpClient};
+use crate::client::{Answer, Connector, Endpoint, ExchangeError};
 use crate::concurrency::{ConcurrencyLimiter, ConcurrencySettings, Signal};
 use crate::config::{ConcurrencySpec, DeliverySpec, Mode, SinkSpec, Strategy};
 use crate::guard::{AddressGuard, DeniedHost};
@@ -88,7 +88,7 @@ struct Inner {
     secret: Option<Vec<u8>>,
     targets: Vec<Target>,
     settings: RwLock<Arc<Settings>>,
-    client: RwLock<HttpClient>,
+    connector: RwLock<Connector>,
     guard: Arc<AddressGuard>,
     callbacks: Arc<dyn DeliveryCallbacks>,
     next_target: AtomicUsize,
@@ -161,7 +161,7 @@ fn find<'a>(handles: &'a [(&'static str, metrics::Counter)], key: &str) -> &'a m
 }
 
 struct Target {
-    uri: Uri,
+    endpoint: Endpoint,
     redacted: String,
     breaker: CircuitBreaker,
     limiter: ConcurrencyLimiter,
@@ -230,8 +230,12 @@ impl Engine {
                 ("subscription", subscription.to_owned()),
                 ("url", redacted.clone()),
             ];
+            let endpoint = Endpoint::new(&uri).map_err(|error| EngineError::Url {
+                index,
+                message: error.to_string(),
+            })?;
             targets.push(Target {
-                uri,
+                endpoint,
                 breaker: CircuitBreaker::new(settings.breaker.clone()),
                 limiter: ConcurrencyLimiter::new(settings.concurrency.clone()),
                 gone: Mutex::new(None),
@@ -253,11 +257,7 @@ impl Engine {
                 HeaderValue::from_str(value).map_err(|error| header_error(error.to_string()))?;
             extra_headers.append(header_name, header_value);
         }
-        let client = client::build(
-            settings.connect_timeout,
-            settings.concurrency.max,
-            Arc::clone(&guard),
-        );
+        let connector = Connector::new(settings.connect_timeout, Arc::clone(&guard));
         let (resumed, _) = watch::channel(0);
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -271,7 +271,7 @@ impl Engine {
                     .map(|secret| secret.as_bytes().to_vec()),
                 targets,
                 settings: RwLock::new(Arc::new(settings)),
-                client: RwLock::new(client),
+                connector: RwLock::new(connector),
                 guard,
                 callbacks,
                 next_target: AtomicUsize::new(0),
@@ -306,7 +306,6 @@ impl Engine {
         prepared: Result<PreparedEvent, trellis_cloudevents::EventError>,
     ) {
         let inner = &*self.inner;
-        let urls: Vec<String> = inner.targets.iter().map(|t| t.redacted.clone()).collect();
         let completions: Vec<Completion> = records
             .iter()
             .map(|record| {
@@ -315,7 +314,7 @@ impl Engine {
                     topic: record.topic.clone(),
                     offset: record.offset,
                     event_id: record.event.id.clone(),
-                    urls: urls.clone(),
+                    urls: inner.targets.iter().map(|t| t.redacted.clone()).collect(),
                 };
                 Completion::new(Arc::clone(&inner.callbacks), context)
             })
@@ -329,8 +328,13 @@ impl Engine {
                 format!("the event cannot be sent in the subscription's content mode: {error}"),
             )),
         };
-        for mut completion in completions {
-            completion.attempts = attempts.clone();
+        let n_completions = completions.len();
+        for (index, mut completion) in completions.into_iter().enumerate() {
+            completion.attempts = if index + 1 == n_completions {
+                std::mem::take(&mut attempts)
+            } else {
+                attempts.clone()
+            };
             self.finish(completion, outcome.clone());
         }
     }
@@ -376,11 +380,10 @@ impl Engine {
         counters
             .retries
             .fetch_add(n_attempts.saturating_sub(1), Ordering::Relaxed);
-        let subscription = self.inner.subscription.clone();
-        let (offset, event_id) = completion
-            .context()
-            .map(|context| (context.offset, context.event_id.clone()))
-            .unwrap_or_default();
+        let subscription = self.inner.subscription.as_str();
+        let context = completion.context();
+        let offset = context.map_or(0, |context| context.offset);
+        let event_id = context.map_or("", |context| context.event_id.as_str());
         match outcome {
             Ok(()) => {
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -476,7 +479,7 @@ impl Engine {
             let request = request::build(
                 prepared,
                 &Attempt {
-                    uri: &target.uri,
+                    uri: target.endpoint.request_uri(),
                     number,
                     request_id: &request_id,
                     extra_headers: &inner.extra_headers,
@@ -486,7 +489,8 @@ impl Engine {
             );
             let timeout = settings.request_timeout.min(remaining);
             let sent_at = Instant::now();
-            let answer = tokio::time::timeout(timeout, send(inner.client(), request)).await;
+            let answer =
+                tokio::time::timeout(timeout, send(inner, &target.endpoint, request)).await;
             let rtt = sent_at.elapsed();
             let answer = match answer {
                 Ok(answer) => answer,
@@ -630,16 +634,12 @@ impl Engine {
         }
         let old_connect_timeout = self.inner.settings().connect_timeout;
         if settings.connect_timeout != old_connect_timeout {
-            let client = client::build(
-                settings.connect_timeout,
-                settings.concurrency.max,
-                Arc::clone(&self.inner.guard),
-            );
+            let connector = Connector::new(settings.connect_timeout, Arc::clone(&self.inner.guard));
             *self
                 .inner
-                .client
+                .connector
                 .write()
-                .unwrap_or_else(PoisonError::into_inner) = client;
+                .unwrap_or_else(PoisonError::into_inner) = connector;
         }
         *self
             .inner
@@ -694,8 +694,8 @@ impl Inner {
         Arc::clone(&self.settings.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn client(&self) -> HttpClient {
-        self.client
+    fn connector(&self) -> Connector {
+        self.connector
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -769,38 +769,23 @@ impl Settings {
 
 /// Sends one request and reads (a bounded part of) the answer, so the connection can be reused.
 async fn send(
-    client: HttpClient,
+    inner: &Inner,
+    endpoint: &Endpoint,
     request: http::Request<Full<Bytes>>,
 ) -> Result<(http::StatusCode, Option<Duration>), SendError> {
-    let response = client.request(request).await.map_err(|error| SendError {
-        chain: error_messages(&error),
-        denied: is_denied_address(&error),
-    })?;
-    let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|value| parse_retry_after(value, SystemTime::now()));
-    // An answer cut short (a reset mid-body) is retried: the receiver may have failed while
+    // An answer cut short (a reset mid-body) is an error: the receiver may have failed while
     // answering, and a duplicate is safe where a loss is not. A body over the cap is only
     // left unread.
-    match Limited::new(response.into_body(), MAX_RESPONSE_BODY_BYTES)
-        .collect()
+    let Answer { status, headers } = endpoint
+        .exchange(|| inner.connector(), request, MAX_RESPONSE_BODY_BYTES)
         .await
-    {
-        Ok(_) => {}
-        Err(error)
-            if error
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() => {}
-        Err(error) => {
-            let mut messages = vec![format!(
-                "the connection broke while the {status} answer was being read"
-            )];
-            messages.extend(error_messages(error.as_ref()));
-            return Err(SendError::transport(messages));
-        }
-    }
+        .map_err(|error: ExchangeError| SendError {
+            chain: error_messages(&error),
+            denied: is_denied_address(&error),
+        })?;
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|value| parse_retry_after(value, SystemTime::now()));
     Ok((status, retry_after))
 }
 

@@ -18,6 +18,9 @@ pub(crate) const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-requ
 pub(crate) const ATTEMPT_HEADER: HeaderName = HeaderName::from_static("trellis-delivery-attempt");
 pub(crate) const TRACEPARENT_HEADER: HeaderName = HeaderName::from_static("traceparent");
 
+/// `00-<32 hex trace id>-<16 hex span id>-<2 hex flags>`.
+const TRACEPARENT_LEN: usize = 55;
+
 const STRUCTURED_CONTENT_TYPE: &str = "application/cloudevents+json";
 const BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json";
 
@@ -54,7 +57,7 @@ impl PreparedEvent {
                 ExtensionValue::String(text) => trace_id_of(text),
                 ExtensionValue::Integer(_) | ExtensionValue::Boolean(_) => None,
             })
-            .unwrap_or_else(|| random_hex(16));
+            .unwrap_or_else(random_hex::<16>);
         Ok(PreparedEvent {
             headers,
             body,
@@ -84,7 +87,7 @@ impl PreparedEvent {
         PreparedEvent {
             headers,
             body: Bytes::from(body),
-            trace_id: random_hex(16),
+            trace_id: random_hex::<16>(),
         }
     }
 
@@ -121,7 +124,12 @@ pub(crate) fn build(event: &PreparedEvent, attempt: &Attempt<'_>) -> Request<Ful
         headers.insert(REQUEST_ID_HEADER, value);
     }
     headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt.number));
-    let traceparent = format!("00-{}-{}-01", event.trace_id, random_hex(8));
+    let mut traceparent = String::with_capacity(TRACEPARENT_LEN);
+    traceparent.push_str("00-");
+    traceparent.push_str(&event.trace_id);
+    traceparent.push('-');
+    traceparent.push_str(&random_hex::<8>());
+    traceparent.push_str("-01");
     if let Ok(value) = HeaderValue::from_str(&traceparent) {
         headers.insert(TRACEPARENT_HEADER, value);
     }
@@ -152,10 +160,10 @@ fn trace_id_of(traceparent: &str) -> Option<String> {
     valid.then(|| trace_id.to_owned())
 }
 
-fn random_hex(n_bytes: usize) -> String {
+fn random_hex<const N_BYTES: usize>() -> String {
     let mut rng = rand::rng();
     loop {
-        let bytes: Vec<u8> = (0..n_bytes).map(|_| rng.random()).collect();
+        let bytes: [u8; N_BYTES] = rng.random();
         // All-zero ids are invalid in W3C trace context.
         if bytes.iter().any(|b| *b != 0) {
             return hex::encode(bytes);

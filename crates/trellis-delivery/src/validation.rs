@@ -15,13 +15,15 @@ use http_body_util::Full;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::client;
+use crate::client::{Answer, Connector, Endpoint};
 use crate::guard::AddressGuard;
 use crate::redact::redact_url;
 
 pub const REQUEST_ORIGIN_HEADER: &str = "webhook-request-origin";
 pub const ALLOWED_ORIGIN_HEADER: &str = "webhook-allowed-origin";
 pub const ALLOWED_RATE_HEADER: &str = "webhook-allowed-rate";
+
+const MAX_BODY_BYTES: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -56,20 +58,23 @@ pub async fn handshake(
     let uri: Uri = url
         .parse()
         .map_err(|error: http::uri::InvalidUri| unreachable(error.to_string()))?;
+    let endpoint = Endpoint::new(&uri).map_err(|error| unreachable(error.to_string()))?;
     let mut request = Request::new(Full::new(Bytes::new()));
     *request.method_mut() = Method::OPTIONS;
-    *request.uri_mut() = uri;
+    *request.uri_mut() = endpoint.request_uri().clone();
     let origin_value = http::HeaderValue::from_str(origin)
         .map_err(|_| unreachable(format!("the origin {origin:?} is not a valid header value")))?;
     request
         .headers_mut()
         .insert(REQUEST_ORIGIN_HEADER, origin_value);
-    let client = client::build(timeout, 1, guard);
-    let response = tokio::time::timeout(timeout, client.request(request))
+    let connector = Connector::new(timeout, guard);
+    // The handshake's answer carries all it says in its headers; a body is read only so that
+    // the exchange ends cleanly.
+    let exchange = endpoint.exchange(|| connector, request, MAX_BODY_BYTES);
+    let Answer { status, headers } = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| unreachable(format!("no answer within {} ms", timeout.as_millis())))?
         .map_err(|error| unreachable(crate::report::error_text(&error)))?;
-    let status = response.status();
     if !status.is_success() {
         return Err(ValidationError::Refused {
             url: redacted,
@@ -77,8 +82,7 @@ pub async fn handshake(
         });
     }
     let header = |name: &str| {
-        response
-            .headers()
+        headers
             .get(name)
             .and_then(|value| value.to_str().ok())
             .map(|value| value.trim().to_owned())

@@ -201,7 +201,9 @@ impl Dispatcher {
         match batch {
             None => {
                 let engine = self.engine.clone();
-                deliveries.spawn(async move { engine.deliver(record).await });
+                // Boxed: a task keeps its future inline and copies it whole as it starts and
+                // ends, and a delivery's state (retries, timers, the exchange) is kilobytes.
+                deliveries.spawn(Box::pin(async move { engine.deliver(record).await }));
             }
             Some(batch) => {
                 if pending.records.is_empty() {
@@ -219,7 +221,7 @@ impl Dispatcher {
 
     fn send_batch(&self, records: Vec<Record>, deliveries: &mut JoinSet<()>) {
         let engine = self.engine.clone();
-        deliveries.spawn(async move { engine.deliver_batch(records).await });
+        deliveries.spawn(Box::pin(async move { engine.deliver_batch(records).await }));
     }
 
     /// Accounts for one ended record; `false` when the dispatcher was stopped meanwhile.
