@@ -12,11 +12,13 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::FutureExt;
 use futures::task::noop_waker_ref;
 use http::header::{HOST, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -91,6 +93,11 @@ pub(crate) enum ExchangeError {
     Handshake(#[source] hyper::Error),
     #[error("the request failed")]
     Request(#[source] hyper::Error),
+    /// The connection closed before the request left: sending it elsewhere is safe.
+    #[error("the connection closed before the request was sent")]
+    ClosedBeforeSending,
+    #[error("the connection closed before the answer came")]
+    ClosedBeforeAnswer,
     /// The connection ended with an error while the request was out: its cause says more than
     /// the request's own "connection closed".
     #[error("the connection failed")]
@@ -132,12 +139,31 @@ impl Endpoint {
         &self.origin_form
     }
 
-    /// Sends `request` on an idle connection, or a new one, and reads at most `max_body_bytes`
-    /// of the answer's body. The connection goes back to the pool only when the answer was read
-    /// to its end. Dropping the future drops the connection with it.
+    /// Sends the request `build` makes on an idle connection, or a new one, and reads at most
+    /// `max_body_bytes` of the answer's body. The connection goes back to the pool only when
+    /// the answer was read to its end. Dropping the future drops the connection with it.
+    ///
+    /// `build` is called again, for a new connection, when an idle one turns out to have been
+    /// closed before the request left (the server's keep-alive timeout can fire at any time).
     pub(crate) async fn exchange(
         &self,
         connector: impl FnOnce() -> Connector,
+        build: impl Fn() -> Request<Full<Bytes>>,
+        max_body_bytes: usize,
+    ) -> Result<Answer, ExchangeError> {
+        if let Some(conn) = self.take_idle() {
+            match self.exchange_on(conn, build(), max_body_bytes).await {
+                Err(ExchangeError::ClosedBeforeSending) => {}
+                answered => return answered,
+            }
+        }
+        let conn = self.connect(connector()).await?;
+        self.exchange_on(conn, build(), max_body_bytes).await
+    }
+
+    async fn exchange_on(
+        &self,
+        mut conn: Conn,
         mut request: Request<Full<Bytes>>,
         max_body_bytes: usize,
     ) -> Result<Answer, ExchangeError> {
@@ -145,10 +171,6 @@ impl Endpoint {
             .headers_mut()
             .entry(HOST)
             .or_insert_with(|| self.host.clone());
-        let mut conn = match self.take_idle() {
-            Some(conn) => conn,
-            None => self.connect(connector()).await?,
-        };
         let (answer, reusable) = drive(&mut conn, request, max_body_bytes).await?;
         if reusable {
             self.put_idle(conn);
@@ -217,12 +239,14 @@ async fn drive(
     max_body_bytes: usize,
 ) -> Result<(Answer, bool), ExchangeError> {
     let Conn { sender, connection } = conn;
+    // Read in this task only; atomic because the future must be `Send`.
+    let sent = AtomicBool::new(false);
     let exchange = async {
         sender.ready().await.map_err(ExchangeError::Request)?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(ExchangeError::Request)?;
+        // Queued for the connection as this returns, before it is awaited.
+        let response = sender.send_request(request);
+        sent.store(true, Ordering::Relaxed);
+        let response = response.await.map_err(ExchangeError::Request)?;
         let (parts, body) = response.into_parts();
         let read_to_end = match Limited::new(body, max_body_bytes).collect().await {
             Ok(_) => true,
@@ -243,25 +267,24 @@ async fn drive(
         ))
     };
     tokio::pin!(exchange);
-    let mut closed = false;
-    let mut connection_error = None;
-    loop {
-        tokio::select! {
-            biased;
-            // First, so that an answer it reads completes `exchange` in the same poll.
-            ended = &mut *connection, if !closed => {
-                closed = true;
-                connection_error = ended.err();
-            }
-            result = &mut exchange => {
-                return match (result, connection_error) {
-                    (Ok((answer, read_to_end)), _) => Ok((answer, read_to_end && !closed)),
-                    (Err(ExchangeError::Request(_)), Some(cause)) => {
-                        Err(ExchangeError::Connection(cause))
-                    }
-                    (Err(error), _) => Err(error),
-                };
-            }
+    let ended = tokio::select! {
+        biased;
+        // First, so that an answer it reads completes `exchange` in the same poll.
+        ended = &mut *connection => ended,
+        result = &mut exchange => return result,
+    };
+    // Nothing drives the exchange now: it ends in this poll or never.
+    match ((&mut exchange).now_or_never(), ended) {
+        (Some(Ok((answer, _))), _) => Ok((answer, false)),
+        (Some(Err(ExchangeError::Request(_))) | None, _) if !sent.load(Ordering::Relaxed) => {
+            Err(ExchangeError::ClosedBeforeSending)
         }
+        // The connection's own error names the cause ("connection reset"); the request's
+        // only says that the connection went away.
+        (Some(Err(ExchangeError::Request(_))) | None, Err(cause)) => {
+            Err(ExchangeError::Connection(cause))
+        }
+        (Some(Err(error)), _) => Err(error),
+        (None, Ok(())) => Err(ExchangeError::ClosedBeforeAnswer),
     }
 }

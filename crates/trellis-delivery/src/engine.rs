@@ -476,17 +476,15 @@ impl Engine {
                 .map_or(0, |since| {
                     i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
                 });
-            let request = request::build(
-                prepared,
-                &Attempt {
-                    uri: target.endpoint.request_uri(),
-                    number,
-                    request_id: &request_id,
-                    extra_headers: &inner.extra_headers,
-                    secret: inner.secret.as_deref(),
-                    now_unix_s,
-                },
-            );
+            let attempt = Attempt {
+                uri: target.endpoint.request_uri(),
+                number,
+                request_id: &request_id,
+                extra_headers: &inner.extra_headers,
+                secret: inner.secret.as_deref(),
+                now_unix_s,
+            };
+            let request = || request::build(prepared, &attempt);
             let timeout = settings.request_timeout.min(remaining);
             let sent_at = Instant::now();
             let answer =
@@ -771,7 +769,7 @@ impl Settings {
 async fn send(
     inner: &Inner,
     endpoint: &Endpoint,
-    request: http::Request<Full<Bytes>>,
+    request: impl Fn() -> http::Request<Full<Bytes>>,
 ) -> Result<(http::StatusCode, Option<Duration>), SendError> {
     // An answer cut short (a reset mid-body) is an error: the receiver may have failed while
     // answering, and a duplicate is safe where a loss is not. A body over the cap is only

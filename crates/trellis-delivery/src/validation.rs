@@ -70,7 +70,14 @@ pub async fn handshake(
     let connector = Connector::new(timeout, guard);
     // The handshake's answer carries all it says in its headers; a body is read only so that
     // the exchange ends cleanly.
-    let exchange = endpoint.exchange(|| connector, request, MAX_BODY_BYTES);
+    let build = || {
+        let mut copy = Request::new(request.body().clone());
+        *copy.method_mut() = request.method().clone();
+        *copy.uri_mut() = request.uri().clone();
+        *copy.headers_mut() = request.headers().clone();
+        copy
+    };
+    let exchange = endpoint.exchange(|| connector, build, MAX_BODY_BYTES);
     let Answer { status, headers } = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| unreachable(format!("no answer within {} ms", timeout.as_millis())))?

@@ -154,6 +154,51 @@ async fn a_2xx_delivers_at_once_with_the_event_and_attempt_headers() {
 }
 
 #[tokio::test]
+async fn records_one_after_another_share_one_keep_alive_connection() {
+    let receiver = Receiver::answering(200).await.expect("test step");
+    let (engine, outcomes) = engine(
+        &sink(&[receiver.url("/hook?tenant=a")], json!({})),
+        &fast(json!({})),
+    );
+    for offset in 0..3 {
+        engine.deliver(record(offset)).await;
+    }
+
+    outcomes.assert_one_callback_each(&[0, 1, 2]);
+    assert_eq!(receiver.n_connections(), 1);
+    for request in receiver.requests() {
+        // Origin form on the request line, the authority in Host, as HTTP/1.1 asks.
+        assert_eq!(request.path, "/hook?tenant=a");
+        assert_eq!(
+            request.header("host"),
+            Some(receiver.addr().to_string().as_str())
+        );
+    }
+}
+
+/// A server's keep-alive timeout closes idle connections; a record sent after that must go on
+/// a new connection, not fail an attempt on the dead one.
+#[tokio::test]
+async fn a_connection_the_receiver_closed_while_idle_is_not_used_again() {
+    let receiver =
+        Receiver::start(|_, _| Reply::StatusThenCloseAfter(200, Duration::from_millis(50)))
+            .await
+            .expect("test step");
+    let (engine, outcomes) = engine(&sink(&[receiver.url("/")], json!({})), &fast(json!({})));
+    engine.deliver(record(1)).await;
+    // Time for the receiver's close to arrive while the connection sits idle.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    engine.deliver(record(2)).await;
+
+    outcomes.assert_one_callback_each(&[1, 2]);
+    for report in outcomes.delivered() {
+        assert_eq!(report.attempts.len(), 1, "{:?}", report.attempts);
+    }
+    assert_eq!(receiver.n_requests(), 2);
+    assert_eq!(receiver.n_connections(), 2);
+}
+
+#[tokio::test]
 async fn a_503_is_retried_with_the_same_event_id_and_new_request_ids() {
     let receiver = Receiver::start(|index, _| Reply::Status(if index < 2 { 503 } else { 200 }))
         .await

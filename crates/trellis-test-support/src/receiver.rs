@@ -6,6 +6,7 @@
 //! Failures are produced at the socket level, which a framework server would not allow.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,9 @@ pub enum Reply {
     ResetMidResponse,
     /// Closes the connection without answering.
     Close,
+    /// Answers with the status and no word of closing, waits, then closes the connection:
+    /// what a server's keep-alive timeout does to an idle connection.
+    StatusThenCloseAfter(u16, Duration),
 }
 
 type Script = dyn Fn(usize, &ReceivedRequest) -> Reply + Send + Sync;
@@ -61,6 +65,7 @@ pub struct Receiver {
 struct State {
     requests: Mutex<Vec<ReceivedRequest>>,
     script: Mutex<Arc<Script>>,
+    n_connections: AtomicUsize,
 }
 
 impl Receiver {
@@ -74,10 +79,12 @@ impl Receiver {
         let state = Arc::new(State {
             requests: Mutex::new(Vec::new()),
             script: Mutex::new(Arc::new(script)),
+            n_connections: AtomicUsize::new(0),
         });
         let accept_state = Arc::clone(&state);
         let accept_task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                accept_state.n_connections.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(serve_connection(stream, Arc::clone(&accept_state)));
             }
         });
@@ -110,6 +117,11 @@ impl Receiver {
         lock(&self.state.requests).len()
     }
 
+    /// How many connections were accepted so far: with keep-alive, fewer than requests.
+    pub fn n_connections(&self) -> usize {
+        self.state.n_connections.load(Ordering::Relaxed)
+    }
+
     /// Replaces the script, for a receiver that recovers (or breaks) mid-test.
     pub fn set_script(
         &self,
@@ -137,8 +149,13 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
             (requests.len() - 1, Arc::clone(&lock(&state.script)))
         };
         let reply = script(index, &request);
+        let mut close_after = None;
         let (status, headers) = match reply {
             Reply::Status(status) => (status, Vec::new()),
+            Reply::StatusThenCloseAfter(status, idle) => {
+                close_after = Some(idle);
+                (status, Vec::new())
+            }
             Reply::StatusWithHeaders(status, headers) => (status, headers),
             Reply::Sleep(duration, status) => {
                 tokio::time::sleep(duration).await;
@@ -164,6 +181,10 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<State>) {
         }
         head.push_str("\r\n");
         if stream.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        if let Some(idle) = close_after {
+            tokio::time::sleep(idle).await;
             return;
         }
     }
