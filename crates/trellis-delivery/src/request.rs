@@ -59,7 +59,7 @@ impl PreparedEvent {
             })
             .unwrap_or_else(random_hex::<16>);
         Ok(PreparedEvent {
-            headers,
+            headers: with_attempt_placeholders(headers),
             body,
             trace_id,
         })
@@ -85,7 +85,7 @@ impl PreparedEvent {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH_CONTENT_TYPE));
         PreparedEvent {
-            headers,
+            headers: with_attempt_placeholders(headers),
             body: Bytes::from(body),
             trace_id: random_hex::<16>(),
         }
@@ -113,12 +113,18 @@ pub(crate) fn build(event: &PreparedEvent, attempt: &Attempt<'_>) -> Request<Ful
     *request.method_mut() = Method::POST;
     *request.uri_mut() = attempt.uri.clone();
     let headers = request.headers_mut();
-    for (name, value) in attempt.extra_headers {
-        headers.append(name, value.clone());
-    }
-    // Trellis' own headers go last so a subscription header can never replace them.
-    for (name, value) in &event.headers {
-        headers.insert(name, value.clone());
+    if attempt.extra_headers.is_empty() {
+        // One copy of the event's headers, whose placeholders the attempt's own replace in
+        // place.
+        *headers = event.headers.clone();
+    } else {
+        for (name, value) in attempt.extra_headers {
+            headers.append(name, value.clone());
+        }
+        // Trellis' own headers go last so a subscription header can never replace them.
+        for (name, value) in &event.headers {
+            headers.insert(name, value.clone());
+        }
     }
     if let Ok(value) = HeaderValue::from_str(attempt.request_id) {
         headers.insert(REQUEST_ID_HEADER, value);
@@ -140,6 +146,15 @@ pub(crate) fn build(event: &PreparedEvent, attempt: &Attempt<'_>) -> Request<Ful
         }
     }
     request
+}
+
+/// The event's headers plus a slot for each header every attempt sets, so that an attempt's
+/// copy of the map takes them without growing.
+fn with_attempt_placeholders(mut headers: HeaderMap) -> HeaderMap {
+    for name in [REQUEST_ID_HEADER, ATTEMPT_HEADER, TRACEPARENT_HEADER] {
+        headers.insert(name, HeaderValue::from_static(""));
+    }
+    headers
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is well formed

@@ -146,14 +146,29 @@ impl Dispatcher {
                     if !self.settle(outcome, &mut tracker).await {
                         break;
                     }
+                    // Whatever else ended meanwhile, in the same wake-up.
+                    let mut stopped = false;
+                    while let Ok(outcome) = self.outcomes.try_recv() {
+                        if !self.settle(outcome, &mut tracker).await {
+                            stopped = true;
+                            break;
+                        }
+                    }
+                    if stopped {
+                        break;
+                    }
+                    // Reap ended delivery tasks without waiting on them: each sent its
+                    // outcome before it ended, so this wake-up is the one to clear them in,
+                    // and no task's end needs a wake-up of its own.
+                    while deliveries.try_join_next().is_some() {}
                 }
-                Some(_) = deliveries.join_next(), if !deliveries.is_empty() => {}
                 _ = self.topic.wait_for(next), if caught_up => {}
                 () = pending.due(), if !pending.records.is_empty() => {
                     self.send_batch(std::mem::take(&mut pending.records), &mut deliveries);
                 }
                 _ = self.paused.changed() => {}
                 _ = commit_tick.tick() => {
+                    while deliveries.try_join_next().is_some() {}
                     persisted = self.persist(tracker.committable(), persisted).await;
                     self.publish_gauges(tracker.committable());
                 }
