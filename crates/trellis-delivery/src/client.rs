@@ -25,30 +25,46 @@ use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder, MaybeHttpsStream};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tower_service::Service;
 
 use crate::guard::{AddressGuard, GuardedResolver};
+use crate::tls::WebhookTls;
 
 /// How long an idle keep-alive connection is kept. Shorter than the 60 s or more most servers
 /// allow, so Trellis closes first and rarely sends on a connection the server just dropped.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Opens connections: resolution through the address guard, then TCP with a timeout.
+type Io = MaybeHttpsStream<TokioIo<TcpStream>>;
+
+/// Opens connections: resolution through the address guard, TCP with a timeout, then TLS for
+/// `https` URLs.
 #[derive(Clone)]
 pub(crate) struct Connector {
-    http: HttpConnector<GuardedResolver>,
+    https: HttpsConnector<HttpConnector<GuardedResolver>>,
 }
 
 impl Connector {
-    pub(crate) fn new(connect_timeout: Duration, guard: Arc<AddressGuard>) -> Connector {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        guard: Arc<AddressGuard>,
+        tls: &WebhookTls,
+    ) -> Connector {
         let mut http = HttpConnector::new_with_resolver(GuardedResolver::new(guard));
         http.set_connect_timeout(Some(connect_timeout));
         // One small request at a time per connection: Nagle would hold each one back.
         http.set_nodelay(true);
-        Connector { http }
+        // The TLS layer above takes https URLs; this one only opens their TCP connection.
+        http.enforce_http(false);
+        let https = HttpsConnectorBuilder::new()
+            .with_tls_config(tls.client_config())
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Connector { https }
     }
 }
 
@@ -72,7 +88,7 @@ struct Idle {
 
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    connection: Connection<TokioIo<TcpStream>, Full<Bytes>>,
+    connection: Connection<Io, Full<Bytes>>,
 }
 
 /// An answer whose body was read (up to the cap) or left unread past it.
@@ -180,10 +196,10 @@ impl Endpoint {
 
     async fn connect(&self, mut connector: Connector) -> Result<Conn, ExchangeError> {
         let io = connector
-            .http
+            .https
             .call(self.uri.clone())
             .await
-            .map_err(|error| ExchangeError::Connect(Box::new(error)))?;
+            .map_err(ExchangeError::Connect)?;
         let (sender, connection) = http1::handshake(io)
             .await
             .map_err(ExchangeError::Handshake)?;

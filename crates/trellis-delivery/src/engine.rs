@@ -31,6 +31,7 @@ use crate::report::{
     error_messages, millis,
 };
 use crate::request::{self, Attempt, PreparedEvent};
+use crate::tls::WebhookTls;
 use crate::validation::RateGate;
 
 /// A record to deliver.
@@ -90,6 +91,7 @@ struct Inner {
     settings: RwLock<Arc<Settings>>,
     connector: RwLock<Connector>,
     guard: Arc<AddressGuard>,
+    tls: WebhookTls,
     callbacks: Arc<dyn DeliveryCallbacks>,
     next_target: AtomicUsize,
     /// Bumped by `resume`; records waiting on paused URLs watch it.
@@ -212,6 +214,7 @@ impl Engine {
         sink: &SinkSpec,
         delivery: &DeliverySpec,
         guard: Arc<AddressGuard>,
+        tls: WebhookTls,
         callbacks: Arc<dyn DeliveryCallbacks>,
     ) -> Result<Engine, EngineError> {
         let settings = Settings::from_spec(delivery);
@@ -257,7 +260,7 @@ impl Engine {
                 HeaderValue::from_str(value).map_err(|error| header_error(error.to_string()))?;
             extra_headers.append(header_name, header_value);
         }
-        let connector = Connector::new(settings.connect_timeout, Arc::clone(&guard));
+        let connector = Connector::new(settings.connect_timeout, Arc::clone(&guard), &tls);
         let (resumed, _) = watch::channel(0);
         Ok(Engine {
             inner: Arc::new(Inner {
@@ -273,6 +276,7 @@ impl Engine {
                 settings: RwLock::new(Arc::new(settings)),
                 connector: RwLock::new(connector),
                 guard,
+                tls,
                 callbacks,
                 next_target: AtomicUsize::new(0),
                 resumed,
@@ -632,7 +636,11 @@ impl Engine {
         }
         let old_connect_timeout = self.inner.settings().connect_timeout;
         if settings.connect_timeout != old_connect_timeout {
-            let connector = Connector::new(settings.connect_timeout, Arc::clone(&self.inner.guard));
+            let connector = Connector::new(
+                settings.connect_timeout,
+                Arc::clone(&self.inner.guard),
+                &self.inner.tls,
+            );
             *self
                 .inner
                 .connector

@@ -8,7 +8,8 @@
 //! - `sign`, `redact`, `guard`: request signing, keeping secrets out of logs, and refusing
 //!   targets in denied address ranges;
 //! - `offsets`: which offsets may be committed once records end out of order;
-//! - `request`, `client`: the request of one attempt, and the pooled client that sends it;
+//! - `request`, `client`, `tls`: the request of one attempt, the keep-alive connections that
+//!   carry it, and whom an `https` receiver must prove to be;
 //! - `engine`: the loop that drives each record to its one outcome, reported through `report`;
 //! - `validation`: the CloudEvents webhook handshake and the request rate it grants.
 
@@ -25,4 +26,5 @@ pub mod redact;
 pub mod report;
 mod request;
 pub mod sign;
+pub mod tls;
 pub mod validation;

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::client::{Answer, Connector, Endpoint};
 use crate::guard::AddressGuard;
 use crate::redact::redact_url;
+use crate::tls::WebhookTls;
 
 pub const REQUEST_ORIGIN_HEADER: &str = "webhook-request-origin";
 pub const ALLOWED_ORIGIN_HEADER: &str = "webhook-allowed-origin";
@@ -49,6 +50,7 @@ pub async fn handshake(
     origin: &str,
     timeout: Duration,
     guard: Arc<AddressGuard>,
+    tls: &WebhookTls,
 ) -> Result<Option<u32>, ValidationError> {
     let redacted = redact_url(url);
     let unreachable = |reason: String| ValidationError::Unreachable {
@@ -67,7 +69,7 @@ pub async fn handshake(
     request
         .headers_mut()
         .insert(REQUEST_ORIGIN_HEADER, origin_value);
-    let connector = Connector::new(timeout, guard);
+    let connector = Connector::new(timeout, guard, tls);
     // The handshake's answer carries all it says in its headers; a body is read only so that
     // the exchange ends cleanly.
     let build = || {

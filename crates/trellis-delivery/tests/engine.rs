@@ -13,6 +13,7 @@ use trellis_delivery::config::{DeliverySpec, SinkSpec};
 use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::guard::AddressGuard;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport, FailureClass};
+use trellis_delivery::tls::WebhookTls;
 use trellis_test_support::{Receiver, Reply};
 
 #[derive(Default)]
@@ -115,16 +116,29 @@ fn sink(urls: &[String], extra: serde_json::Value) -> SinkSpec {
 }
 
 fn engine(sink: &SinkSpec, delivery: &DeliverySpec) -> (Engine, Arc<Outcomes>) {
+    engine_trusting(sink, delivery, &system_tls())
+}
+
+fn engine_trusting(
+    sink: &SinkSpec,
+    delivery: &DeliverySpec,
+    tls: &WebhookTls,
+) -> (Engine, Arc<Outcomes>) {
     let outcomes = Arc::new(Outcomes::default());
     let engine = Engine::new(
         "sub-test",
         sink,
         delivery,
         Arc::new(AddressGuard::default()),
+        tls.clone(),
         outcomes.clone(),
     )
     .expect("test step");
     (engine, outcomes)
+}
+
+fn system_tls() -> WebhookTls {
+    WebhookTls::new(None).expect("system roots")
 }
 
 #[tokio::test]
@@ -525,6 +539,7 @@ async fn a_denied_address_is_refused_when_the_engine_is_built() {
         &sink,
         &fast(json!({})),
         Arc::new(AddressGuard::default()),
+        system_tls(),
         outcomes,
     )
     .err()
@@ -546,6 +561,7 @@ async fn a_name_that_resolves_to_a_denied_address_is_rejected_without_retry() {
         &sink(&[url], json!({})),
         &fast(json!({})),
         Arc::new(deny_loopback),
+        system_tls(),
         outcomes.clone(),
     )
     .expect("a name is only checked when connecting");
@@ -605,4 +621,144 @@ async fn a_failed_batch_fails_every_record_in_it() {
             .iter()
             .all(|f| f.class == FailureClass::NonRetriable)
     );
+}
+
+/// An `https` receiver on loopback whose certificate, for `localhost`, a throwaway CA signed.
+struct HttpsReceiver {
+    port: u16,
+    ca_file: tempfile::NamedTempFile,
+    /// The `Host` and `ce-id` of each request.
+    requests: Arc<Mutex<Vec<(String, String)>>>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl HttpsReceiver {
+    async fn start() -> HttpsReceiver {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("server certificate parameters")
+            .signed_by(&key, &ca)
+            .expect("server certificate");
+        let mut ca_file = tempfile::NamedTempFile::new().expect("CA file");
+        std::io::Write::write_all(&mut ca_file, ca.pem().as_bytes()).expect("write CA file");
+
+        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certificate.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server TLS settings");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("local address").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&requests);
+        let accept_task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    // A client that does not trust the certificate ends here.
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        move |request: http::Request<hyper::body::Incoming>| {
+                            let header = |name: &str| {
+                                request
+                                    .headers()
+                                    .get(name)
+                                    .and_then(|value| value.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_owned()
+                            };
+                            seen.lock()
+                                .expect("requests lock")
+                                .push((header("host"), header("ce-id")));
+                            async {
+                                Ok::<_, std::convert::Infallible>(http::Response::new(
+                                    http_body_util::Empty::<Bytes>::new(),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        HttpsReceiver {
+            port,
+            ca_file,
+            requests,
+            accept_task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://localhost:{}/hook", self.port)
+    }
+
+    fn requests(&self) -> Vec<(String, String)> {
+        self.requests.lock().expect("requests lock").clone()
+    }
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+#[tokio::test]
+async fn an_https_receiver_is_reached_when_its_ca_is_trusted() {
+    let receiver = HttpsReceiver::start().await;
+    let tls = WebhookTls::new(Some(receiver.ca_file.path())).expect("CA file");
+    let (engine, outcomes) =
+        engine_trusting(&sink(&[receiver.url()], json!({})), &fast(json!({})), &tls);
+    engine.deliver(record(30)).await;
+    engine.deliver(record(31)).await;
+
+    outcomes.assert_one_callback_each(&[30, 31]);
+    assert_eq!(outcomes.delivered().len(), 2, "{:?}", outcomes.failed());
+    let host = format!("localhost:{}", receiver.port);
+    assert_eq!(
+        receiver.requests(),
+        [
+            (host.clone(), "evt-30".to_owned()),
+            (host, "evt-31".to_owned())
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_https_receiver_with_an_untrusted_certificate_gets_nothing() {
+    let receiver = HttpsReceiver::start().await;
+    let (engine, outcomes) = engine(&sink(&[receiver.url()], json!({})), &fast(json!({})));
+    engine.deliver(record(32)).await;
+
+    outcomes.assert_one_callback_each(&[32]);
+    let failure = &outcomes.failed()[0];
+    assert_eq!(failure.class, FailureClass::RetriesExhausted);
+    assert!(
+        failure
+            .error_chain
+            .iter()
+            .any(|message| message.contains("certificate")),
+        "{:?}",
+        failure.error_chain
+    );
+    assert!(receiver.requests().is_empty());
 }

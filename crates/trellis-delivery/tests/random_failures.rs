@@ -16,6 +16,7 @@ use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::guard::AddressGuard;
 use trellis_delivery::offsets::OffsetTracker;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport};
+use trellis_delivery::tls::WebhookTls;
 use trellis_test_support::{Receiver, Reply};
 
 /// Checks the commit rule as callbacks arrive, like the runtime's dispatcher does.
@@ -127,6 +128,7 @@ async fn run_case(seed: u64, n_records: u64, n_urls: usize, broadcast: bool) -> 
         &sink,
         &delivery,
         Arc::new(AddressGuard::default()),
+        WebhookTls::new(None).expect("system roots"),
         ledger.clone(),
     )
     .expect("the engine builds");

@@ -1,6 +1,7 @@
 //! Runtime settings: what the `trellis` binary hands the runtime after merging its config file,
 //! environment and flags. Plain data; validation of user input happens where it is parsed.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::topics::TopicSettings;
@@ -25,6 +26,9 @@ pub struct RuntimeConfig {
     pub webhook_deny: Vec<ipnet::IpNet>,
     /// The `WebHook-Request-Origin` of validation handshakes: the name receivers allow.
     pub webhook_origin: String,
+    /// PEM CA certificates trusted for `https` webhooks besides the system's, for receivers
+    /// behind a private CA.
+    pub webhook_ca_file: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -38,6 +42,7 @@ impl Default for RuntimeConfig {
             retention_check_interval: Duration::from_secs(30),
             webhook_deny: trellis_delivery::guard::AddressGuard::default_deny_list(),
             webhook_origin: "trellis".to_owned(),
+            webhook_ca_file: None,
         }
     }
 }

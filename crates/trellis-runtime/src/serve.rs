@@ -18,6 +18,7 @@ use crate::http::{AppState, router};
 use crate::subscriptions::SubscriptionRegistry;
 use crate::topics::TopicRegistry;
 use trellis_delivery::guard::AddressGuard;
+use trellis_delivery::tls::WebhookTls;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -26,6 +27,8 @@ pub enum ServeError {
     Topics(String),
     #[error("starting subscriptions failed: {0}")]
     Subscriptions(String),
+    #[error("setting up TLS for webhooks failed: {0}")]
+    Tls(#[from] trellis_delivery::tls::TlsError),
     #[error("the HTTP server failed")]
     Http(#[source] std::io::Error),
     #[error("flushing the log at shutdown failed")]
@@ -54,6 +57,7 @@ pub async fn serve(
             Arc::clone(&meta),
             topics.clone(),
             Arc::new(AddressGuard::new(config.webhook_deny.clone())),
+            WebhookTls::new(config.webhook_ca_file.as_deref())?,
             config.webhook_origin.clone(),
         )
         .await

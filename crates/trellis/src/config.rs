@@ -41,6 +41,8 @@ struct FileDelivery {
     webhook_deny: Option<Vec<String>>,
     /// `WebHook-Request-Origin` of validation handshakes.
     webhook_origin: Option<String>,
+    /// PEM CA certificates trusted for `https` webhooks besides the system's.
+    webhook_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +157,7 @@ impl Settings {
                 .webhook_origin
                 .clone()
                 .unwrap_or(defaults.webhook_origin),
+            webhook_ca_file: file.delivery.webhook_ca_file.clone(),
         };
         if runtime.max_event_bytes == 0 || runtime.max_batch_bytes < runtime.max_event_bytes {
             bail!(

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use trellis_delivery::config::SpecError;
 use trellis_delivery::engine::{Engine, EngineStatus};
 use trellis_delivery::guard::AddressGuard;
+use trellis_delivery::tls::WebhookTls;
 use trellis_meta::{CasOutcome, Expect, MetadataStore};
 
 use crate::error::ApiError;
@@ -48,6 +49,7 @@ pub(crate) struct SubscriptionRegistry {
     meta: Arc<dyn MetadataStore>,
     topics: TopicRegistry,
     guard: Arc<AddressGuard>,
+    tls: WebhookTls,
     /// What the validation handshake sends as `WebHook-Request-Origin`.
     webhook_origin: String,
     running: Mutex<BTreeMap<String, Running>>,
@@ -87,12 +89,14 @@ impl SubscriptionRegistry {
         meta: Arc<dyn MetadataStore>,
         topics: TopicRegistry,
         guard: Arc<AddressGuard>,
+        tls: WebhookTls,
         webhook_origin: String,
     ) -> Result<SubscriptionRegistry, ApiError> {
         let registry = SubscriptionRegistry {
             meta,
             topics,
             guard,
+            tls,
             webhook_origin,
             running: Mutex::new(BTreeMap::new()),
             tasks: TaskTracker::new(),
@@ -341,6 +345,7 @@ impl SubscriptionRegistry {
                 &self.webhook_origin,
                 timeout,
                 Arc::clone(&self.guard),
+                &self.tls,
             )
             .await
             .map_err(|error| {
@@ -364,6 +369,7 @@ impl SubscriptionRegistry {
             &spec.sink,
             &spec.delivery,
             Arc::clone(&self.guard),
+            self.tls.clone(),
             Arc::new(ToDispatcher(outcomes_tx)),
         )
         .map_err(|error| ApiError::bad_request("invalid_subscription", error.to_string()))?;

@@ -119,3 +119,17 @@ fn the_webhook_deny_list_comes_from_the_file() {
         "{error:#}"
     );
 }
+
+#[test]
+fn a_webhook_ca_file_comes_from_the_file() {
+    let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
+    assert_eq!(defaults.runtime.webhook_ca_file, None);
+
+    let file = config_file("[delivery]\nwebhook_ca_file = \"/etc/trellis/webhook-ca.pem\"\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let settings = Settings::resolve(&args(&["--config", path])).expect("file resolves");
+    assert_eq!(
+        settings.runtime.webhook_ca_file.as_deref(),
+        Some(std::path::Path::new("/etc/trellis/webhook-ca.pem"))
+    );
+}
