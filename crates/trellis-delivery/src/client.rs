@@ -79,6 +79,7 @@ pub(crate) struct Endpoint {
     /// idle, so the pool never holds more than the most exchanges ever in flight at once, which
     /// the concurrency limit bounds.
     idle: Mutex<Vec<Idle>>,
+    idle_timeout: Duration,
 }
 
 struct Idle {
@@ -147,6 +148,7 @@ impl Endpoint {
             origin_form: Uri::from(origin_form),
             host,
             idle: Mutex::new(Vec::new()),
+            idle_timeout: IDLE_TIMEOUT,
         })
     }
 
@@ -212,7 +214,7 @@ impl Endpoint {
         let now = Instant::now();
         loop {
             let Idle { mut conn, since } = self.lock_idle().pop()?;
-            if now.duration_since(since) < IDLE_TIMEOUT && conn.is_open() {
+            if now.duration_since(since) < self.idle_timeout && conn.is_open() {
                 return Some(conn);
             }
         }
@@ -221,18 +223,29 @@ impl Endpoint {
     fn put_idle(&self, conn: Conn) {
         let now = Instant::now();
         let mut idle = self.lock_idle();
-        // The oldest come first; they expire first too.
-        let expired = idle
-            .iter()
-            .take_while(|entry| now.duration_since(entry.since) >= IDLE_TIMEOUT)
-            .count();
-        idle.drain(..expired);
+        drop_expired(&mut idle, now, self.idle_timeout);
         idle.push(Idle { conn, since: now });
+    }
+
+    /// Closes the connections idle for longer than [`IDLE_TIMEOUT`]. Without a call now and
+    /// then, a URL that stops getting records would keep its last connections open for good,
+    /// even after the server closed its end.
+    pub(crate) fn close_expired(&self) {
+        drop_expired(&mut self.lock_idle(), Instant::now(), self.idle_timeout);
     }
 
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+fn drop_expired(idle: &mut Vec<Idle>, now: Instant, idle_timeout: Duration) {
+    // The oldest come first; they expire first too.
+    let expired = idle
+        .iter()
+        .take_while(|entry| now.duration_since(entry.since) >= idle_timeout)
+        .count();
+    idle.drain(..expired);
 }
 
 impl Conn {
@@ -304,3 +317,6 @@ async fn drive(
         (None, Ok(())) => Err(ExchangeError::ClosedBeforeAnswer),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -662,6 +662,14 @@ impl Engine {
         }
     }
 
+    /// Closes keep-alive connections idle for too long. Call it now and then (the dispatcher
+    /// does at each commit): nothing else watches idle connections.
+    pub fn close_idle_connections(&self) {
+        for target in &self.inner.targets {
+            target.endpoint.close_expired();
+        }
+    }
+
     /// Lifts the pause of every URL that answered 410 Gone.
     pub fn resume(&self) {
         for target in &self.inner.targets {

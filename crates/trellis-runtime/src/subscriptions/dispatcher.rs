@@ -169,6 +169,7 @@ impl Dispatcher {
                 _ = self.paused.changed() => {}
                 _ = commit_tick.tick() => {
                     while deliveries.try_join_next().is_some() {}
+                    self.engine.close_idle_connections();
                     persisted = self.persist(tracker.committable(), persisted).await;
                     self.publish_gauges(tracker.committable());
                 }
