@@ -83,10 +83,12 @@ pub(crate) struct Endpoint {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
+/// Boxed wherever it is kept or passed: hyper's connection state is nearly 2 KiB, and each
+/// exchange would otherwise copy it in and out of the pool.
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
     connection: Connection<Io, Full<Bytes>>,
@@ -181,7 +183,7 @@ impl Endpoint {
 
     async fn exchange_on(
         &self,
-        mut conn: Conn,
+        mut conn: Box<Conn>,
         mut request: Request<Full<Bytes>>,
         max_body_bytes: usize,
     ) -> Result<Answer, ExchangeError> {
@@ -196,7 +198,7 @@ impl Endpoint {
         Ok(answer)
     }
 
-    async fn connect(&self, mut connector: Connector) -> Result<Conn, ExchangeError> {
+    async fn connect(&self, mut connector: Connector) -> Result<Box<Conn>, ExchangeError> {
         let io = connector
             .https
             .call(self.uri.clone())
@@ -205,12 +207,12 @@ impl Endpoint {
         let (sender, connection) = http1::handshake(io)
             .await
             .map_err(ExchangeError::Handshake)?;
-        Ok(Conn { sender, connection })
+        Ok(Box::new(Conn { sender, connection }))
     }
 
     /// The most recently used idle connection still open, dropping any found closed or idle
     /// too long.
-    fn take_idle(&self) -> Option<Conn> {
+    fn take_idle(&self) -> Option<Box<Conn>> {
         let now = Instant::now();
         loop {
             let Idle { mut conn, since } = self.lock_idle().pop()?;
@@ -220,7 +222,7 @@ impl Endpoint {
         }
     }
 
-    fn put_idle(&self, conn: Conn) {
+    fn put_idle(&self, conn: Box<Conn>) {
         let now = Instant::now();
         let mut idle = self.lock_idle();
         drop_expired(&mut idle, now, self.idle_timeout);

@@ -475,11 +475,14 @@ impl Engine {
             let permit = target.limiter.acquire().await;
             let number = failed_attempts + 1;
             let request_id = uuid::Uuid::now_v7().to_string();
-            let now_unix_s = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |since| {
-                    i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
-                });
+            // The clock is read only for a signature, which is all that uses it.
+            let now_unix_s = inner.secret.as_ref().map_or(0, |_| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |since| {
+                        i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+                    })
+            });
             let attempt = Attempt {
                 uri: target.endpoint.request_uri(),
                 number,
@@ -512,14 +515,6 @@ impl Engine {
                 Err(error) => (Verdict::Retriable, None, None, error.chain, error.denied),
             };
             let backpressure = status.is_none_or(is_backpressure);
-            attempts.push(AttemptRecord {
-                attempt: number,
-                request_id: request_id.clone(),
-                url: target.redacted.clone(),
-                status: status.map(|status| status.as_u16()),
-                error: error_chain.first().cloned(),
-                elapsed_ms: millis(rtt),
-            });
             tracing::debug!(
                 message = "Attempt ended.",
                 subscription = %inner.subscription,
@@ -530,6 +525,14 @@ impl Engine {
                 error = error_chain.first().map(String::as_str),
                 elapsed_ms = millis(rtt),
             );
+            attempts.push(AttemptRecord {
+                attempt: number,
+                request_id,
+                url: target.redacted.clone(),
+                status: status.map(|status| status.as_u16()),
+                error: error_chain.first().cloned(),
+                elapsed_ms: millis(rtt),
+            });
             if denied {
                 // A configuration matter, not the target's health: no retry, no breaker count.
                 return Err(Failed {
@@ -790,13 +793,15 @@ async fn send(
     // An answer cut short (a reset mid-body) is an error: the receiver may have failed while
     // answering, and a duplicate is safe where a loss is not. A body over the cap is only
     // left unread.
-    let Answer { status, headers } = endpoint
-        .exchange(|| inner.connector(), request, MAX_RESPONSE_BODY_BYTES)
-        .await
-        .map_err(|error: ExchangeError| SendError {
-            chain: error_messages(&error),
-            denied: is_denied_address(&error),
-        })?;
+    // Boxed: the exchange holds a connection and hyper's state, kilobytes that every future
+    // awaiting it would otherwise carry, and copy, whenever it moves.
+    let Answer { status, headers } =
+        Box::pin(endpoint.exchange(|| inner.connector(), request, MAX_RESPONSE_BODY_BYTES))
+            .await
+            .map_err(|error: ExchangeError| SendError {
+                chain: error_messages(&error),
+                denied: is_denied_address(&error),
+            })?;
     let retry_after = headers
         .get(RETRY_AFTER)
         .and_then(|value| parse_retry_after(value, SystemTime::now()));

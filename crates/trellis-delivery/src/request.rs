@@ -129,14 +129,8 @@ pub(crate) fn build(event: &PreparedEvent, attempt: &Attempt<'_>) -> Request<Ful
     if let Ok(value) = HeaderValue::from_str(attempt.request_id) {
         headers.insert(REQUEST_ID_HEADER, value);
     }
-    headers.insert(ATTEMPT_HEADER, HeaderValue::from(attempt.number));
-    let mut traceparent = String::with_capacity(TRACEPARENT_LEN);
-    traceparent.push_str("00-");
-    traceparent.push_str(&event.trace_id);
-    traceparent.push('-');
-    traceparent.push_str(&random_hex::<8>());
-    traceparent.push_str("-01");
-    if let Ok(value) = HeaderValue::from_str(&traceparent) {
+    headers.insert(ATTEMPT_HEADER, attempt_number(attempt.number));
+    if let Some(value) = traceparent(&event.trace_id) {
         headers.insert(TRACEPARENT_HEADER, value);
     }
     if let Some(secret) = attempt.secret {
@@ -146,6 +140,37 @@ pub(crate) fn build(event: &PreparedEvent, attempt: &Attempt<'_>) -> Request<Ful
         }
     }
     request
+}
+
+/// Most records need one attempt and few more than ten: those numbers need no allocation.
+fn attempt_number(number: u32) -> HeaderValue {
+    const SMALL: [&str; 11] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10"];
+    match SMALL.get(number as usize) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(number),
+    }
+}
+
+/// `00-<trace id>-<a fresh span id>-01`, written in place.
+fn traceparent(trace_id: &str) -> Option<HeaderValue> {
+    let mut span_id = [0u8; 8];
+    let mut rng = rand::rng();
+    // All-zero ids are invalid in W3C trace context.
+    while span_id.iter().all(|b| *b == 0) {
+        span_id = rng.random();
+    }
+    let mut text = [0u8; TRACEPARENT_LEN];
+    let trace_id = trace_id.as_bytes();
+    let span_start = 3 + trace_id.len() + 1;
+    if span_start + 16 + 3 != TRACEPARENT_LEN {
+        return None;
+    }
+    text[..3].copy_from_slice(b"00-");
+    text[3..span_start - 1].copy_from_slice(trace_id);
+    text[span_start - 1] = b'-';
+    hex::encode_to_slice(span_id, &mut text[span_start..span_start + 16]).ok()?;
+    text[span_start + 16..].copy_from_slice(b"-01");
+    HeaderValue::from_bytes(&text).ok()
 }
 
 /// The event's headers plus a slot for each header every attempt sets, so that an attempt's
