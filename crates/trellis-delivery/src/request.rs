@@ -5,7 +5,7 @@
 //! the attempt number and, with a secret, a signature over the exact body sent.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Uri};
 use http_body_util::Full;
 use rand::Rng;
@@ -59,7 +59,7 @@ impl PreparedEvent {
             })
             .unwrap_or_else(random_hex::<16>);
         Ok(PreparedEvent {
-            headers: with_attempt_placeholders(headers),
+            headers: with_attempt_slots(headers, &body),
             body,
             trace_id,
         })
@@ -84,9 +84,10 @@ impl PreparedEvent {
         body.push(b']');
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(BATCH_CONTENT_TYPE));
+        let body = Bytes::from(body);
         PreparedEvent {
-            headers: with_attempt_placeholders(headers),
-            body: Bytes::from(body),
+            headers: with_attempt_slots(headers, &body),
+            body,
             trace_id: random_hex::<16>(),
         }
     }
@@ -174,11 +175,13 @@ fn traceparent(trace_id: &str) -> Option<HeaderValue> {
 }
 
 /// The event's headers plus a slot for each header every attempt sets, so that an attempt's
-/// copy of the map takes them without growing.
-fn with_attempt_placeholders(mut headers: HeaderMap) -> HeaderMap {
+/// copy of the map takes them without growing, and `Content-Length`, which would otherwise be
+/// added (and allocated) for every request as it is written.
+fn with_attempt_slots(mut headers: HeaderMap, body: &Bytes) -> HeaderMap {
     for name in [REQUEST_ID_HEADER, ATTEMPT_HEADER, TRACEPARENT_HEADER] {
         headers.insert(name, HeaderValue::from_static(""));
     }
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
     headers
 }
 
