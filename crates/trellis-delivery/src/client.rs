@@ -80,6 +80,8 @@ pub(crate) struct Endpoint {
     /// the concurrency limit bounds.
     idle: Mutex<Vec<Idle>>,
     idle_timeout: Duration,
+    /// Counts connections opened: with keep-alive working, far fewer than requests.
+    opened: metrics::Counter,
 }
 
 struct Idle {
@@ -130,7 +132,7 @@ pub(crate) enum ExchangeError {
 }
 
 impl Endpoint {
-    pub(crate) fn new(uri: &Uri) -> Result<Endpoint, ExchangeError> {
+    pub(crate) fn new(uri: &Uri, opened: metrics::Counter) -> Result<Endpoint, ExchangeError> {
         let host = uri.host().ok_or(ExchangeError::NoHost)?;
         let default_port = match uri.scheme() {
             Some(scheme) if *scheme == Scheme::HTTPS => 443,
@@ -151,6 +153,7 @@ impl Endpoint {
             host,
             idle: Mutex::new(Vec::new()),
             idle_timeout: IDLE_TIMEOUT,
+            opened,
         })
     }
 
@@ -207,6 +210,7 @@ impl Endpoint {
         let (sender, connection) = http1::handshake(io)
             .await
             .map_err(ExchangeError::Handshake)?;
+        self.opened.increment(1);
         Ok(Box::new(Conn { sender, connection }))
     }
 

@@ -233,7 +233,8 @@ impl Engine {
                 ("subscription", subscription.to_owned()),
                 ("url", redacted.clone()),
             ];
-            let endpoint = Endpoint::new(&uri).map_err(|error| EngineError::Url {
+            let opened = metrics::counter!("trellis_delivery_connections_opened_total", &labels);
+            let endpoint = Endpoint::new(&uri, opened).map_err(|error| EngineError::Url {
                 index,
                 message: error.to_string(),
             })?;

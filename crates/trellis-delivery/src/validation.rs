@@ -60,7 +60,8 @@ pub async fn handshake(
     let uri: Uri = url
         .parse()
         .map_err(|error: http::uri::InvalidUri| unreachable(error.to_string()))?;
-    let endpoint = Endpoint::new(&uri).map_err(|error| unreachable(error.to_string()))?;
+    let endpoint = Endpoint::new(&uri, metrics::Counter::noop())
+        .map_err(|error| unreachable(error.to_string()))?;
     let mut request = Request::new(Full::new(Bytes::new()));
     *request.method_mut() = Method::OPTIONS;
     *request.uri_mut() = endpoint.request_uri().clone();

@@ -34,7 +34,7 @@ async fn send(endpoint: &Endpoint) -> StatusCode {
 async fn an_idle_connection_past_its_timeout_is_closed_and_a_new_one_opened() {
     let receiver = Receiver::answering(200).await.expect("receiver");
     let uri: Uri = receiver.url("/hook").parse().expect("a URL");
-    let mut endpoint = Endpoint::new(&uri).expect("an endpoint");
+    let mut endpoint = Endpoint::new(&uri, metrics::Counter::noop()).expect("an endpoint");
     endpoint.idle_timeout = Duration::from_millis(50);
 
     assert_eq!(send(&endpoint).await, StatusCode::OK);
@@ -50,11 +50,18 @@ async fn an_idle_connection_past_its_timeout_is_closed_and_a_new_one_opened() {
 
 #[test]
 fn the_host_header_leaves_out_the_default_port_and_the_request_line_the_authority() {
-    let endpoint =
-        Endpoint::new(&"https://hooks.example:443/in?x=1".parse().expect("a URL")).expect("ok");
+    let endpoint = Endpoint::new(
+        &"https://hooks.example:443/in?x=1".parse().expect("a URL"),
+        metrics::Counter::noop(),
+    )
+    .expect("ok");
     assert_eq!(endpoint.host, "hooks.example");
     assert_eq!(endpoint.request_uri(), "/in?x=1");
-    let endpoint = Endpoint::new(&"http://[::1]:8080".parse().expect("a URL")).expect("ok");
+    let endpoint = Endpoint::new(
+        &"http://[::1]:8080".parse().expect("a URL"),
+        metrics::Counter::noop(),
+    )
+    .expect("ok");
     assert_eq!(endpoint.host, "[::1]:8080");
     assert_eq!(endpoint.request_uri(), "/");
 }

@@ -145,6 +145,18 @@ async fn published_events_reach_the_webhook_and_the_offset_is_committed() {
         })
         .expect("a delivered counter");
     assert!(delivered.ends_with(" 3"), "{delivered}");
+    // Keep-alive shows: the connections Trellis counts are the ones the receiver accepted.
+    let opened = metrics
+        .lines()
+        .find(|line| {
+            line.starts_with("trellis_delivery_connections_opened_total")
+                && line.contains("subscription=\"audit\"")
+        })
+        .expect("a connections counter");
+    assert!(
+        opened.ends_with(&format!(" {}", receiver.n_connections())),
+        "{opened}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
