@@ -199,8 +199,3 @@ pub(crate) fn error_messages(error: &(dyn std::error::Error + 'static)) -> Vec<S
     }
     messages
 }
-
-/// "outer: inner: root" for an error and its sources.
-pub(crate) fn error_text(error: &(dyn std::error::Error + 'static)) -> String {
-    error_messages(error).join(": ")
-}

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use crate::client::{Answer, Connector, Endpoint};
 use crate::guard::AddressGuard;
 use crate::redact::redact_url;
+use crate::report::error_messages;
 use crate::tls::WebhookTls;
 
 pub const REQUEST_ORIGIN_HEADER: &str = "webhook-request-origin";
@@ -62,29 +63,25 @@ pub async fn handshake(
         .map_err(|error: http::uri::InvalidUri| unreachable(error.to_string()))?;
     let endpoint = Endpoint::new(&uri, metrics::Counter::noop())
         .map_err(|error| unreachable(error.to_string()))?;
-    let mut request = Request::new(Full::new(Bytes::new()));
-    *request.method_mut() = Method::OPTIONS;
-    *request.uri_mut() = endpoint.request_uri().clone();
     let origin_value = http::HeaderValue::from_str(origin)
         .map_err(|_| unreachable(format!("the origin {origin:?} is not a valid header value")))?;
-    request
-        .headers_mut()
-        .insert(REQUEST_ORIGIN_HEADER, origin_value);
     let connector = Connector::new(timeout, guard, tls);
+    let build = || {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.method_mut() = Method::OPTIONS;
+        *request.uri_mut() = endpoint.request_uri().clone();
+        request
+            .headers_mut()
+            .insert(REQUEST_ORIGIN_HEADER, origin_value.clone());
+        request
+    };
     // The handshake's answer carries all it says in its headers; a body is read only so that
     // the exchange ends cleanly.
-    let build = || {
-        let mut copy = Request::new(request.body().clone());
-        *copy.method_mut() = request.method().clone();
-        *copy.uri_mut() = request.uri().clone();
-        *copy.headers_mut() = request.headers().clone();
-        copy
-    };
     let exchange = endpoint.exchange(|| connector, build, MAX_BODY_BYTES);
     let Answer { status, headers } = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| unreachable(format!("no answer within {} ms", timeout.as_millis())))?
-        .map_err(|error| unreachable(crate::report::error_text(&error)))?;
+        .map_err(|error| unreachable(error_messages(&error).join(": ")))?;
     if !status.is_success() {
         return Err(ValidationError::Refused {
             url: redacted,

@@ -101,7 +101,7 @@ impl Dispatcher {
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = Pending::default();
-        loop {
+        'run: loop {
             let paused = *self.paused.borrow();
             // Records tracked and not ended, batched or in flight: the memory bound.
             let room = self.max_in_flight.saturating_sub(tracker.in_flight());
@@ -143,19 +143,13 @@ impl Dispatcher {
             tokio::select! {
                 () = self.stop.cancelled() => break,
                 Some(outcome) = self.outcomes.recv() => {
-                    if !self.settle(outcome, &mut tracker).await {
-                        break;
-                    }
-                    // Whatever else ended meanwhile, in the same wake-up.
-                    let mut stopped = false;
-                    while let Ok(outcome) = self.outcomes.try_recv() {
+                    // This one, and whatever else ended meanwhile, in the same wake-up.
+                    let mut queued = Some(outcome);
+                    while let Some(outcome) = queued {
                         if !self.settle(outcome, &mut tracker).await {
-                            stopped = true;
-                            break;
+                            break 'run;
                         }
-                    }
-                    if stopped {
-                        break;
+                        queued = self.outcomes.try_recv().ok();
                     }
                     // Reap ended delivery tasks without waiting on them: each sent its
                     // outcome before it ended, so this wake-up is the one to clear them in,
