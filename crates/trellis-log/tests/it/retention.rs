@@ -51,7 +51,9 @@ async fn retention_by_size_deletes_the_oldest_sealed_segments() -> TestResult {
 async fn retention_by_age_deletes_old_sealed_segments() -> TestResult {
     let dir = tempfile::tempdir()?;
     let config = TopicConfig {
-        retention_age: Some(Duration::from_millis(100)),
+        // Long enough that appending 100 records on a loaded CI box never ages a segment past
+        // it (at 100 ms, it did), short enough to wait out.
+        retention_age: Some(Duration::from_secs(1)),
         ..config(1024)
     };
     let (log, topic) = open(dir.path(), &config)?;
@@ -59,7 +61,7 @@ async fn retention_by_age_deletes_old_sealed_segments() -> TestResult {
     log.enforce_retention()?;
     assert_eq!(topic.stats().first_offset, 0, "fresh segments must stay");
 
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     append_range(&topic, 100, 130, 3).await?;
     // Everything before the segment that holds record 100 is old.
     let bases = segment_bases(dir.path())?;
