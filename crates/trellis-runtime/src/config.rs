@@ -1,8 +1,9 @@
 //! Runtime settings: what the `trellis` binary hands the runtime after merging its config file,
 //! environment and flags. Plain data; validation of user input happens where it is parsed.
 
-use std::path::PathBuf;
 use std::time::Duration;
+
+use trellis_delivery::tls::WebhookTls;
 
 use crate::topics::TopicSettings;
 
@@ -26,9 +27,10 @@ pub struct RuntimeConfig {
     pub webhook_deny: Vec<ipnet::IpNet>,
     /// The `WebHook-Request-Origin` of validation handshakes: the name receivers allow.
     pub webhook_origin: String,
-    /// PEM CA certificates trusted for `https` webhooks besides the system's, for receivers
-    /// behind a private CA.
-    pub webhook_ca_file: Option<PathBuf>,
+    /// Whom `https` webhooks must prove to be. `None`: the system's CA store only, loaded when
+    /// the runtime starts. The binary builds it from `[delivery] webhook_ca_file`, so a bad
+    /// file is refused with the other configuration errors, before anything listens.
+    pub webhook_tls: Option<WebhookTls>,
 }
 
 impl Default for RuntimeConfig {
@@ -42,7 +44,7 @@ impl Default for RuntimeConfig {
             retention_check_interval: Duration::from_secs(30),
             webhook_deny: trellis_delivery::guard::AddressGuard::default_deny_list(),
             webhook_origin: "trellis".to_owned(),
-            webhook_ca_file: None,
+            webhook_tls: None,
         }
     }
 }

@@ -26,3 +26,5 @@ pub use error::error_chain;
 pub use metrics::install_metrics_recorder;
 pub use serve::{ServeError, serve};
 pub use topics::{DurabilityPolicy, TopicSettings};
+/// What `RuntimeConfig::webhook_tls` holds; built by whoever reads the configuration.
+pub use trellis_delivery::tls::WebhookTls;

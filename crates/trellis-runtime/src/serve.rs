@@ -27,7 +27,7 @@ pub enum ServeError {
     Topics(String),
     #[error("starting subscriptions failed: {0}")]
     Subscriptions(String),
-    #[error("setting up TLS for webhooks failed: {0}")]
+    #[error("setting up TLS for webhooks failed")]
     Tls(#[from] trellis_delivery::tls::TlsError),
     #[error("the HTTP server failed")]
     Http(#[source] std::io::Error),
@@ -57,7 +57,10 @@ pub async fn serve(
             Arc::clone(&meta),
             topics.clone(),
             Arc::new(AddressGuard::new(config.webhook_deny.clone())),
-            WebhookTls::new(config.webhook_ca_file.as_deref())?,
+            match &config.webhook_tls {
+                Some(tls) => tls.clone(),
+                None => WebhookTls::new(None)?,
+            },
             config.webhook_origin.clone(),
         )
         .await

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use trellis_runtime::{DurabilityPolicy, RuntimeConfig, TopicSettings};
+use trellis_runtime::{DurabilityPolicy, RuntimeConfig, TopicSettings, WebhookTls};
 
 use crate::cli::ServeArgs;
 
@@ -157,7 +157,13 @@ impl Settings {
                 .webhook_origin
                 .clone()
                 .unwrap_or(defaults.webhook_origin),
-            webhook_ca_file: file.delivery.webhook_ca_file.clone(),
+            webhook_tls: match &file.delivery.webhook_ca_file {
+                None => None,
+                Some(path) => Some(
+                    WebhookTls::new(Some(path))
+                        .context("delivery.webhook_ca_file is not usable")?,
+                ),
+            },
         };
         if runtime.max_event_bytes == 0 || runtime.max_batch_bytes < runtime.max_event_bytes {
             bail!(

@@ -121,15 +121,33 @@ fn the_webhook_deny_list_comes_from_the_file() {
 }
 
 #[test]
-fn a_webhook_ca_file_comes_from_the_file() {
+fn a_webhook_ca_file_is_read_when_the_configuration_is() {
     let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
-    assert_eq!(defaults.runtime.webhook_ca_file, None);
+    assert!(
+        defaults.runtime.webhook_tls.is_none(),
+        "system roots by default"
+    );
 
-    let file = config_file("[delivery]\nwebhook_ca_file = \"/etc/trellis/webhook-ca.pem\"\n");
+    let key = rcgen::KeyPair::generate().expect("a key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = params.self_signed(&key).expect("a CA certificate");
+    let ca_file = config_file(&ca.pem());
+    let file = config_file(&format!(
+        "[delivery]\nwebhook_ca_file = {:?}\n",
+        ca_file.path().to_str().expect("utf-8 path")
+    ));
     let path = file.path().to_str().expect("utf-8 path");
     let settings = Settings::resolve(&args(&["--config", path])).expect("file resolves");
-    assert_eq!(
-        settings.runtime.webhook_ca_file.as_deref(),
-        Some(std::path::Path::new("/etc/trellis/webhook-ca.pem"))
+    assert!(settings.runtime.webhook_tls.is_some());
+
+    // Refused with the other configuration errors, before anything listens.
+    let file = config_file("[delivery]\nwebhook_ca_file = \"/nonexistent/ca.pem\"\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let error = Settings::resolve(&args(&["--config", path])).expect_err("must fail");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("delivery.webhook_ca_file") && message.contains("/nonexistent/ca.pem"),
+        "{message}"
     );
 }
