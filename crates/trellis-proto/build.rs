@@ -1,0 +1,16 @@
+//! Compiles the API's .proto files with protox, a protobuf compiler in Rust, so building Trellis
+//! needs no `protoc` on the machine.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_dir = PathBuf::from("proto");
+    let file = proto_dir.join("trellis/v1/trellis.proto");
+    println!("cargo:rerun-if-changed={}", proto_dir.display());
+    let descriptors = protox::compile([&file], [&proto_dir])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
