@@ -6,3 +6,7 @@
 pub mod v1 {
     tonic::include_proto!("trellis.v1");
 }
+
+pub mod convert;
+
+pub use convert::event_from_proto;
