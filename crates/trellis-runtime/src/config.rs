@@ -31,6 +31,16 @@ pub struct RuntimeConfig {
     /// the runtime starts. The binary builds it from `[delivery] webhook_ca_file`, so a bad
     /// file is refused with the other configuration errors, before anything listens.
     pub webhook_tls: Option<WebhookTls>,
+    /// An event whose `(source, id)` its topic stored less than this long ago is answered with
+    /// the first copy's offset and not stored again. Zero turns deduplication off.
+    pub dedup_window: Duration,
+    /// At most this many `(source, id)` pairs are remembered over all topics (about 200 bytes
+    /// each); beyond it the oldest are forgotten first, so the window may in effect be shorter.
+    /// After a restart each topic's last `dedup_max_entries` records are read back, at most.
+    pub dedup_max_entries: usize,
+    /// gRPC `PublishStream`: batches one stream may have in flight. A stream that sends more
+    /// is not read until one is answered (back-pressure).
+    pub grpc_max_batches_in_flight: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -45,6 +55,9 @@ impl Default for RuntimeConfig {
             webhook_deny: trellis_delivery::guard::AddressGuard::default_deny_list(),
             webhook_origin: "trellis".to_owned(),
             webhook_tls: None,
+            dedup_window: Duration::from_secs(10 * 60),
+            dedup_max_entries: 1_000_000,
+            grpc_max_batches_in_flight: 64,
         }
     }
 }

@@ -19,6 +19,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::config::RuntimeConfig;
 use crate::error::ApiError;
 use crate::metrics::PublishMetrics;
+use crate::publisher::Publisher;
 use crate::topics::TopicRegistry;
 
 /// What every handler can reach, shared behind one `Arc` so a request costs one reference count.
@@ -29,6 +30,7 @@ pub(crate) struct AppState {
     pub shutting_down: Arc<AtomicBool>,
     pub publish_metrics: PublishMetrics,
     pub subscriptions: Arc<SubscriptionRegistry>,
+    pub publisher: Arc<Publisher>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {

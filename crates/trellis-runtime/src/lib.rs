@@ -4,6 +4,7 @@
 //! # Layout
 //! - `serve`: runs the API until a shutdown signal, then drains and flushes.
 //! - `http`: the router; one file per resource under `http/`.
+//! - `publisher`: the publish core of HTTP and gRPC, with deduplication (`dedup`).
 //! - `topics`: topic settings and the registry joining the metadata store and the log.
 //! - `subscriptions`: subscriptions, their dispatchers (log -> delivery engine) and dead letters.
 //! - `config`: the runtime's settings, as the binary hands them over.
@@ -14,9 +15,11 @@
 //! metadata store below it is a trait.
 
 mod config;
+mod dedup;
 mod error;
 mod http;
 mod metrics;
+mod publisher;
 mod serve;
 mod subscriptions;
 mod topics;

@@ -13,6 +13,8 @@ pub(crate) const PUBLISH_TOPIC_REQUESTS: &str = "trellis_publish_topic_requests_
 pub(crate) const PUBLISH_EVENTS: &str = "trellis_publish_events_total";
 pub(crate) const PUBLISH_BYTES: &str = "trellis_publish_bytes_total";
 pub(crate) const PUBLISH_DURATION: &str = "trellis_publish_duration_seconds";
+pub(crate) const PUBLISH_DUPLICATES: &str = "trellis_publish_duplicates_total";
+pub(crate) const DEDUP_ENTRIES: &str = "trellis_dedup_remembered_ids";
 pub(crate) const LOG_SIZE: &str = "trellis_log_size_bytes";
 pub(crate) const TOPIC_NEXT_OFFSET: &str = "trellis_topic_next_offset";
 
@@ -73,6 +75,16 @@ fn describe() {
         PUBLISH_BYTES,
         "Bytes of encoded events stored by publish requests, per topic."
     );
+    metrics::describe_counter!(
+        PUBLISH_DUPLICATES,
+        "Published events not stored because the topic stored the same (source, id) within the \
+         deduplication window, per topic."
+    );
+    metrics::describe_gauge!(
+        DEDUP_ENTRIES,
+        "(source, id) pairs remembered for deduplication over all topics; at most \
+         dedup max_entries, the oldest forgotten first."
+    );
     metrics::describe_histogram!(
         PUBLISH_DURATION,
         metrics::Unit::Seconds,
@@ -127,6 +139,7 @@ pub(crate) struct TopicCounters {
     pub(crate) requests: Counter,
     pub(crate) events: Counter,
     pub(crate) bytes: Counter,
+    pub(crate) duplicates: Counter,
 }
 
 impl PublishMetrics {
@@ -162,6 +175,7 @@ impl PublishMetrics {
             requests: metrics::counter!(PUBLISH_TOPIC_REQUESTS, "topic" => topic.to_owned()),
             events: metrics::counter!(PUBLISH_EVENTS, "topic" => topic.to_owned()),
             bytes: metrics::counter!(PUBLISH_BYTES, "topic" => topic.to_owned()),
+            duplicates: metrics::counter!(PUBLISH_DUPLICATES, "topic" => topic.to_owned()),
         };
         if let Ok(mut map) = self.per_topic.write() {
             map.insert(topic.to_owned(), counters.clone());

@@ -15,6 +15,7 @@ use trellis_meta::MetadataStore;
 use crate::config::RuntimeConfig;
 use crate::error::error_chain;
 use crate::http::{AppState, router};
+use crate::publisher::Publisher;
 use crate::subscriptions::SubscriptionRegistry;
 use crate::topics::TopicRegistry;
 use trellis_delivery::guard::AddressGuard;
@@ -68,16 +69,34 @@ pub async fn serve(
     );
     let metrics = crate::metrics::handle();
     let shutting_down = Arc::new(AtomicBool::new(false));
+    let publish_metrics = crate::metrics::PublishMetrics::new();
+    let publisher = Arc::new(Publisher::new(
+        topics.clone(),
+        config.dedup_window,
+        config.dedup_max_entries,
+        publish_metrics.clone(),
+    ));
     let state = AppState {
         config: Arc::new(config.clone()),
         topics,
         metrics: metrics.clone(),
         shutting_down: shutting_down.clone(),
-        publish_metrics: crate::metrics::PublishMetrics::new(),
+        publish_metrics,
         subscriptions: Arc::clone(&subscriptions),
+        publisher: Arc::clone(&publisher),
     };
 
     let tasks = TaskTracker::new();
+    // In the background: a topic's first publish waits for its own rebuild, not for all of them.
+    tasks.spawn({
+        let shutdown = shutdown.child_token();
+        async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = publisher.rebuild_all() => {}
+            }
+        }
+    });
     tasks.spawn(retention_loop(
         log.clone(),
         config.retention_check_interval,

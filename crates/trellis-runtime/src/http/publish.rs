@@ -1,6 +1,8 @@
 //! `POST /v1/topics/{topic}/events`: the CloudEvents HTTP binding in binary, structured and
 //! batched mode. A 202 is sent only after the log says the events are as durable as the topic's
-//! policy requires; a batch is appended as one all-or-nothing unit.
+//! policy requires; a batch is appended as one all-or-nothing unit. An event already stored
+//! within the deduplication window is answered with its first offset and `"duplicate": true`
+//! (`publisher.rs`).
 
 use std::sync::Arc;
 
@@ -19,16 +21,20 @@ use trellis_cloudevents::{CloudEvent, ContentMode, EventError};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::metrics::PublishOutcome;
+use crate::publisher::Outgoing;
 
 #[derive(Serialize)]
-struct Published<'a> {
+struct PublishedBatch<'a> {
     events: Vec<PublishedEvent<'a>>,
 }
 
+/// `duplicate` appears only when true: the event was stored before, at `offset`.
 #[derive(Serialize)]
 struct PublishedEvent<'a> {
     id: &'a str,
     offset: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    duplicate: bool,
 }
 
 /// Extension names Trellis itself puts on events it returns; a producer may not set them.
@@ -102,8 +108,7 @@ async fn publish_inner(
     }
     let batch_index = |idx: usize| (mode == ContentMode::Batch).then_some(idx);
 
-    let mut records = Vec::with_capacity(events.len());
-    let mut n_bytes = 0u64;
+    let mut outgoing = Vec::with_capacity(events.len());
     for (idx, event) in events.iter().enumerate() {
         check_reserved(event).map_err(|error| error.with_index(batch_index(idx)))?;
         let encoded = event.to_stored();
@@ -117,33 +122,18 @@ async fn publish_inner(
             ))
             .with_index(batch_index(idx)));
         }
-        n_bytes += encoded.len() as u64;
-        records.push(Bytes::from(encoded));
+        outgoing.push(Outgoing::new(event, Bytes::from(encoded)));
     }
 
-    let topic = state.topics.for_publish(topic_name)?;
-    let ack = topic.append(records).await.map_err(|error| match error {
-        trellis_log::LogError::NoSuchTopic(_) => ApiError::unavailable(
-            "the topic was deleted while the events were being stored; nothing was stored",
-        ),
-        trellis_log::LogError::Closed => {
-            ApiError::unavailable("Trellis is shutting down; nothing was stored")
-        }
-        other => ApiError::internal("storing events", &other),
-    })?;
-
-    let counters = state.publish_metrics.topic(topic.name());
-    counters.requests.increment(1);
-    counters.events.increment(ack.n_records);
-    counters.bytes.increment(n_bytes);
-
-    let published = Published {
+    let published = state.publisher.publish(topic_name, outgoing).await?;
+    let published = PublishedBatch {
         events: events
             .iter()
-            .zip(ack.first_offset..)
-            .map(|(event, offset)| PublishedEvent {
+            .zip(published)
+            .map(|(event, published)| PublishedEvent {
                 id: &event.id,
-                offset,
+                offset: published.offset,
+                duplicate: published.duplicate,
             })
             .collect(),
     };

@@ -98,6 +98,7 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.topics.delete(&name).await?;
+    state.publisher.forget_topic(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,380 @@
+//! The publish core shared by HTTP and gRPC: validated, encoded events in; per event the offset
+//! it was stored at, or the offset of the copy stored before it (a duplicate), out.
+//!
+//! Deduplication: an event whose `(source, id)` the topic stored within the window is not
+//! stored again; it is answered with the first copy's offset and `duplicate`. How:
+//! - Before appending, each key of the batch is *reserved* in the [`DedupIndex`]. A second
+//!   publish of a reserved key waits until the first one's append ends, then looks again: it
+//!   finds the key stored (a duplicate) or free (the first append failed). Keys are reserved in
+//!   sorted order, so two batches waiting on each other's keys cannot deadlock.
+//! - The index's lock is held only to look keys up and record them, never across an append, so
+//!   concurrent publishes still share one fsync (group commit).
+//! - The append and the recording of its offsets run in a task of their own: a client that
+//!   hangs up mid-append does not leave stored events unremembered.
+//! - After a restart, the index is rebuilt from the tail of each topic's log: the records whose
+//!   log timestamp (the append time) falls within the window, at most `max_entries` of them per
+//!   topic. Nothing is stored besides the log. A topic's first publish waits for its rebuild,
+//!   which starts for every topic when the runtime starts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{OnceCell, watch};
+use trellis_cloudevents::CloudEvent;
+use trellis_log::{LogError, Topic};
+
+use crate::dedup::{DedupIndex, DedupKey, Reservation, Ticket};
+use crate::error::{ApiError, error_chain};
+use crate::metrics::PublishMetrics;
+use crate::topics::TopicRegistry;
+
+/// Records read per blocking call while rebuilding the index.
+const REBUILD_CHUNK_RECORDS: usize = 4096;
+const REBUILD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// An event ready to append: its stored record and its deduplication key.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub(crate) key: DedupKey,
+    pub(crate) record: Bytes,
+}
+
+impl Outgoing {
+    pub(crate) fn new(event: &CloudEvent, record: Bytes) -> Outgoing {
+        Outgoing {
+            key: DedupKey::new(&event.source, &event.id),
+            record,
+        }
+    }
+}
+
+/// Where one event of a publish ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Published {
+    pub(crate) offset: u64,
+    /// Not stored by this publish: `offset` is the earlier copy's.
+    pub(crate) duplicate: bool,
+}
+
+/// A waiter on a reserved key: its sender is dropped when the reservation ends either way.
+type Waiter = watch::Receiver<()>;
+
+pub(crate) struct Publisher {
+    topics: TopicRegistry,
+    index: Arc<Mutex<DedupIndex<Waiter>>>,
+    window: Duration,
+    max_entries: usize,
+    /// One rebuild per topic, awaited by its publishes.
+    loaded: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
+    metrics: PublishMetrics,
+    remembered: metrics::Gauge,
+}
+
+/// A reservation held until its key is stored; dropping it unstored abandons the key and wakes
+/// the publishes waiting on it.
+struct Held {
+    index: Arc<Mutex<DedupIndex<Waiter>>>,
+    topic: Arc<str>,
+    key: DedupKey,
+    ticket: Option<Ticket>,
+    _wake_on_drop: watch::Sender<()>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            lock(&self.index).abandon(&self.topic, &self.key, ticket);
+        }
+    }
+}
+
+/// What became of each distinct key of a batch.
+enum Fate {
+    /// Stored earlier at this offset.
+    Duplicate(u64),
+    /// To be appended; the reservation, when deduplication is on.
+    New(Option<Held>),
+}
+
+fn lock<W>(index: &Mutex<DedupIndex<W>>) -> MutexGuard<'_, DedupIndex<W>> {
+    // The index is consistent after every method; a panic elsewhere cannot leave it half-changed.
+    index
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+impl Publisher {
+    pub(crate) fn new(
+        topics: TopicRegistry,
+        window: Duration,
+        max_entries: usize,
+        metrics: PublishMetrics,
+    ) -> Publisher {
+        Publisher {
+            topics,
+            index: Arc::new(Mutex::new(DedupIndex::new(window, max_entries))),
+            window,
+            max_entries,
+            loaded: Mutex::default(),
+            metrics,
+            remembered: metrics::gauge!(crate::metrics::DEDUP_ENTRIES),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        !self.window.is_zero() && self.max_entries > 0
+    }
+
+    /// Rebuilds the index of every existing topic, in the background of the caller.
+    pub(crate) async fn rebuild_all(self: Arc<Self>) {
+        if !self.enabled() {
+            return;
+        }
+        for topic in self.topics.log().topics() {
+            self.ensure_loaded(&topic).await;
+        }
+    }
+
+    /// The topic was deleted: a topic created again under its name starts at offset 0.
+    pub(crate) fn forget_topic(&self, name: &str) {
+        if let Ok(mut loaded) = self.loaded.lock() {
+            loaded.remove(name);
+        }
+        let mut index = lock(&self.index);
+        index.forget_topic(name);
+        self.remembered.set(index.len() as f64);
+    }
+
+    /// Stores the events of one batch that are not duplicates, as one all-or-nothing append,
+    /// and answers for every event in order.
+    pub(crate) async fn publish(
+        &self,
+        topic_name: &str,
+        events: Vec<Outgoing>,
+    ) -> Result<Vec<Published>, ApiError> {
+        let topic = self.topics.for_publish(topic_name)?;
+        if !self.enabled() {
+            let records = events.into_iter().map(|event| event.record).collect();
+            let ack = append(&topic, records, self.metrics.clone()).await?;
+            return Ok((ack.first_offset..ack.first_offset + ack.n_records)
+                .map(|offset| Published {
+                    offset,
+                    duplicate: false,
+                })
+                .collect());
+        }
+        self.ensure_loaded(&topic).await;
+        let topic_key: Arc<str> = Arc::from(topic.name());
+
+        // The first event with each key speaks for the batch's later copies.
+        let mut first_of: HashMap<&DedupKey, usize> = HashMap::with_capacity(events.len());
+        let mut first_index = Vec::with_capacity(events.len());
+        for (idx, event) in events.iter().enumerate() {
+            first_index.push(*first_of.entry(&event.key).or_insert(idx));
+        }
+        let mut distinct: Vec<(&DedupKey, usize)> = first_of.into_iter().collect();
+        distinct.sort_unstable();
+
+        let mut fates: HashMap<usize, Fate> = HashMap::with_capacity(distinct.len());
+        for (key, idx) in distinct {
+            let fate = self.reserve(&topic_key, key).await;
+            fates.insert(idx, fate);
+        }
+
+        // Appended in batch order, so offsets follow the order of the request.
+        let mut records = Vec::new();
+        let mut holds = Vec::new();
+        let mut appended_at = HashMap::new();
+        for (idx, event) in events.iter().enumerate() {
+            if let Some(Fate::New(held)) = fates.get_mut(&idx) {
+                appended_at.insert(idx, records.len() as u64);
+                records.push(event.record.clone());
+                holds.push(held.take());
+            }
+        }
+        let first_offset = if records.is_empty() {
+            0
+        } else {
+            let index = Arc::clone(&self.index);
+            let metrics = self.metrics.clone();
+            let remembered = self.remembered.clone();
+            let appending = tokio::spawn(async move {
+                let ack = append(&topic, records, metrics).await?;
+                let now = now_ms();
+                let mut index = lock(&index);
+                for (held, offset) in holds.iter_mut().zip(ack.first_offset..) {
+                    if let Some(held) = held
+                        && let Some(ticket) = held.ticket.take()
+                    {
+                        index.store(&held.topic, &held.key, ticket, offset, now);
+                    }
+                }
+                remembered.set(index.len() as f64);
+                drop(index);
+                // Only now, with every key recorded, are the waiting publishes woken.
+                drop(holds);
+                Ok::<u64, ApiError>(ack.first_offset)
+            });
+            match appending.await {
+                Ok(result) => result?,
+                Err(error) => return Err(ApiError::internal("storing events", &error)),
+            }
+        };
+
+        let mut n_duplicates = 0u64;
+        let published = first_index
+            .iter()
+            .enumerate()
+            .map(|(idx, first)| {
+                let offset = match fates.get(first) {
+                    Some(Fate::Duplicate(offset)) => *offset,
+                    _ => first_offset + appended_at.get(first).copied().unwrap_or(0),
+                };
+                let duplicate =
+                    idx != *first || matches!(fates.get(first), Some(Fate::Duplicate(_)));
+                n_duplicates += u64::from(duplicate);
+                Published { offset, duplicate }
+            })
+            .collect();
+        if n_duplicates > 0 {
+            self.metrics
+                .topic(&topic_key)
+                .duplicates
+                .increment(n_duplicates);
+        }
+        Ok(published)
+    }
+
+    /// Reserves `key`, waiting out another publish that holds it.
+    async fn reserve(&self, topic: &Arc<str>, key: &DedupKey) -> Fate {
+        loop {
+            let (wake_on_drop, _) = watch::channel(());
+            let (found, ticket) =
+                lock(&self.index).reserve(topic, key, now_ms(), || wake_on_drop.subscribe());
+            match found {
+                Reservation::Reserved => {
+                    return Fate::New(Some(Held {
+                        index: Arc::clone(&self.index),
+                        topic: Arc::clone(topic),
+                        key: key.clone(),
+                        ticket,
+                        _wake_on_drop: wake_on_drop,
+                    }));
+                }
+                Reservation::Stored(offset) => return Fate::Duplicate(offset),
+                Reservation::Pending(mut other) => {
+                    // Err means the holder is done, stored or not: look again.
+                    let _ = other.changed().await;
+                }
+            }
+        }
+    }
+
+    /// Waits until the topic's index is rebuilt from its log; the first caller does the work.
+    async fn ensure_loaded(&self, topic: &Topic) {
+        let cell = {
+            let Ok(mut loaded) = self.loaded.lock() else {
+                return;
+            };
+            Arc::clone(loaded.entry(topic.name().to_owned()).or_default())
+        };
+        cell.get_or_init(|| self.rebuild(topic.clone())).await;
+    }
+
+    /// Remembers the keys of the topic's records appended within the window, reading at most
+    /// `max_entries` records back from its end.
+    async fn rebuild(&self, topic: Topic) {
+        let window_ms = i64::try_from(self.window.as_millis()).unwrap_or(i64::MAX);
+        let stats = topic.stats();
+        let mut from = stats
+            .first_offset
+            .max(stats.next_offset.saturating_sub(self.max_entries as u64));
+        let end = stats.next_offset;
+        let mut n_remembered = 0usize;
+        while from < end {
+            let reading = topic.clone();
+            let horizon = now_ms().saturating_sub(window_ms);
+            let read = tokio::task::spawn_blocking(move || {
+                let records = reading.read(from, REBUILD_CHUNK_RECORDS, REBUILD_CHUNK_BYTES)?;
+                let keys: Vec<(DedupKey, u64, i64)> = records
+                    .iter()
+                    .filter(|record| record.timestamp_ms > horizon)
+                    .filter_map(|record| {
+                        CloudEvent::from_stored(&record.payload).ok().map(|event| {
+                            (
+                                DedupKey::new(&event.source, &event.id),
+                                record.offset,
+                                record.timestamp_ms,
+                            )
+                        })
+                    })
+                    .collect();
+                let next = records.last().map(|record| record.offset + 1);
+                Ok::<_, LogError>((keys, next))
+            })
+            .await;
+            let (keys, next) = match read {
+                Ok(Ok(read)) => read,
+                Ok(Err(error)) => {
+                    tracing::warn!(
+                        message = "Rebuilding the duplicate index stopped early; some duplicates may be stored again.",
+                        topic = topic.name(),
+                        error = %error_chain(&error)
+                    );
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(message = "Rebuilding the duplicate index failed.", topic = topic.name(), error = %error);
+                    break;
+                }
+            };
+            let now = now_ms();
+            let mut index = lock(&self.index);
+            n_remembered += keys.len();
+            for (key, offset, at_ms) in keys {
+                index.remember(topic.name(), key, offset, at_ms, now);
+            }
+            self.remembered.set(index.len() as f64);
+            drop(index);
+            match next {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        tracing::debug!(
+            message = "Duplicate index rebuilt from the log.",
+            topic = topic.name(),
+            keys = n_remembered
+        );
+    }
+}
+
+async fn append(
+    topic: &Topic,
+    records: Vec<Bytes>,
+    metrics: PublishMetrics,
+) -> Result<trellis_log::AppendAck, ApiError> {
+    let n_bytes: u64 = records.iter().map(|record| record.len() as u64).sum();
+    let ack = topic.append(records).await.map_err(|error| match error {
+        LogError::NoSuchTopic(_) => ApiError::unavailable(
+            "the topic was deleted while the events were being stored; nothing was stored",
+        ),
+        LogError::Closed => ApiError::unavailable("Trellis is shutting down; nothing was stored"),
+        other => ApiError::internal("storing events", &other),
+    })?;
+    let counters = metrics.topic(topic.name());
+    counters.requests.increment(1);
+    counters.events.increment(ack.n_records);
+    counters.bytes.increment(n_bytes);
+    Ok(ack)
+}

@@ -1,0 +1,168 @@
+//! Duplicate detection on publish: an event whose `(source, id)` its topic stored within the
+//! window is answered with the first offset and `"duplicate": true`, and not stored again.
+
+use std::time::Duration;
+
+use serde_json::json;
+use trellis_runtime::RuntimeConfig;
+
+use crate::support::{Server, event};
+
+const BATCH: &str = "application/cloudevents-batch+json";
+
+async fn n_events(server: &Server, topic: &str) -> usize {
+    let (status, events) = server
+        .get(&format!("/v1/topics/{topic}/events?from=0&limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{events}");
+    events.as_array().map_or(0, Vec::len)
+}
+
+#[tokio::test]
+async fn the_same_event_twice_is_stored_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let first = server.publish_binary("orders", "a-1", "hello").await;
+    assert_eq!(first.0, 202, "{}", first.1);
+    assert_eq!(first.1, json!({"events": [{"id": "a-1", "offset": 0}]}));
+    server.publish_binary("orders", "a-2", "other").await;
+    let again = server.publish_binary("orders", "a-1", "hello").await;
+    assert_eq!(again.0, 202, "{}", again.1);
+    assert_eq!(
+        again.1,
+        json!({"events": [{"id": "a-1", "offset": 0, "duplicate": true}]})
+    );
+    assert_eq!(n_events(&server, "orders").await, 2);
+
+    // Another topic has its own keys.
+    let elsewhere = server.publish_binary("invoices", "a-1", "hello").await;
+    assert_eq!(elsewhere.1, json!({"events": [{"id": "a-1", "offset": 0}]}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_inside_a_batch_and_against_the_topic_are_flagged() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    server.publish_binary("t", "old", "x").await;
+    let batch = json!([event("new-1"), event("old"), event("new-1"), event("new-2")]);
+    let (status, body) = server
+        .post("/v1/topics/t/events", BATCH, batch.to_string())
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(
+        body,
+        json!({"events": [
+            {"id": "new-1", "offset": 1},
+            {"id": "old", "offset": 0, "duplicate": true},
+            {"id": "new-1", "offset": 1, "duplicate": true},
+            {"id": "new-2", "offset": 2},
+        ]})
+    );
+    assert_eq!(n_events(&server, "t").await, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_publishes_of_one_event_store_it_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let publishes = (0..16).map(|_| server.publish_binary("race", "same", "x"));
+    let answers = futures::future::join_all(publishes).await;
+    let mut n_stored = 0;
+    for (status, body) in &answers {
+        assert_eq!(*status, 202, "{body}");
+        assert_eq!(body["events"][0]["offset"], 0, "{body}");
+        if body["events"][0].get("duplicate").is_none() {
+            n_stored += 1;
+        }
+    }
+    assert_eq!(n_stored, 1);
+    assert_eq!(n_events(&server, "race").await, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_duplicate_is_recognised_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    server.publish_binary("t", "a-1", "x").await;
+    server.publish_binary("t", "a-2", "y").await;
+    server.stop().await;
+
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let again = server.publish_binary("t", "a-2", "y").await;
+    assert_eq!(
+        again.1,
+        json!({"events": [{"id": "a-2", "offset": 1, "duplicate": true}]})
+    );
+    assert_eq!(n_events(&server, "t").await, 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn outside_the_window_an_event_is_stored_again() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = RuntimeConfig {
+        dedup_window: Duration::from_millis(50),
+        ..RuntimeConfig::default()
+    };
+    let server = Server::start(dir.path(), config).await;
+    server.publish_binary("t", "a-1", "x").await;
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    let again = server.publish_binary("t", "a-1", "x").await;
+    assert_eq!(again.1, json!({"events": [{"id": "a-1", "offset": 1}]}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_zero_window_turns_deduplication_off() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = RuntimeConfig {
+        dedup_window: Duration::ZERO,
+        ..RuntimeConfig::default()
+    };
+    let server = Server::start(dir.path(), config).await;
+    server.publish_binary("t", "a-1", "x").await;
+    let again = server.publish_binary("t", "a-1", "x").await;
+    assert_eq!(again.1, json!({"events": [{"id": "a-1", "offset": 1}]}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_deleted_topic_forgets_its_events() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    server.publish_binary("t", "a-0", "x").await;
+    server.publish_binary("t", "a-1", "x").await;
+    let (status, _) = server.delete("/v1/topics/t").await;
+    assert_eq!(status, 204);
+    let again = server.publish_binary("t", "a-1", "x").await;
+    assert_eq!(again.1, json!({"events": [{"id": "a-1", "offset": 0}]}));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_counted_in_metrics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    server.publish_binary("metered-dups", "a-1", "x").await;
+    server.publish_binary("metered-dups", "a-1", "x").await;
+    let text = server
+        .client
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        text.lines().any(|line| line
+            .starts_with("trellis_publish_duplicates_total{topic=\"metered-dups\"}")
+            && !line.ends_with(" 0")),
+        "{text}"
+    );
+    assert!(text.contains("trellis_dedup_remembered_ids"), "{text}");
+    server.stop().await;
+}
