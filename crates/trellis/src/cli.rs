@@ -50,6 +50,10 @@ pub(crate) struct ServeArgs {
     /// Largest accepted event in bytes [default: 1048576]
     #[arg(long, env = "TRELLIS_MAX_EVENT_BYTES", value_name = "BYTES")]
     pub(crate) max_event_bytes: Option<usize>,
+    /// Deduplication window in milliseconds: an event whose (source, id) its topic stored this
+    /// recently is not stored again; 0 turns it off [default: 600000]
+    #[arg(long, env = "TRELLIS_DEDUP_WINDOW_MS", value_name = "MS")]
+    pub(crate) dedup_window_ms: Option<u64>,
     /// Create topics on first publish [default: true]
     #[arg(long, env = "TRELLIS_AUTO_CREATE_TOPICS", value_name = "BOOL")]
     pub(crate) auto_create_topics: Option<bool>,

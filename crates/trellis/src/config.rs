@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -32,6 +33,26 @@ struct FileConfig {
     http: FileHttp,
     #[serde(default)]
     delivery: FileDelivery,
+    #[serde(default)]
+    dedup: FileDedup,
+    #[serde(default)]
+    grpc: FileGrpc,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileDedup {
+    /// Milliseconds within which a repeated (source, id) is a duplicate; 0 turns it off.
+    window_ms: Option<u64>,
+    /// The most (source, id) pairs remembered over all topics.
+    max_entries: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileGrpc {
+    /// Batches one PublishStream may have in flight before it is no longer read.
+    max_batches_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +178,15 @@ impl Settings {
                 .webhook_origin
                 .clone()
                 .unwrap_or(defaults.webhook_origin),
+            dedup_window: args
+                .dedup_window_ms
+                .or(file.dedup.window_ms)
+                .map_or(defaults.dedup_window, Duration::from_millis),
+            dedup_max_entries: file.dedup.max_entries.unwrap_or(defaults.dedup_max_entries),
+            grpc_max_batches_in_flight: file
+                .grpc
+                .max_batches_in_flight
+                .unwrap_or(defaults.grpc_max_batches_in_flight),
             webhook_tls: match &file.delivery.webhook_ca_file {
                 None => None,
                 Some(path) => Some(
@@ -171,6 +201,9 @@ impl Settings {
                 runtime.max_batch_bytes,
                 runtime.max_event_bytes
             );
+        }
+        if runtime.grpc_max_batches_in_flight == 0 {
+            bail!("grpc.max_batches_in_flight must be at least 1; got 0");
         }
         if runtime.max_batch_events == 0 {
             bail!("http.max_batch_events must be at least 1; got 0");

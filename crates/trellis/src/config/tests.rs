@@ -151,3 +151,23 @@ fn a_webhook_ca_file_is_read_when_the_configuration_is() {
         "{message}"
     );
 }
+
+#[test]
+fn dedup_settings_come_from_file_env_and_flags() {
+    let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
+    assert_eq!(defaults.runtime.dedup_window, Duration::from_secs(600));
+    assert_eq!(defaults.runtime.dedup_max_entries, 1_000_000);
+
+    let file = config_file(
+        "[dedup]\nwindow_ms = 5000\nmax_entries = 10\n[grpc]\nmax_batches_in_flight = 3\n",
+    );
+    let path = file.path().to_str().expect("utf-8 path");
+    let from_file = Settings::resolve(&args(&["--config", path])).expect("file resolves");
+    assert_eq!(from_file.runtime.dedup_window, Duration::from_secs(5));
+    assert_eq!(from_file.runtime.dedup_max_entries, 10);
+    assert_eq!(from_file.runtime.grpc_max_batches_in_flight, 3);
+
+    let flagged = Settings::resolve(&args(&["--config", path, "--dedup-window-ms", "0"]))
+        .expect("flags resolve");
+    assert_eq!(flagged.runtime.dedup_window, Duration::ZERO);
+}
