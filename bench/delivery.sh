@@ -81,17 +81,19 @@ loadgen() {
   "$BIN/trellis-loadgen" --url "$url" --json "$@" >"$out"
 }
 
-# Starts `trellis serve` on a fresh data dir $1, with its log in $2; sets TRELLIS_PID and
+# Starts `trellis serve` on a fresh data dir $1, with its log in $2 and any further args passed
+# on; sets TRELLIS_PID and
 # trellis_url once it answers /readyz.
 start_trellis() {
   local data=$1 log_file=$2 port
+  shift 2
   port=$(free_port)
   trellis_url="http://127.0.0.1:$port"
   mkdir -p "$data"
   # `--fsync always` is the default; saying so keeps a TRELLIS_FSYNC in the environment out of
   # the result. Delivery itself does not fsync per record; this matters for the publishes.
   "$BIN/trellis" serve --data-dir "$data" --http-addr "127.0.0.1:$port" \
-    --grpc-addr 127.0.0.1:0 --fsync always >"$log_file" 2>&1 &
+    --grpc-addr 127.0.0.1:0 --fsync always "$@" >"$log_file" 2>&1 &
   TRELLIS_PID=$!
   wait_for_status "$trellis_url/readyz" 200 30 "$TRELLIS_PID" ||
     die "trellis serve did not answer 200 on /readyz within 30 s"
@@ -234,12 +236,13 @@ stop_process "$RECEIVER_PID" 5
 RECEIVER_PID=""
 
 log "dead endpoint: fresh trellis serve, $PENDING events pending"
-start_trellis "$WORK_DIR/data-dead" "$WORK_DIR/trellis-dead.log"
+# Deduplication off: the pending events below repeat their ids from batch to batch.
+start_trellis "$WORK_DIR/data-dead" "$WORK_DIR/trellis-dead.log" --dedup-window-ms 0
 dead_port=$(free_port)
 create_subscription dead pending "http://127.0.0.1:$dead_port/hook" earliest "{}"
-# Batched mode, BATCH small events a body. Ids repeat from batch to batch, which Trellis allows
-# (a CloudEvents id is unique per source only by the producer's promise); unique ones would
-# need a body per request for nothing this benchmark measures.
+# Batched mode, BATCH small events a body. Ids repeat from batch to batch, so this runtime runs
+# with deduplication off; unique ids would need a body per request for nothing this benchmark
+# measures.
 awk -v n="$BATCH" -v size="$PENDING_DATA_BYTES" 'BEGIN {
   data = sprintf("%" size "s", ""); gsub(/ /, "x", data)
   printf "["

@@ -72,7 +72,10 @@ struct Args {
     /// Extra request header as `NAME:VALUE`; repeatable.
     #[arg(long = "header", value_name = "NAME:VALUE")]
     headers: Vec<String>,
-    /// CloudEvents binary mode: give every request a unique `ce-id` header, `<connection>-<seq>`.
+    /// CloudEvents binary mode: give every request a unique `ce-id` header,
+    /// `<run>-<connection>-<seq>`, where `<run>` is the start time in nanoseconds: Trellis drops
+    /// an event whose (source, id) it already stored within its deduplication window, so ids
+    /// must not repeat across the runs of one benchmark either.
     /// The other `ce-*` headers come from `--header`.
     #[arg(long)]
     ce_binary: bool,
@@ -113,6 +116,8 @@ struct Target {
     headers: HeaderMap,
     body: Bytes,
     ce_binary: bool,
+    /// The `<run>` part of every `ce-id`.
+    run_id: u64,
     send_time_header: Option<HeaderName>,
 }
 
@@ -256,6 +261,7 @@ fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
         headers,
         body,
         ce_binary: args.ce_binary,
+        run_id: unix_now_ns(),
         send_time_header: args.send_time_header.clone(),
     };
     let plan = Plan {
@@ -528,7 +534,7 @@ fn build_request(
     if target.ce_binary {
         ce_id.clear();
         // Writing to a `String` cannot fail, and digits and `-` always make a valid header value.
-        let _ = write!(ce_id, "{conn_idx}-{seq}");
+        let _ = write!(ce_id, "{}-{conn_idx}-{seq}", target.run_id);
         if let Ok(value) = HeaderValue::from_str(ce_id) {
             request.headers_mut().insert(CE_ID, value);
         }
