@@ -1,9 +1,10 @@
-//! The Trellis runtime: the HTTP API (CloudEvents publish, topics, reads, operations) over the
-//! event log and the metadata store.
+//! The Trellis runtime: the HTTP API (CloudEvents publish, topics, reads, operations) and the
+//! gRPC API (publish, consumer groups) over the event log and the metadata store.
 //!
 //! # Layout
 //! - `serve`: runs the API until a shutdown signal, then drains and flushes.
 //! - `http`: the router; one file per resource under `http/`.
+//! - `grpc`: the gRPC service (tonic): publish, publish streams and consumer groups.
 //! - `publisher`: the publish core of HTTP and gRPC, with deduplication (`dedup`).
 //! - `topics`: topic settings and the registry joining the metadata store and the log.
 //! - `subscriptions`: subscriptions, their dispatchers (log -> delivery engine) and dead letters.
@@ -17,6 +18,7 @@
 mod config;
 mod dedup;
 mod error;
+mod grpc;
 mod http;
 mod metrics;
 mod publisher;
@@ -27,7 +29,7 @@ mod topics;
 pub use config::RuntimeConfig;
 pub use error::error_chain;
 pub use metrics::install_metrics_recorder;
-pub use serve::{ServeError, serve};
+pub use serve::{ServeError, serve, serve_with_grpc};
 pub use topics::{DurabilityPolicy, TopicSettings};
 /// What `RuntimeConfig::webhook_tls` holds; built by whoever reads the configuration.
 pub use trellis_delivery::tls::WebhookTls;

@@ -46,6 +46,7 @@ pub(crate) fn handle() -> PrometheusHandle {
                 );
             }
             describe();
+            crate::grpc::describe_metrics();
             handle
         })
         .clone()

@@ -14,6 +14,7 @@ use trellis_meta::MetadataStore;
 
 use crate::config::RuntimeConfig;
 use crate::error::error_chain;
+use crate::grpc::{GroupRegistry, GrpcService};
 use crate::http::{AppState, router};
 use crate::publisher::Publisher;
 use crate::subscriptions::SubscriptionRegistry;
@@ -32,6 +33,8 @@ pub enum ServeError {
     Tls(#[from] trellis_delivery::tls::TlsError),
     #[error("the HTTP server failed")]
     Http(#[source] std::io::Error),
+    #[error("the gRPC server failed")]
+    Grpc(#[source] tonic::transport::Error),
     #[error("flushing the log at shutdown failed")]
     Flush(#[source] trellis_log::LogError),
 }
@@ -40,6 +43,20 @@ pub enum ServeError {
 /// accepting, lets in-flight requests finish, stops background tasks and closes (fsyncs) the log.
 pub async fn serve(
     listener: TcpListener,
+    log: Log,
+    meta: Arc<dyn MetadataStore>,
+    config: RuntimeConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    serve_with_grpc(listener, None, log, meta, config, shutdown).await
+}
+
+/// [`serve`], and the gRPC API on `grpc` when given. Both stop on the same `shutdown`: gRPC
+/// streams end with UNAVAILABLE, consumer groups store their committed offsets, then the log
+/// closes.
+pub async fn serve_with_grpc(
+    listener: TcpListener,
+    grpc: Option<TcpListener>,
     log: Log,
     meta: Arc<dyn MetadataStore>,
     config: RuntimeConfig,
@@ -76,6 +93,19 @@ pub async fn serve(
         config.dedup_max_entries,
         publish_metrics.clone(),
     ));
+    let groups = Arc::new(GroupRegistry::new(
+        Arc::clone(&meta),
+        shutdown.child_token(),
+    ));
+    let grpc_service = Arc::new(GrpcService {
+        config: Arc::new(config.clone()),
+        publisher: Arc::clone(&publisher),
+        topics: topics.clone(),
+        groups: Arc::clone(&groups),
+        publish_metrics: publish_metrics.clone(),
+        shutting_down: shutting_down.clone(),
+        shutdown: shutdown.child_token(),
+    });
     let state = AppState {
         config: Arc::new(config.clone()),
         topics,
@@ -120,17 +150,32 @@ pub async fn serve(
             tracing::debug!(message = "Cannot set TCP_NODELAY on a connection.", %error);
         }
     });
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(graceful)
-        .await;
+    let http = async {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(graceful)
+            .await
+            .map_err(ServeError::Http)
+    };
+    let grpc = async {
+        match grpc {
+            Some(listener) => crate::grpc::serve(listener, grpc_service, shutdown.clone())
+                .await
+                .map_err(ServeError::Grpc),
+            None => Ok(()),
+        }
+    };
+    let (served_http, served_grpc) = tokio::join!(http, grpc);
     shutdown.cancel();
+    // Groups store their committed offsets before the log closes.
+    groups.shutdown().await;
     // Dispatchers store their committed offsets and may still write dead letters: stop them
     // before the log closes.
     subscriptions.shutdown().await;
     tasks.close();
     tasks.wait().await;
     let closed = log.close().await;
-    served.map_err(ServeError::Http)?;
+    served_http?;
+    served_grpc?;
     closed.map_err(ServeError::Flush)?;
     tracing::info!(message = "Stopped; the log is flushed.");
     Ok(())

@@ -2,6 +2,7 @@
 //! driven through HTTP as a user would. One module per resource.
 
 mod dedup;
+mod grpc;
 mod ops;
 mod publish;
 mod support;

@@ -11,6 +11,8 @@ use trellis_runtime::{RuntimeConfig, ServeError};
 
 pub(crate) struct Server {
     pub(crate) base: String,
+    /// `http://127.0.0.1:PORT` of the gRPC API.
+    pub(crate) grpc: String,
     pub(crate) client: reqwest::Client,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), ServeError>>,
@@ -28,9 +30,14 @@ impl Server {
             .await
             .expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("local addr"));
+        let grpc_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind gRPC");
+        let grpc = format!("http://{}", grpc_listener.local_addr().expect("local addr"));
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(trellis_runtime::serve(
+        let task = tokio::spawn(trellis_runtime::serve_with_grpc(
             listener,
+            Some(grpc_listener),
             log,
             Arc::new(meta),
             config,
@@ -38,6 +45,7 @@ impl Server {
         ));
         Server {
             base,
+            grpc,
             client: reqwest::Client::new(),
             shutdown,
             task,
@@ -50,6 +58,15 @@ impl Server {
             .await
             .expect("serve task")
             .expect("serve ends cleanly");
+    }
+
+    /// A gRPC client of this server.
+    pub(crate) async fn grpc_client(
+        &self,
+    ) -> trellis_proto::v1::trellis_client::TrellisClient<tonic::transport::Channel> {
+        trellis_proto::v1::trellis_client::TrellisClient::connect(self.grpc.clone())
+            .await
+            .expect("gRPC connect")
     }
 
     pub(crate) fn url(&self, path: &str) -> String {

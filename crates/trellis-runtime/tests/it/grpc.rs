@@ -1,0 +1,469 @@
+//! The gRPC API through a real tonic client: publishing (unary and streams, per-event errors,
+//! duplicates) and consumer groups (clustering, broadcast, redelivery, committed offsets).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Streaming};
+use trellis_proto::v1::{
+    self, Ack, CloudEvent, Delivery, GroupMode, PublishRequest, PublishResponse, StartPosition,
+    SubscribeRequest, SubscribeResponse, Subscription, cloud_event, event_result,
+    subscribe_request, subscribe_response,
+};
+use trellis_runtime::RuntimeConfig;
+
+use crate::support::Server;
+
+/// A guard against a hung test, not a timing assertion.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+async fn server() -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    (dir, server)
+}
+
+fn event(id: &str) -> CloudEvent {
+    CloudEvent {
+        id: id.to_owned(),
+        source: "/grpc-tests".to_owned(),
+        spec_version: "1.0".to_owned(),
+        r#type: "com.example.test".to_owned(),
+        attributes: HashMap::from([(
+            "datacontenttype".to_owned(),
+            v1::CloudEventAttributeValue {
+                attr: Some(v1::cloud_event_attribute_value::Attr::CeString(
+                    "text/plain".to_owned(),
+                )),
+            },
+        )]),
+        data: Some(cloud_event::Data::TextData(format!("data of {id}"))),
+    }
+}
+
+fn batch(batch_id: u64, topic: &str, ids: &[&str]) -> PublishRequest {
+    PublishRequest {
+        batch_id,
+        topic: topic.to_owned(),
+        events: ids.iter().map(|id| event(id)).collect(),
+    }
+}
+
+/// (offset, duplicate) of a stored result; panics on an error result.
+fn stored(response: &PublishResponse, idx: usize) -> (u64, bool) {
+    match &response.results[idx].result {
+        Some(event_result::Result::Stored(stored)) => (stored.offset, stored.duplicate),
+        other => panic!("event {idx} was not stored: {other:?}"),
+    }
+}
+
+fn error(response: &PublishResponse, idx: usize) -> v1::Error {
+    match &response.results[idx].result {
+        Some(event_result::Result::Error(error)) => error.clone(),
+        other => panic!("event {idx} did not fail: {other:?}"),
+    }
+}
+
+async fn publish(server: &Server, topic: &str, ids: &[&str]) -> PublishResponse {
+    server
+        .grpc_client()
+        .await
+        .publish(batch(1, topic, ids))
+        .await
+        .expect("publish")
+        .into_inner()
+}
+
+#[tokio::test]
+async fn unary_publish_stores_a_batch_readable_over_http() {
+    let (_dir, server) = server().await;
+    let response = publish(&server, "orders", &["a", "b"]).await;
+    assert_eq!(response.batch_id, 1);
+    assert_eq!(stored(&response, 0), (0, false));
+    assert_eq!(stored(&response, 1), (1, false));
+    let (status, events) = server.get("/v1/topics/orders/events").await;
+    assert_eq!(status, 200);
+    assert_eq!(events[1]["id"], "b");
+    assert_eq!(events[1]["data"], "data of b");
+    assert_eq!(events[1]["datacontenttype"], "text/plain");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_invalid_event_fails_alone_and_the_rest_of_its_batch_is_stored() {
+    let (_dir, server) = server().await;
+    let mut request = batch(7, "t", &["a", "b", "c"]);
+    request.events[1].r#type.clear();
+    let response = server
+        .grpc_client()
+        .await
+        .publish(request)
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(stored(&response, 0), (0, false));
+    let failure = error(&response, 1);
+    assert_eq!(failure.code, Code::InvalidArgument as i32);
+    assert_eq!(failure.attribute, "type");
+    assert_eq!(stored(&response, 2), (1, false));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_event_fails_with_failed_precondition() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = RuntimeConfig {
+        max_event_bytes: 1024,
+        ..RuntimeConfig::default()
+    };
+    let server = Server::start(dir.path(), config).await;
+    let mut request = batch(1, "t", &["small", "big"]);
+    request.events[1].data = Some(cloud_event::Data::BinaryData(vec![7; 4096]));
+    let response = server
+        .grpc_client()
+        .await
+        .publish(request)
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(stored(&response, 0), (0, false));
+    assert_eq!(error(&response, 1).code, Code::FailedPrecondition as i32);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_topic_name_is_invalid_argument() {
+    let (_dir, server) = server().await;
+    let status = server
+        .grpc_client()
+        .await
+        .publish(batch(1, "no/slashes", &["a"]))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn duplicates_are_flagged_with_the_first_offset() {
+    let (_dir, server) = server().await;
+    publish(&server, "t", &["a"]).await;
+    let again = publish(&server, "t", &["b", "a"]).await;
+    assert_eq!(stored(&again, 0), (1, false));
+    assert_eq!(stored(&again, 1), (0, true));
+    // Across the APIs too: the key is a duplicate whichever one stored it first.
+    let (_, body) = server.publish_binary("t", "h", "x").await;
+    assert_eq!(body["events"][0]["offset"], 2);
+    let mut from_http = batch(2, "t", &["h"]);
+    from_http.events[0].source = "/tests".to_owned();
+    let response = server
+        .grpc_client()
+        .await
+        .publish(from_http)
+        .await
+        .expect("publish")
+        .into_inner();
+    assert_eq!(stored(&response, 0), (2, true));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_publish_stream_answers_every_batch_in_flight_once() {
+    let (_dir, server) = server().await;
+    let (requests, outgoing) = mpsc::channel(64);
+    let mut answers = server
+        .grpc_client()
+        .await
+        .publish_stream(ReceiverStream::new(outgoing))
+        .await
+        .expect("stream")
+        .into_inner();
+    let n_batches = 20u64;
+    for batch_id in 0..n_batches {
+        let ids = [format!("{batch_id}-a"), format!("{batch_id}-b")];
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        requests
+            .send(batch(batch_id, "stream", &ids))
+            .await
+            .expect("send");
+    }
+    drop(requests);
+    let mut seen_batches = BTreeSet::new();
+    let mut offsets = BTreeSet::new();
+    while let Some(answer) = tokio::time::timeout(PATIENCE, answers.message())
+        .await
+        .expect("answers in time")
+        .expect("stream ok")
+    {
+        assert!(seen_batches.insert(answer.batch_id), "answered twice");
+        assert_eq!(answer.results.len(), 2);
+        for idx in 0..2 {
+            let (offset, duplicate) = stored(&answer, idx);
+            assert!(!duplicate);
+            assert!(offsets.insert(offset));
+        }
+    }
+    assert_eq!(seen_batches, (0..n_batches).collect());
+    assert_eq!(offsets, (0..2 * n_batches).collect());
+    server.stop().await;
+}
+
+/// A member's two halves: acks in, deliveries out.
+struct Member {
+    acks: mpsc::Sender<SubscribeRequest>,
+    deliveries: Streaming<SubscribeResponse>,
+    from_offset: u64,
+}
+
+fn subscription(topic: &str, group: &str, mode: GroupMode) -> Subscription {
+    Subscription {
+        topic: topic.to_owned(),
+        group: group.to_owned(),
+        mode: mode as i32,
+        start: StartPosition::Earliest as i32,
+        max_unacked: 0,
+        ack_timeout_ms: 0,
+        member: String::new(),
+    }
+}
+
+async fn join(server: &Server, subscription: Subscription) -> Member {
+    let (acks, outgoing) = mpsc::channel(64);
+    acks.send(SubscribeRequest {
+        request: Some(subscribe_request::Request::Subscription(subscription)),
+    })
+    .await
+    .expect("send subscription");
+    let mut deliveries = server
+        .grpc_client()
+        .await
+        .subscribe(ReceiverStream::new(outgoing))
+        .await
+        .expect("subscribe")
+        .into_inner();
+    let first = next(&mut deliveries).await;
+    let Some(subscribe_response::Response::Subscribed(subscribed)) = first.response else {
+        panic!("the first response must be Subscribed, got {first:?}");
+    };
+    Member {
+        acks,
+        deliveries,
+        from_offset: subscribed.from_offset,
+    }
+}
+
+async fn next(deliveries: &mut Streaming<SubscribeResponse>) -> SubscribeResponse {
+    tokio::time::timeout(PATIENCE, deliveries.message())
+        .await
+        .expect("a response in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+impl Member {
+    async fn delivery(&mut self) -> Delivery {
+        match next(&mut self.deliveries).await.response {
+            Some(subscribe_response::Response::Delivery(delivery)) => delivery,
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+    }
+
+    async fn ack(&self, offsets: Vec<u64>) {
+        self.acks
+            .send(SubscribeRequest {
+                request: Some(subscribe_request::Request::Ack(Ack { offsets })),
+            })
+            .await
+            .expect("send ack");
+    }
+}
+
+fn ids(n: usize) -> Vec<String> {
+    (0..n).map(|n| format!("e-{n}")).collect()
+}
+
+async fn publish_n(server: &Server, topic: &str, n: usize) {
+    let ids = ids(n);
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    publish(server, topic, &ids).await;
+}
+
+#[tokio::test]
+async fn clustering_splits_events_between_members_and_each_is_acked_once() {
+    let (_dir, server) = server().await;
+    publish_n(&server, "split", 20).await;
+    let window = Subscription {
+        max_unacked: 5,
+        ..subscription("split", "workers", GroupMode::Clustering)
+    };
+    let mut first = join(&server, window.clone()).await;
+    assert_eq!(first.from_offset, 0);
+    let mut second = join(&server, window).await;
+
+    // Each holds a full window before anything is acked: the group split the events.
+    let mut held: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut first_got = Vec::new();
+    let mut second_got = Vec::new();
+    for _ in 0..5 {
+        first_got.push(first.delivery().await);
+        second_got.push(second.delivery().await);
+    }
+    for delivery in first_got.iter().chain(&second_got) {
+        assert_eq!(delivery.attempt, 1);
+        *held.entry(delivery.offset).or_default() += 1;
+    }
+    assert_eq!(held.len(), 10, "no event went to both members");
+
+    first
+        .ack(first_got.iter().map(|d| d.offset).collect())
+        .await;
+    second
+        .ack(second_got.iter().map(|d| d.offset).collect())
+        .await;
+    while held.len() < 20 {
+        let delivery = tokio::select! {
+            delivery = first.delivery() => { first.ack(vec![delivery.offset]).await; delivery }
+            delivery = second.delivery() => { second.ack(vec![delivery.offset]).await; delivery }
+        };
+        assert_eq!(delivery.attempt, 1);
+        *held.entry(delivery.offset).or_default() += 1;
+    }
+    assert_eq!(
+        held.keys().copied().collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>()
+    );
+    assert!(held.values().all(|n| *n == 1), "{held:?}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn an_unacked_event_is_delivered_again_after_the_ack_timeout() {
+    let (_dir, server) = server().await;
+    publish_n(&server, "slow", 1).await;
+    let mut member = join(
+        &server,
+        Subscription {
+            ack_timeout_ms: 100,
+            ..subscription("slow", "g", GroupMode::Clustering)
+        },
+    )
+    .await;
+    let first = member.delivery().await;
+    assert_eq!((first.offset, first.attempt), (0, 1));
+    let again = member.delivery().await;
+    assert_eq!((again.offset, again.attempt), (0, 2));
+    assert_eq!(again.event, first.event);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn events_a_member_held_go_to_another_when_it_leaves() {
+    let (_dir, server) = server().await;
+    publish_n(&server, "leave", 3).await;
+    let mut leaving = join(&server, subscription("leave", "g", GroupMode::Clustering)).await;
+    for offset in 0..3 {
+        assert_eq!(leaving.delivery().await.offset, offset);
+    }
+    leaving.ack(vec![1]).await;
+    let mut staying = join(&server, subscription("leave", "g", GroupMode::Clustering)).await;
+    drop(leaving);
+    let mut redelivered = BTreeSet::new();
+    for _ in 0..2 {
+        let delivery = staying.delivery().await;
+        assert_eq!(delivery.attempt, 2);
+        redelivered.insert(delivery.offset);
+    }
+    assert_eq!(redelivered, BTreeSet::from([0, 2]));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn broadcast_gives_every_member_every_event() {
+    let (_dir, server) = server().await;
+    publish_n(&server, "fanout", 5).await;
+    let mut one = join(&server, subscription("fanout", "g", GroupMode::Broadcast)).await;
+    let mut two = join(
+        &server,
+        Subscription {
+            member: "two".to_owned(),
+            ..subscription("fanout", "g", GroupMode::Broadcast)
+        },
+    )
+    .await;
+    for member in [&mut one, &mut two] {
+        let mut offsets = Vec::new();
+        for _ in 0..5 {
+            offsets.push(member.delivery().await.offset);
+        }
+        offsets.sort_unstable();
+        assert_eq!(offsets, vec![0, 1, 2, 3, 4]);
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_groups_committed_offset_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    publish_n(&server, "durable", 5).await;
+    let mut member = join(&server, subscription("durable", "g", GroupMode::Clustering)).await;
+    let mut offsets = Vec::new();
+    for _ in 0..5 {
+        offsets.push(member.delivery().await.offset);
+    }
+    // 0..=2 acked and 4 acked: only the contiguous prefix (3) may be committed.
+    member.ack(vec![0, 1, 2, 4]).await;
+    // The ack is in once a later request on the same stream is; leaving makes sure of it.
+    drop(member.acks);
+    while member.deliveries.message().await.ok().flatten().is_some() {}
+    server.stop().await;
+
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let mut member = join(&server, subscription("durable", "g", GroupMode::Clustering)).await;
+    assert_eq!(member.from_offset, 3);
+    let delivery = member.delivery().await;
+    assert_eq!(delivery.offset, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_first_subscribe_request_must_be_a_subscription() {
+    let (_dir, server) = server().await;
+    let (requests, outgoing) = mpsc::channel(4);
+    requests
+        .send(SubscribeRequest {
+            request: Some(subscribe_request::Request::Ack(Ack { offsets: vec![1] })),
+        })
+        .await
+        .expect("send");
+    let status = server
+        .grpc_client()
+        .await
+        .subscribe(ReceiverStream::new(outgoing))
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn subscribe_streams_end_with_unavailable_at_shutdown() {
+    let (_dir, server) = server().await;
+    let mut member = join(&server, subscription("quiet", "g", GroupMode::Clustering)).await;
+    let stopping = tokio::spawn(server.stop());
+    let status = loop {
+        match tokio::time::timeout(PATIENCE, member.deliveries.message())
+            .await
+            .expect("the stream ends in time")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable);
+    drop(member);
+    stopping.await.expect("stopped");
+}
