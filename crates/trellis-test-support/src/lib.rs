@@ -25,6 +25,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct TrellisProcess {
     child: Child,
     base_url: String,
+    grpc_addr: String,
     stderr: Arc<Mutex<String>>,
 }
 
@@ -76,6 +77,7 @@ impl TrellisProcess {
         let mut process = TrellisProcess {
             child,
             base_url: String::new(),
+            grpc_addr: String::new(),
             stderr,
         };
         match line_rx.recv_timeout(START_TIMEOUT) {
@@ -83,7 +85,15 @@ impl TrellisProcess {
                 .split_whitespace()
                 .find(|word| word.starts_with("http://"))
             {
-                Some(url) => process.base_url = url.to_owned(),
+                Some(url) => {
+                    process.base_url = url.to_owned();
+                    if let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|word| word.strip_prefix("grpc://"))
+                    {
+                        process.grpc_addr = addr.to_owned();
+                    }
+                }
                 None => return Err(process.failed(&format!("unexpected first line {line:?}"))),
             },
             Err(_) => return Err(process.failed("no address printed")),
@@ -94,6 +104,12 @@ impl TrellisProcess {
     /// The HTTP API's base URL, e.g. `http://127.0.0.1:41234`.
     pub fn base_url(&self) -> &str {
         &self.base_url
+    }
+
+    /// The gRPC API's address, e.g. `127.0.0.1:41235` (the `grpc://` word of the line it
+    /// prints; empty if there was none).
+    pub fn grpc_addr(&self) -> &str {
+        &self.grpc_addr
     }
 
     pub fn pid(&self) -> u32 {

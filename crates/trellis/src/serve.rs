@@ -1,5 +1,5 @@
 //! `trellis serve`: opens the data directory (embedded log and metadata store), binds the HTTP
-//! API, prints where it listens, and runs until SIGTERM or SIGINT, then drains and flushes.
+//! and gRPC APIs, prints where they listen, and runs until SIGTERM or SIGINT, then drains and flushes.
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
@@ -30,6 +30,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let listener = TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    let grpc_listener = TcpListener::bind(settings.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (gRPC)", settings.grpc_addr))?;
     let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -57,20 +60,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .context("cannot read the gRPC listening address")?;
     // One line on stdout, for people and for scripts that started us with port 0.
     println!(
-        "trellis listening on http://{local_addr} (data dir {})",
+        "trellis listening on http://{local_addr} grpc://{grpc_addr} (data dir {})",
         data_dir.display()
     );
-    tracing::info!(message = "Trellis started.", http = %local_addr, data_dir = %data_dir.display());
-    // The gRPC API is not served yet; its address is accepted now so configs stay valid when it is.
-    tracing::debug!(message = "gRPC address reserved.", grpc = %settings.grpc_addr);
+    tracing::info!(message = "Trellis started.", http = %local_addr, grpc = %grpc_addr, data_dir = %data_dir.display());
 
     let shutdown = CancellationToken::new();
     tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
-    trellis_runtime::serve(listener, log, Arc::new(meta), settings.runtime, shutdown)
-        .await
-        .context("the runtime stopped with an error")
+    trellis_runtime::serve_with_grpc(
+        listener,
+        Some(grpc_listener),
+        log,
+        Arc::new(meta),
+        settings.runtime,
+        shutdown,
+    )
+    .await
+    .context("the runtime stopped with an error")
 }
 
 /// Holds an exclusive lock on the data dir for the life of the process, so two runtimes never

@@ -31,9 +31,38 @@ fn a_port_in_use_is_one_clear_line() {
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().to_str().expect("utf-8");
     assert_one_line_failure(
-        &["serve", "--data-dir", data, "--http-addr", &addr],
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--http-addr",
+            &addr,
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ],
         &[],
         "cannot listen on",
+    );
+}
+
+#[test]
+fn a_grpc_port_in_use_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().to_str().expect("utf-8");
+    assert_one_line_failure(
+        &[
+            "serve",
+            "--data-dir",
+            data,
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            &addr,
+        ],
+        &[],
+        "(gRPC)",
     );
 }
 
@@ -49,6 +78,8 @@ fn an_unusable_data_dir_is_one_clear_line() {
             "--data-dir",
             data.to_str().expect("utf-8"),
             "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
             "127.0.0.1:0",
         ],
         &[],
@@ -78,6 +109,8 @@ fn a_data_dir_in_use_is_refused() {
             "--data-dir",
             dir.path().to_str().expect("utf-8"),
             "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
             "127.0.0.1:0",
         ],
         &[],

@@ -6,6 +6,7 @@ mod cli_subscriptions;
 mod crash;
 mod delivery_faults;
 mod delivery_scenarios;
+mod grpc;
 mod subscriptions;
 
 use std::path::Path;
