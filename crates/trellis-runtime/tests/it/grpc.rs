@@ -467,3 +467,85 @@ async fn subscribe_streams_end_with_unavailable_at_shutdown() {
     drop(member);
     stopping.await.expect("stopped");
 }
+
+#[tokio::test]
+async fn a_stream_with_one_batch_in_flight_at_most_still_answers_them_all() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = RuntimeConfig {
+        grpc_max_batches_in_flight: 1,
+        ..RuntimeConfig::default()
+    };
+    let server = Server::start(dir.path(), config).await;
+    let (requests, outgoing) = mpsc::channel(64);
+    for batch_id in 0..10u64 {
+        let id = format!("one-{batch_id}");
+        requests
+            .send(batch(batch_id, "narrow", &[id.as_str()]))
+            .await
+            .expect("send");
+    }
+    drop(requests);
+    let mut answers = server
+        .grpc_client()
+        .await
+        .publish_stream(ReceiverStream::new(outgoing))
+        .await
+        .expect("stream")
+        .into_inner();
+    let mut offsets = Vec::new();
+    while let Some(answer) = tokio::time::timeout(PATIENCE, answers.message())
+        .await
+        .expect("answers in time")
+        .expect("stream ok")
+    {
+        // One at a time: each batch is stored before the next is read, so in order.
+        assert_eq!(stored(&answer, 0).0, answer.batch_id);
+        offsets.push(answer.batch_id);
+    }
+    assert_eq!(offsets, (0..10).collect::<Vec<_>>());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_named_broadcast_member_resumes_its_own_cursor_after_a_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    publish_n(&server, "fan", 3).await;
+    let named = Subscription {
+        member: "alice".to_owned(),
+        ..subscription("fan", "g", GroupMode::Broadcast)
+    };
+    let mut alice = join(&server, named.clone()).await;
+    for offset in 0..3 {
+        assert_eq!(alice.delivery().await.offset, offset);
+    }
+    alice.ack(vec![0, 1, 2]).await;
+    drop(alice.acks);
+    while alice.deliveries.message().await.ok().flatten().is_some() {}
+    server.stop().await;
+
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let alice = join(&server, named).await;
+    assert_eq!(alice.from_offset, 3);
+    // An unnamed member of the same group is not held back by alice's cursor.
+    let mut anonymous = join(&server, subscription("fan", "g", GroupMode::Broadcast)).await;
+    assert_eq!(anonymous.from_offset, 0);
+    assert_eq!(anonymous.delivery().await.offset, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn publishing_while_shutting_down_is_unavailable() {
+    let (_dir, server) = server().await;
+    let mut client = server.grpc_client().await;
+    server.stop().await;
+    let status = client
+        .publish(batch(1, "late", &["a"]))
+        .await
+        .expect_err("refused");
+    // The server is gone or going: either way the client is told to retry elsewhere.
+    assert!(
+        matches!(status.code(), Code::Unavailable),
+        "unexpected {status:?}"
+    );
+}
