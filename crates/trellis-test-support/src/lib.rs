@@ -4,8 +4,10 @@
 //! Tests never reach beyond 127.0.0.1. The process is killed when the handle drops, so a failing
 //! test leaves nothing running.
 
+mod fault_proxy;
 mod receiver;
 
+pub use fault_proxy::{ConnectionFault, FaultProxy, FaultStats, Faults};
 pub use receiver::{ReceivedRequest, Receiver, Reply};
 
 use std::io::{BufRead, BufReader, Read};
