@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# Producer benchmark: the Rust SDK's streaming publish, on a clean network and through faults,
+# beside HTTP batch publishing and NATS JetStream async publishing of the same events.
+#
+# 1. Builds release `trellis` and `trellis-bench`; installs nats-server from apt if missing.
+# 2. Clean: `trellis-produce` (the SDK's Producer) publishes COUNT 1 KiB events to
+#    `trellis serve` over gRPC; rate, send->result latency, the producer's peak RSS.
+# 3. Faults: the same through `trellis-fault-proxy`, which resets RESET_PCT % of connections at a
+#    random point and adds 0..JITTER_MS ms of jitter to every chunk. Every record must succeed
+#    and the topic must hold exactly COUNT events (no loss, no duplicate).
+# 4. HTTP batch publish: `trellis-loadgen` posts batches of BATCH events (the same events, in
+#    the JSON batch format) over HTTP_CONNECTIONS connections. The batches repeat their ids, so
+#    this runtime runs with deduplication off.
+# 5. JetStream: nats-server with a file-backed stream, `trellis-nats-pub` publishing COUNT 1 KiB
+#    messages with as many acks outstanding as the SDK has events in flight.
+#    nats-server 2.9 (Debian 12) cannot fsync per write, so Trellis is also measured with
+#    `--fsync never` to compare like with like.
+# Then prints a table with ratios and PASS/FAIL per target.
+#
+# Exits 1 if a target fails. Env overrides: COUNT (200000), RESET_PCT (10), JITTER_MS (20),
+# BATCH (500), HTTP_CONNECTIONS (8), IN_FLIGHT (8). Everything shares this machine's cores, so
+# compare figures within one run. Linux only.
+set -euo pipefail
+
+COUNT=${COUNT:-200000}
+RESET_PCT=${RESET_PCT:-10}
+JITTER_MS=${JITTER_MS:-20}
+BATCH=${BATCH:-500}
+HTTP_CONNECTIONS=${HTTP_CONNECTIONS:-8}
+IN_FLIGHT=${IN_FLIGHT:-8}
+SIZE=1024
+
+# Targets, from the producer issue.
+MIN_FAULTY_RATIO_PCT=80
+MAX_RSS_OVERHEAD_PCT=2
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/trellis-producer-bench.XXXXXX")
+RECEIVER_PID=""
+TRELLIS_PID=""
+REPORTED=""
+PROXY_PID=""
+NATS_PID=""
+
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
+stop_extras() {
+  if [[ -n $PROXY_PID ]]; then kill "$PROXY_PID" 2>/dev/null || true; fi
+  if [[ -n $NATS_PID ]]; then kill "$NATS_PID" 2>/dev/null || true; fi
+}
+# cleanup reads the exit status first, so it is handed on past stop_extras.
+trap 'rc=$?; stop_extras; (exit $rc); cleanup' EXIT
+
+if ! command -v nats-server >/dev/null; then
+  log "installing nats-server from apt"
+  sudo_cmd=""
+  [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nats-server
+fi
+
+log "building release binaries"
+(cd "$ROOT" && cargo build --release --quiet -p trellis -p trellis-bench)
+
+# Starts `trellis serve` on data dir $1 with log $2 and extra args; sets TRELLIS_PID,
+# trellis_url and grpc_addr from the line it prints.
+start_trellis() {
+  local data=$1 log_file=$2 line=""
+  shift 2
+  mkdir -p "$data"
+  "$BIN/trellis" serve --data-dir "$data" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 "$@" \
+    >"$WORK_DIR/trellis.out" 2>"$log_file" &
+  TRELLIS_PID=$!
+  for _ in {1..300}; do
+    line=$(head -n 1 "$WORK_DIR/trellis.out" 2>/dev/null || true)
+    [[ -n $line ]] && break
+    is_running "$TRELLIS_PID" || die "trellis serve exited: $(tail -n 5 "$log_file")"
+    sleep 0.1
+  done
+  trellis_url=$(grep -o 'http://[^ ]*' <<<"$line" || true)
+  grpc_addr=$(grep -o 'grpc://[^ ]*' <<<"$line" | sed 's#grpc://##' || true)
+  [[ -n $trellis_url && -n $grpc_addr ]] || die "trellis serve printed no addresses: $line"
+}
+
+stop_trellis() {
+  stop_process "$TRELLIS_PID" 30
+  TRELLIS_PID=""
+}
+
+next_offset() {
+  curl -s --max-time 10 "$trellis_url/v1/topics/$1" >"$WORK_DIR/topic.json"
+  json_field "$WORK_DIR/topic.json" next_offset
+}
+
+# Runs the SDK producer against $1 into topic $2, report in $WORK_DIR/$3.json.
+produce() {
+  "$BIN/trellis-produce" --endpoint "$1" --topic "$2" --count "$COUNT" --size "$SIZE" \
+    --max-in-flight "$IN_FLIGHT" --batch-events "$BATCH" --id-prefix "$3" --json \
+    >"$WORK_DIR/$3.json"
+}
+
+log "trellis serve (fsync always, the default)"
+start_trellis "$WORK_DIR/data" "$WORK_DIR/trellis.log"
+
+log "clean: $COUNT events through the SDK producer"
+produce "$grpc_addr" clean clean
+clean_stored=$(next_offset clean)
+
+log "faults: $COUNT events through trellis-fault-proxy ($RESET_PCT % resets, 0-$JITTER_MS ms jitter)"
+"$BIN/trellis-fault-proxy" --upstream "$grpc_addr" --seed 7 \
+  --reset-probability "$(calc "$RESET_PCT / 100")" --jitter-ms "$JITTER_MS" \
+  >"$WORK_DIR/proxy.out" 2>&1 &
+PROXY_PID=$!
+proxy_addr=""
+for _ in {1..100}; do
+  proxy_addr=$(sed -n 's/^listening on //p' "$WORK_DIR/proxy.out")
+  [[ -n $proxy_addr ]] && break
+  sleep 0.05
+done
+[[ -n $proxy_addr ]] || die "trellis-fault-proxy did not report its address"
+produce "$proxy_addr" faulty faulty
+faulty_stored=$(next_offset faulty)
+kill "$PROXY_PID" 2>/dev/null || true
+PROXY_PID=""
+stop_trellis
+
+log "HTTP batch publish: batches of $BATCH, $HTTP_CONNECTIONS connections, deduplication off"
+awk -v n="$BATCH" -v size="$SIZE" 'BEGIN {
+  data = sprintf("%" size "s", ""); gsub(/ /, "x", data)
+  printf "["
+  for (i = 0; i < n; i++) {
+    if (i) printf ","
+    printf "{\"specversion\":\"1.0\",\"id\":\"http-%d\",\"source\":\"/trellis/bench\",", i
+    printf "\"type\":\"dev.trellis.bench.produce\",\"data\":\"%s\"}", data
+  }
+  printf "]"
+}' >"$WORK_DIR/batch.json"
+start_trellis "$WORK_DIR/data-http" "$WORK_DIR/trellis-http.log" --dedup-window-ms 0
+"$BIN/trellis-loadgen" --url "$trellis_url/v1/topics/http/events" --json \
+  --header 'content-type: application/cloudevents-batch+json' --body-file "$WORK_DIR/batch.json" \
+  --connections "$HTTP_CONNECTIONS" --requests $((COUNT / BATCH)) --warmup 0 --duration 3600 \
+  >"$WORK_DIR/http.json"
+http_stored=$(next_offset http)
+stop_trellis
+
+log "trellis serve --fsync never, for the comparison with JetStream"
+start_trellis "$WORK_DIR/data-nosync" "$WORK_DIR/trellis-nosync.log" --fsync never
+produce "$grpc_addr" nosync nosync
+stop_trellis
+
+log "NATS JetStream: file-backed stream, $COUNT messages, $((IN_FLIGHT * BATCH)) acks outstanding"
+nats_port=$(free_port)
+nats-server -js -sd "$WORK_DIR/nats" -a 127.0.0.1 -p "$nats_port" >"$WORK_DIR/nats.log" 2>&1 &
+NATS_PID=$!
+for _ in {1..100}; do
+  (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+  sleep 0.05
+done
+"$BIN/trellis-nats-pub" --url "nats://127.0.0.1:$nats_port" --count "$COUNT" --size "$SIZE" \
+  --window $((IN_FLIGHT * BATCH)) --json >"$WORK_DIR/nats.json"
+kill "$NATS_PID" 2>/dev/null || true
+NATS_PID=""
+
+f() { json_field "$WORK_DIR/$1.json" "$2"; }
+clean_rate=$(f clean rate)
+faulty_rate=$(f faulty rate)
+nosync_rate=$(f nosync rate)
+http_events_rate=$(calc "$(f http rate) * $BATCH")
+nats_rate=$(f nats rate)
+faulty_pct=$(calc "100 * $faulty_rate / $clean_rate")
+rss_clean=$(f clean peak_rss_kib)
+rss_faulty=$(f faulty peak_rss_kib)
+rss_overhead_pct=$(calc "100 * ($rss_faulty - $rss_clean) / $rss_clean")
+
+results=(
+  "$(verdict "$faulty_pct >= $MIN_FAULTY_RATIO_PCT && $(f faulty ok) == $COUNT && $faulty_stored == $COUNT")"
+  "$(verdict "$rss_overhead_pct < $MAX_RSS_OVERHEAD_PCT")"
+  "$(verdict "$clean_rate > $nats_rate")"
+)
+
+REPORTED=1
+row() { printf '%-44s %-30s %-12s %s\n' "$@"; }
+echo
+echo "Producer benchmark: $COUNT events of $SIZE bytes, batches of $BATCH, $IN_FLIGHT in flight"
+row "" "measured" "target" "result"
+row "SDK streaming publish, clean (fsync always)" "$(calc "$clean_rate") events/s" "" ""
+row "  send->result p50 / p99" "$(f clean p50_ms) / $(f clean p99_ms) ms" "" ""
+row "  stored / failed / duplicates" "$clean_stored / $(f clean failed) / $(f clean duplicates)" "" ""
+row "SDK through faults ($RESET_PCT % resets, ${JITTER_MS} ms jitter)" "$(calc "$faulty_rate") events/s" "" ""
+row "  send->result p50 / p99" "$(f faulty p50_ms) / $(f faulty p99_ms) ms" "" ""
+row "  stored / failed / duplicate answers" "$faulty_stored / $(f faulty failed) / $(f faulty duplicates)" "" ""
+row "  state transitions" "$(f faulty state_transitions)" "" ""
+row "faults / clean" "$faulty_pct %" ">= $MIN_FAULTY_RATIO_PCT %" "${results[0]}"
+row "producer peak RSS, clean / faults" "$(calc "$rss_clean / 1024") / $(calc "$rss_faulty / 1024") MiB" "" ""
+row "RSS overhead under faults" "$rss_overhead_pct %" "< $MAX_RSS_OVERHEAD_PCT %" "${results[1]}"
+row "HTTP batch publish ($HTTP_CONNECTIONS connections)" "$http_events_rate events/s" "" ""
+row "  SDK streaming / HTTP batch" "$(calc "100 * $clean_rate / $http_events_rate") %" "" ""
+row "  stored" "$http_stored" "" ""
+row "SDK streaming, fsync never" "$(calc "$nosync_rate") events/s" "" ""
+row "NATS JetStream async publish (file, no fsync)" "$(calc "$nats_rate") events/s" "" ""
+row "  ack p50 / p99" "$(f nats p50_ms) / $(f nats p99_ms) ms" "" ""
+row "  SDK (fsync always) / JetStream" "$(calc "100 * $clean_rate / $nats_rate") %" "> 100 %" "${results[2]}"
+row "  SDK (fsync never) / JetStream" "$(calc "100 * $nosync_rate / $nats_rate") %" "" ""
+for result in "${results[@]}"; do [[ $result == PASS ]] || exit 1; done
