@@ -79,7 +79,8 @@ struct Held {
     topic: Arc<str>,
     key: DedupKey,
     ticket: Option<Ticket>,
-    _wake_on_drop: watch::Sender<()>,
+    /// Shared by the batch's reservations; the last one dropped wakes the waiters.
+    _wake_on_drop: Arc<watch::Sender<()>>,
 }
 
 impl Drop for Held {
@@ -185,13 +186,10 @@ impl Publisher {
         let mut distinct: Vec<(&DedupKey, usize)> = first_of.into_iter().collect();
         distinct.sort_unstable();
 
-        let mut fates: HashMap<usize, Fate> = HashMap::with_capacity(distinct.len());
-        for (key, idx) in distinct {
-            let fate = self.reserve(&topic_key, key).await;
-            fates.insert(idx, fate);
-        }
+        let fates = self.reserve_all(&topic_key, &distinct).await;
 
         // Appended in batch order, so offsets follow the order of the request.
+        let mut fates = fates;
         let mut records = Vec::new();
         let mut holds = Vec::new();
         let mut appended_at = HashMap::new();
@@ -255,29 +253,57 @@ impl Publisher {
         Ok(published)
     }
 
-    /// Reserves `key`, waiting out another publish that holds it.
-    async fn reserve(&self, topic: &Arc<str>, key: &DedupKey) -> Fate {
-        loop {
-            let (wake_on_drop, _) = watch::channel(());
-            let (found, ticket) =
-                lock(&self.index).reserve(topic, key, now_ms(), || wake_on_drop.subscribe());
-            match found {
-                Reservation::Reserved => {
-                    return Fate::New(Some(Held {
-                        index: Arc::clone(&self.index),
-                        topic: Arc::clone(topic),
-                        key: key.clone(),
-                        ticket,
-                        _wake_on_drop: wake_on_drop,
-                    }));
-                }
-                Reservation::Stored(offset) => return Fate::Duplicate(offset),
-                Reservation::Pending(mut other) => {
-                    // Err means the holder is done, stored or not: look again.
-                    let _ = other.changed().await;
+    /// Reserves the batch's distinct keys in sorted order, under one lock for as long as no
+    /// other publish holds a key; a held key is waited for (ours stay held meanwhile, which the
+    /// order makes safe) and looked up again. One wake-up channel serves the whole batch: its
+    /// keys are stored, or abandoned, together.
+    async fn reserve_all(
+        &self,
+        topic: &Arc<str>,
+        distinct: &[(&DedupKey, usize)],
+    ) -> HashMap<usize, Fate> {
+        let (wake, _) = watch::channel(());
+        let wake = Arc::new(wake);
+        let mut fates = HashMap::with_capacity(distinct.len());
+        let mut next = 0;
+        while next < distinct.len() {
+            let mut held_elsewhere = None;
+            {
+                let now = now_ms();
+                let mut index = lock(&self.index);
+                for &(key, idx) in &distinct[next..] {
+                    match index.reserve(topic, key, now, || wake.subscribe()) {
+                        (Reservation::Reserved, ticket) => {
+                            // Inserting never drops a `Held` here (each index comes once), so
+                            // nothing re-takes the lock this scope holds.
+                            fates.insert(
+                                idx,
+                                Fate::New(Some(Held {
+                                    index: Arc::clone(&self.index),
+                                    topic: Arc::clone(topic),
+                                    key: key.clone(),
+                                    ticket,
+                                    _wake_on_drop: Arc::clone(&wake),
+                                })),
+                            );
+                        }
+                        (Reservation::Stored(offset), _) => {
+                            fates.insert(idx, Fate::Duplicate(offset));
+                        }
+                        (Reservation::Pending(other), _) => {
+                            held_elsewhere = Some(other);
+                            break;
+                        }
+                    }
+                    next += 1;
                 }
             }
+            if let Some(mut other) = held_elsewhere {
+                // Err means the holder is done, stored or not: look again.
+                let _ = other.changed().await;
+            }
         }
+        fates
     }
 
     /// Waits until the topic's index is rebuilt from its log; the first caller does the work.
