@@ -33,6 +33,10 @@ use tokio_util::task::TaskTracker;
 /// How much one read may take in; also the largest unit that is delayed as one chunk.
 const CHUNK_SIZE: usize = 16 * 1024;
 
+/// Chunks a direction holds while they wait out their latency: 4 MiB at most, about what a
+/// fast link holds in flight, so a slow reader still pushes back on the sender.
+const DELAY_LINE_CHUNKS: usize = 256;
+
 /// Backlog of the listening socket: tests open many connections in bursts.
 const LISTEN_BACKLOG: u32 = 1024;
 
@@ -483,6 +487,11 @@ async fn relay(client: &mut TcpStream, upstream: &mut TcpStream, link: &Link<'_>
 
 /// Copies one direction chunk by chunk (rather than with `tokio::io::copy`) so each chunk can be
 /// delayed, cut short or swallowed.
+///
+/// Delay and jitter make a delay line, as a real link's latency does: reading goes on while
+/// earlier chunks wait for their time, so latency costs no throughput. (Sleeping before each
+/// write instead would cap a connection at one chunk per delay, which no network does.) A chunk
+/// never leaves before the one read ahead of it, so the byte stream keeps its order.
 async fn forward<R, W>(
     from: &mut R,
     to: &mut W,
@@ -493,33 +502,69 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut jitter_rng = connection_rng(link.seed, link.number, RngPurpose::Jitter(direction));
-    let mut buf = vec![0; CHUNK_SIZE];
-    loop {
-        let n = from.read(&mut buf).await.map_err(|_| Cut::Broken)?;
-        if n == 0 {
-            if link.blackholed.load(Ordering::Relaxed) {
-                // Even the EOF vanishes: a blackhole tells nobody anything.
-                return std::future::pending().await;
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<InFlight>(DELAY_LINE_CHUNKS);
+    let read_side = async {
+        let mut jitter_rng = connection_rng(link.seed, link.number, RngPurpose::Jitter(direction));
+        let mut last_due = tokio::time::Instant::now();
+        loop {
+            let mut buf = vec![0; CHUNK_SIZE];
+            let n = from.read(&mut buf).await.map_err(|_| Cut::Broken)?;
+            if n == 0 {
+                // The writer may have ended (a fault); then there is nobody to tell.
+                let _ = line_tx.send(InFlight::End).await;
+                return Ok::<(), Cut>(());
             }
-            // A half-close is passed on as one: HTTP/1 clients may end a request that way.
-            return to.shutdown().await.map_err(|_| Cut::Broken);
-        }
-        let latency = lock(&link.shared.faults).chunk_latency(&mut jitter_rng);
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let admitted = link.admit(n);
-        if admitted.bytes > 0 {
-            to.write_all(&buf[..admitted.bytes])
+            buf.truncate(n);
+            let latency = lock(&link.shared.faults).chunk_latency(&mut jitter_rng);
+            let due = (tokio::time::Instant::now() + latency).max(last_due);
+            last_due = due;
+            if line_tx
+                .send(InFlight::Chunk { due, bytes: buf })
                 .await
-                .map_err(|_| Cut::Broken)?;
-            link.count(direction, admitted.bytes);
+                .is_err()
+            {
+                // The writer stopped, for a fault or a broken peer; its result says which.
+                return Ok(());
+            }
         }
-        if admitted.reset {
-            return Err(Cut::Fault);
+    };
+    let write_side = async {
+        while let Some(item) = line_rx.recv().await {
+            let (due, bytes) = match item {
+                InFlight::Chunk { due, bytes } => (due, bytes),
+                InFlight::End => {
+                    if link.blackholed.load(Ordering::Relaxed) {
+                        // Even the EOF vanishes: a blackhole tells nobody anything.
+                        return std::future::pending().await;
+                    }
+                    // A half-close is passed on as one: HTTP/1 clients may end a request that way.
+                    return to.shutdown().await.map_err(|_| Cut::Broken);
+                }
+            };
+            tokio::time::sleep_until(due).await;
+            let admitted = link.admit(bytes.len());
+            if admitted.bytes > 0 {
+                to.write_all(&bytes[..admitted.bytes])
+                    .await
+                    .map_err(|_| Cut::Broken)?;
+                link.count(direction, admitted.bytes);
+            }
+            if admitted.reset {
+                return Err(Cut::Fault);
+            }
         }
-    }
+        Ok(())
+    };
+    tokio::try_join!(read_side, write_side).map(|_| ())
+}
+
+/// A chunk on its way through the delay line, or the end of the stream behind the last one.
+enum InFlight {
+    Chunk {
+        due: tokio::time::Instant,
+        bytes: Vec<u8>,
+    },
+    End,
 }
 
 /// How much of a chunk to forward, and whether to reset after it.
