@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
-pub use stored::{StoredError, stored_to_structured_json};
+pub use stored::{StoredError, stored_source_and_id, stored_to_structured_json};
 
 mod binary;
 mod event;

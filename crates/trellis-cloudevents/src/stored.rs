@@ -101,6 +101,25 @@ pub fn stored_to_structured_json(record: &[u8]) -> Result<Vec<u8>, StoredError> 
     Ok(out)
 }
 
+/// The `source` and `id` of a stored event, from its attributes alone: what duplicate detection
+/// reads back after a restart, without decoding the data or validating the event again (it was
+/// validated when stored).
+pub fn stored_source_and_id(record: &[u8]) -> Result<(String, String), StoredError> {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        id: String,
+        source: String,
+    }
+    let parts = split(record)?;
+    serde_json::from_slice::<Key>(parts.attributes)
+        .map(|key| (key.source, key.id))
+        .map_err(|error| {
+            StoredError::Attributes(EventError::event(format!(
+                "the attributes carry no string id and source: {error}"
+            )))
+        })
+}
+
 /// Binary data renders as `data_base64`, which always parses back to the same bytes whatever the
 /// attributes say, so the event is its attributes plus the data as stored. This skips encoding
 /// and decoding base64 for every delivered binary event, and it accepts exactly the records

@@ -336,13 +336,15 @@ impl Publisher {
                     .iter()
                     .filter(|record| record.timestamp_ms > horizon)
                     .filter_map(|record| {
-                        CloudEvent::from_stored(&record.payload).ok().map(|event| {
-                            (
-                                DedupKey::new(&event.source, &event.id),
-                                record.offset,
-                                record.timestamp_ms,
-                            )
-                        })
+                        trellis_cloudevents::stored_source_and_id(&record.payload)
+                            .ok()
+                            .map(|(source, id)| {
+                                (
+                                    DedupKey::new(&source, &id),
+                                    record.offset,
+                                    record.timestamp_ms,
+                                )
+                            })
                     })
                     .collect();
                 let next = records.last().map(|record| record.offset + 1);

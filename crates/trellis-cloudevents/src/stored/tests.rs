@@ -31,6 +31,20 @@ fn round_trips_every_kind_of_data() {
 }
 
 #[test]
+fn source_and_id_read_from_the_attributes_alone() {
+    let mut escaped = event(Some(Data::Binary(Bytes::from_static(
+        b"{\"id\":\"not me\"}",
+    ))));
+    escaped.id = "a \"quoted\" \u{e9} id".to_owned();
+    escaped.source = "urn:x:/s".to_owned();
+    assert_eq!(
+        stored_source_and_id(&escaped.to_stored()),
+        Ok(("urn:x:/s".to_owned(), "a \"quoted\" \u{e9} id".to_owned()))
+    );
+    assert!(stored_source_and_id(b"\x01\x00").is_err());
+}
+
+#[test]
 fn binary_data_is_stored_raw_not_base64() {
     let payload = vec![0xAB_u8; 1024];
     let record = event(Some(Data::Binary(Bytes::from(payload.clone())))).to_stored();
