@@ -315,6 +315,11 @@ impl Task {
 
     /// One wake-up while connected (or idle): take commands and answers, then send what can go.
     async fn step(&mut self, connection: &mut Option<Connection>) -> Result<(), Broken> {
+        // Batches may have been sealed while there was no connection (lingers and flushes
+        // during a backoff): they go out before waiting for anything.
+        if let Some(connection) = connection {
+            self.pump(connection);
+        }
         let answer = self.wait(connection.as_mut(), self.next_deadline()).await;
         let now = Instant::now();
         if let Some(answer) = answer {
@@ -350,6 +355,8 @@ impl Task {
         connection: Option<&mut Connection>,
         deadline: Option<Instant>,
     ) -> Option<Result<Option<v1::PublishResponse>, tonic::Status>> {
+        // Answers handled since the last wait may have completed a flush.
+        self.settle_flushes();
         let deadline = match (deadline, self.next_deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
