@@ -126,9 +126,16 @@ pub(crate) struct Membership {
     id: u64,
     control: mpsc::UnboundedSender<Control>,
     acks: mpsc::Sender<Ack>,
+    /// To end the member's stream with a status of the member's own making.
+    deliveries: Deliveries,
 }
 
 impl Membership {
+    /// Ends the member's stream with `status` (the member leaves when this is dropped).
+    pub(crate) fn refuse(&self, status: Status) {
+        let _ = self.deliveries.try_send(Err(status));
+    }
+
     /// Passes acked offsets on; waits while the coordinator is behind.
     pub(crate) async fn ack(&self, offsets: Vec<u64>) -> bool {
         if offsets.is_empty() {
@@ -221,12 +228,20 @@ impl GroupRegistry {
         control
             .send(Control::Join {
                 id,
-                deliveries,
+                deliveries: deliveries.clone(),
                 max_unacked: spec.max_unacked,
                 ack_timeout: spec.ack_timeout,
             })
             .map_err(|_| shutting_down())?;
-        Ok((Membership { id, control, acks }, receiver))
+        Ok((
+            Membership {
+                id,
+                control,
+                acks,
+                deliveries,
+            },
+            receiver,
+        ))
     }
 }
 

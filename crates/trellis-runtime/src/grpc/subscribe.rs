@@ -100,11 +100,11 @@ pub(super) async fn subscribe(
                     }
                 }
                 Ok(Some(_)) => {
-                    // Nothing else is allowed after the first request; the member leaves,
-                    // and what it held goes to the others.
-                    tracing::debug!(
-                        message = "A Subscribe stream sent something other than an ack."
-                    );
+                    // Only acks may follow the first request; the member leaves, and what it
+                    // held goes to the others.
+                    membership.refuse(Status::invalid_argument(
+                        "after the first request a Subscribe stream takes only `ack`s",
+                    ));
                     break;
                 }
                 Ok(None) => break,

@@ -533,3 +533,26 @@ async fn a_named_broadcast_member_resumes_its_own_cursor_after_a_restart() {
     assert_eq!(anonymous.delivery().await.offset, 0);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_subscription_on_one_stream_ends_it_with_invalid_argument() {
+    let (_dir, server) = server().await;
+    let mut member = join(&server, subscription("twice", "g", GroupMode::Clustering)).await;
+    member
+        .acks
+        .send(SubscribeRequest {
+            request: Some(subscribe_request::Request::Subscription(subscription(
+                "twice",
+                "g",
+                GroupMode::Clustering,
+            ))),
+        })
+        .await
+        .expect("send");
+    let status = tokio::time::timeout(PATIENCE, member.deliveries.message())
+        .await
+        .expect("in time")
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    server.stop().await;
+}
