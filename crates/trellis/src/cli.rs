@@ -1,7 +1,9 @@
 //! The command line. Every setting of `serve` can also come from the environment (`TRELLIS_*`)
 //! or the config file; flags win over the environment, which wins over the file. The
-//! `subscriptions` commands are clients of a running `trellis serve` and only parse here; what
-//! they send and print lives in `subscriptions_cmd.rs`.
+//! `subscriptions`, `publish` and `subscribe` commands are clients of a running `trellis serve`
+//! and only parse here; what they send and print lives in `subscriptions_cmd.rs`,
+//! `publish_cmd.rs` and `subscribe_cmd.rs`. Their numbers are range-checked there, so that a bad
+//! value is one line and exit 1 like every other error of theirs.
 
 use std::path::PathBuf;
 
@@ -25,6 +27,10 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// List, show, create and delete subscriptions through a running trellis's HTTP API.
     Subscriptions(SubscriptionsArgs),
+    /// Publish CloudEvents to a topic over gRPC: lines of stdin, or generated load with --count.
+    Publish(PublishArgs),
+    /// Receive a consumer group's events over gRPC, print them as JSON lines and ack them.
+    Subscribe(SubscribeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -182,4 +188,120 @@ fn parse_start(text: &str) -> Result<StartAt, String> {
             format!("expected latest, earliest or an offset (a whole number from 0), e.g. 0; got {text:?}")
         }),
     }
+}
+
+/// The gRPC endpoints of `publish` and `subscribe`.
+#[derive(Debug, Args)]
+pub(crate) struct EndpointArgs {
+    /// gRPC address of trellis; repeat the flag, or separate with commas, for several (tried in
+    /// order, the next one after a failure)
+    #[arg(
+        long = "endpoint",
+        env = "TRELLIS_GRPC_ENDPOINT",
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        default_value = trellis_client::DEFAULT_ENDPOINT
+    )]
+    pub(crate) endpoints: Vec<String>,
+}
+
+const PUBLISH_HELP: &str = "\
+Input (without --count): one event per line of stdin.
+  - A line that is a JSON object with a \"specversion\" member is sent as that structured
+    CloudEvent, its id and attributes as given.
+  - Any other line becomes the text data of a new event: id a fresh UUIDv7, source --source,
+    type --type, datacontenttype text/plain.
+  - Events are stored in the order of their lines.
+  - Blank lines are skipped. A line that starts with '{' and mentions \"specversion\" but is not
+    a valid CloudEvent fails on its own (its line number goes to stderr); the others are sent.
+
+With --count N: N events with ids <run-uuid>-0 .. <run-uuid>-(N-1) and --size bytes of text
+data, as fast as possible or at --rate events per second (open loop: on schedule whatever the
+answers do), several batches in flight, so not necessarily stored in order. stdin is not read.
+
+Output (stderr): a progress bar with the rate on a terminal after a second, then
+  published N events (M duplicates), F failed in S s (R events/s)
+--quiet turns both off. Exit status 1 if any event failed for good (refused by the server, or
+not acknowledged within --timeout while the producer kept retrying), with one line
+`trellis: error: ...`; 0 otherwise. Duplicates (an id the topic already stored) are successes.";
+
+#[derive(Debug, Args)]
+#[command(after_long_help = PUBLISH_HELP)]
+pub(crate) struct PublishArgs {
+    /// Topic to publish to
+    #[arg(long, value_name = "TOPIC")]
+    pub(crate) topic: String,
+    #[command(flatten)]
+    pub(crate) endpoint: EndpointArgs,
+    /// `source` of the events built from data lines and by --count
+    #[arg(long, value_name = "URI-REF", default_value = "/trellis/cli")]
+    pub(crate) source: String,
+    /// `type` of the events built from data lines and by --count
+    #[arg(long = "type", value_name = "TYPE", default_value = "dev.trellis.cli")]
+    pub(crate) event_type: String,
+    /// Publish N generated events instead of reading stdin
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+    /// With --count: bytes of text data per event
+    #[arg(long, value_name = "BYTES", requires = "count", default_value_t = 100)]
+    pub(crate) size: usize,
+    /// With --count: events per second, paced open-loop [default: as fast as the server takes them]
+    #[arg(long, value_name = "EVENTS_PER_S", requires = "count")]
+    pub(crate) rate: Option<f64>,
+    /// Seconds an event may stay unacknowledged, retries included, before it counts as failed
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    pub(crate) timeout: f64,
+    /// No progress bar and no summary line; errors are still printed
+    #[arg(long, short)]
+    pub(crate) quiet: bool,
+}
+
+const SUBSCRIBE_HELP: &str = "\
+Output (stdout): one line per event, the structured CloudEvent JSON with the event's offset in
+the topic as its first member, as GET /v1/topics/TOPIC/events renders events:
+  {\"offset\":0,\"specversion\":\"1.0\",\"id\":\"order-1\",\"source\":\"/shop\",\"type\":\"order.created\",\"data\":{...}}
+
+Each event is acked once its line is written to stdout, so the group does not get it again;
+an event not printed (stdout closed, the process stopped) is delivered again later. Delivery
+is at least once: after a lost ack an event can come twice.
+
+Ends with exit status 0 after --count events, on Ctrl-C or SIGTERM, or when stdout is closed
+(e.g. `| head -n 3`; noticed when the next event is written); with 1 and one line `trellis: error: ...` if the server refuses the
+subscription. An unreachable server is retried until stopped, with a warning on stderr.";
+
+#[derive(Debug, Args)]
+#[command(after_long_help = SUBSCRIBE_HELP)]
+pub(crate) struct SubscribeArgs {
+    /// Topic to read
+    #[arg(long, value_name = "TOPIC")]
+    pub(crate) topic: String,
+    /// Consumer group; its progress is kept by the server, so a later run goes on from there
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) group: String,
+    /// Where a group without stored progress starts
+    #[arg(long, value_enum, default_value_t = SubscribeStart::Latest)]
+    pub(crate) start: SubscribeStart,
+    /// clustering: the group's members share the events; broadcast: each member gets them all
+    #[arg(long, value_enum, default_value_t = SubscribeMode::Clustering)]
+    pub(crate) mode: SubscribeMode,
+    /// With --mode broadcast: a member name under which this member's progress is stored
+    #[arg(long, value_name = "NAME")]
+    pub(crate) member: Option<String>,
+    /// Stop after printing N events
+    #[arg(long, value_name = "N")]
+    pub(crate) count: Option<u64>,
+    #[command(flatten)]
+    pub(crate) endpoint: EndpointArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SubscribeStart {
+    Latest,
+    Earliest,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SubscribeMode {
+    Clustering,
+    Broadcast,
 }

@@ -5,7 +5,9 @@ mod api_client;
 mod cli;
 mod config;
 mod logging;
+mod publish_cmd;
 mod serve;
+mod subscribe_cmd;
 mod subscriptions_cmd;
 
 use std::process::ExitCode;
@@ -22,6 +24,8 @@ fn main() -> ExitCode {
     let res = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Subscriptions(args) => subscriptions_cmd::run(args),
+        cli::Command::Publish(args) => publish_cmd::run(args),
+        cli::Command::Subscribe(args) => subscribe_cmd::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

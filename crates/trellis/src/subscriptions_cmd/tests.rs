@@ -10,7 +10,7 @@ fn parse(args: &[&str]) -> Result<SubscriptionsArgs, clap::Error> {
     let argv = ["trellis", "subscriptions"].iter().chain(args);
     match Cli::try_parse_from(argv)?.command {
         Command::Subscriptions(args) => Ok(args),
-        Command::Serve(_) => panic!("parsed as serve"),
+        other => panic!("parsed as another command: {other:?}"),
     }
 }
 
