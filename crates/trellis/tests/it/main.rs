@@ -7,6 +7,7 @@ mod crash;
 mod delivery_faults;
 mod delivery_scenarios;
 mod grpc;
+mod publish_cli;
 mod subscriptions;
 
 use std::path::Path;
