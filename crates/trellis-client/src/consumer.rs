@@ -17,7 +17,7 @@ use trellis_proto::v1::trellis_client::TrellisClient;
 use crate::config::{ConsumerConfig, GroupMode, StartPosition};
 use crate::endpoints::Endpoints;
 use crate::error::{ConfigError, ConsumerError, is_transient_code};
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::state::{ConnectionState, Event, StateMachine};
 
 const ROLE: &str = "consumer";
@@ -69,7 +69,8 @@ impl Consumer {
         let (acks, acks_rx) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(ConnectionState::Ready);
         let (transitions, _) = broadcast::channel(TRANSITIONS_CAPACITY);
-        metrics::state(ROLE, &config.topic, ConnectionState::Ready);
+        let metrics = Metrics::new(ROLE, &config.topic);
+        metrics.set_state(ConnectionState::Ready);
         let task = Task {
             endpoints: Endpoints::new(config.endpoint_uris(), config.endpoint_quarantine),
             config,
@@ -78,6 +79,7 @@ impl Consumer {
             machine: StateMachine::default(),
             state: state_tx,
             transitions: transitions.clone(),
+            metrics,
         };
         tokio::spawn(task.run());
         Ok(Consumer {
@@ -144,6 +146,7 @@ struct Task {
     machine: StateMachine,
     state: watch::Sender<ConnectionState>,
     transitions: broadcast::Sender<ConnectionState>,
+    metrics: Metrics,
 }
 
 impl Task {
@@ -166,7 +169,7 @@ impl Task {
                     match self.subscribe().await {
                         Ok(mut stream) => {
                             if self.machine.state() == ConnectionState::Recovering {
-                                metrics::count(metrics::RECONNECTS, ROLE, &self.config.topic, 1);
+                                self.metrics.reconnects.increment(1);
                                 self.transition(Event::Recovered);
                             }
                             self.endpoints.succeeded(stream.endpoint);
@@ -344,7 +347,7 @@ impl Task {
         let item = match event {
             Ok(event) => {
                 stream.unacked.insert(offset);
-                metrics::count(metrics::DELIVERIES, ROLE, &self.config.topic, 1);
+                self.metrics.deliveries.increment(1);
                 Ok(Delivery {
                     offset,
                     event,
@@ -361,7 +364,7 @@ impl Task {
             Ok(state) => {
                 self.state.send_replace(state);
                 let _ = self.transitions.send(state);
-                metrics::state(ROLE, &self.config.topic, state);
+                self.metrics.set_state(state);
                 tracing::debug!(state = %state, "Consumer state changed.");
             }
             Err(error) => tracing::error!(error = %error, "Consumer state machine misused."),

@@ -1,6 +1,11 @@
 //! Metric names, recorded through the `metrics` facade: whatever recorder the application
 //! installs (Prometheus, StatsD, none) gets them. Each carries a `role` label, `producer` or
-//! `consumer`, and the topic.
+//! `consumer`, and a `topic` label.
+//!
+//! The handles are registered once, when the producer or consumer is created, so recording costs
+//! no label allocation per record; install the recorder before creating them.
+
+use metrics::{Counter, Gauge};
 
 use crate::state::ConnectionState;
 
@@ -21,16 +26,40 @@ pub const BUFFERED_BYTES: &str = "trellis_client_buffered_bytes";
 /// Counter: events delivered to a consumer.
 pub const DELIVERIES: &str = "trellis_client_deliveries_total";
 
-pub(crate) fn state(role: &'static str, topic: &str, state: ConnectionState) {
-    metrics::gauge!(STATE, "role" => role, "topic" => topic.to_owned()).set(state.as_gauge());
+/// The handles one producer or consumer records through.
+#[derive(Debug, Clone)]
+pub(crate) struct Metrics {
+    pub(crate) state: Gauge,
+    pub(crate) records_sent: Counter,
+    pub(crate) records_acked: Counter,
+    pub(crate) records_failed: Counter,
+    pub(crate) retries: Counter,
+    pub(crate) reconnects: Counter,
+    pub(crate) buffered_bytes: Gauge,
+    pub(crate) deliveries: Counter,
 }
 
-pub(crate) fn count(name: &'static str, role: &'static str, topic: &str, n: u64) {
-    metrics::counter!(name, "role" => role, "topic" => topic.to_owned()).increment(n);
-}
+impl Metrics {
+    pub(crate) fn new(role: &'static str, topic: &str) -> Metrics {
+        let labels = [("role", role.to_owned()), ("topic", topic.to_owned())];
+        Metrics {
+            state: metrics::gauge!(STATE, &labels),
+            records_sent: metrics::counter!(RECORDS_SENT, &labels),
+            records_acked: metrics::counter!(RECORDS_ACKED, &labels),
+            records_failed: metrics::counter!(RECORDS_FAILED, &labels),
+            retries: metrics::counter!(RETRIES, &labels),
+            reconnects: metrics::counter!(RECONNECTS, &labels),
+            buffered_bytes: metrics::gauge!(BUFFERED_BYTES, &labels),
+            deliveries: metrics::counter!(DELIVERIES, &labels),
+        }
+    }
 
-pub(crate) fn buffered_bytes(topic: &str, bytes: usize) {
-    #[allow(clippy::cast_precision_loss)] // Exact up to 2^53 bytes, far beyond the 4 GiB cap.
-    let bytes = bytes as f64;
-    metrics::gauge!(BUFFERED_BYTES, "role" => "producer", "topic" => topic.to_owned()).set(bytes);
+    pub(crate) fn set_state(&self, state: ConnectionState) {
+        self.state.set(state.as_gauge());
+    }
+
+    pub(crate) fn set_buffered_bytes(&self, bytes: usize) {
+        #[allow(clippy::cast_precision_loss)] // Exact up to 2^53 bytes, far beyond the 4 GiB cap.
+        self.buffered_bytes.set(bytes as f64);
+    }
 }

@@ -28,7 +28,7 @@ use trellis_proto::v1::trellis_client::TrellisClient;
 use crate::config::ProducerConfig;
 use crate::endpoints::Endpoints;
 use crate::error::{ConfigError, ProducerError, is_transient_code};
-use crate::metrics;
+use crate::metrics::Metrics;
 use crate::queue::{BatchLimits, BatchQueue, Settled};
 use crate::state::{ConnectionState, Event, StateMachine};
 
@@ -113,7 +113,8 @@ impl Producer {
             state,
             transitions: transitions.clone(),
         };
-        metrics::state(ROLE, &config.topic, ConnectionState::Ready);
+        let metrics = Metrics::new(ROLE, &config.topic);
+        metrics.set_state(ConnectionState::Ready);
         let task = Task {
             queue: BatchQueue::new(BatchLimits {
                 max_events: config.batch_max_events,
@@ -131,6 +132,7 @@ impl Producer {
             state: state_tx,
             transitions,
             outage_since: None,
+            metrics,
         };
         tokio::spawn(task.run());
         Ok(producer)
@@ -268,6 +270,7 @@ struct Task {
     transitions: broadcast::Sender<ConnectionState>,
     /// When the current run of failures began; `None` while Ready.
     outage_since: Option<Instant>,
+    metrics: Metrics,
 }
 
 impl Task {
@@ -403,8 +406,7 @@ impl Task {
         }
         self.expire(now);
         self.settle_flushes();
-        metrics::buffered_bytes(
-            &self.config.topic,
+        self.metrics.set_buffered_bytes(
             self.config
                 .max_buffered_bytes
                 .saturating_sub(self.buffer.available_permits()),
@@ -464,7 +466,7 @@ impl Task {
                     bytes,
                     now.into_std(),
                 );
-                metrics::count(metrics::RECORDS_SENT, ROLE, &self.config.topic, 1);
+                self.metrics.records_sent.increment(1);
             }
             Command::Flush(done) => {
                 self.queue.seal_open();
@@ -520,7 +522,7 @@ impl Task {
         }
         if n_failed > 0 {
             tracing::warn!(records = n_failed, "Records failed after waiting too long.");
-            metrics::count(metrics::RECORDS_FAILED, ROLE, &self.config.topic, n_failed);
+            self.metrics.records_failed.increment(n_failed);
             let replies = &self.replies;
             self.queue
                 .retain_waiting(|record| replies.contains_key(&record.seq));
@@ -567,9 +569,9 @@ impl Task {
             }
             None
         });
-        metrics::count(metrics::RECORDS_ACKED, ROLE, &self.config.topic, n_acked);
+        self.metrics.records_acked.increment(n_acked);
         if n_failed > 0 {
-            metrics::count(metrics::RECORDS_FAILED, ROLE, &self.config.topic, n_failed);
+            self.metrics.records_failed.increment(n_failed);
         }
         match settled {
             Settled::Done => Ok(()),
@@ -600,7 +602,7 @@ impl Task {
                 n_failed += 1;
             }
         }
-        metrics::count(metrics::RECORDS_FAILED, ROLE, &self.config.topic, n_failed);
+        self.metrics.records_failed.increment(n_failed);
     }
 
     /// Sends sealed batches while the in-flight window has room.
@@ -652,7 +654,7 @@ impl Task {
             Err(_) => return Err(failed(format!("{uri}: no answer to the stream"))),
         };
         if self.machine.state() == ConnectionState::Recovering {
-            metrics::count(metrics::RECONNECTS, ROLE, &self.config.topic, 1);
+            self.metrics.reconnects.increment(1);
         }
         tracing::info!(endpoint = %uri, "Producer connected.");
         Ok(Connection {
@@ -671,7 +673,7 @@ impl Task {
         }
         let n_batches = self.queue.requeue_in_flight();
         if n_batches > 0 {
-            metrics::count(metrics::RETRIES, ROLE, &self.config.topic, n_batches as u64);
+            self.metrics.retries.increment(n_batches as u64);
         }
         tracing::warn!(error = %broken, batches = n_batches, "Producer connection failed; will retry.");
         self.outage_since.get_or_insert_with(Instant::now);
@@ -683,7 +685,7 @@ impl Task {
             Ok(state) => {
                 self.state.send_replace(state);
                 let _ = self.transitions.send(state);
-                metrics::state(ROLE, &self.config.topic, state);
+                self.metrics.set_state(state);
                 tracing::debug!(state = %state, "Producer state changed.");
             }
             Err(error) => tracing::error!(error = %error, "Producer state machine misused."),
