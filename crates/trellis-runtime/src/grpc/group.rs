@@ -405,6 +405,10 @@ impl Coordinator {
                         self.join(id, deliveries, max_unacked, ack_timeout);
                     }
                     Some(Control::Leave { id }) => {
+                        // A member's acks are queued before it leaves (its stream awaits each
+                        // send), but this select prefers control messages: settle them first, or
+                        // the events they ack would go to another member again.
+                        self.take_queued_acks();
                         self.leave(id);
                         if !self.shared && self.members.is_empty() {
                             break;
@@ -445,6 +449,7 @@ impl Coordinator {
                 }
             }
         }
+        self.take_queued_acks();
         self.commit().await;
         if let Some((groups, key, generation)) = registry {
             let mut groups = groups.lock().await;
@@ -460,6 +465,12 @@ impl Coordinator {
                 let _ = member.deliveries.try_send(Err(status.clone()));
             }
             self.members_gauge.decrement(1.0);
+        }
+    }
+
+    fn take_queued_acks(&mut self) {
+        while let Ok(ack) = self.acks.try_recv() {
+            self.ack(&ack.offsets);
         }
     }
 

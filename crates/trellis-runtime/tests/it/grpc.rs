@@ -556,3 +556,49 @@ async fn a_second_subscription_on_one_stream_ends_it_with_invalid_argument() {
     assert_eq!(status.code(), Code::InvalidArgument);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn events_acked_before_a_clean_leave_go_to_nobody_again() {
+    let (_dir, server) = server().await;
+    publish_n(&server, "acked", 3).await;
+    // The acks and the leave can reach the group in one wake-up; the acked events must not go
+    // to anyone again. A few rounds, as the timing is up to the scheduler.
+    for round in 0..3 {
+        let group = format!("g{round}");
+        let mut leaving = join(
+            &server,
+            subscription("acked", &group, GroupMode::Clustering),
+        )
+        .await;
+        for offset in 0..3 {
+            assert_eq!(leaving.delivery().await.offset, offset);
+        }
+        leaving.ack(vec![0, 1, 2]).await;
+        // A clean leave: the request stream ends after the ack (dropping the whole call could
+        // cancel it before the ack is even sent), and the member waits for the server to end
+        // the response stream.
+        let Member {
+            acks,
+            mut deliveries,
+            ..
+        } = leaving;
+        drop(acks);
+        let ended = tokio::time::timeout(PATIENCE, deliveries.message())
+            .await
+            .expect("the server ends the stream once the member's requests end");
+        assert!(matches!(ended, Ok(None)), "round {round}: {ended:?}");
+        let mut next_member = join(
+            &server,
+            subscription("acked", &group, GroupMode::Clustering),
+        )
+        .await;
+        let again =
+            tokio::time::timeout(Duration::from_millis(300), next_member.deliveries.message())
+                .await;
+        assert!(
+            again.is_err(),
+            "round {round}: an acked event came again: {again:?}"
+        );
+    }
+    server.stop().await;
+}
