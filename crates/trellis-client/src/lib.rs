@@ -12,7 +12,9 @@
 //! The producer never drops a batch it failed to send: the batch goes back to the front of the
 //! queue and is sent again with the same event ids, in order, before anything newer. The server
 //! deduplicates by (source, id), so a record stored before the failure comes back as a
-//! `duplicate` success with its original offset. A transient problem reaches the application
+//! `duplicate` success with its original offset. (The server stores the batches in flight on one
+//! stream concurrently: for the topic to keep the order of `send` exactly, set
+//! [`ProducerConfig::max_in_flight`] to 1.) A transient problem reaches the application
 //! only as a [`ProducerError::DeliveryTimeout`] when a record stays unacknowledged longer than
 //! the delivery timeout.
 //!

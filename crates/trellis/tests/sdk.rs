@@ -189,7 +189,10 @@ async fn the_producer_recovers_from_a_killed_runtime_without_any_call() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
     let relay = Relay::start(grpc_addr(&process)).await;
-    let producer = Producer::new(producer_config("crash", relay.addr)).expect("config");
+    // One batch in flight: the server stores a stream's batches concurrently, and this test
+    // checks the order in the topic too.
+    let producer =
+        Producer::new(producer_config("crash", relay.addr).max_in_flight(1)).expect("config");
     let mut transitions = producer.transitions();
     assert_eq!(producer.state(), ConnectionState::Ready);
 
@@ -219,6 +222,8 @@ async fn the_producer_recovers_from_a_killed_runtime_without_any_call() {
 
     let ids = topic_ids(process.base_url(), "crash").await;
     assert_each_once(&ids, (0..n_events).map(|n| format!("crash-{n}")));
+    let in_order: Vec<String> = (0..n_events).map(|n| format!("crash-{n}")).collect();
+    assert!(ids == in_order, "the topic keeps the order of send");
 
     let mut seen = Vec::new();
     while let Ok(state) = transitions.try_recv() {
