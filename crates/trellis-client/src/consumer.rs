@@ -61,8 +61,11 @@ pub struct Consumer {
 }
 
 impl Consumer {
-    /// Validates `config` and starts the background task, which connects and subscribes. Must
-    /// be called inside a Tokio runtime.
+    /// Validates `config` and starts the background task, which connects and subscribes.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn` does.
     pub fn new(config: ConsumerConfig) -> Result<Consumer, ConfigError> {
         config.validate()?;
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();

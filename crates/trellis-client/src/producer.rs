@@ -96,9 +96,12 @@ impl Future for DeliveryFuture {
 }
 
 impl Producer {
-    /// Validates `config` and starts the background task. Must be called inside a Tokio
-    /// runtime. Does not connect: the first batch does, and a failure to connect is retried like
-    /// any other.
+    /// Validates `config` and starts the background task. Does not connect: the first batch
+    /// does, and a failure to connect is retried like any other.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime, as `tokio::spawn` does.
     pub fn new(config: ProducerConfig) -> Result<Producer, ConfigError> {
         config.validate()?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
@@ -517,8 +520,8 @@ impl Task {
                     .send(Err(ProducerError::RetriesExhausted(max_elapsed)));
                 n_failed += 1;
             }
-            // Newer records get a budget of their own.
-            self.outage_since = Some(now);
+            // Newer records get a budget of their own, from the next failure on.
+            self.outage_since = None;
         }
         if n_failed > 0 {
             tracing::warn!(records = n_failed, "Records failed after waiting too long.");

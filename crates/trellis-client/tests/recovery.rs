@@ -379,3 +379,35 @@ async fn flush_waits_for_every_record_sent_before_it() {
         result.await.expect("stored");
     }
 }
+
+#[tokio::test]
+async fn an_outage_longer_than_max_elapsed_fails_the_waiting_records_but_not_the_producer() {
+    let (server, log) = start_server().await;
+    let proxy = FaultProxy::start(server, Faults::none())
+        .await
+        .expect("start the proxy");
+    proxy.down().await;
+    let producer = Producer::new(config(&[proxy.addr()]).retry(RetryPolicy {
+        max_elapsed: Some(Duration::from_millis(300)),
+        ..fast_retry()
+    }))
+    .expect("config");
+    let result = producer
+        .send(event("stranded"))
+        .await
+        .expect("buffered")
+        .await;
+    assert_eq!(
+        result,
+        Err(ProducerError::RetriesExhausted(Duration::from_millis(300)))
+    );
+    // Nothing to clear: once the endpoint is back, the same producer stores the next record.
+    proxy.up().await.expect("the proxy comes back");
+    producer
+        .send(event("later"))
+        .await
+        .expect("buffered")
+        .await
+        .expect("stored");
+    assert_eq!(log.lock().expect("log lock").ids, ["later"]);
+}
