@@ -220,6 +220,9 @@ impl Task {
             .map_err(|error| broken(error.to_string()))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
+            // Windows that follow the bandwidth-delay product, as the server's do: fixed ones
+            // cap a stream at one window per round trip on a slow or distant link.
+            .http2_adaptive_window(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(10));
         let channel = match tokio::time::timeout(connect_timeout, endpoint.connect()).await {

@@ -148,6 +148,10 @@ pub(crate) async fn serve(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     tonic::transport::Server::builder()
+        // Flow-control windows that grow to the link's bandwidth-delay product. With hyper's
+        // fixed 1 MiB a publish stream moves at most 1 MiB per round trip: 20 ms of latency
+        // held a producer to a quarter of its rate on loopback.
+        .http2_adaptive_window(Some(true))
         .add_service(server)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
