@@ -56,7 +56,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let client = async_nats::connect(&args.url)
         .await
         .with_context(|| format!("cannot connect to {}", args.url))?;
-    let js = jetstream::new(client);
+    // The client's own cap on acks in flight (5,000 by default) must not be below the window:
+    // each unawaited ack future holds a permit, so publishing would wait for acks this loop only
+    // collects once the window is full.
+    let js = jetstream::ContextBuilder::new()
+        .max_ack_inflight(args.window)
+        .build(client);
     // A fresh stream, so the run writes to an empty one as Trellis does to a new topic.
     let _ = js.delete_stream(&args.stream).await;
     let subject = format!("{}.events", args.stream);
