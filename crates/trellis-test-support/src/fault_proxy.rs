@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,10 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How much one read may take in; also the largest unit that is delayed as one chunk.
-const CHUNK_SIZE: usize = 16 * 1024;
+const CHUNK_SIZE: usize = 64 * 1024;
 
-/// Chunks a direction holds while they wait out their latency: 4 MiB at most, about what a
-/// fast link holds in flight, so a slow reader still pushes back on the sender.
+/// Chunks a direction holds while they wait out their latency: up to 16 MiB, about what a fast
+/// link holds in flight, so a slow reader still pushes back on the sender.
 const DELAY_LINE_CHUNKS: usize = 256;
 
 /// Backlog of the listening socket: tests open many connections in bursts.
@@ -506,20 +507,24 @@ where
     let read_side = async {
         let mut jitter_rng = connection_rng(link.seed, link.number, RngPurpose::Jitter(direction));
         let mut last_due = tokio::time::Instant::now();
+        // One buffer, split per chunk: its memory comes back once the writer dropped the chunks
+        // cut from it, so a busy connection neither allocates nor zeroes per read. The proxy
+        // shares the cores with what it measures.
+        let mut buf = BytesMut::with_capacity(CHUNK_SIZE);
         loop {
-            let mut buf = vec![0; CHUNK_SIZE];
-            let n = from.read(&mut buf).await.map_err(|_| Cut::Broken)?;
+            buf.reserve(CHUNK_SIZE);
+            let n = from.read_buf(&mut buf).await.map_err(|_| Cut::Broken)?;
             if n == 0 {
                 // The writer may have ended (a fault); then there is nobody to tell.
                 let _ = line_tx.send(InFlight::End).await;
                 return Ok::<(), Cut>(());
             }
-            buf.truncate(n);
+            let chunk = buf.split().freeze();
             let latency = lock(&link.shared.faults).chunk_latency(&mut jitter_rng);
             let due = (tokio::time::Instant::now() + latency).max(last_due);
             last_due = due;
             if line_tx
-                .send(InFlight::Chunk { due, bytes: buf })
+                .send(InFlight::Chunk { due, bytes: chunk })
                 .await
                 .is_err()
             {
@@ -562,7 +567,7 @@ where
 enum InFlight {
     Chunk {
         due: tokio::time::Instant,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     },
     End,
 }
