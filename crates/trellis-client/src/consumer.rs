@@ -24,6 +24,8 @@ const ROLE: &str = "consumer";
 const TRANSITIONS_CAPACITY: usize = 64;
 /// Acks taken per wake-up and sent in one message.
 const MAX_ACKS_PER_MESSAGE: usize = 1024;
+/// How long a closing consumer waits for the server to settle its last acks and end the stream.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One event delivered to this member.
 #[derive(Debug, Clone, PartialEq)]
@@ -56,6 +58,7 @@ pub struct Delivery {
 pub struct Consumer {
     deliveries: mpsc::UnboundedReceiver<Result<Delivery, ConsumerError>>,
     acks: mpsc::UnboundedSender<u64>,
+    task: tokio::task::JoinHandle<()>,
     state: watch::Receiver<ConnectionState>,
     transitions: broadcast::Sender<ConnectionState>,
 }
@@ -84,10 +87,11 @@ impl Consumer {
             transitions: transitions.clone(),
             metrics,
         };
-        tokio::spawn(task.run());
+        let task = tokio::spawn(task.run());
         Ok(Consumer {
             deliveries,
             acks,
+            task,
             state,
             transitions,
         })
@@ -106,6 +110,21 @@ impl Consumer {
     /// broken is dropped: the server delivers that event again.
     pub fn ack(&self, offset: u64) -> Result<(), ConsumerError> {
         self.acks.send(offset).map_err(|_| ConsumerError::Closed)
+    }
+
+    /// Leaves the group: the acks made so far reach the server before the stream ends, so
+    /// their events are not delivered again. Dropping the consumer leaves too, but without
+    /// waiting for that.
+    pub async fn close(self) {
+        let Consumer {
+            deliveries,
+            acks,
+            task,
+            ..
+        } = self;
+        drop(acks);
+        drop(deliveries);
+        let _ = task.await;
     }
 
     /// The connection's state now.
@@ -301,6 +320,7 @@ impl Task {
                         if let Some(v1::subscribe_response::Response::Delivery(delivery)) = response.response
                             && !self.deliver(stream, delivery)
                         {
+                            self.leave(stream).await;
                             return Outcome::Closed;
                         }
                     }
@@ -311,7 +331,10 @@ impl Task {
                     Err(status) => return Outcome::Refused(status),
                 },
                 ack = self.acks.recv() => {
-                    let Some(offset) = ack else { return Outcome::Closed };
+                    let Some(offset) = ack else {
+                        self.leave(stream).await;
+                        return Outcome::Closed;
+                    };
                     let mut offsets = Vec::new();
                     if stream.unacked.remove(&offset) {
                         offsets.push(offset);
@@ -337,6 +360,36 @@ impl Task {
                 }
             }
         }
+    }
+
+    /// Leaves the group cleanly once the application is done: sends the acks it made before it
+    /// let go, ends the request stream and waits (briefly) for the server to end its side.
+    /// Dropping the stream at once would cancel the call, and acks not yet on the wire with it:
+    /// their events would be delivered again.
+    async fn leave(&mut self, stream: &mut Stream) {
+        let mut offsets = Vec::new();
+        while let Ok(offset) = self.acks.try_recv() {
+            if stream.unacked.remove(&offset) {
+                offsets.push(offset);
+            }
+        }
+        for offsets in offsets.chunks(MAX_ACKS_PER_MESSAGE) {
+            let ack = v1::SubscribeRequest {
+                request: Some(v1::subscribe_request::Request::Ack(v1::Ack {
+                    offsets: offsets.to_vec(),
+                })),
+            };
+            if stream.requests.send(ack).is_err() {
+                return;
+            }
+        }
+        // Ends the request stream: the server settles the acks, then ends the call.
+        let (closed, _) = mpsc::unbounded_channel();
+        drop(std::mem::replace(&mut stream.requests, closed));
+        let _ = tokio::time::timeout(LEAVE_TIMEOUT, async {
+            while let Ok(Some(_)) = stream.responses.message().await {}
+        })
+        .await;
     }
 
     /// Hands one delivery to the application; false once the application is gone.

@@ -19,13 +19,8 @@ use crate::publish_cmd::flag_error;
 
 /// The SDK's default window: events delivered and not yet acked.
 const MAX_UNACKED: u64 = 1000;
-/// How long the member stays after its last ack before it leaves. `Consumer::ack` only queues
-/// the ack for the consumer's task and there is no call that waits until it is sent; on the
-/// server, a member's leaving can also be handled before an ack that came just ahead of it.
-/// Either way the acked event would come again to the next run, so the member lingers.
-const ACK_GRACE: Duration = Duration::from_millis(300);
-/// How long to wait for the consumer's task to end after the member is dropped.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long to wait for the member to leave: its last acks sent and the server's side ended.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(6);
 
 pub(crate) fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     if args.member.is_some() && args.mode != SubscribeMode::Broadcast {
@@ -132,17 +127,10 @@ async fn subscribe(
     result
 }
 
-/// Leaves the group once the acks are out (see [`ACK_GRACE`]).
+/// Leaves the group with the acks made so far delivered to the server, so the next run does not
+/// get those events again; a server that does not answer is not waited for long.
 async fn close(consumer: Consumer) {
-    tokio::time::sleep(ACK_GRACE).await;
-    let mut states = consumer.state_changes();
-    drop(consumer);
-    // The consumer's task holds the sending side of the state watch: `changed` fails once the
-    // task has ended and closed its stream.
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-        while states.changed().await.is_ok() {}
-    })
-    .await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, consumer.close()).await;
 }
 
 /// `{"offset":N,` then the structured event's members, and a newline.
