@@ -162,10 +162,9 @@ impl ProducerConfig {
 
     /// Most batches sent and not answered yet on one connection. Default 4.
     ///
-    /// The producer sends, and resends after a failure, in the order of `send`; but Trellis
-    /// stores the batches in flight on one stream concurrently, so with more than one a later
-    /// batch can land in the topic before an earlier one. Set 1 when the order in the topic
-    /// matters more than throughput.
+    /// The producer sends, and resends after a failure, in the order of `send`, and Trellis
+    /// stores a stream's batches in the order they came: records land in the topic in the order
+    /// of `send` whatever this is. More in flight rides out more latency.
     pub fn max_in_flight(mut self, n_batches: usize) -> Self {
         self.max_in_flight = n_batches;
         self

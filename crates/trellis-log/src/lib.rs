@@ -37,6 +37,8 @@ mod segment;
 mod topic;
 mod writer;
 
+pub use topic::PendingAppend;
+
 #[cfg(test)]
 mod tests;
 
@@ -287,6 +289,14 @@ impl Topic {
     /// Dropping the future after it was first polled does not withdraw the records.
     pub async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck, LogError> {
         self.inner.append(records).await
+    }
+
+    /// [`Topic::append`] in two steps: returns once the records have their place in the
+    /// writer's queue, so an append submitted later is stored after them, with a future that
+    /// resolves when they are durable. A stream of batches that must keep its order submits
+    /// one after another and awaits the answers together.
+    pub async fn submit(&self, records: Vec<Bytes>) -> Result<PendingAppend, LogError> {
+        self.inner.submit(records).await
     }
 
     /// Reads up to `max_records` records from `from` on, stopping early once `max_bytes` of payload

@@ -332,6 +332,13 @@ impl TopicInner {
     }
 
     pub(crate) async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck, LogError> {
+        self.submit(records).await?.await
+    }
+
+    /// Queues `records` for the writer and returns once they have their place in the queue
+    /// (so a later `submit` is stored after them); the returned future resolves when they are
+    /// durable.
+    pub(crate) async fn submit(&self, records: Vec<Bytes>) -> Result<PendingAppend, LogError> {
         if records.is_empty() {
             return Err(LogError::EmptyAppend);
         }
@@ -356,10 +363,10 @@ impl TopicInner {
         {
             return Err(self.shared.gone_error());
         }
-        match acked.await {
-            Ok(res) => res,
-            Err(_) => Err(self.shared.gone_error()),
-        }
+        Ok(PendingAppend {
+            acked,
+            shared: Arc::clone(&self.shared),
+        })
     }
 
     /// Stops the writer: for `Close` after it has written and fsynced everything queued, for
@@ -420,4 +427,26 @@ fn spawn_writer_thread(
         .stack_size(WRITER_STACK_BYTES)
         .spawn(move || runtime.block_on(writer::run(writer, queued)))?;
     Ok(())
+}
+
+/// An append the writer has queued: resolves once its records are durable (or failed).
+pub struct PendingAppend {
+    acked: oneshot::Receiver<Result<AppendAck, LogError>>,
+    shared: Arc<TopicShared>,
+}
+
+impl std::future::Future for PendingAppend {
+    type Output = Result<AppendAck, LogError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.acked)
+            .poll(cx)
+            .map(|answer| match answer {
+                Ok(res) => res,
+                Err(_) => Err(self.shared.gone_error()),
+            })
+    }
 }

@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::{OnceCell, oneshot, watch};
 use trellis_cloudevents::CloudEvent;
 use trellis_log::{LogError, Topic};
 
@@ -33,6 +33,14 @@ use crate::topics::TopicRegistry;
 /// Records read per blocking call while rebuilding the index.
 const REBUILD_CHUNK_RECORDS: usize = 4096;
 const REBUILD_CHUNK_BYTES: usize = 8 * 1024 * 1024;
+
+/// A batch's place in a sequence that must be stored in order: wait for `after`, then signal
+/// `then` once appended (or end, dropping it). The default is no sequence.
+#[derive(Debug, Default)]
+pub(crate) struct Turn {
+    pub(crate) after: Option<oneshot::Receiver<()>>,
+    pub(crate) then: Option<oneshot::Sender<()>>,
+}
 
 /// An event ready to append: its stored record and its deduplication key.
 #[derive(Debug, Clone)]
@@ -163,10 +171,29 @@ impl Publisher {
         topic_name: &str,
         events: Vec<Outgoing>,
     ) -> Result<Vec<Published>, ApiError> {
+        self.publish_in_turn(topic_name, events, Turn::default())
+            .await
+    }
+
+    /// [`Publisher::publish`] for one of a sequence of batches that must be stored in order
+    /// (a publish stream): waits for the previous batch's turn before it reserves its keys, and
+    /// passes the turn on once its records have their place in the log's queue. Waiting before
+    /// reserving matters: a later batch holding a key an earlier one needs would deadlock them.
+    pub(crate) async fn publish_in_turn(
+        &self,
+        topic_name: &str,
+        events: Vec<Outgoing>,
+        turn: Turn,
+    ) -> Result<Vec<Published>, ApiError> {
+        let Turn { after, then } = turn;
+        if let Some(after) = after {
+            // An error means the previous batch ended without appending: the turn is ours.
+            let _ = after.await;
+        }
         let topic = self.topics.for_publish(topic_name)?;
         if !self.enabled() {
             let records = events.into_iter().map(|event| event.record).collect();
-            let ack = append(&topic, records, self.metrics.clone()).await?;
+            let ack = append(&topic, records, self.metrics.clone(), then).await?;
             return Ok((ack.first_offset..ack.first_offset + ack.n_records)
                 .map(|offset| Published {
                     offset,
@@ -207,7 +234,7 @@ impl Publisher {
             let metrics = self.metrics.clone();
             let remembered = self.remembered.clone();
             let appending = tokio::spawn(async move {
-                let ack = append(&topic, records, metrics).await?;
+                let ack = append(&topic, records, metrics, then).await?;
                 let now = now_ms();
                 let mut index = lock(&index);
                 for (held, offset) in holds.iter_mut().zip(ack.first_offset..) {
@@ -391,15 +418,24 @@ async fn append(
     topic: &Topic,
     records: Vec<Bytes>,
     metrics: PublishMetrics,
+    then: Option<oneshot::Sender<()>>,
 ) -> Result<trellis_log::AppendAck, ApiError> {
     let n_bytes: u64 = records.iter().map(|record| record.len() as u64).sum();
-    let ack = topic.append(records).await.map_err(|error| match error {
-        LogError::NoSuchTopic(_) => ApiError::unavailable(
-            "the topic was deleted while the events were being stored; nothing was stored",
-        ),
-        LogError::Closed => ApiError::unavailable("Trellis is shutting down; nothing was stored"),
-        other => ApiError::internal("storing events", &other),
-    })?;
+    let submitted = topic.submit(records).await;
+    if let Some(then) = then {
+        let _ = then.send(());
+    }
+    let ack = async { submitted?.await }
+        .await
+        .map_err(|error| match error {
+            LogError::NoSuchTopic(_) => ApiError::unavailable(
+                "the topic was deleted while the events were being stored; nothing was stored",
+            ),
+            LogError::Closed => {
+                ApiError::unavailable("Trellis is shutting down; nothing was stored")
+            }
+            other => ApiError::internal("storing events", &other),
+        })?;
     let counters = metrics.topic(topic.name());
     counters.requests.increment(1);
     counters.events.increment(ack.n_records);

@@ -60,14 +60,8 @@ pub(crate) fn run(args: PublishArgs) -> anyhow::Result<()> {
         // Waiting for room in the buffer is waiting for the server too.
         .buffer_timeout(timeout)
         .connect_timeout(timeout.min(CONNECT_TIMEOUT));
-    // The server stores the batches in flight on one stream concurrently, so with more than
-    // one in flight a later line could land before an earlier one. Lines keep their order;
-    // generated load, where order means nothing, keeps the SDK's window for throughput.
-    let config = if args.count.is_none() {
-        config.max_in_flight(1)
-    } else {
-        config
-    };
+    // Lines land in the topic in their order with any number of batches in flight: the server
+    // stores a stream's batches in the order they came.
     config.validate().map_err(flag_error)?;
 
     // Two workers: the producer's task encodes and sends while the reader builds events.

@@ -84,7 +84,12 @@ impl Trellis for GrpcApi {
         request: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         self.0.check_running()?;
-        let response = publish::publish_batch(&self.0, request.into_inner()).await?;
+        let response = publish::publish_batch(
+            &self.0,
+            request.into_inner(),
+            crate::publisher::Turn::default(),
+        )
+        .await?;
         Ok(Response::new(response))
     }
 

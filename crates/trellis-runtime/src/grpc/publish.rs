@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
@@ -16,7 +16,7 @@ use trellis_proto::v1::{self, EventResult, PublishRequest, PublishResponse, Stor
 
 use super::{BoxStream, GrpcService, shutting_down, status_of};
 use crate::metrics::PublishOutcome;
-use crate::publisher::Outgoing;
+use crate::publisher::{Outgoing, Turn};
 
 /// Extension names Trellis itself puts on events it returns; a producer may not set them.
 const RESERVED_EXTENSIONS: &[&str] = &["offset"];
@@ -26,9 +26,10 @@ const RESERVED_EXTENSIONS: &[&str] = &["offset"];
 pub(super) async fn publish_batch(
     service: &GrpcService,
     request: PublishRequest,
+    turn: Turn,
 ) -> Result<PublishResponse, Status> {
     let started = Instant::now();
-    let result = publish_inner(service, request).await;
+    let result = publish_inner(service, request, turn).await;
     let outcome = match &result {
         Ok(_) => PublishOutcome::Accepted,
         Err(status)
@@ -50,6 +51,7 @@ pub(super) async fn publish_batch(
 async fn publish_inner(
     service: &GrpcService,
     request: PublishRequest,
+    turn: Turn,
 ) -> Result<PublishResponse, Status> {
     let limits = &service.config;
     let PublishRequest {
@@ -96,7 +98,7 @@ async fn publish_inner(
     if !outgoing.is_empty() {
         let published = service
             .publisher
-            .publish(&topic, outgoing)
+            .publish_in_turn(&topic, outgoing, turn)
             .await
             .map_err(|error| status_of(&error))?;
         for (idx, published) in positions.into_iter().zip(published) {
@@ -172,10 +174,10 @@ fn error_result(code: Code, message: String, attribute: Option<String>) -> Event
 
 /// On a stream a batch is always answered by a response: a failure of the whole batch becomes
 /// the same error on each of its events.
-async fn answer(service: &GrpcService, request: PublishRequest) -> PublishResponse {
+async fn answer(service: &GrpcService, request: PublishRequest, turn: Turn) -> PublishResponse {
     let batch_id = request.batch_id;
     let n_events = request.events.len().max(1);
-    match publish_batch(service, request).await {
+    match publish_batch(service, request, turn).await {
         Ok(response) => response,
         Err(status) => PublishResponse {
             batch_id,
@@ -199,6 +201,7 @@ pub(super) fn publish_stream(
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(limit));
         let mut in_flight = JoinSet::new();
+        let mut after: Option<oneshot::Receiver<()>> = None;
         let mut stopped_by_shutdown = false;
         loop {
             let slot = tokio::select! {
@@ -223,8 +226,15 @@ pub(super) fn publish_stream(
             };
             let service = Arc::clone(&service);
             let answers = answers.clone();
+            // Batches of one stream are stored in the order they came, however many are in
+            // flight: each takes its turn at the log's queue after the one before it.
+            let (then, next_after) = oneshot::channel();
+            let turn = Turn {
+                after: after.replace(next_after),
+                then: Some(then),
+            };
             in_flight.spawn(async move {
-                let response = answer(&service, request).await;
+                let response = answer(&service, request, turn).await;
                 let _ = answers.send(Ok(response)).await;
                 drop(slot);
             });

@@ -170,7 +170,7 @@ async fn duplicates_are_flagged_with_the_first_offset() {
 }
 
 #[tokio::test]
-async fn a_publish_stream_answers_every_batch_in_flight_once() {
+async fn a_publish_stream_answers_every_batch_in_flight_once_and_stores_them_in_order() {
     let (_dir, server) = server().await;
     let (requests, outgoing) = mpsc::channel(64);
     let mut answers = server
@@ -203,6 +203,13 @@ async fn a_publish_stream_answers_every_batch_in_flight_once() {
             let (offset, duplicate) = stored(&answer, idx);
             assert!(!duplicate);
             assert!(offsets.insert(offset));
+            // Stored in the order sent, whatever the order of the answers.
+            assert_eq!(
+                offset,
+                2 * answer.batch_id + idx as u64,
+                "batch {} event {idx}",
+                answer.batch_id
+            );
         }
     }
     assert_eq!(seen_batches, (0..n_batches).collect());
