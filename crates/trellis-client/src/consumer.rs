@@ -235,20 +235,9 @@ impl Task {
         let uri = uri.to_owned();
         let connect_timeout = self.config.connect_timeout;
         let broken = |message: String| (index, Outcome::Broken(format!("{uri}: {message}")));
-        let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
-            .map_err(|error| broken(error.to_string()))?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            // Windows that follow the bandwidth-delay product, as the server's do: fixed ones
-            // cap a stream at one window per round trip on a slow or distant link.
-            .http2_adaptive_window(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let channel = match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(error)) => return Err(broken(error.to_string())),
-            Err(_) => return Err(broken("connection timed out".to_owned())),
-        };
+        let channel = crate::channel::open(&uri, connect_timeout)
+            .await
+            .map_err(|message| (index, Outcome::Broken(message)))?;
         let (requests, requests_rx) = mpsc::unbounded_channel();
         let subscription = v1::Subscription {
             topic: self.config.topic.clone(),

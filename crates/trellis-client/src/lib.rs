@@ -71,8 +71,10 @@
 //! - `endpoints`: endpoint choice, with a quarantine after a failure.
 //! - `error`: [`ProducerError`], [`ConsumerError`] and which status codes are transient.
 //! - `producer`, `consumer`: the handles and their background tasks.
+//! - `channel`: opening a gRPC channel with the settings both share.
 //! - `metrics`: metric names (through the `metrics` facade).
 
+mod channel;
 mod config;
 mod consumer;
 mod endpoints;

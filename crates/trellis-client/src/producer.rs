@@ -636,21 +636,9 @@ impl Task {
         let uri = uri.to_owned();
         let connect_timeout = self.config.connect_timeout;
         let failed = |message: String| (index, Broken::Connect(message));
-        let endpoint = tonic::transport::Endpoint::from_shared(uri.clone())
-            .map_err(|error| failed(error.to_string()))?
-            .connect_timeout(connect_timeout)
-            .tcp_nodelay(true)
-            // Windows that follow the bandwidth-delay product, as the server's do: fixed ones
-            // cap a stream at one window per round trip on a slow or distant link.
-            .http2_adaptive_window(true)
-            // Notices a peer that vanished without a reset (a cable pulled, a VM frozen).
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(10));
-        let channel = match tokio::time::timeout(connect_timeout, endpoint.connect()).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(error)) => return Err(failed(format!("{uri}: {error}"))),
-            Err(_) => return Err(failed(format!("{uri}: timed out"))),
-        };
+        let channel = crate::channel::open(&uri, connect_timeout)
+            .await
+            .map_err(failed)?;
         let (requests, requests_rx) = mpsc::channel(self.config.max_in_flight);
         let mut client = TrellisClient::new(channel);
         let call = client.publish_stream(ReceiverStream::new(requests_rx));
