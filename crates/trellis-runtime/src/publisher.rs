@@ -49,12 +49,63 @@ pub(crate) struct Outgoing {
     pub(crate) record: Bytes,
 }
 
-impl Outgoing {
-    pub(crate) fn new(event: &CloudEvent, record: Bytes) -> Outgoing {
-        Outgoing {
-            key: DedupKey::new(&event.source, &event.id),
-            record,
+/// Extension names Trellis itself puts on events it returns; a producer may not set them.
+const RESERVED_EXTENSIONS: &[&str] = &["offset"];
+
+/// Why a valid CloudEvent cannot be stored; each API words it in its own errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unpublishable {
+    /// It sets an extension Trellis reserves.
+    Reserved(&'static str),
+    /// Its stored form is over the size limit.
+    TooLarge { size: usize, max: usize },
+}
+
+impl Unpublishable {
+    /// The attribute at fault, if there is one.
+    pub(crate) fn attribute(&self) -> Option<String> {
+        match self {
+            Unpublishable::Reserved(name) => Some((*name).to_owned()),
+            Unpublishable::TooLarge { .. } => None,
         }
+    }
+
+    /// The reason, with `subject` naming the event ("the event", "event 3").
+    pub(crate) fn message(&self, subject: &str) -> String {
+        match self {
+            Unpublishable::Reserved(name) => format!(
+                "extension attribute `{name}` is reserved: Trellis reports each event's log offset under that name"
+            ),
+            Unpublishable::TooLarge { size, max } => format!(
+                "{subject} is {size} bytes as stored; the maximum event size is {max} bytes"
+            ),
+        }
+    }
+}
+
+impl Outgoing {
+    /// The checks HTTP and gRPC publishing share, then the stored form of `event`.
+    pub(crate) fn prepare(
+        event: &CloudEvent,
+        max_event_bytes: usize,
+    ) -> Result<Outgoing, Unpublishable> {
+        if let Some(name) = RESERVED_EXTENSIONS
+            .iter()
+            .find(|name| event.extensions.contains_key(**name))
+        {
+            return Err(Unpublishable::Reserved(name));
+        }
+        let record = event.to_stored();
+        if record.len() > max_event_bytes {
+            return Err(Unpublishable::TooLarge {
+                size: record.len(),
+                max: max_event_bytes,
+            });
+        }
+        Ok(Outgoing {
+            key: DedupKey::new(&event.source, &event.id),
+            record: Bytes::from(record),
+        })
     }
 }
 

@@ -6,20 +6,15 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
-use trellis_cloudevents::CloudEvent;
 use trellis_proto::v1::{self, EventResult, PublishRequest, PublishResponse, Stored, event_result};
 
 use super::{BoxStream, GrpcService, shutting_down, status_of};
 use crate::metrics::PublishOutcome;
-use crate::publisher::{Outgoing, Turn};
-
-/// Extension names Trellis itself puts on events it returns; a producer may not set them.
-const RESERVED_EXTENSIONS: &[&str] = &["offset"];
+use crate::publisher::{Outgoing, Turn, Unpublishable};
 
 /// One batch, answered once its valid events are stored. A failure of the batch as a whole
 /// (shutting down, the topic cannot be used, storage failed) is the call's status.
@@ -80,9 +75,9 @@ async fn publish_inner(
     let mut n_bytes = 0usize;
     for (idx, event) in events.into_iter().enumerate() {
         match prepare(event, limits.max_event_bytes) {
-            Ok((event, record)) => {
-                n_bytes += record.len();
-                outgoing.push(Outgoing::new(&event, record));
+            Ok(prepared) => {
+                n_bytes += prepared.record.len();
+                outgoing.push(prepared);
                 positions.push(idx);
                 results.push(None);
             }
@@ -130,36 +125,16 @@ async fn publish_inner(
 }
 
 /// Validates and encodes one event, or says why it cannot be stored.
-fn prepare(
-    event: v1::CloudEvent,
-    max_event_bytes: usize,
-) -> Result<(CloudEvent, Bytes), EventResult> {
+fn prepare(event: v1::CloudEvent, max_event_bytes: usize) -> Result<Outgoing, EventResult> {
     let event = trellis_proto::event_from_proto(event)
         .map_err(|error| error_result(Code::InvalidArgument, error.message, error.attribute))?;
-    if let Some(name) = RESERVED_EXTENSIONS
-        .iter()
-        .find(|name| event.extensions.contains_key(**name))
-    {
-        return Err(error_result(
-            Code::InvalidArgument,
-            format!(
-                "extension attribute `{name}` is reserved: Trellis reports each event's log offset under that name"
-            ),
-            Some((*name).to_owned()),
-        ));
-    }
-    let record = event.to_stored();
-    if record.len() > max_event_bytes {
-        return Err(error_result(
-            Code::FailedPrecondition,
-            format!(
-                "the event is {} bytes as stored; the maximum event size is {max_event_bytes} bytes",
-                record.len()
-            ),
-            None,
-        ));
-    }
-    Ok((event, Bytes::from(record)))
+    Outgoing::prepare(&event, max_event_bytes).map_err(|error| {
+        let code = match error {
+            Unpublishable::Reserved(_) => Code::InvalidArgument,
+            Unpublishable::TooLarge { .. } => Code::FailedPrecondition,
+        };
+        error_result(code, error.message("the event"), error.attribute())
+    })
 }
 
 fn error_result(code: Code, message: String, attribute: Option<String>) -> EventResult {

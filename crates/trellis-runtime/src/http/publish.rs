@@ -16,12 +16,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
-use trellis_cloudevents::{CloudEvent, ContentMode, EventError};
+use trellis_cloudevents::{ContentMode, EventError};
 
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::metrics::PublishOutcome;
-use crate::publisher::Outgoing;
+use crate::publisher::{Outgoing, Unpublishable};
 
 #[derive(Serialize)]
 struct PublishedBatch<'a> {
@@ -36,9 +36,6 @@ struct PublishedEvent<'a> {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     duplicate: bool,
 }
-
-/// Extension names Trellis itself puts on events it returns; a producer may not set them.
-const RESERVED_EXTENSIONS: &[&str] = &["offset"];
 
 pub(crate) async fn publish(
     State(state): State<Arc<AppState>>,
@@ -110,19 +107,18 @@ async fn publish_inner(
 
     let mut outgoing = Vec::with_capacity(events.len());
     for (idx, event) in events.iter().enumerate() {
-        check_reserved(event).map_err(|error| error.with_index(batch_index(idx)))?;
-        let encoded = event.to_stored();
-        if encoded.len() > limits.max_event_bytes {
+        let prepared = Outgoing::prepare(event, limits.max_event_bytes).map_err(|error| {
             let subject = batch_index(idx)
                 .map_or_else(|| "the event".to_owned(), |idx| format!("event {idx}"));
-            return Err(ApiError::too_large(format!(
-                "{subject} is {} bytes as stored; the maximum event size is {} bytes",
-                encoded.len(),
-                limits.max_event_bytes
-            ))
-            .with_index(batch_index(idx)));
-        }
-        outgoing.push(Outgoing::new(event, Bytes::from(encoded)));
+            let message = error.message(&subject);
+            match error {
+                Unpublishable::Reserved(_) => ApiError::bad_request("invalid_event", message)
+                    .with_attribute(error.attribute()),
+                Unpublishable::TooLarge { .. } => ApiError::too_large(message),
+            }
+            .with_index(batch_index(idx))
+        })?;
+        outgoing.push(prepared);
     }
 
     let published = state.publisher.publish(topic_name, outgoing).await?;
@@ -168,15 +164,4 @@ fn invalid_event(error: EventError) -> ApiError {
     ApiError::bad_request("invalid_event", error.message)
         .with_attribute(error.attribute)
         .with_index(error.index)
-}
-
-fn check_reserved(event: &CloudEvent) -> Result<(), ApiError> {
-    match RESERVED_EXTENSIONS.iter().find(|name| event.extensions.contains_key(**name)) {
-        None => Ok(()),
-        Some(name) => Err(ApiError::bad_request(
-            "invalid_event",
-            format!("extension attribute `{name}` is reserved: Trellis reports each event's log offset under that name"),
-        )
-        .with_attribute(Some((*name).to_owned()))),
-    }
 }
