@@ -23,6 +23,7 @@ mod http;
 mod metrics;
 mod publisher;
 mod serve;
+mod stored_offset;
 mod subscriptions;
 mod topics;
 

@@ -17,7 +17,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -335,7 +334,7 @@ impl Coordinator {
         if let (Some(key), None) = (&offset_key, stored) {
             // Stored now, so a restart before the first commit does not move a new group's
             // start to a later end of the topic.
-            meta.put(key, Bytes::from(start.to_string()))
+            meta.put(key, crate::stored_offset::encode(start))
                 .await
                 .map_err(|error| {
                     Status::unavailable(format!(
@@ -653,7 +652,7 @@ impl Coordinator {
         }
         match self
             .meta
-            .put(key, Bytes::from(committable.to_string()))
+            .put(key, crate::stored_offset::encode(committable))
             .await
         {
             Ok(_) => self.committed = committable,

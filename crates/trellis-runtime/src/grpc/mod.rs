@@ -175,11 +175,12 @@ pub(crate) async fn stored_offset(
     meta: &dyn MetadataStore,
     key: &str,
 ) -> Result<Option<u64>, Status> {
-    let kv = meta.get(key).await.map_err(|error| {
-        Status::unavailable(format!(
-            "reading the group's committed offset failed: {}",
-            crate::error::error_chain(&error)
-        ))
-    })?;
-    Ok(kv.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()))
+    crate::stored_offset::load(meta, key)
+        .await
+        .map_err(|error| {
+            Status::unavailable(format!(
+                "reading the group's committed offset failed: {}",
+                crate::error::error_chain(&error)
+            ))
+        })
 }

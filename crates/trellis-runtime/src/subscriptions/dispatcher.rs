@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -299,7 +298,7 @@ impl Dispatcher {
         if committable == persisted {
             return persisted;
         }
-        let value = Bytes::from(committable.to_string());
+        let value = crate::stored_offset::encode(committable);
         match self.meta.put(&self.offset_key, value).await {
             Ok(_) => committable,
             Err(error) => {

@@ -172,7 +172,7 @@ impl SubscriptionRegistry {
             }
         }
         self.meta
-            .put(&offset_key(&spec.name), Bytes::from(start.to_string()))
+            .put(&offset_key(&spec.name), crate::stored_offset::encode(start))
             .await
             .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?;
         let view = view_json(&spec)?;
@@ -471,12 +471,9 @@ impl SubscriptionRegistry {
     }
 
     async fn stored_u64(&self, key: &str) -> Result<Option<u64>, ApiError> {
-        let kv = self
-            .meta
-            .get(key)
+        crate::stored_offset::load(self.meta.as_ref(), key)
             .await
-            .map_err(|error| ApiError::internal("reading a subscription's offset", &error))?;
-        Ok(kv.and_then(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()))
+            .map_err(|error| ApiError::internal("reading a subscription's offset", &error))
     }
 
     async fn store(&self, spec: &SubscriptionSpec) -> Result<(), ApiError> {
