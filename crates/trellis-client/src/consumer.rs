@@ -18,10 +18,10 @@ use crate::config::{ConsumerConfig, GroupMode, StartPosition};
 use crate::endpoints::Endpoints;
 use crate::error::{ConfigError, ConsumerError, is_transient_code};
 use crate::metrics::Metrics;
-use crate::state::{ConnectionState, Event, StateMachine};
+use crate::observed::{DrivenState, StateView, observed};
+use crate::state::{ConnectionState, Event};
 
 const ROLE: &str = "consumer";
-const TRANSITIONS_CAPACITY: usize = 64;
 /// Acks taken per wake-up and sent in one message.
 const MAX_ACKS_PER_MESSAGE: usize = 1024;
 /// How long a closing consumer waits for the server to settle its last acks and end the stream.
@@ -59,8 +59,7 @@ pub struct Consumer {
     deliveries: mpsc::UnboundedReceiver<Result<Delivery, ConsumerError>>,
     acks: mpsc::UnboundedSender<u64>,
     task: tokio::task::JoinHandle<()>,
-    state: watch::Receiver<ConnectionState>,
-    transitions: broadcast::Sender<ConnectionState>,
+    state: StateView,
 }
 
 impl Consumer {
@@ -73,18 +72,14 @@ impl Consumer {
         config.validate()?;
         let (deliveries_tx, deliveries) = mpsc::unbounded_channel();
         let (acks, acks_rx) = mpsc::unbounded_channel();
-        let (state_tx, state) = watch::channel(ConnectionState::Ready);
-        let (transitions, _) = broadcast::channel(TRANSITIONS_CAPACITY);
         let metrics = Metrics::new(ROLE, &config.topic);
-        metrics.set_state(ConnectionState::Ready);
+        let (machine, state) = observed(&metrics, "Consumer");
         let task = Task {
             endpoints: Endpoints::new(config.endpoint_uris(), config.endpoint_quarantine),
             config,
             deliveries: deliveries_tx,
             acks: acks_rx,
-            machine: StateMachine::default(),
-            state: state_tx,
-            transitions: transitions.clone(),
+            machine,
             metrics,
         };
         let task = tokio::spawn(task.run());
@@ -93,7 +88,6 @@ impl Consumer {
             acks,
             task,
             state,
-            transitions,
         })
     }
 
@@ -129,17 +123,17 @@ impl Consumer {
 
     /// The connection's state now.
     pub fn state(&self) -> ConnectionState {
-        *self.state.borrow()
+        self.state.now()
     }
 
     /// A watch of the state (a slow reader may skip intermediate states).
     pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
-        self.state.clone()
+        self.state.changes()
     }
 
     /// Every state the consumer enters from now on, in order.
     pub fn transitions(&self) -> broadcast::Receiver<ConnectionState> {
-        self.transitions.subscribe()
+        self.state.transitions()
     }
 }
 
@@ -165,9 +159,7 @@ struct Task {
     endpoints: Endpoints,
     deliveries: mpsc::UnboundedSender<Result<Delivery, ConsumerError>>,
     acks: mpsc::UnboundedReceiver<u64>,
-    machine: StateMachine,
-    state: watch::Sender<ConnectionState>,
-    transitions: broadcast::Sender<ConnectionState>,
+    machine: DrivenState,
     metrics: Metrics,
 }
 
@@ -408,14 +400,6 @@ impl Task {
     }
 
     fn transition(&mut self, event: Event) {
-        match self.machine.on(event) {
-            Ok(state) => {
-                self.state.send_replace(state);
-                let _ = self.transitions.send(state);
-                self.metrics.set_state(state);
-                tracing::debug!(state = %state, "Consumer state changed.");
-            }
-            Err(error) => tracing::error!(error = %error, "Consumer state machine misused."),
-        }
+        self.machine.on(event, &self.metrics);
     }
 }

@@ -67,6 +67,7 @@
 //! - `config`: [`ProducerConfig`], [`ConsumerConfig`] and [`RetryPolicy`], with defaults and
 //!   validation.
 //! - `state`: the [`ConnectionState`] machine, a pure type.
+//! - `observed`: the machine as the application sees it (watch, transitions, gauge).
 //! - `queue`: the producer's batch queue (batching, in-flight order, requeue at the front).
 //! - `endpoints`: endpoint choice, with a quarantine after a failure.
 //! - `error`: [`ProducerError`], [`ConsumerError`] and which status codes are transient.
@@ -80,6 +81,7 @@ mod consumer;
 mod endpoints;
 mod error;
 pub mod metrics;
+mod observed;
 mod producer;
 mod queue;
 mod state;

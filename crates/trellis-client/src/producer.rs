@@ -29,15 +29,14 @@ use crate::config::ProducerConfig;
 use crate::endpoints::Endpoints;
 use crate::error::{ConfigError, ProducerError, is_transient_code};
 use crate::metrics::Metrics;
+use crate::observed::{DrivenState, StateView, observed};
 use crate::queue::{BatchLimits, BatchQueue, Settled};
-use crate::state::{ConnectionState, Event, StateMachine};
+use crate::state::{ConnectionState, Event};
 
 const ROLE: &str = "producer";
 /// Commands taken from the channel per wake-up before batches go out: enough to fill batches
 /// under load, few enough that answers are not kept waiting.
 const MAX_COMMANDS_PER_WAKE: usize = 4096;
-/// How many state transitions a slow [`Producer::transitions`] receiver may fall behind.
-const TRANSITIONS_CAPACITY: usize = 64;
 
 /// Where a record was stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,8 +72,7 @@ pub struct Producer {
     buffer: Arc<Semaphore>,
     max_buffered_bytes: usize,
     buffer_timeout: Duration,
-    state: watch::Receiver<ConnectionState>,
-    transitions: broadcast::Sender<ConnectionState>,
+    state: StateView,
 }
 
 /// The answer to one record: resolves once the server stored it (or already had it), refused
@@ -106,18 +104,15 @@ impl Producer {
         config.validate()?;
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let buffer = Arc::new(Semaphore::new(config.max_buffered_bytes));
-        let (state_tx, state) = watch::channel(ConnectionState::Ready);
-        let (transitions, _) = broadcast::channel(TRANSITIONS_CAPACITY);
+        let metrics = Metrics::new(ROLE, &config.topic);
+        let (machine, state) = observed(&metrics, "Producer");
         let producer = Producer {
             commands,
             buffer: buffer.clone(),
             max_buffered_bytes: config.max_buffered_bytes,
             buffer_timeout: config.buffer_timeout,
             state,
-            transitions: transitions.clone(),
         };
-        let metrics = Metrics::new(ROLE, &config.topic);
-        metrics.set_state(ConnectionState::Ready);
         let task = Task {
             queue: BatchQueue::new(BatchLimits {
                 max_events: config.batch_max_events,
@@ -131,9 +126,7 @@ impl Producer {
             replies: BTreeMap::new(),
             flushes: Vec::new(),
             next_seq: 0,
-            machine: StateMachine::default(),
-            state: state_tx,
-            transitions,
+            machine,
             outage_since: None,
             metrics,
         };
@@ -192,18 +185,18 @@ impl Producer {
 
     /// The connection's state now.
     pub fn state(&self) -> ConnectionState {
-        *self.state.borrow()
+        self.state.now()
     }
 
     /// A watch of the state: its latest value, and a wake-up on each change (intermediate states
     /// may be skipped by a slow reader; see [`Producer::transitions`]).
     pub fn state_changes(&self) -> watch::Receiver<ConnectionState> {
-        self.state.clone()
+        self.state.changes()
     }
 
     /// Every state the producer enters from now on, in order.
     pub fn transitions(&self) -> broadcast::Receiver<ConnectionState> {
-        self.transitions.subscribe()
+        self.state.transitions()
     }
 }
 
@@ -267,10 +260,8 @@ struct Task {
     /// Flushes waiting for every record numbered below theirs to be answered.
     flushes: Vec<(u64, oneshot::Sender<()>)>,
     next_seq: u64,
-    machine: StateMachine,
+    machine: DrivenState,
     endpoints: Endpoints,
-    state: watch::Sender<ConnectionState>,
-    transitions: broadcast::Sender<ConnectionState>,
     /// When the current run of failures began; `None` while Ready.
     outage_since: Option<Instant>,
     metrics: Metrics,
@@ -675,14 +666,6 @@ impl Task {
     }
 
     fn transition(&mut self, event: Event) {
-        match self.machine.on(event) {
-            Ok(state) => {
-                self.state.send_replace(state);
-                let _ = self.transitions.send(state);
-                self.metrics.set_state(state);
-                tracing::debug!(state = %state, "Producer state changed.");
-            }
-            Err(error) => tracing::error!(error = %error, "Producer state machine misused."),
-        }
+        self.machine.on(event, &self.metrics);
     }
 }
