@@ -387,10 +387,16 @@ impl Publisher {
     /// Waits until the topic's index is rebuilt from its log; the first caller does the work.
     async fn ensure_loaded(&self, topic: &Topic) {
         let cell = {
-            let Ok(mut loaded) = self.loaded.lock() else {
-                return;
-            };
-            Arc::clone(loaded.entry(topic.name().to_owned()).or_default())
+            let mut loaded = self
+                .loaded
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Looked up before inserting: this runs on every publish, and `entry` would copy
+            // the name each time.
+            match loaded.get(topic.name()) {
+                Some(cell) => Arc::clone(cell),
+                None => Arc::clone(loaded.entry(topic.name().to_owned()).or_default()),
+            }
         };
         cell.get_or_init(|| self.rebuild(topic.clone())).await;
     }
