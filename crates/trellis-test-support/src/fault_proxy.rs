@@ -28,15 +28,18 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// How much one read may take in; also the largest unit that is delayed as one chunk.
 const CHUNK_SIZE: usize = 64 * 1024;
 
-/// Chunks a direction holds while they wait out their latency: up to 16 MiB, about what a fast
-/// link holds in flight, so a slow reader still pushes back on the sender.
-const DELAY_LINE_CHUNKS: usize = 256;
+/// Bytes a direction holds while they wait out their latency: about what a fast link holds in
+/// flight, so a slow reader still pushes back on the sender. Counted in bytes, not chunks: reads
+/// on a busy loopback socket return a few KiB each, and a bound of 256 chunks capped a link with
+/// 20 ms of latency at about 50 MB/s.
+const DELAY_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Backlog of the listening socket: tests open many connections in bursts.
 const LISTEN_BACKLOG: u32 = 1024;
@@ -503,7 +506,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let (line_tx, mut line_rx) = tokio::sync::mpsc::channel::<InFlight>(DELAY_LINE_CHUNKS);
+    // The budget bounds the line; the channel only carries it, one entry per chunk.
+    let line_budget = Semaphore::new(DELAY_LINE_BYTES);
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<InFlight<'_>>();
     let read_side = async {
         let mut jitter_rng = connection_rng(link.seed, link.number, RngPurpose::Jitter(direction));
         let mut last_due = tokio::time::Instant::now();
@@ -516,16 +521,23 @@ where
             let n = from.read_buf(&mut buf).await.map_err(|_| Cut::Broken)?;
             if n == 0 {
                 // The writer may have ended (a fault); then there is nobody to tell.
-                let _ = line_tx.send(InFlight::End).await;
+                let _ = line_tx.send(InFlight::End);
                 return Ok::<(), Cut>(());
             }
             let chunk = buf.split().freeze();
+            // Reads are at most CHUNK_SIZE, far below u32::MAX, and the semaphore is never closed.
+            let Ok(budget) = line_budget.acquire_many(n as u32).await else {
+                return Ok(());
+            };
             let latency = lock(&link.shared.faults).chunk_latency(&mut jitter_rng);
             let due = (tokio::time::Instant::now() + latency).max(last_due);
             last_due = due;
             if line_tx
-                .send(InFlight::Chunk { due, bytes: chunk })
-                .await
+                .send(InFlight::Chunk {
+                    due,
+                    bytes: chunk,
+                    _budget: budget,
+                })
                 .is_err()
             {
                 // The writer stopped, for a fault or a broken peer; its result says which.
@@ -535,8 +547,9 @@ where
     };
     let write_side = async {
         while let Some(item) = line_rx.recv().await {
-            let (due, bytes) = match item {
-                InFlight::Chunk { due, bytes } => (due, bytes),
+            // The chunk's budget goes back once it is written, when `item` is dropped.
+            let (due, bytes) = match &item {
+                InFlight::Chunk { due, bytes, .. } => (*due, bytes),
                 InFlight::End => {
                     if link.blackholed.load(Ordering::Relaxed) {
                         // Even the EOF vanishes: a blackhole tells nobody anything.
@@ -564,10 +577,11 @@ where
 }
 
 /// A chunk on its way through the delay line, or the end of the stream behind the last one.
-enum InFlight {
+enum InFlight<'budget> {
     Chunk {
         due: tokio::time::Instant,
         bytes: Bytes,
+        _budget: SemaphorePermit<'budget>,
     },
     End,
 }
