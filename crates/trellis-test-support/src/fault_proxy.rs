@@ -145,6 +145,27 @@ impl Faults {
         }
     }
 
+    /// These faults under the first seed, counting up from [`Faults::seed`], that resets each of
+    /// the first `connections` connections. A client that keeps one connection would otherwise
+    /// meet a per-connection reset chance once, and most seeds would spare it entirely.
+    /// `None` when resets are off or no seed among the next million does it.
+    pub fn resetting_first(self, connections: u64) -> Option<Faults> {
+        const SEEDS_TRIED: u64 = 1_000_000;
+        if self.reset_probability <= 0.0 {
+            return None;
+        }
+        (0..SEEDS_TRIED)
+            .map(|step| self.with_seed(self.seed.wrapping_add(step)))
+            .find(|faults| {
+                (0..connections).all(|connection| {
+                    matches!(
+                        faults.connection_fault(connection),
+                        ConnectionFault::ResetAfterBytes(_) | ConnectionFault::ResetAfterDelay(_)
+                    )
+                })
+            })
+    }
+
     /// The latency for the next chunk: the delay plus a jitter drawn from `rng`.
     fn chunk_latency(&self, rng: &mut StdRng) -> Duration {
         if self.jitter.is_zero() {

@@ -367,6 +367,37 @@ fn probabilities_zero_and_one_are_exact() {
     )));
 }
 
+#[test]
+fn resetting_first_moves_the_seed_until_the_first_connections_are_reset() {
+    let faults = Faults::none().with_seed(7).with_reset_probability(0.1);
+    let resetting = faults
+        .resetting_first(3)
+        .expect("some seed resets three connections in a row");
+    assert!(resetting.seed >= faults.seed, "the seed only moves on");
+    assert_eq!(
+        resetting.with_seed(faults.seed),
+        faults,
+        "nothing but the seed changes"
+    );
+    assert!((0..3).all(|n| matches!(
+        resetting.connection_fault(n),
+        ConnectionFault::ResetAfterBytes(_) | ConnectionFault::ResetAfterDelay(_)
+    )));
+    // The connections after them keep the configured chance: not all of them are reset.
+    assert!((3..200).any(|n| resetting.connection_fault(n) == ConnectionFault::None));
+
+    assert_eq!(
+        faults.resetting_first(0),
+        Some(faults),
+        "nothing to move for"
+    );
+    assert_eq!(
+        Faults::none().resetting_first(1),
+        None,
+        "no seed resets anything without a reset chance"
+    );
+}
+
 /// An h2c (prior knowledge) server answering every request with its own body, as gRPC's
 /// transport is HTTP/2 without TLS on loopback.
 async fn http2_echo_server() -> SocketAddr {
