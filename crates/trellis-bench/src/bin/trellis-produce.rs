@@ -14,7 +14,7 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use tokio::sync::mpsc;
-use trellis_client::{DeliveryFuture, Producer, ProducerConfig};
+use trellis_client::{ConnectionState, DeliveryFuture, Producer, ProducerConfig};
 use trellis_cloudevents::{CloudEvent, Data};
 
 const LATENCY_MAX_US: u64 = 600_000_000;
@@ -49,6 +49,11 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // The producer's own logs (reconnects, resends), on stderr when RUST_LOG asks for them.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
@@ -75,12 +80,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     )
     .context("invalid producer settings")?;
     let mut transitions = producer.transitions();
-    let n_transitions = tokio::spawn(async move {
-        let mut n = 0u64;
-        while transitions.recv().await.is_ok() {
-            n += 1;
+    let watch_started = Instant::now();
+    let timeline = tokio::spawn(async move {
+        let mut timeline = Vec::new();
+        while let Ok(state) = transitions.recv().await {
+            timeline.push((watch_started.elapsed(), state));
         }
-        n
+        timeline
     });
 
     // Results are awaited as they come, beside the sending loop, so each latency ends when its
@@ -147,11 +153,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tally = collector.await.context("the result collector panicked")?;
     let elapsed = started.elapsed().as_secs_f64();
     drop(producer);
-    let n_transitions = tokio::time::timeout(Duration::from_secs(5), n_transitions)
+    let timeline = tokio::time::timeout(Duration::from_secs(5), timeline)
         .await
         .ok()
         .and_then(Result::ok)
-        .unwrap_or(0);
+        .unwrap_or_default();
+    let n_transitions = timeline.len();
+    let not_ready = time_not_ready(&timeline, watch_started.elapsed());
     let rate = tally.ok as f64 / elapsed;
     let ms = |quantile: f64| tally.latency_us.value_at_quantile(quantile) as f64 / 1000.0;
     let peak_rss_kib = peak_rss_kib().unwrap_or(0);
@@ -170,22 +178,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "max_ms": tally.latency_us.max() as f64 / 1000.0,
                 "peak_rss_kib": peak_rss_kib,
                 "state_transitions": n_transitions,
+                "not_ready_ms": not_ready.as_secs_f64() * 1000.0,
             })
         );
     }
     eprintln!(
-        "{} ok ({} duplicates), {} failed in {elapsed:.2} s: {rate:.0} events/s; send->result p50 {:.2} ms, p99 {:.2} ms; peak RSS {} KiB; {n_transitions} state transitions",
+        "{} ok ({} duplicates), {} failed in {elapsed:.2} s: {rate:.0} events/s; send->result p50 {:.2} ms, p99 {:.2} ms; peak RSS {} KiB; {n_transitions} state transitions, {:.0} ms not ready{}",
         tally.ok,
         tally.duplicates,
         tally.failed,
         ms(0.5),
         ms(0.99),
-        peak_rss_kib
+        peak_rss_kib,
+        not_ready.as_secs_f64() * 1000.0,
+        timeline
+            .iter()
+            .map(|(at, state)| format!(" {state:?}@{:.3}s", at.as_secs_f64()))
+            .collect::<String>(),
     );
     if tally.failed > 0 {
         bail!("{} records failed", tally.failed);
     }
     Ok(())
+}
+
+/// How long the producer spent out of `Ready`, from its transitions until `end`.
+fn time_not_ready(timeline: &[(Duration, ConnectionState)], end: Duration) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left_ready = None;
+    for &(at, state) in timeline {
+        match (state, left_ready) {
+            (ConnectionState::Ready, Some(since)) => {
+                total += at.saturating_sub(since);
+                left_ready = None;
+            }
+            (ConnectionState::Ready, None) => {}
+            (_, None) => left_ready = Some(at),
+            (_, Some(_)) => {}
+        }
+    }
+    if let Some(since) = left_ready {
+        total += end.saturating_sub(since);
+    }
+    total
 }
 
 fn micros(elapsed: Duration) -> u64 {
