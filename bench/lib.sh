@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # Shell helpers shared by the benchmark scripts: logging, process control, ports, /proc readings.
 # Sourced, not run. The script sets WORK_DIR, RECEIVER_PID, TRELLIS_PID and REPORTED before
-# sourcing; `cleanup` stops whatever they name and removes WORK_DIR on exit.
+# sourcing; `cleanup` stops whatever they name and removes WORK_DIR on exit, unless KEEP_WORK_DIR
+# is set (to read the logs of a run that went wrong).
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -43,7 +44,11 @@ cleanup() {
     printf -- '--- last lines of the trellis log ---\n' >&2
     tail -n 30 "$WORK_DIR/trellis.log" >&2
   fi
-  rm -rf "$WORK_DIR"
+  if [[ -n ${KEEP_WORK_DIR:-} ]]; then
+    log "kept $WORK_DIR"
+  else
+    rm -rf "$WORK_DIR"
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -80,6 +85,14 @@ rss_mib() { awk -v key="$2:" '$1 == key { printf "%.1f", $2 / 1024 }' "/proc/$1/
 # A numeric field of a JSON document whose field names are unique (trellis-loadgen's report,
 # the receiver's stats, a subscription with its status). Empty if the field is missing.
 json_field() { sed -n "s/.*\"$2\":\([^,}]*\).*/\1/p" "$1"; }
+
+# The median of the numbers given as arguments (the mean of the middle two for an even count).
+median() {
+  printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) exit 1
+    if (NR % 2) printf "%.1f", v[(NR + 1) / 2]; else printf "%.1f", (v[NR / 2] + v[NR / 2 + 1]) / 2
+  }'
+}
 
 # Float arithmetic and comparisons, which bash lacks.
 calc() { awk "BEGIN { printf \"%.1f\", $1 }"; }
