@@ -62,8 +62,9 @@ stop_extras() {
   if [[ -n $PROXY_PID ]]; then kill "$PROXY_PID" 2>/dev/null || true; fi
   if [[ -n $NATS_PID ]]; then kill "$NATS_PID" 2>/dev/null || true; fi
 }
-# cleanup reads the exit status first, so it is handed on past stop_extras.
-trap 'rc=$?; stop_extras; (exit $rc); cleanup' EXIT
+# cleanup reads the exit status first, so it is handed on past stop_extras; errexit is off first,
+# or handing it on with `(exit $rc)` would end the trap there and leave trellis running.
+trap 'rc=$?; set +e; stop_extras; (exit $rc); cleanup' EXIT
 
 if ! command -v nats-server >/dev/null; then
   log "installing nats-server from apt"
