@@ -11,6 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // `bytes` fields as `bytes::Bytes`: an event's data is then shared, not copied, between
+        // the producer's resend queue and each request built from it, and the server decodes it
+        // as a slice of the received message.
+        .bytes(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -201,6 +201,10 @@ impl Producer {
 }
 
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "nearly every command is a Send; boxing it would cost an allocation per record"
+)]
 enum Command {
     Send {
         event: v1::CloudEvent,

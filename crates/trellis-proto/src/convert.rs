@@ -20,7 +20,6 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::value::RawValue;
 use trellis_cloudevents::{CloudEvent, Data, EventError, ExtensionValue};
@@ -68,7 +67,7 @@ impl From<&CloudEvent> for v1::CloudEvent {
             attributes.insert(name.clone(), value(attr));
         }
         let data = event.data.as_ref().map(|data| match data {
-            Data::Binary(bytes) => v1::cloud_event::Data::BinaryData(bytes.to_vec()),
+            Data::Binary(bytes) => v1::cloud_event::Data::BinaryData(bytes.clone()),
             Data::Json(raw) => v1::cloud_event::Data::TextData(raw.get().to_owned()),
             Data::Text(text) if event.datacontenttype.is_none() => {
                 // Without a content type the text would be read back as JSON; as a JSON string
@@ -145,7 +144,7 @@ pub fn event_from_proto(event: v1::CloudEvent) -> Result<CloudEvent, EventError>
     }
     decoded.data = match event.data {
         None => None,
-        Some(v1::cloud_event::Data::BinaryData(bytes)) => Some(Data::Binary(Bytes::from(bytes))),
+        Some(v1::cloud_event::Data::BinaryData(bytes)) => Some(Data::Binary(bytes)),
         Some(v1::cloud_event::Data::TextData(text)) => {
             Some(text_data(text, decoded.datacontenttype.as_deref())?)
         }

@@ -60,7 +60,9 @@ fn binary_data_round_trips() {
     let proto = v1::CloudEvent::from(&original);
     assert_eq!(
         proto.data,
-        Some(v1::cloud_event::Data::BinaryData(vec![0, 1, 2, 255]))
+        Some(v1::cloud_event::Data::BinaryData(Bytes::from_static(&[
+            0, 1, 2, 255
+        ])))
     );
     assert_eq!(round_trip(&original), original);
 }
@@ -242,7 +244,10 @@ fn rejected_attribute(event: v1::CloudEvent) -> String {
 
 #[test]
 fn rejections_name_the_attribute() {
-    let bytes_extension = proto(vec![("blob", Attr::CeBytes(vec![1, 2]))], None);
+    let bytes_extension = proto(
+        vec![("blob", Attr::CeBytes(Bytes::from_static(&[1, 2])))],
+        None,
+    );
     assert_eq!(rejected_attribute(bytes_extension), "blob");
 
     let mut no_value = proto(vec![], None);

@@ -120,7 +120,7 @@ async fn an_oversized_event_fails_with_failed_precondition() {
     };
     let server = Server::start(dir.path(), config).await;
     let mut request = batch(1, "t", &["small", "big"]);
-    request.events[1].data = Some(cloud_event::Data::BinaryData(vec![7; 4096]));
+    request.events[1].data = Some(cloud_event::Data::BinaryData(vec![7; 4096].into()));
     let response = server
         .grpc_client()
         .await

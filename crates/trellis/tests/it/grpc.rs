@@ -25,7 +25,7 @@ fn event(id: &str) -> CloudEvent {
         spec_version: "1.0".to_owned(),
         r#type: "dev.trellis.test".to_owned(),
         attributes: HashMap::new(),
-        data: Some(cloud_event::Data::BinaryData(id.as_bytes().to_vec())),
+        data: Some(cloud_event::Data::BinaryData(id.as_bytes().to_vec().into())),
     }
 }
 
