@@ -17,7 +17,7 @@ use trellis_client::{
 };
 use trellis_proto::v1;
 use trellis_proto::v1::trellis_server::{Trellis, TrellisServer};
-use trellis_test_support::{ConnectionFault, FaultProxy, Faults};
+use trellis_test_support::{FaultProxy, Faults};
 
 /// What the fake server stored: event ids in order, and the (source, id) index it deduplicates
 /// with.
@@ -137,26 +137,6 @@ async fn dead_addr() -> SocketAddr {
     listener.local_addr().expect("local addr")
 }
 
-/// Faults with `reset_probability` whose seed makes the first two connections reset: a producer
-/// keeps one connection while it works, so with a random seed it might never meet a reset.
-fn faults_resetting_the_first_connections(reset_probability: f64) -> Faults {
-    (0..)
-        .map(|seed| {
-            Faults::none()
-                .with_seed(seed)
-                .with_reset_probability(reset_probability)
-        })
-        .find(|faults| {
-            (0..2).all(|connection| {
-                matches!(
-                    faults.connection_fault(connection),
-                    ConnectionFault::ResetAfterBytes(bytes) if bytes > 0
-                )
-            })
-        })
-        .expect("some seed resets the first connections")
-}
-
 fn event(id: &str) -> CloudEvent {
     let json = format!(
         r#"{{"specversion":"1.0","id":"{id}","source":"/recovery-test","type":"dev.trellis.test","data":"{}"}}"#,
@@ -188,9 +168,15 @@ fn config(endpoints: &[SocketAddr]) -> ProducerConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resets_and_an_outage_neither_lose_nor_duplicate_records() {
     let (server, log) = start_server().await;
-    let proxy = FaultProxy::start(server, faults_resetting_the_first_connections(0.1))
-        .await
-        .expect("start the proxy");
+    let proxy = FaultProxy::start(
+        server,
+        Faults::none()
+            .with_reset_probability(0.1)
+            .resetting_first(2)
+            .expect("some seed resets the first connections"),
+    )
+    .await
+    .expect("start the proxy");
     let producer = Producer::new(config(&[proxy.addr()]).batch_max_events(200)).expect("config");
     let n_events = 20_000;
     let mut results = Vec::with_capacity(n_events);

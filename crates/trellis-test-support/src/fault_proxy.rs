@@ -146,7 +146,7 @@ impl Faults {
     }
 
     /// These faults under the first seed, counting up from [`Faults::seed`], that resets each of
-    /// the first `connections` connections. A client that keeps one connection would otherwise
+    /// the first `connections` connections after it carried something. A client that keeps one connection would otherwise
     /// meet a per-connection reset chance once, and most seeds would spare it entirely.
     /// `None` when resets are off or no seed among the next million does it.
     pub fn resetting_first(self, connections: u64) -> Option<Faults> {
@@ -158,9 +158,11 @@ impl Faults {
             .map(|step| self.with_seed(self.seed.wrapping_add(step)))
             .find(|faults| {
                 (0..connections).all(|connection| {
+                    // A reset before the first byte looks like a refused connection, not like
+                    // the loss of one that worked.
                     matches!(
                         faults.connection_fault(connection),
-                        ConnectionFault::ResetAfterBytes(_) | ConnectionFault::ResetAfterDelay(_)
+                        ConnectionFault::ResetAfterBytes(1..) | ConnectionFault::ResetAfterDelay(_)
                     )
                 })
             })

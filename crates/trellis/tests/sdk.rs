@@ -14,7 +14,7 @@ use trellis_client::{
     CloudEvent, Code, ConnectionState, Consumer, ConsumerConfig, DeliveryFuture, Producer,
     ProducerConfig, ProducerError, RetryPolicy, StartPosition,
 };
-use trellis_test_support::{ConnectionFault, FaultProxy, Faults, TrellisProcess};
+use trellis_test_support::{FaultProxy, Faults, TrellisProcess};
 
 fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_trellis"))
@@ -94,22 +94,6 @@ fn assert_each_once(ids: &[String], expected: impl Iterator<Item = String>) {
     assert_eq!(stored.len(), expected.len(), "nothing else stored");
 }
 
-/// Faults with a 10% reset chance whose seed resets the first two connections: a producer keeps
-/// one connection while it works, so a random seed might spare it entirely.
-fn resetting_faults() -> Faults {
-    (0..)
-        .map(|seed| Faults::none().with_seed(seed).with_reset_probability(0.1))
-        .find(|faults| {
-            (0..2).all(|connection| {
-                matches!(
-                    faults.connection_fault(connection),
-                    ConnectionFault::ResetAfterBytes(bytes) if bytes > 0
-                )
-            })
-        })
-        .expect("some seed resets the first connections")
-}
-
 async fn await_all(results: Vec<DeliveryFuture>) {
     for (n, result) in results.into_iter().enumerate() {
         if let Err(error) = result.await {
@@ -122,9 +106,15 @@ async fn await_all(results: Vec<DeliveryFuture>) {
 async fn a_hundred_thousand_events_through_resets_and_an_outage_are_each_stored_once() {
     let dir = tempfile::tempdir().expect("temp dir");
     let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
-    let proxy = FaultProxy::start(grpc_addr(&process), resetting_faults())
-        .await
-        .expect("proxy starts");
+    let proxy = FaultProxy::start(
+        grpc_addr(&process),
+        Faults::none()
+            .with_reset_probability(0.1)
+            .resetting_first(2)
+            .expect("some seed resets the first connections"),
+    )
+    .await
+    .expect("proxy starts");
     let producer = Producer::new(producer_config("load", proxy.addr())).expect("config");
     let n_events = 100_000;
     let mut results = Vec::with_capacity(n_events);
