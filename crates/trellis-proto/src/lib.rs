@@ -9,4 +9,16 @@ pub mod v1 {
 
 pub mod convert;
 
+/// HTTP/2 flow-control window of one stream, the same on the server and in the SDK: how much a
+/// peer may send before the receiver asks for more. A stream moves at most one window per round
+/// trip, so this is sized for a fast producer on a slow link: hyper's default of 1 MiB held a
+/// publish stream behind 20 ms of latency to a quarter of its rate. Hyper's adaptive windows
+/// reach this too, but start at 64 KiB on every new connection and took half a second to grow
+/// back after each reconnect, the moment a producer has its whole in-flight window to resend.
+pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
+/// HTTP/2 flow-control window of a connection, all its streams together: also the most unread
+/// data either side buffers for one connection while it is busy.
+pub const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
+
 pub use convert::event_from_proto;

@@ -153,24 +153,12 @@ pub(crate) async fn serve(
         .max_decoding_message_size(max_message)
         .max_encoding_message_size(max_message);
     tonic::transport::Server::builder()
-        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
-        .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES))
+        .initial_stream_window_size(Some(trellis_proto::STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(trellis_proto::CONNECTION_WINDOW_BYTES))
         .add_service(server)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }
-
-/// HTTP/2 flow-control window of one stream: how much a client may send before the server asks
-/// for more. A stream moves at most one window per round trip, so this is sized for a fast
-/// producer on a slow link: hyper's default of 1 MiB held a publish stream behind 20 ms of
-/// latency to a quarter of its rate. Hyper's adaptive windows reach this too, but start at
-/// 64 KiB on every new connection and took half a second to grow back after each reconnect,
-/// the moment a producer has its whole in-flight window to resend.
-const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
-
-/// HTTP/2 flow-control window of a connection, all its streams together: also the most unread
-/// data the server buffers for one connection while its handlers are busy.
-const CONNECTION_WINDOW_BYTES: u32 = 16 * 1024 * 1024;
 
 /// Keys of the metadata store under which groups keep their committed offsets.
 pub(crate) fn group_offset_key(topic: &str, group: &str, member: Option<&str>) -> String {
