@@ -2,59 +2,22 @@
 //! a real `trellis serve` on 127.0.0.1:0. Failures must be one line on stderr and a non-zero
 //! exit, never a panic.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
-use trellis_test_support::TrellisProcess;
 
-use crate::bin;
-
-/// A fresh `trellis serve` on a temp data dir; keep both alive for the test's length.
-fn start() -> (tempfile::TempDir, TrellisProcess) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
-    (dir, process)
-}
-
-/// The result of one `trellis subscriptions ...` run.
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+use crate::{Run, bin, run_trellis, start};
 
 /// Runs `trellis subscriptions ARGS... --server SERVER` with `stdin` as its input.
 fn run_with_stdin(server: &str, args: &[&str], stdin: &str) -> Run {
-    let mut child = Command::new(bin())
-        .arg("subscriptions")
-        .args(args)
-        .args(["--server", server])
-        .env_remove("TRELLIS_SERVER")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("trellis runs");
-    child
-        .stdin
-        .take()
-        .expect("piped stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write stdin");
-    collect(child.wait_with_output().expect("trellis ends"))
+    let mut all = vec!["subscriptions"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--server", server]);
+    run_trellis(&all, "TRELLIS_SERVER", stdin)
 }
 
 fn run(server: &str, args: &[&str]) -> Run {
     run_with_stdin(server, args, "")
-}
-
-fn collect(output: Output) -> Run {
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
 }
 
 impl Run {
@@ -265,7 +228,7 @@ fn the_server_comes_from_trellis_server() {
         .stdin(Stdio::null())
         .output()
         .expect("trellis runs");
-    let listed = collect(output);
+    let listed = Run::from(output);
     listed.assert_success();
     assert!(listed.stdout.starts_with("NAME"), "{}", listed.stdout);
 }

@@ -10,10 +10,55 @@ mod grpc;
 mod publish_cli;
 mod subscriptions;
 
+use std::io::Write;
 use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use trellis_test_support::TrellisProcess;
 
 pub(crate) fn bin() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_trellis"))
+}
+
+/// A fresh `trellis serve` on a temp data dir; keep both alive for the test's length.
+pub(crate) fn start() -> (tempfile::TempDir, TrellisProcess) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
+    (dir, process)
+}
+
+/// What one run of a `trellis` client command left.
+pub(crate) struct Run {
+    pub(crate) code: Option<i32>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// Runs `trellis ARGS...` with `stdin` as its input and without the environment variable
+/// `unset`, so a setting in the tester's environment cannot redirect the command.
+pub(crate) fn run_trellis(args: &[&str], unset: &str, stdin: &str) -> Run {
+    let mut child = Command::new(bin())
+        .args(args)
+        .env_remove(unset)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("trellis runs");
+    let mut pipe = child.stdin.take().expect("piped stdin");
+    pipe.write_all(stdin.as_bytes()).expect("write stdin");
+    drop(pipe);
+    Run::from(child.wait_with_output().expect("trellis ends"))
 }
 
 /// Publishes one binary-mode event with text data to `topic`, as a producer would.

@@ -1,25 +1,12 @@
 //! `trellis publish` and `trellis subscribe` as a user runs them: the real binary as a child
 //! process against a real `trellis serve` on 127.0.0.1:0, checked through the HTTP API.
 
-use std::io::Write;
 use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use trellis_test_support::TrellisProcess;
 
-use crate::bin;
-
-fn start() -> (tempfile::TempDir, TrellisProcess) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
-    (dir, process)
-}
-
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
+use crate::{Run, bin, run_trellis, start};
 
 impl Run {
     #[track_caller]
@@ -38,23 +25,7 @@ impl Run {
 
 /// Runs `trellis ARGS...` with `stdin` as its input, without the environment's endpoint.
 fn trellis(args: &[&str], stdin: &str) -> Run {
-    let mut child = Command::new(bin())
-        .args(args)
-        .env_remove("TRELLIS_GRPC_ENDPOINT")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("trellis runs");
-    let mut pipe = child.stdin.take().expect("piped stdin");
-    pipe.write_all(stdin.as_bytes()).expect("write stdin");
-    drop(pipe);
-    let output = child.wait_with_output().expect("trellis ends");
-    Run {
-        code: output.status.code(),
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
+    run_trellis(args, "TRELLIS_GRPC_ENDPOINT", stdin)
 }
 
 fn publish(process: &TrellisProcess, topic: &str, extra: &[&str], stdin: &str) -> Run {
