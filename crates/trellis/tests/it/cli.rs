@@ -24,46 +24,43 @@ fn assert_one_line_failure(args: &[&str], env: &[(&str, &str)], expected: &str) 
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
-#[test]
-fn a_port_in_use_is_one_clear_line() {
+/// `trellis serve` with the listener named by `flag` on a port already taken, the other free.
+#[track_caller]
+fn assert_port_in_use_is_one_clear_line(flag: &str, expected: &str) {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
     let dir = tempfile::tempdir().expect("temp dir");
     let data = dir.path().to_str().expect("utf-8");
+    let addr_of = |listener: &str| {
+        if listener == flag {
+            addr.as_str()
+        } else {
+            "127.0.0.1:0"
+        }
+    };
     assert_one_line_failure(
         &[
             "serve",
             "--data-dir",
             data,
             "--http-addr",
-            &addr,
+            addr_of("--http-addr"),
             "--grpc-addr",
-            "127.0.0.1:0",
+            addr_of("--grpc-addr"),
         ],
         &[],
-        "cannot listen on",
+        expected,
     );
 }
 
 #[test]
+fn a_port_in_use_is_one_clear_line() {
+    assert_port_in_use_is_one_clear_line("--http-addr", "cannot listen on");
+}
+
+#[test]
 fn a_grpc_port_in_use_is_one_clear_line() {
-    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = taken.local_addr().expect("addr").to_string();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().to_str().expect("utf-8");
-    assert_one_line_failure(
-        &[
-            "serve",
-            "--data-dir",
-            data,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            &addr,
-        ],
-        &[],
-        "(gRPC)",
-    );
+    assert_port_in_use_is_one_clear_line("--grpc-addr", "(gRPC)");
 }
 
 #[test]
