@@ -188,6 +188,9 @@ async fn recovery_warns_once_per_topic_and_counts_truncated_bytes() -> TestResul
         .clone();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("dropped_bytes=123"), "{warnings:?}");
+    // Garbage after the last whole batch: no record was dropped, and the warning says so.
+    assert!(warnings[0].contains("dropped_records=0"), "{warnings:?}");
+    assert!(warnings[0].contains("from_offset=40"), "{warnings:?}");
     assert!(warnings[0].contains("topic=\"events\""), "{warnings:?}");
     assert!(
         recorded.get("trellis_log_recovered_truncated_bytes_total") >= truncated_before + 123.0
