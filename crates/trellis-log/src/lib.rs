@@ -12,7 +12,9 @@
 //! - `segment`: one `.log` file, its in-memory sparse index and the frame cursor readers use.
 //! - `frame`: the on-disk record frame (length, CRC-32C, offset, timestamp, flags, payload).
 //! - `index`: the sparse offset index and its `.idx` file format.
-//! - `recovery`: rebuilding a topic from disk, truncating a torn or corrupt tail.
+//! - `recovery`: rebuilding a topic from disk: holes for damaged records with intact records
+//!   after them, a cut for a torn or corrupt tail.
+//! - `resync`: finding where intact frames resume after a bad frame.
 //! - `retention`: deleting whole sealed segments by age and size.
 //! - `files`: file names, segment creation and directory fsyncs.
 //!
@@ -28,6 +30,7 @@
 //! see a record before its append could have resolved.
 
 mod catalog;
+mod damage_check;
 mod files;
 mod frame;
 mod index;
@@ -227,6 +230,14 @@ pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
 #[doc(hidden)]
 pub fn fuzz_frame_decode(data: &[u8]) {
     recovery::fuzz_frame_decode(data);
+}
+
+/// Writes records through a log in `dir`, damages its files as `data` says, recovers and
+/// panics if an intact acknowledged record was lost or an offset would be reused. Exists for
+/// the `recovery_damage` fuzz target and its proptest; not part of the API.
+#[doc(hidden)]
+pub fn check_recovery_after_damage(dir: &std::path::Path, data: &[u8]) {
+    damage_check::check_recovery_after_damage(dir, data);
 }
 
 impl Default for TopicConfig {
