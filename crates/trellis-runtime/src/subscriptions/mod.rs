@@ -78,6 +78,11 @@ pub(crate) struct SubscriptionStatus {
     /// Events published but not yet ended for this subscription.
     pub(crate) lag: u64,
     pub(crate) paused: bool,
+    /// `running`, `paused`, or `stopped` (with `stopped_reason`) when reading cannot go on
+    /// until the subscription is resumed.
+    pub(crate) state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) stopped_reason: Option<String>,
     pub(crate) urls: Vec<trellis_delivery::engine::TargetStatus>,
     /// The last redrive of the dead-letter topic, if any.
     pub(crate) redrive: redrive::RedriveView,
@@ -443,6 +448,12 @@ impl SubscriptionRegistry {
             .log()
             .topic(&running.spec.topic)
             .map_or(committed, |topic| topic.stats().next_offset);
+        let stopped_reason = running.stats.stopped_reason();
+        let state = match (&stopped_reason, running.spec.paused) {
+            (Some(_), _) => "stopped",
+            (None, true) => "paused",
+            (None, false) => "running",
+        };
         SubscriptionStatus {
             delivered,
             retried: retries,
@@ -451,6 +462,8 @@ impl SubscriptionRegistry {
             committed_offset: committed,
             lag: next.saturating_sub(committed),
             paused: running.spec.paused,
+            state,
+            stopped_reason,
             urls: targets,
             redrive: running.redrive.view(),
         }
