@@ -251,3 +251,63 @@ async fn a_damaged_record_is_skipped_visibly_and_nothing_intact_is_lost() {
     assert_eq!(letters[0]["trellisoffset"], "500");
     assert_eq!(letters[0]["type"], "dev.trellis.record.damaged");
 }
+
+/// A read error a subscription cannot go past (the segment file cut short under the running
+/// server) shows as `state: stopped` with the reason; once the file is whole again, a resume
+/// delivers everything.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_subscription_that_cannot_read_shows_stopped_and_restarts_when_resumed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let client = reqwest::Client::new();
+    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
+    let base = process.base_url().to_owned();
+    let receiver = Receiver::answering(200).await.expect("receiver");
+    let response = client
+        .post(format!("{base}/v1/subscriptions"))
+        .json(&json!({"name": "audit", "topic": TOPIC, "sink": {"urls": [receiver.url("/")]}}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(response.status(), 201);
+    let response = client
+        .post(format!("{base}/v1/subscriptions/audit/pause"))
+        .send()
+        .await
+        .expect("pause");
+    assert_eq!(response.status(), 200);
+    publish_batch(&client, &base, 0, 10).await;
+
+    let segment = segment(dir.path());
+    let whole = std::fs::read(&segment).expect("read segment");
+    std::fs::write(&segment, b"").expect("cut the segment");
+    let status_url = format!("{base}/v1/subscriptions/audit");
+    let resume = async || {
+        let response = client
+            .post(format!("{status_url}/resume"))
+            .send()
+            .await
+            .expect("resume");
+        assert_eq!(response.status(), 200);
+    };
+    resume().await;
+    let stopped = eventually(async || {
+        let view: Value = get(&client, &status_url).await.json().await.expect("json");
+        view["status"]["state"] == "stopped"
+    })
+    .await;
+    let view: Value = get(&client, &status_url).await.json().await.expect("json");
+    assert!(stopped, "{view}");
+    assert!(
+        view["status"]["stopped_reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("offset 0")),
+        "{view}"
+    );
+    assert_eq!(receiver.n_requests(), 0);
+
+    std::fs::write(&segment, &whole).expect("restore the segment");
+    resume().await;
+    assert!(eventually(async || receiver.n_requests() == 10).await);
+    let view: Value = get(&client, &status_url).await.json().await.expect("json");
+    assert_eq!(view["status"]["state"], "running", "{view}");
+}
