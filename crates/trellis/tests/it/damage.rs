@@ -1,8 +1,8 @@
 //! A damaged record in the middle of a topic, end to end: 1000 events published over HTTP,
 //! SIGTERM, one byte flipped in record 500, the index deleted, restart. Every intact event
 //! stays readable at its offset, reads say where the damage is, the next publish gets offset
-//! 1000, and a subscription delivers every intact event and dead-letters a marker for the
-//! damaged one.
+//! 1000, a subscription delivers every intact event and dead-letters a marker for the damaged
+//! one, and a consumer group goes past it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -250,6 +250,18 @@ async fn a_damaged_record_is_skipped_visibly_and_nothing_intact_is_lost() {
     assert_eq!(letters[0]["trellistopic"], TOPIC);
     assert_eq!(letters[0]["trellisoffset"], "500");
     assert_eq!(letters[0]["type"], "dev.trellis.record.damaged");
+
+    // A consumer group goes past the damage too, rather than stalling.
+    let (from, offsets) = crate::grpc::consume(&process, N_EVENTS as usize).await;
+    assert_eq!(from, 0);
+    let mut offsets = offsets;
+    offsets.sort_unstable();
+    assert_eq!(
+        offsets,
+        (0..=N_EVENTS)
+            .filter(|offset| *offset != DAMAGED)
+            .collect::<Vec<_>>()
+    );
 }
 
 /// A read error a subscription cannot go past (the segment file cut short under the running
