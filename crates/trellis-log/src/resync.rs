@@ -25,8 +25,11 @@
 //! contradict the chain and the candidate is refused; at an index entry or the end of a sealed
 //! segment the offsets must also match. It can only win when the damage hit the length field of
 //! the very record that carries the forgery (a flipped payload byte keeps the length, and the
-//! length is tried first) and the forged chain ends in bytes that do not decode. Even then no
-//! offset is reused: every offset taken is above the damaged one and offsets only grow.
+//! length is tried first) and the forged chain ends in bytes that do not decode. That residue is
+//! accepted, not closed: then the forged frames stand in for the records right after the damaged
+//! one, whose offsets they claim. Closing it would mean backtracking when a later, genuine frame
+//! repeats an offset the forged chain took. Even then no offset is reused: every offset taken is
+//! above the damaged one and offsets only grow.
 
 use std::io;
 
