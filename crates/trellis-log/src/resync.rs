@@ -23,13 +23,13 @@
 //! A forgery inside the damaged record itself needs offsets above the damaged one; if its chain
 //! ran on into the real next record, that record's offset (one above the damaged) would
 //! contradict the chain and the candidate is refused; at an index entry or the end of a sealed
-//! segment the offsets must also match. It can only win when the damage hit the length field of
-//! the very record that carries the forgery (a flipped payload byte keeps the length, and the
-//! length is tried first) and the forged chain ends in bytes that do not decode. That residue is
-//! accepted, not closed: then the forged frames stand in for the records right after the damaged
-//! one, whose offsets they claim. Closing it would mean backtracking when a later, genuine frame
-//! repeats an offset the forged chain took. Even then no offset is reused: every offset taken is
-//! above the damaged one and offsets only grow.
+//! segment the offsets must also match. A forged chain that ends in bytes that do not decode
+//! (inside the payload carrying it) needs the damage to have hit the length field of that very
+//! record (a flipped payload byte keeps the length, and the length is tried first); it is then
+//! refused because the genuine records after the payload repeat the offsets it claims, which is
+//! looked for up to `REPEAT_WINDOW_BYTES` after its end. What remains is a forgery in a payload
+//! larger than that window (events are at most 1 MiB by default). Even then no offset is reused:
+//! every offset taken is above the damaged one and offsets only grow.
 
 use std::io;
 
@@ -79,26 +79,38 @@ pub(crate) fn find<S: ReadAt + ?Sized>(
         }
     }
     // Every byte after the damage.
+    first_at(source, damaged_at + 1, bound.end, |position, bytes| {
+        candidate_at(source, damaged_at, expected, position, bytes, bound)
+    })
+    .map(|found| found.or(bound.anchor))
+}
+
+/// The first position in `from..end` (with a header's worth of bytes left) for which `check`
+/// finds something, reading the bytes in windows.
+fn first_at<S: ReadAt + ?Sized, T>(
+    source: &S,
+    from: u64,
+    end: u64,
+    mut check: impl FnMut(u64, &[u8]) -> io::Result<Option<T>>,
+) -> io::Result<Option<T>> {
     let mut window = Vec::new();
-    let mut window_start = damaged_at + 1;
-    let mut position = damaged_at + 1;
-    while position + HEADER_BYTES as u64 <= bound.end {
+    let mut window_start = from;
+    let mut position = from;
+    while position + HEADER_BYTES as u64 <= end {
         let at = (position - window_start) as usize;
         if at + HEADER_BYTES > window.len() {
-            let n_bytes = (bound.end - position).min(WINDOW_BYTES as u64) as usize;
+            let n_bytes = (end - position).min(WINDOW_BYTES as u64) as usize;
             window.resize(n_bytes, 0);
             source.read_exact_at(&mut window, position)?;
             window_start = position;
             continue;
         }
-        if let Some(found) =
-            candidate_at(source, damaged_at, expected, position, &window[at..], bound)?
-        {
+        if let Some(found) = check(position, &window[at..])? {
             return Ok(Some(found));
         }
         position += 1;
     }
-    Ok(bound.anchor)
+    Ok(None)
 }
 
 /// Checks the position whose bytes start `bytes`; the cheap header checks first.
@@ -151,8 +163,16 @@ fn candidate<S: ReadAt + ?Sized>(
             Step::Frame { meta, .. } if meta.offset == next => next += 1,
             // An offset the chain has passed: either this frame or the chain is not real.
             Step::Frame { meta, .. } if meta.offset < next => return Ok(None),
-            // More damage: the caller resynchronises from there.
-            Step::Frame { .. } | Step::Torn { .. } | Step::Corrupt { .. } => break,
+            // More damage: the caller resynchronises from there, unless a frame after it
+            // repeats an offset this chain claims.
+            Step::Frame { position: at, .. }
+            | Step::Torn { position: at }
+            | Step::Corrupt { position: at, .. } => {
+                if repeats_an_offset(source, at, first..next, bound.end)? {
+                    return Ok(None);
+                }
+                break;
+            }
             Step::End => {
                 let expected_end = bound
                     .anchor
@@ -169,4 +189,34 @@ fn candidate<S: ReadAt + ?Sized>(
         offset: first,
         position,
     }))
+}
+
+/// How far after a chain's end a frame repeating one of its offsets is looked for: the default
+/// limit on an event's size, with room for its frame.
+const REPEAT_WINDOW_BYTES: u64 = 1024 * 1024 + 4096;
+
+/// Whether a frame that decodes in `from..` (up to `REPEAT_WINDOW_BYTES`, and `end`) has one of
+/// `offsets`. Only a forged chain can meet one: the genuine record with that offset comes after
+/// the payload that carries the forgery, within that payload's length.
+fn repeats_an_offset<S: ReadAt + ?Sized>(
+    source: &S,
+    from: u64,
+    offsets: std::ops::Range<u64>,
+    end: u64,
+) -> io::Result<bool> {
+    let end = end.min(from.saturating_add(REPEAT_WINDOW_BYTES));
+    let found = first_at(source, from + 1, end, |position, bytes| {
+        let Some(header) = frame::peek_header(bytes) else {
+            return Ok(None);
+        };
+        if !offsets.contains(&header.offset) || position + header.frame_bytes as u64 > end {
+            return Ok(None);
+        }
+        let mut cursor = FrameCursor::new(source, position, end, CHAIN_CHUNK_BYTES);
+        Ok(match cursor.next_step()? {
+            Step::Frame { meta, .. } if offsets.contains(&meta.offset) => Some(()),
+            Step::Frame { .. } | Step::Torn { .. } | Step::Corrupt { .. } | Step::End => None,
+        })
+    })?;
+    Ok(found.is_some())
 }

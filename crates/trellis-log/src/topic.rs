@@ -234,6 +234,11 @@ impl TopicShared {
             if next >= high_watermark {
                 break;
             }
+            // Records cut from a sealed segment's end are a hole that starts where its bytes end.
+            if let Some(hole) = segment.hole_at(next) {
+                page.damaged = Some(damaged_range(&segment, &hole, next));
+                break;
+            }
             // The segment ended below the high watermark: the rest is in the next segment.
             match self.segment_for(next) {
                 Ok(next_segment) if next_segment.base_offset > segment.base_offset => {

@@ -315,9 +315,16 @@ async fn a_torn_tail_is_cut_not_a_hole() -> TestResult {
 }
 
 /// A payload that carries a whole valid frame of its own, with a later offset, does not fool
-/// resynchronisation when the record carrying it is damaged.
+/// resynchronisation when the record carrying it is damaged: in its payload (the length still
+/// leads past it) or in its length field (the byte scan meets the forgery first, and the genuine
+/// record after it repeats the offset the forgery claims).
 #[tokio::test]
 async fn a_frame_forged_inside_a_damaged_payload_is_not_taken() -> TestResult {
+    forged_frame_case(30).await?;
+    forged_frame_case(2).await
+}
+
+async fn forged_frame_case(flip_at: u64) -> TestResult {
     let dir = tempfile::tempdir()?;
     let config = config(64 * 1024 * 1024);
     let (log, topic) = open(dir.path(), &config)?;
@@ -344,7 +351,7 @@ async fn a_frame_forged_inside_a_damaged_payload_is_not_taken() -> TestResult {
     // Damage record 50's payload (before the forged frame), and lose the index.
     let (segment, base) = segment_of(dir.path(), 50)?;
     let mut bytes = fs::read(&segment)?;
-    let idx = usize::try_from(position_of(base, 50) + 30)?;
+    let idx = usize::try_from(position_of(base, 50) + flip_at)?;
     bytes[idx] ^= 0x01;
     fs::write(&segment, bytes)?;
     remove_index(dir.path(), 0)?;
