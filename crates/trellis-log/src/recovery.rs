@@ -238,7 +238,10 @@ pub(crate) fn scan<S: ReadAt + ?Sized>(
             anchor,
             end_offset: known.end_offset,
         };
-        let Some(resumed) = resync::find(source, damaged_at, expected, &bound)? else {
+        // An index entry behind the damage could only name a lower offset if the `.idx` lied.
+        let resumed = resync::find(source, damaged_at, expected, &bound)?
+            .filter(|resumed| resumed.offset > expected);
+        let Some(resumed) = resumed else {
             scan.stop = Some(stop);
             break;
         };
