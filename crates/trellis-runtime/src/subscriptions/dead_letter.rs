@@ -132,6 +132,11 @@ pub(crate) fn damaged_marker(
     event
 }
 
+/// Whether `event` is a marker from `damaged_marker`.
+pub(crate) fn is_damaged_marker(event: &CloudEvent) -> bool {
+    matches!(event.extensions.get("trellisfailure"), Some(ExtensionValue::String(failure)) if failure == "damaged")
+}
+
 /// Long enough for a status line and a redacted URL; short enough to keep dead letters small.
 const MAX_REASON_CHARS: usize = 512;
 

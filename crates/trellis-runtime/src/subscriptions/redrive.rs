@@ -120,6 +120,11 @@ impl Redrive {
                         let _ = tracker.complete(record.offset);
                         continue;
                     };
+                    if super::dead_letter::is_damaged_marker(&event) {
+                        // It stands for a record that no longer exists: nothing to deliver.
+                        let _ = tracker.complete(record.offset);
+                        continue;
+                    }
                     origins.insert(record.offset, strip(&mut event));
                     let engine = self.engine.clone();
                     let topic = self.dead_letters.name().to_owned();

@@ -251,6 +251,27 @@ async fn a_damaged_record_is_skipped_visibly_and_nothing_intact_is_lost() {
     assert_eq!(letters[0]["trellisoffset"], "500");
     assert_eq!(letters[0]["type"], "dev.trellis.record.damaged");
 
+    // A redrive passes the marker over: it stands for nothing that could be delivered.
+    let n_before = receiver.n_requests();
+    let response = client
+        .post(format!("{status_url}/redrive"))
+        .send()
+        .await
+        .expect("redrive");
+    assert_eq!(response.status(), 202);
+    let redrive: Value = response.json().await.expect("json");
+    assert_eq!(redrive["events"], 1, "{redrive}");
+    let finished = eventually(async || {
+        let view: Value = get(&client, &status_url).await.json().await.expect("json");
+        view["status"]["redrive"]["running"] == false
+    })
+    .await;
+    let view: Value = get(&client, &status_url).await.json().await.expect("json");
+    assert!(finished, "{view}");
+    assert_eq!(view["status"]["redrive"]["delivered"], 0, "{view}");
+    assert_eq!(view["status"]["redrive"]["dead_lettered"], 0, "{view}");
+    assert_eq!(receiver.n_requests(), n_before);
+
     // A consumer group goes past the damage too, rather than stalling.
     let (from, offsets) = crate::grpc::consume(&process, N_EVENTS as usize).await;
     assert_eq!(from, 0);
