@@ -438,3 +438,18 @@ async fn damage_at_the_end_of_the_open_segment_is_passed_once_records_follow() -
     log.close().await?;
     Ok(())
 }
+
+/// The `recovery_damage` fuzz target's seeds hold the promise too.
+#[test]
+fn the_recovery_fuzz_seeds_hold() -> TestResult {
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/recovery_damage");
+    let mut n_seeds = 0;
+    for entry in fs::read_dir(seeds)? {
+        let data = fs::read(entry?.path())?;
+        let dir = tempfile::tempdir()?;
+        trellis_log::check_recovery_after_damage(dir.path(), &data);
+        n_seeds += 1;
+    }
+    assert!(n_seeds >= 3);
+    Ok(())
+}
