@@ -32,6 +32,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub enum ValidationError {
     #[error("{url} did not answer the validation request: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The address guard refused the URL, so no validation request was sent.
+    #[error("{url} is refused: {reason}")]
+    Denied { url: String, reason: String },
     #[error("{url} refused the validation request with status {status}")]
     Refused { url: String, status: u16 },
     #[error("{url} did not allow origin {origin:?} (WebHook-Allowed-Origin was {allowed:?})")]
@@ -61,6 +64,15 @@ pub async fn handshake(
     let uri: Uri = url
         .parse()
         .map_err(|error: http::uri::InvalidUri| unreachable(error.to_string()))?;
+    // The handshake runs before the subscription's engine exists, so before the engine's own
+    // check: without this, a literal IP host (which never reaches the guarded resolver) in a
+    // denied range would get its `OPTIONS` request.
+    guard
+        .check_url(&uri)
+        .map_err(|error| ValidationError::Denied {
+            url: redacted.clone(),
+            reason: error.to_string(),
+        })?;
     let endpoint = Endpoint::new(&uri, metrics::Counter::noop())
         .map_err(|error| unreachable(error.to_string()))?;
     let origin_value = http::HeaderValue::from_str(origin)
