@@ -28,7 +28,7 @@ use crate::guard::{AddressGuard, DeniedHost};
 use crate::redact::redact_url;
 use crate::report::{
     AttemptRecord, Completion, DeliveryCallbacks, Failed, FailureClass, RecordContext,
-    error_messages, millis,
+    error_messages, joined_chain, millis,
 };
 use crate::request::{self, Attempt, PreparedEvent};
 use crate::tls::WebhookTls;
@@ -868,22 +868,6 @@ fn is_denied_address(error: &(dyn std::error::Error + 'static)) -> bool {
         source = cause.source();
     }
     false
-}
-
-/// An error chain on one line, outermost first, leaving out a message the one before it already
-/// ends with (an `io::Error` shows the error it wraps as its own message).
-fn joined_chain(chain: &[String]) -> String {
-    let mut line = String::new();
-    for message in chain {
-        if line.ends_with(message.as_str()) {
-            continue;
-        }
-        if !line.is_empty() {
-            line.push_str(": ");
-        }
-        line.push_str(message);
-    }
-    line
 }
 
 fn deadline_passed(settings: &Settings, last_status: Option<u16>) -> Failed {

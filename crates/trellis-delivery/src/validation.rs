@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::client::{Answer, Connector, Endpoint};
 use crate::guard::AddressGuard;
 use crate::redact::redact_url;
-use crate::report::error_messages;
+use crate::report::{error_messages, joined_chain};
 use crate::tls::WebhookTls;
 
 pub const REQUEST_ORIGIN_HEADER: &str = "webhook-request-origin";
@@ -93,7 +93,7 @@ pub async fn handshake(
     let Answer { status, headers } = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| unreachable(format!("no answer within {} ms", timeout.as_millis())))?
-        .map_err(|error| unreachable(error_messages(&error).join(": ")))?;
+        .map_err(|error| unreachable(joined_chain(&error_messages(&error))))?;
     if !status.is_success() {
         return Err(ValidationError::Refused {
             url: redacted,

@@ -837,6 +837,12 @@ async fn an_https_receiver_with_an_untrusted_certificate_gets_nothing() {
         "{}",
         failure.reason
     );
+    assert_eq!(
+        failure.reason.matches("invalid peer certificate").count(),
+        1,
+        "the cause once, not once per wrapper: {}",
+        failure.reason
+    );
     assert!(
         !failure.reason.contains("cannot connect"),
         "{}",
