@@ -128,7 +128,21 @@ pub(crate) struct Publisher {
     /// One rebuild per topic, awaited by its publishes.
     loaded: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
     metrics: PublishMetrics,
-    remembered: metrics::Gauge,
+    remembered: Remembered,
+}
+
+/// The gauges that show the index's size.
+#[derive(Clone)]
+struct Remembered {
+    entries: metrics::Gauge,
+    bytes: metrics::Gauge,
+}
+
+impl Remembered {
+    fn set<W: Clone>(&self, index: &DedupIndex<W>) {
+        self.entries.set(index.len() as f64);
+        self.bytes.set(index.memory_bytes() as f64);
+    }
 }
 
 /// A reservation held until its key is stored; dropping it unstored abandons the key and wakes
@@ -187,7 +201,10 @@ impl Publisher {
             max_entries,
             loaded: Mutex::default(),
             metrics,
-            remembered: metrics::gauge!(crate::metrics::DEDUP_ENTRIES),
+            remembered: Remembered {
+                entries: metrics::gauge!(crate::metrics::DEDUP_ENTRIES),
+                bytes: metrics::gauge!(crate::metrics::DEDUP_MEMORY),
+            },
         }
     }
 
@@ -212,7 +229,7 @@ impl Publisher {
         }
         let mut index = lock(&self.index);
         index.forget_topic(name);
-        self.remembered.set(index.len() as f64);
+        self.remembered.set(&index);
     }
 
     /// Stores the events of one batch that are not duplicates, as one all-or-nothing append,
@@ -295,7 +312,7 @@ impl Publisher {
                         index.store(&held.topic, &held.key, ticket, offset, now);
                     }
                 }
-                remembered.set(index.len() as f64);
+                remembered.set(&index);
                 drop(index);
                 // Only now, with every key recorded, are the waiting publishes woken.
                 drop(holds);
@@ -359,7 +376,7 @@ impl Publisher {
                                 Fate::New(Some(Held {
                                     index: Arc::clone(&self.index),
                                     topic: Arc::clone(topic),
-                                    key: key.clone(),
+                                    key: *key,
                                     ticket,
                                     _wake_on_drop: Arc::clone(&wake),
                                 })),
@@ -456,7 +473,7 @@ impl Publisher {
             for (key, offset, at_ms) in keys {
                 index.remember(topic.name(), key, offset, at_ms, now);
             }
-            self.remembered.set(index.len() as f64);
+            self.remembered.set(&index);
             drop(index);
             match next {
                 Some(next) => from = next,
