@@ -16,6 +16,9 @@ pub struct RuntimeConfig {
     pub max_batch_bytes: usize,
     /// A batch with more events than this is refused with 413.
     pub max_batch_events: usize,
+    /// JSON event data nesting arrays and objects deeper than this is refused with 400
+    /// (`invalid_event`, attribute `data`), over HTTP and gRPC.
+    pub max_json_depth: usize,
     /// Publishing to a topic that does not exist creates it with `default_topic`.
     pub auto_create_topics: bool,
     /// Settings for topics created without explicit ones.
@@ -43,12 +46,23 @@ pub struct RuntimeConfig {
     pub grpc_max_batches_in_flight: usize,
 }
 
+impl RuntimeConfig {
+    /// What every published event is held to beyond the CloudEvents rules.
+    pub(crate) fn event_limits(&self) -> trellis_cloudevents::EventLimits {
+        trellis_cloudevents::EventLimits {
+            max_json_depth: self.max_json_depth,
+            ..trellis_cloudevents::EventLimits::default()
+        }
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             max_event_bytes: 1024 * 1024,
             max_batch_bytes: 16 * 1024 * 1024,
             max_batch_events: 10_000,
+            max_json_depth: trellis_cloudevents::EventLimits::default().max_json_depth,
             auto_create_topics: true,
             default_topic: TopicSettings::default(),
             retention_check_interval: Duration::from_secs(30),

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{OnceCell, oneshot, watch};
-use trellis_cloudevents::CloudEvent;
+use trellis_cloudevents::{CloudEvent, EventError, EventLimits};
 use trellis_log::{LogError, Topic};
 
 use crate::dedup::{DedupIndex, DedupKey, Reservation, Ticket};
@@ -57,6 +57,8 @@ const RESERVED_EXTENSIONS: &[&str] = &["offset"];
 pub(crate) enum Unpublishable {
     /// It sets an extension Trellis reserves.
     Reserved(&'static str),
+    /// It is over one of the [`EventLimits`] (an attribute's size, the depth of its data).
+    OverLimit(EventError),
     /// Its stored form is over the size limit.
     TooLarge { size: usize, max: usize },
 }
@@ -66,6 +68,7 @@ impl Unpublishable {
     pub(crate) fn attribute(&self) -> Option<String> {
         match self {
             Unpublishable::Reserved(name) => Some((*name).to_owned()),
+            Unpublishable::OverLimit(error) => error.attribute.clone(),
             Unpublishable::TooLarge { .. } => None,
         }
     }
@@ -76,6 +79,7 @@ impl Unpublishable {
             Unpublishable::Reserved(name) => format!(
                 "extension attribute `{name}` is reserved: Trellis reports each event's log offset under that name"
             ),
+            Unpublishable::OverLimit(error) => format!("{subject}: {}", error.message),
             Unpublishable::TooLarge { size, max } => format!(
                 "{subject} is {size} bytes as stored; the maximum event size is {max} bytes"
             ),
@@ -87,6 +91,7 @@ impl Outgoing {
     /// The checks HTTP and gRPC publishing share, then the stored form of `event`.
     pub(crate) fn prepare(
         event: &CloudEvent,
+        limits: &EventLimits,
         max_event_bytes: usize,
     ) -> Result<Outgoing, Unpublishable> {
         if let Some(name) = RESERVED_EXTENSIONS
@@ -95,6 +100,9 @@ impl Outgoing {
         {
             return Err(Unpublishable::Reserved(name));
         }
+        event
+            .check_limits(limits)
+            .map_err(Unpublishable::OverLimit)?;
         let record = event.to_stored();
         if record.len() > max_event_bytes {
             return Err(Unpublishable::TooLarge {
