@@ -37,8 +37,9 @@ pub struct RuntimeConfig {
     /// An event whose `(source, id)` its topic stored less than this long ago is answered with
     /// the first copy's offset and not stored again. Zero turns deduplication off.
     pub dedup_window: Duration,
-    /// At most this many `(source, id)` pairs are remembered over all topics (about 200 bytes
-    /// each); beyond it the oldest are forgotten first, so the window may in effect be shorter.
+    /// At most this many `(source, id)` pairs are remembered over all topics (about 190 bytes
+    /// each, as digests, whatever the ids' size); beyond it the oldest are forgotten first, so the
+    /// window may in effect be shorter.
     /// After a restart each topic's last `dedup_max_entries` records are read back, at most.
     pub dedup_max_entries: usize,
     /// gRPC `PublishStream`: batches one stream may have in flight. A stream that sends more
