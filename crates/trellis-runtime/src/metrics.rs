@@ -15,6 +15,7 @@ pub(crate) const PUBLISH_BYTES: &str = "trellis_publish_bytes_total";
 pub(crate) const PUBLISH_DURATION: &str = "trellis_publish_duration_seconds";
 pub(crate) const PUBLISH_DUPLICATES: &str = "trellis_publish_duplicates_total";
 pub(crate) const DEDUP_ENTRIES: &str = "trellis_dedup_remembered_ids";
+pub(crate) const DEDUP_MEMORY: &str = "trellis_dedup_memory_bytes";
 pub(crate) const LOG_SIZE: &str = "trellis_log_size_bytes";
 pub(crate) const TOPIC_NEXT_OFFSET: &str = "trellis_topic_next_offset";
 
@@ -85,6 +86,12 @@ fn describe() {
         DEDUP_ENTRIES,
         "(source, id) pairs remembered for deduplication over all topics; at most \
          dedup max_entries, the oldest forgotten first."
+    );
+    metrics::describe_gauge!(
+        DEDUP_MEMORY,
+        metrics::Unit::Bytes,
+        "About how much memory the deduplication index holds; the same per pair whatever the \
+         size of the events' ids."
     );
     metrics::describe_histogram!(
         PUBLISH_DURATION,

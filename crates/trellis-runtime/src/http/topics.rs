@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +12,7 @@ use trellis_log::{LogError, Topic};
 
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::http::body::AdminBody;
 use crate::topics::{PutOutcome, TopicSettings, TopicSettingsPatch, settings_of};
 
 /// A reads page holds at most this many events, whatever `limit` asks for.
@@ -72,7 +72,7 @@ pub(crate) async fn get(
 pub(crate) async fn put(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: Bytes,
+    AdminBody(body): AdminBody,
 ) -> Result<Response, ApiError> {
     // An empty body means "create with the defaults" (or "change nothing").
     let patch: TopicSettingsPatch = if body.iter().all(u8::is_ascii_whitespace) {

@@ -2,7 +2,9 @@
 //! driven through HTTP as a user would. One module per resource.
 
 mod dedup;
+mod errors;
 mod grpc;
+mod grpc_errors;
 mod ops;
 mod publish;
 mod support;
