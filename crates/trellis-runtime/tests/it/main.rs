@@ -6,4 +6,5 @@ mod grpc;
 mod ops;
 mod publish;
 mod support;
+mod topic_lifecycle;
 mod topics;
