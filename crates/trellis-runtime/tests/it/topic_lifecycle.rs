@@ -256,3 +256,91 @@ async fn deleted_subscriptions_leave_no_series_on_metrics() {
     assert_eq!(types.len(), all, "a family rendered twice");
     server.stop().await;
 }
+
+/// A data dir from before incarnations: a topic with no record in the metadata store (made by a
+/// publish) and a committed offset stored as bare decimal. Both are the legacy incarnation, so
+/// the offset still applies; once the topic is deleted and created again it no longer does.
+#[tokio::test]
+async fn a_data_dir_without_incarnations_keeps_its_offsets_until_the_topic_is_re_created() {
+    use trellis_meta::MetadataStore as _;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    for n in 0..5 {
+        assert_eq!(
+            server
+                .publish_binary("orders", &format!("e-{n}"), "x")
+                .await
+                .0,
+            202
+        );
+    }
+    let (code, body) = subscribe(
+        &server,
+        json!({"name": "reader", "topic": "orders", "start": "latest", "sink": {"urls": [SINK]}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    server.stop().await;
+    {
+        // Rewritten into the older shape.
+        let meta = trellis_meta::EmbeddedStore::open(&dir.path().join("meta.redb"))
+            .expect("open metadata store");
+        meta.delete("/topics/orders").await.expect("delete");
+        meta.put("/offsets/reader", bytes::Bytes::from_static(b"3"))
+            .await
+            .expect("put");
+    }
+
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let (_, topic) = server.get("/v1/topics/orders").await;
+    assert_eq!(topic["incarnation"], "", "{topic}");
+    assert!(eventually(async || status(&server, "reader").await["state"] == "running").await);
+    assert_eq!(status(&server, "reader").await["committed_offset"], 3);
+
+    assert_eq!(server.delete("/v1/topics/orders?force=true").await.0, 204);
+    let (code, created) = server.put("/v1/topics/orders", "").await;
+    assert_eq!(code, 201, "{created}");
+    assert_ne!(created["incarnation"], "");
+    assert!(eventually(async || status(&server, "reader").await["state"] == "running").await);
+    assert_eq!(status(&server, "reader").await["committed_offset"], 0);
+    server.stop().await;
+}
+
+/// A delete cut short by a crash (its record marked, its files still there) is finished at the
+/// next start: the old events never come back under a new incarnation.
+#[tokio::test]
+async fn a_delete_cut_short_is_finished_at_the_next_start() {
+    use trellis_meta::MetadataStore as _;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    assert_eq!(server.publish_binary("orders", "e-0", "x").await.0, 202);
+    server.stop().await;
+    {
+        let meta = trellis_meta::EmbeddedStore::open(&dir.path().join("meta.redb"))
+            .expect("open metadata store");
+        let stored = meta
+            .get("/topics/orders")
+            .await
+            .expect("get")
+            .expect("the topic has a record");
+        let mut record: Value = serde_json::from_slice(&stored.value).expect("JSON record");
+        record["deleting"] = Value::Bool(true);
+        meta.put(
+            "/topics/orders",
+            bytes::Bytes::from(serde_json::to_vec(&record).expect("encode")),
+        )
+        .await
+        .expect("put");
+    }
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    assert_error(
+        &server.get("/v1/topics/orders").await,
+        404,
+        "topic_not_found",
+    );
+    let res = server.publish_binary("orders", "e-1", "x").await;
+    assert_eq!(res.1["events"][0]["offset"], 0, "a new topic: {}", res.1);
+    server.stop().await;
+}
