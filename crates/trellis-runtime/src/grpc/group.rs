@@ -103,6 +103,9 @@ struct GroupKey {
     group: String,
     broadcast: bool,
     member: Option<String>,
+    /// An unnamed broadcast member's own coordinator: listed (so its topic's delete is refused
+    /// while it reads), never joined by another member.
+    private: Option<u64>,
 }
 
 struct Handle {
@@ -164,7 +167,8 @@ impl GroupRegistry {
         }
     }
 
-    /// The named groups (members included) that read `topic` now, for refusing its delete.
+    /// The groups (with the member name of a named broadcast member) that read `topic` now,
+    /// for refusing its delete.
     pub(crate) async fn using_topic(&self, topic: &str) -> Vec<String> {
         let groups = self.groups.lock().await;
         let mut names: Vec<String> = groups
@@ -210,6 +214,7 @@ impl GroupRegistry {
             group: spec.group.clone(),
             broadcast: spec.broadcast,
             member: spec.member.clone(),
+            private: (!shared).then_some(id),
         };
         let mut groups = self.groups.lock().await;
         let existing = if shared {
@@ -226,19 +231,17 @@ impl GroupRegistry {
                 let generation = id;
                 let (coordinator, control, acks) =
                     Coordinator::start(&spec, Arc::clone(&self.meta), shared).await?;
-                let registry = shared.then(|| (Arc::clone(&self.groups), key.clone(), generation));
+                let registry = Some((Arc::clone(&self.groups), key.clone(), generation));
                 let shutdown = self.shutdown.clone();
                 self.tasks.spawn(coordinator.run(shutdown, registry));
-                if shared {
-                    groups.insert(
-                        key,
-                        Handle {
-                            generation,
-                            control: control.clone(),
-                            acks: acks.clone(),
-                        },
-                    );
-                }
+                groups.insert(
+                    key,
+                    Handle {
+                        generation,
+                        control: control.clone(),
+                        acks: acks.clone(),
+                    },
+                );
                 (control, acks)
             }
         };

@@ -620,9 +620,17 @@ async fn a_topic_a_group_reads_is_deleted_only_when_forced_and_the_group_starts_
         let offset = member.delivery().await.offset;
         member.ack(vec![offset]).await;
     }
+    // An unnamed broadcast member reads with a cursor of its own; it counts too.
+    let watcher = join(
+        &server,
+        subscription("grouped", "watchers", GroupMode::Broadcast),
+    )
+    .await;
     let res = server.delete("/v1/topics/grouped").await;
     let message = crate::support::assert_error(&res, 409, "topic_in_use");
     assert!(message.contains("consumer group \"g\""), "{message}");
+    assert!(message.contains("consumer group \"watchers\""), "{message}");
+    drop(watcher);
 
     assert_eq!(server.delete("/v1/topics/grouped?force=true").await.0, 204);
     // The member hears that its topic went; the group stores its offset (3) as it ends.
