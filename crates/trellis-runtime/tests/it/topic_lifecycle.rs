@@ -344,3 +344,60 @@ async fn a_delete_cut_short_is_finished_at_the_next_start() {
     assert_eq!(res.1["events"][0]["offset"], 0, "a new topic: {}", res.1);
     server.stop().await;
 }
+
+/// A redrive's cursor counts in the dead-letter topic it was stored for: after that topic is
+/// deleted and created again, the next redrive starts at its offset 0.
+#[tokio::test]
+async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let (code, body) = subscribe(
+        &server,
+        json!({
+            "name": "r", "topic": "src", "dead_letter_topic": "src.dead",
+            "sink": {"urls": [SINK]},
+            "delivery": {"max_attempts": 1, "breaker": {"failure_threshold": 1000}},
+        }),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let dead_letters = async || server.get("/v1/topics/src.dead").await.1["next_offset"].clone();
+    for n in 0..3 {
+        assert_eq!(
+            server.publish_binary("src", &format!("e-{n}"), "x").await.0,
+            202
+        );
+    }
+    assert!(
+        eventually(async || dead_letters().await == 3).await,
+        "three dead letters"
+    );
+    let (code, redrive) = server
+        .post("/v1/subscriptions/r/redrive", "application/json", "")
+        .await;
+    assert_eq!(code, 202, "{redrive}");
+    assert_eq!(
+        (redrive["from"].clone(), redrive["to"].clone()),
+        (json!(0), json!(3))
+    );
+    assert!(
+        eventually(async || status(&server, "r").await["redrive"]["running"] == false).await,
+        "the redrive ends"
+    );
+
+    assert_eq!(server.delete("/v1/topics/src.dead?force=true").await.0, 204);
+    assert_eq!(server.publish_binary("src", "e-3", "x").await.0, 202);
+    assert!(
+        eventually(async || dead_letters().await == 1).await,
+        "a new dead-letter topic"
+    );
+    let (code, redrive) = server
+        .post("/v1/subscriptions/r/redrive", "application/json", "")
+        .await;
+    assert_eq!(code, 202, "{redrive}");
+    assert_eq!(
+        (redrive["from"].clone(), redrive["to"].clone()),
+        (json!(0), json!(1))
+    );
+    server.stop().await;
+}
