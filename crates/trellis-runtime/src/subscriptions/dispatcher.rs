@@ -175,6 +175,11 @@ impl Dispatcher {
                     self.send_batch(std::mem::take(&mut pending.records), &mut deliveries);
                 }
                 _ = self.paused.changed() => {}
+                // A paused subscription reads nothing, so it learns of a delete here.
+                gone = self.topic.wait_for(u64::MAX), if paused => {
+                    topic_deleted = matches!(gone, Err(LogError::NoSuchTopic(_)));
+                    break;
+                }
                 _ = commit_tick.tick() => {
                     while deliveries.try_join_next().is_some() {}
                     self.engine.close_idle_connections();

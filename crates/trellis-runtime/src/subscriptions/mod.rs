@@ -185,6 +185,8 @@ impl SubscriptionRegistry {
             .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?;
         let view = view_json(&spec)?;
         let handle = self.spawn(spec, engine);
+        // What the status says until the dispatcher has started, which it does from here.
+        handle.stats.committed.store(start, Ordering::Relaxed);
         running.insert(handle.spec.name.clone(), handle);
         Ok(view)
     }

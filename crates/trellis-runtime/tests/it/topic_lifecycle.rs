@@ -401,3 +401,32 @@ async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_paused_subscription_also_shows_that_its_topic_was_deleted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let (code, body) = subscribe(
+        &server,
+        json!({"name": "resting", "topic": "quiet", "sink": {"urls": [SINK]}}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = server
+        .post("/v1/subscriptions/resting/pause", "application/json", "")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(status(&server, "resting").await["state"], "paused");
+    assert_eq!(server.delete("/v1/topics/quiet?force=true").await.0, 204);
+    assert!(
+        eventually(async || status(&server, "resting").await["state"] == "waiting_for_topic").await
+    );
+    assert_eq!(status(&server, "resting").await["paused"], true);
+    // Created again, it is paused on the new topic, at its beginning.
+    assert_eq!(server.publish_binary("quiet", "e-0", "x").await.0, 202);
+    assert!(eventually(async || status(&server, "resting").await["state"] == "paused").await);
+    let paused = status(&server, "resting").await;
+    assert_eq!(paused["committed_offset"], 0, "{paused}");
+    assert_eq!(paused["lag"], 1, "{paused}");
+    server.stop().await;
+}
