@@ -138,6 +138,8 @@ impl SubscriptionRegistry {
 
     pub(crate) async fn create(&self, body: &Value) -> Result<Value, ApiError> {
         let spec = SubscriptionSpec::from_request(body).map_err(invalid)?;
+        // First here, so a refused subscription creates no topic; again below, under the lock.
+        refuse_dead_letter_cycle(&spec, self.running.lock().await.values().map(|e| &e.spec))?;
         let (topic, incarnation) = self.topics.for_subscription(&spec.topic).await?;
         let start = start_offset(&spec, &topic);
         if let Start::Offset(offset) = spec.start {

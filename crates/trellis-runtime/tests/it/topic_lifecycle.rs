@@ -183,6 +183,7 @@ async fn dead_letter_cycles_are_refused_naming_the_cycle() {
     );
     assert!(message.contains("\"b\" (t2 -> t1)"), "{message}");
     assert!(message.contains("\"a\" (t1 -> t2)"), "{message}");
+    assert_error(&server.get("/v1/topics/t2").await, 404, "topic_not_found");
 
     // A longer cycle: t1 -> t2 -> t3 -> t1.
     assert_eq!(subscribe(&server, sub("b", "t2", "t3")).await.0, 201);
