@@ -113,6 +113,10 @@ fn describe() {
         TOPIC_NEXT_OFFSET,
         "The offset the next event of the topic will get."
     );
+    metrics::describe_gauge!(
+        crate::subscriptions::WAITING_FOR_TOPIC,
+        "1 while the subscription waits for its topic, deleted or not yet created, to exist."
+    );
 }
 
 /// Refreshes per-topic gauges from the log's own bookkeeping, just before a scrape.

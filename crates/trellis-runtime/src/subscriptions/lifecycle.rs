@@ -19,19 +19,34 @@ use super::spec::Start;
 use crate::error::error_chain;
 use crate::topics::{Incarnation, TopicRegistry};
 
+/// 1 while a subscription waits for its topic to exist, so a stranded one can be alerted on.
+pub(crate) const WAITING_FOR_TOPIC: &str = "trellis_subscription_waiting_for_topic";
+
 /// What the status shows beyond the dispatcher's figures.
-#[derive(Debug, Default)]
 pub(crate) struct Lifecycle {
     /// Set while the subscription waits for its topic: why.
     waiting: std::sync::Mutex<Option<String>>,
+    waiting_gauge: metrics::Gauge,
 }
 
 impl Lifecycle {
+    pub(crate) fn new(subscription: &str) -> Lifecycle {
+        let waiting_gauge =
+            metrics::gauge!(WAITING_FOR_TOPIC, "subscription" => subscription.to_owned());
+        waiting_gauge.set(0.0);
+        Lifecycle {
+            waiting: std::sync::Mutex::new(None),
+            waiting_gauge,
+        }
+    }
+
     pub(crate) fn waiting_reason(&self) -> Option<String> {
         self.waiting.lock().ok().and_then(|reason| reason.clone())
     }
 
     fn set_waiting(&self, reason: Option<String>) {
+        self.waiting_gauge
+            .set(if reason.is_some() { 1.0 } else { 0.0 });
         if let Ok(mut waiting) = self.waiting.lock() {
             *waiting = reason;
         }

@@ -32,6 +32,7 @@ use crate::error::ApiError;
 use crate::topics::TopicRegistry;
 use dead_letter::DeadLetterTarget;
 use dispatcher::{DispatcherStats, Outcome, ToDispatcher};
+pub(crate) use lifecycle::WAITING_FOR_TOPIC;
 use lifecycle::{Lifecycle, Supervisor};
 use redrive::RedriveStats;
 use spec::{Start, SubscriptionSpec, field_error, reject_unknown};
@@ -462,7 +463,7 @@ impl SubscriptionRegistry {
         let (batch_tx, batch) = watch::channel(spec.delivery.batch.clone());
         let stop = CancellationToken::new();
         let stats = Arc::new(DispatcherStats::default());
-        let lifecycle = Arc::new(Lifecycle::default());
+        let lifecycle = Arc::new(Lifecycle::new(&spec.name));
         let supervisor = Supervisor {
             name: spec.name.clone(),
             topic_name: spec.topic.clone(),

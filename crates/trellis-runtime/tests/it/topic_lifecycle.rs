@@ -91,6 +91,22 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
             .is_some_and(|reason| reason.contains("deleted")),
         "{waiting}"
     );
+    let scrape = async || {
+        server
+            .client
+            .get(server.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
+    };
+    assert!(
+        scrape()
+            .await
+            .contains("trellis_subscription_waiting_for_topic{subscription=\"reader\"} 1")
+    );
     // The subscription does not bring the topic back by itself.
     assert_error(
         &server.get("/v1/topics/orders").await,
@@ -106,6 +122,11 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
         "the subscription runs again once the topic exists"
     );
     assert!(status(&server, "reader").await.get("reason").is_none());
+    assert!(
+        scrape()
+            .await
+            .contains("trellis_subscription_waiting_for_topic{subscription=\"reader\"} 0")
+    );
     server.stop().await;
 }
 
