@@ -33,6 +33,8 @@ pub(crate) struct AppState {
     pub publish_metrics: PublishMetrics,
     pub subscriptions: Arc<SubscriptionRegistry>,
     pub publisher: Arc<Publisher>,
+    /// Asked, before a topic is deleted, which consumer groups read it.
+    pub groups: Arc<crate::grpc::GroupRegistry>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {

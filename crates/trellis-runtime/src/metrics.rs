@@ -1,6 +1,10 @@
 //! Metric names and the Prometheus recorder. Names follow `trellis_<name>_<unit>[_total]`;
 //! labels come only from bounded sets (outcome words, topic names).
 
+mod removable;
+
+pub(crate) use removable::removable;
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -41,6 +45,9 @@ pub(crate) fn handle() -> PrometheusHandle {
             };
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            let recorder = removable::Router {
+                prometheus: recorder,
+            };
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(
                     message = "A metrics recorder was already installed; /metrics will be empty."
@@ -112,6 +119,10 @@ fn describe() {
     metrics::describe_gauge!(
         TOPIC_NEXT_OFFSET,
         "The offset the next event of the topic will get."
+    );
+    metrics::describe_gauge!(
+        crate::subscriptions::WAITING_FOR_TOPIC,
+        "1 while the subscription waits for its topic, deleted or not yet created, to exist."
     );
 }
 

@@ -266,7 +266,7 @@ impl Publisher {
             // An error means the previous batch ended without appending: the turn is ours.
             let _ = after.await;
         }
-        let topic = self.topics.for_publish(topic_name)?;
+        let topic = self.topics.for_publish(topic_name).await?;
         if !self.enabled() {
             let records = events.into_iter().map(|event| event.record).collect();
             let ack = append(&topic, records, self.metrics.clone(), then).await?;

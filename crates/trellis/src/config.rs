@@ -214,6 +214,12 @@ impl Settings {
         if runtime.max_json_depth == 0 {
             bail!("http.max_json_depth must be at least 1; got 0");
         }
+        // 0 would remember nothing while the window says deduplication is on.
+        if runtime.dedup_max_entries == 0 {
+            bail!(
+                "dedup.max_entries must be at least 1; got 0 (to turn deduplication off, set dedup.window_ms = 0)"
+            );
+        }
         let http_addr = args
             .http_addr
             .clone()

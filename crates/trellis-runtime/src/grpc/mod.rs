@@ -186,12 +186,12 @@ pub(crate) fn group_offset_key(topic: &str, group: &str, member: Option<&str>) -
     }
 }
 
-/// Reads a committed offset stored as decimal text.
+/// Reads a committed offset, with the topic incarnation it counts in.
 pub(crate) async fn stored_offset(
     meta: &dyn MetadataStore,
     key: &str,
-) -> Result<Option<u64>, Status> {
-    crate::stored_offset::load(meta, key)
+) -> Result<Option<crate::stored_offset::StoredOffset>, Status> {
+    crate::stored_offset::load_any(meta, key)
         .await
         .map_err(|error| {
             Status::unavailable(format!(

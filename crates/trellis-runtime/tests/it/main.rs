@@ -8,4 +8,5 @@ mod grpc_errors;
 mod ops;
 mod publish;
 mod support;
+mod topic_lifecycle;
 mod topics;

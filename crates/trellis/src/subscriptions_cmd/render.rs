@@ -86,6 +86,8 @@ const DELIVERY_ORDER: &[&str] = &[
     "drop_on",
 ];
 const STATUS_ORDER: &[&str] = &[
+    "state",
+    "reason",
     "paused",
     "delivered",
     "retried",

@@ -132,6 +132,7 @@ fn create_list_get_and_delete_round_trip() {
     shown.assert_success();
     for key in [
         "status:",
+        "state:",
         "delivered:",
         "committed_offset:",
         "lag:",
