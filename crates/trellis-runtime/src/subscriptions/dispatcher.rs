@@ -73,9 +73,19 @@ impl DispatcherStats {
 /// Dead-letter markers for damaged records written in one append.
 const MARKERS_PER_APPEND: u64 = 512;
 
+/// Why `Dispatcher::run` returned.
+pub(crate) enum Ended {
+    /// Stopped, or failed for good.
+    Stopped,
+    /// The topic was deleted: the outcomes channel, to start again on its next incarnation.
+    TopicDeleted(mpsc::UnboundedReceiver<Outcome>),
+}
+
 pub(crate) struct Dispatcher {
     pub(crate) name: String,
     pub(crate) topic: Topic,
+    /// The committed offset is stored with it (see `stored_offset.rs`).
+    pub(crate) incarnation: crate::topics::Incarnation,
     /// Created on first use with the default topic settings.
     pub(crate) dead_letter: DeadLetterTarget,
     pub(crate) meta: Arc<dyn MetadataStore>,
@@ -109,7 +119,7 @@ impl Pending {
 }
 
 impl Dispatcher {
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(mut self) -> Ended {
         let mut tracker = OffsetTracker::new(self.start);
         let mut next = self.start;
         let mut deliveries = JoinSet::new();
@@ -120,6 +130,7 @@ impl Dispatcher {
         let mut pending = Pending::default();
         // Reading failed in a way the dispatcher cannot go past; a resume (or pause) retries.
         let mut stopped = false;
+        let mut topic_deleted = false;
         'run: loop {
             let paused = *self.paused.borrow();
             // Records tracked and not ended, batched or in flight: the memory bound.
@@ -162,6 +173,10 @@ impl Dispatcher {
                         continue;
                     }
                     Err(LogError::Closed) => break,
+                    Err(LogError::NoSuchTopic(_)) => {
+                        topic_deleted = true;
+                        break;
+                    }
                     Err(error) => {
                         let reason = error_chain(&error);
                         tracing::error!(message = "Reading the topic failed; the subscription stops until it is resumed.", subscription = %self.name, offset = next, error = %reason);
@@ -196,6 +211,11 @@ impl Dispatcher {
                         self.set_stopped(None);
                     }
                 }
+                // A paused subscription reads nothing, so it learns of a delete here.
+                gone = self.topic.wait_for(u64::MAX), if paused => {
+                    topic_deleted = matches!(gone, Err(LogError::NoSuchTopic(_)));
+                    break;
+                }
                 _ = commit_tick.tick() => {
                     while deliveries.try_join_next().is_some() {}
                     self.engine.close_idle_connections();
@@ -213,7 +233,12 @@ impl Dispatcher {
                 break;
             }
         }
+        if topic_deleted {
+            // Its offsets count in no topic now: nothing to store.
+            return Ended::TopicDeleted(self.outcomes);
+        }
         self.persist(tracker.committable(), persisted).await;
+        Ended::Stopped
     }
 
     /// Shows (or clears) why the dispatcher stopped, in the status and a gauge.
@@ -400,7 +425,7 @@ impl Dispatcher {
         if committable == persisted {
             return persisted;
         }
-        let value = crate::stored_offset::encode(committable);
+        let value = crate::stored_offset::encode(committable, &self.incarnation);
         match self.meta.put(&self.offset_key, value).await {
             Ok(_) => committable,
             Err(error) => {
