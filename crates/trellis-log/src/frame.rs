@@ -121,6 +121,29 @@ pub(crate) fn decode(bytes: &[u8]) -> Decoded {
     Decoded::Frame { meta, frame_bytes }
 }
 
+/// What the header at the start of `bytes` claims, checked only for a possible length and known
+/// flags; the checksum is not verified. Cheap enough to try at every byte of a damaged stretch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub(crate) frame_bytes: usize,
+    pub(crate) offset: u64,
+}
+
+pub(crate) fn peek_header(bytes: &[u8]) -> Option<Header> {
+    let checked_bytes = le_u32(bytes, 0)? as usize;
+    if !(CHECKED_HEADER_BYTES..=CHECKED_HEADER_BYTES + MAX_RECORD_BYTES).contains(&checked_bytes) {
+        return None;
+    }
+    let flags = *bytes.get(24)?;
+    if flags & !KNOWN_FLAGS != 0 {
+        return None;
+    }
+    Some(Header {
+        frame_bytes: UNCHECKED_BYTES + checked_bytes,
+        offset: le_u64(bytes, 8)?,
+    })
+}
+
 impl Damage {
     pub(crate) fn describe(self) -> &'static str {
         match self {

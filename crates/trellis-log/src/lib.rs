@@ -12,7 +12,9 @@
 //! - `segment`: one `.log` file, its in-memory sparse index and the frame cursor readers use.
 //! - `frame`: the on-disk record frame (length, CRC-32C, offset, timestamp, flags, payload).
 //! - `index`: the sparse offset index and its `.idx` file format.
-//! - `recovery`: rebuilding a topic from disk, truncating a torn or corrupt tail.
+//! - `recovery`: rebuilding a topic from disk: holes for damaged records with intact records
+//!   after them, a cut for a torn or corrupt tail.
+//! - `resync`: finding where intact frames resume after a bad frame.
 //! - `retention`: deleting whole sealed segments by age and size.
 //! - `files`: file names, segment creation and directory fsyncs.
 //!
@@ -28,10 +30,12 @@
 //! see a record before its append could have resolved.
 
 mod catalog;
+mod damage_check;
 mod files;
 mod frame;
 mod index;
 mod recovery;
+mod resync;
 mod retention;
 mod segment;
 mod topic;
@@ -107,9 +111,34 @@ pub struct AppendAck {
     pub n_records: u64,
 }
 
+/// Offsets whose records are damaged on disk and cannot be read. The records around them are
+/// intact and readable; the offsets are never given to another record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedRange {
+    /// The base offset of the segment that holds the damage.
+    pub segment: u64,
+    /// The first unreadable offset.
+    pub first_offset: u64,
+    /// The first offset after the damage: where a reader goes on.
+    pub next_offset: u64,
+    /// What is wrong, e.g. "bad checksum at byte 4096".
+    pub reason: String,
+}
+
+/// One read's answer: the records, and the damage they stop short at, if any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadPage {
+    pub records: Vec<Record>,
+    /// Set when the read stopped at damaged records; they come right after the last record
+    /// returned (or at the offset asked for, when no record was returned).
+    pub damaged: Option<DamagedRange>,
+}
+
 /// A point-in-time view of a topic's size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TopicStats {
+    /// Damaged records found so far (by recovery at open, or by reads since), in offset order.
+    pub damaged: Vec<DamagedRange>,
     /// The oldest offset still stored (equals `next_offset` when the topic is empty).
     pub first_offset: u64,
     /// The offset the next appended record will get.
@@ -137,6 +166,13 @@ pub enum LogError {
         segment: u64,
         position: u64,
     },
+    #[error(
+        "offsets {first}..{next} of topic {topic} are damaged ({reason}); reading can go on at offset {next}",
+        first = .range.first_offset,
+        next = .range.next_offset,
+        reason = .range.reason
+    )]
+    Damaged { topic: String, range: DamagedRange },
     #[error("the log is shut down")]
     Closed,
     #[error("i/o error on {path}")]
@@ -203,6 +239,14 @@ fn echoed(name: &str) -> String {
 #[doc(hidden)]
 pub fn fuzz_frame_decode(data: &[u8]) {
     recovery::fuzz_frame_decode(data);
+}
+
+/// Writes records through a log in `dir`, damages its files as `data` says, recovers and
+/// panics if an intact acknowledged record was lost or an offset would be reused. Exists for
+/// the `recovery_damage` fuzz target and its proptest; not part of the API.
+#[doc(hidden)]
+pub fn check_recovery_after_damage(dir: &std::path::Path, data: &[u8]) {
+    damage_check::check_recovery_after_damage(dir, data);
 }
 
 impl Default for TopicConfig {
@@ -312,13 +356,34 @@ impl Topic {
     /// are collected (but always returning at least one record if one exists). Blocking I/O
     /// (positional reads through the sparse index); call from `spawn_blocking` in async code.
     /// Reading at or past `next_offset` returns an empty vector.
+    ///
+    /// A read stops short before damaged records and returns those before them; a read that
+    /// starts at a damaged record fails with `Damaged`, which names the offset to go on from.
+    /// [`Topic::read_page`] returns both at once.
     pub fn read(
         &self,
         from: u64,
         max_records: usize,
         max_bytes: usize,
     ) -> Result<Vec<Record>, LogError> {
-        self.inner.shared.read(from, max_records, max_bytes)
+        let page = self.inner.shared.read_page(from, max_records, max_bytes)?;
+        match page.damaged {
+            Some(range) if page.records.is_empty() => Err(LogError::Damaged {
+                topic: self.name().to_owned(),
+                range,
+            }),
+            Some(_) | None => Ok(page.records),
+        }
+    }
+
+    /// [`Topic::read`], with the damage the records stop short at (if any) in the same answer.
+    pub fn read_page(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<ReadPage, LogError> {
+        self.inner.shared.read_page(from, max_records, max_bytes)
     }
 
     /// Resolves once a record with offset `offset` is readable, or the topic is deleted
@@ -375,6 +440,10 @@ impl LogError {
                 topic: topic.clone(),
                 segment: *segment,
                 position: *position,
+            },
+            LogError::Damaged { topic, range } => LogError::Damaged {
+                topic: topic.clone(),
+                range: range.clone(),
             },
             LogError::Closed => LogError::Closed,
             LogError::Io { path, source } => LogError::Io {

@@ -32,6 +32,21 @@ pub(crate) struct Segment {
     newest_timestamp_ms: AtomicI64,
     // std RwLock: held only to push or binary-search entries, never across I/O or an await.
     index: RwLock<Vec<IndexEntry>>,
+    // std RwLock: held only to look up or insert holes, never across I/O or an await.
+    holes: RwLock<Vec<Hole>>,
+}
+
+/// Damaged records: offsets `first..next` cannot be read, and their bytes `start..end` are
+/// skipped. Found by recovery or by a read that met them; kept in offset order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hole {
+    pub(crate) first: u64,
+    /// The first offset after the damage (an intact record's, or the next segment's base).
+    pub(crate) next: u64,
+    pub(crate) start: u64,
+    /// Where the record `next` starts (or the end of the segment's data).
+    pub(crate) end: u64,
+    pub(crate) reason: String,
 }
 
 /// Anything frames can be read from by position: a segment file, or bytes in memory (fuzzing).
@@ -89,7 +104,61 @@ impl Segment {
             len: AtomicU64::new(len),
             newest_timestamp_ms: AtomicI64::new(newest_timestamp_ms.unwrap_or(NO_TIMESTAMP)),
             index: RwLock::new(index),
+            holes: RwLock::new(Vec::new()),
         }
+    }
+
+    /// The known hole that holds `offset`, if any.
+    pub(crate) fn hole_at(&self, offset: u64) -> Option<Hole> {
+        read(&self.holes)
+            .iter()
+            .find(|hole| hole.first <= offset && offset < hole.next)
+            .cloned()
+    }
+
+    /// The known hole whose damage starts at `position`, if any.
+    pub(crate) fn hole_starting_at(&self, position: u64) -> Option<Hole> {
+        read(&self.holes)
+            .iter()
+            .find(|hole| hole.start == position)
+            .cloned()
+    }
+
+    /// Records a hole; `false` if it was already known.
+    pub(crate) fn add_hole(&self, hole: Hole) -> bool {
+        let mut holes = write(&self.holes);
+        if holes.iter().any(|known| known.start == hole.start) {
+            return false;
+        }
+        let at = holes.partition_point(|known| known.first < hole.first);
+        holes.insert(at, hole);
+        true
+    }
+
+    pub(crate) fn holes(&self) -> Vec<Hole> {
+        read(&self.holes).clone()
+    }
+
+    /// Where a read of `offset` starts: the index entry at or before it, or the end of a hole
+    /// before it if that is later (a hole found by a read has no index entry after it).
+    pub(crate) fn resume_point(&self, offset: u64) -> IndexEntry {
+        let floor = self.index_floor(offset);
+        read(&self.holes)
+            .iter()
+            .filter(|hole| hole.next <= offset && hole.end > floor.position)
+            .map(|hole| IndexEntry {
+                offset: hole.next,
+                position: hole.end,
+            })
+            .max_by_key(|entry| entry.position)
+            .unwrap_or(floor)
+    }
+
+    /// The first index entry after `position`.
+    pub(crate) fn index_entry_after(&self, position: u64) -> Option<IndexEntry> {
+        let entries = read(&self.index);
+        let at = entries.partition_point(|entry| entry.position <= position);
+        entries.get(at).copied()
     }
 
     pub(crate) fn len(&self) -> u64 {

@@ -150,3 +150,28 @@ fn the_fuzz_hook_accepts_frames_garbage_and_nothing() {
     garbage_tail.extend_from_slice(&[17, 0, 0, 0, 1, 2, 3]);
     crate::fuzz_frame_decode(&garbage_tail);
 }
+
+proptest::proptest! {
+    /// The `frame_decode` fuzz hook over whole frames with bytes flipped here and there: the
+    /// scan's invariants hold with holes in the middle as well as at the end.
+    #[test]
+    fn the_fuzz_hook_holds_over_frames_with_flipped_bytes(
+        payload_lens in proptest::collection::vec(0..90usize, 1..40),
+        flips in proptest::collection::vec((proptest::prelude::any::<usize>(), 1..=255u8), 0..4),
+    ) {
+        let mut frames = Vec::new();
+        for (offset, len) in (0u64..).zip(&payload_lens) {
+            let meta = crate::frame::FrameMeta {
+                offset,
+                timestamp_ms: 7,
+                end_of_batch: offset % 3 == 2,
+            };
+            crate::frame::encode(&mut frames, meta, &vec![offset as u8; *len]);
+        }
+        for (at, mask) in flips {
+            let at = at % frames.len();
+            frames[at] ^= mask;
+        }
+        crate::fuzz_frame_decode(&frames);
+    }
+}

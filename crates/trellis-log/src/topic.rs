@@ -19,9 +19,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::files::{self, io_error, lock, read};
 use crate::frame::HEADER_BYTES;
 use crate::index::INDEX_INTERVAL_BYTES;
-use crate::segment::{Segment, Step};
+use crate::segment::{Hole, Segment, Step};
 use crate::writer::{self, ActiveState, AppendRequest, Command, StopReason, Writer};
-use crate::{AppendAck, LogError, MAX_RECORD_BYTES, Record, TopicConfig, TopicStats};
+use crate::{
+    AppendAck, DamagedRange, LogError, MAX_RECORD_BYTES, ReadPage, Record, TopicConfig, TopicStats,
+    recovery, resync,
+};
 
 pub(crate) struct TopicShared {
     pub(crate) name: String,
@@ -116,7 +119,17 @@ impl TopicShared {
         let first_offset = segments
             .first()
             .map_or(next_offset, |segment| segment.base_offset);
+        let damaged = segments
+            .iter()
+            .flat_map(|segment| {
+                segment
+                    .holes()
+                    .into_iter()
+                    .map(|hole| damaged_range(segment, &hole, hole.first))
+            })
+            .collect();
         TopicStats {
+            damaged,
             first_offset: first_offset.min(next_offset),
             next_offset,
             size_bytes: self.size_bytes.load(Ordering::Acquire),
@@ -139,20 +152,21 @@ impl TopicShared {
         }
     }
 
-    pub(crate) fn read(
+    /// Records from `from` on, stopping short at damaged records and saying where they are.
+    pub(crate) fn read_page(
         &self,
         from: u64,
         max_records: usize,
         max_bytes: usize,
-    ) -> Result<Vec<Record>, LogError> {
+    ) -> Result<ReadPage, LogError> {
         let watermark = *self.watermark.borrow();
         if watermark.status == Status::Deleted {
             return Err(LogError::NoSuchTopic(self.name.clone()));
         }
         let high_watermark = watermark.next_offset;
-        let mut records = Vec::new();
+        let mut page = ReadPage::default();
         if max_records == 0 || from >= high_watermark {
-            return Ok(records);
+            return Ok(page);
         }
         // Payloads are slices of these chunks (no copy), so a record kept alive keeps its whole
         // chunk: a reader holding a few records of many reads (a subscription's deliveries in
@@ -161,52 +175,68 @@ impl TopicShared {
         let chunk_bytes = max_bytes
             .saturating_add(INDEX_INTERVAL_BYTES as usize + HEADER_BYTES)
             .clamp(16 * 1024, MAX_READ_CHUNK_BYTES);
+        let records = &mut page.records;
         let mut n_payload_bytes = 0usize;
         let mut next = from;
         let mut segment = self.segment_for(from)?;
         'segments: loop {
-            let start = segment.index_floor(next);
+            if let Some(hole) = segment.hole_at(next) {
+                page.damaged = Some(damaged_range(&segment, &hole, next));
+                break;
+            }
+            let start = segment.resume_point(next);
+            let mut expected = start.offset;
             let mut cursor = segment.cursor(start.position, chunk_bytes);
             loop {
                 let step = cursor
                     .next_step()
                     .map_err(|source| io_error(&segment.path, source))?;
-                let (position, meta, payload) = match step {
-                    Step::Frame {
-                        position,
-                        meta,
-                        payload,
-                    } => (position, meta, payload),
-                    Step::End => break,
-                    Step::Torn { position } | Step::Corrupt { position, .. } => {
-                        return Err(self.corrupt(&segment, position));
+                let damaged_at = match step {
+                    Step::Frame { meta, payload, .. } if meta.offset == expected => {
+                        expected += 1;
+                        if meta.offset < next {
+                            continue;
+                        }
+                        if next >= high_watermark {
+                            break 'segments;
+                        }
+                        if !records.is_empty()
+                            && n_payload_bytes.saturating_add(payload.len()) > max_bytes
+                        {
+                            break 'segments;
+                        }
+                        n_payload_bytes = n_payload_bytes.saturating_add(payload.len());
+                        records.push(Record {
+                            offset: meta.offset,
+                            timestamp_ms: meta.timestamp_ms,
+                            payload,
+                        });
+                        next += 1;
+                        if records.len() >= max_records {
+                            break 'segments;
+                        }
+                        continue;
                     }
+                    Step::End => break,
+                    Step::Frame { position, .. }
+                    | Step::Torn { position }
+                    | Step::Corrupt { position, .. } => position,
                 };
-                if meta.offset < next {
-                    continue;
-                }
-                if meta.offset != next {
-                    return Err(self.corrupt(&segment, position));
-                }
-                if next >= high_watermark {
+                // Record `expected` (at most `next`) should start at `damaged_at` and does not.
+                let hole = self.hole_after(&segment, damaged_at, expected, high_watermark)?;
+                if next < hole.next {
+                    page.damaged = Some(damaged_range(&segment, &hole, next));
                     break 'segments;
                 }
-                if !records.is_empty() && n_payload_bytes.saturating_add(payload.len()) > max_bytes
-                {
-                    break 'segments;
-                }
-                n_payload_bytes = n_payload_bytes.saturating_add(payload.len());
-                records.push(Record {
-                    offset: meta.offset,
-                    timestamp_ms: meta.timestamp_ms,
-                    payload,
-                });
-                next += 1;
-                if records.len() >= max_records {
-                    break 'segments;
-                }
+                expected = hole.next;
+                cursor = segment.cursor(hole.end, chunk_bytes);
             }
             if next >= high_watermark {
+                break;
+            }
+            // Records cut from a sealed segment's end are a hole that starts where its bytes end.
+            if let Some(hole) = segment.hole_at(next) {
+                page.damaged = Some(damaged_range(&segment, &hole, next));
                 break;
             }
             // The segment ended below the high watermark: the rest is in the next segment.
@@ -220,7 +250,69 @@ impl TopicShared {
                 Err(_) => break,
             }
         }
-        Ok(records)
+        Ok(page)
+    }
+
+    /// The hole that starts at `damaged_at`, where record `expected` should be: known already,
+    /// or found now by resynchronising up to the next index entry that checks out (or the end of
+    /// the segment's data) and remembered. Damage at the end of the active segment, with nothing
+    /// intact after it yet, is answered up to the high watermark but not remembered: records
+    /// appended later are found after it by the next read.
+    fn hole_after(
+        &self,
+        segment: &Segment,
+        damaged_at: u64,
+        expected: u64,
+        high_watermark: u64,
+    ) -> Result<Hole, LogError> {
+        if let Some(hole) = segment.hole_starting_at(damaged_at) {
+            return Ok(hole);
+        }
+        let io = |source| io_error(&segment.path, source);
+        let end = segment.len();
+        let mut after = damaged_at;
+        let anchor = loop {
+            match segment.index_entry_after(after) {
+                Some(entry) if entry.position < end => {
+                    if recovery::frame_at_is(&segment.file, entry, end).map_err(io)? {
+                        break Some(entry);
+                    }
+                    after = entry.position;
+                }
+                Some(_) | None => break None,
+            }
+        };
+        let end_offset = self.base_after(segment);
+        let bound = resync::Bound {
+            end: anchor.map_or(end, |anchor| anchor.position),
+            anchor,
+            end_offset,
+        };
+        let reason = describe_damage(&segment.file, damaged_at, end).map_err(io)?;
+        let resumed = resync::find(&segment.file, damaged_at, expected, &bound).map_err(io)?;
+        let (next, hole_end, remember) = match (resumed, end_offset) {
+            (Some(resumed), _) => (resumed.offset, resumed.position, true),
+            (None, Some(next_base)) => (next_base, end, true),
+            (None, None) => (high_watermark.max(expected + 1), end, false),
+        };
+        let hole = Hole {
+            first: expected,
+            next: next.max(expected + 1),
+            start: damaged_at,
+            end: hole_end,
+            reason,
+        };
+        if remember && segment.add_hole(hole.clone()) {
+            recovery::report_hole(&self.name, segment.base_offset, &hole);
+        }
+        Ok(hole)
+    }
+
+    /// The base offset of the segment after `segment`, if it is sealed.
+    fn base_after(&self, segment: &Segment) -> Option<u64> {
+        let segments = read(&self.segments);
+        let at = segments.partition_point(|other| other.base_offset <= segment.base_offset);
+        segments.get(at).map(|other| other.base_offset)
     }
 
     /// The segment that holds `offset`, or `OffsetTruncated` if retention removed it.
@@ -251,6 +343,29 @@ impl TopicShared {
             position,
         }
     }
+}
+
+/// What a reader is told about a hole, from `from` (inside it) on.
+fn damaged_range(segment: &Segment, hole: &Hole, from: u64) -> DamagedRange {
+    DamagedRange {
+        segment: segment.base_offset,
+        first_offset: from.max(hole.first),
+        next_offset: hole.next,
+        reason: hole.reason.clone(),
+    }
+}
+
+/// Why the bytes at `position` are not the frame a reader expected, in words.
+fn describe_damage(file: &std::fs::File, position: u64, end: u64) -> std::io::Result<String> {
+    let mut cursor = crate::segment::FrameCursor::new(file, position, end, 64 * 1024);
+    Ok(match cursor.next_step()? {
+        Step::Corrupt { damage, .. } => format!("{} at byte {position}", damage.describe()),
+        Step::Torn { .. } => format!("torn frame at byte {position}"),
+        Step::Frame { meta, .. } => {
+            format!("unexpected offset {} at byte {position}", meta.offset)
+        }
+        Step::End => format!("missing records at byte {position}"),
+    })
 }
 
 impl TopicInner {

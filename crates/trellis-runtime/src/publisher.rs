@@ -440,7 +440,8 @@ impl Publisher {
             let reading = topic.clone();
             let horizon = now_ms().saturating_sub(window_ms);
             let read = tokio::task::spawn_blocking(move || {
-                let records = reading.read(from, REBUILD_CHUNK_RECORDS, REBUILD_CHUNK_BYTES)?;
+                let page = reading.read_page(from, REBUILD_CHUNK_RECORDS, REBUILD_CHUNK_BYTES)?;
+                let records = page.records;
                 let keys: Vec<(DedupKey, u64, i64)> = records
                     .iter()
                     .filter(|record| record.timestamp_ms > horizon)
@@ -456,7 +457,11 @@ impl Publisher {
                             })
                     })
                     .collect();
-                let next = records.last().map(|record| record.offset + 1);
+                // Damaged records have no key to remember: go on after them.
+                let next = page
+                    .damaged
+                    .map(|range| range.next_offset)
+                    .or_else(|| records.last().map(|record| record.offset + 1));
                 Ok::<_, LogError>((keys, next))
             })
             .await;

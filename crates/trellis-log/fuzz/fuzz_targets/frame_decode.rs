@@ -1,7 +1,7 @@
 //! Feeds arbitrary bytes to the frame decoder and the recovery scan, as if they were a segment
 //! file. Neither may panic, and `fuzz_frame_decode` asserts their invariants: every accepted
-//! frame lies inside the input and re-encodes to its own bytes, and the scan never accepts more
-//! than the decoder does nor reaches past the end.
+//! frame lies inside the input and re-encodes to its own bytes, the scan never reaches past the
+//! end, and the holes it resynchronises over are in order and have room for their records.
 
 #![no_main]
 

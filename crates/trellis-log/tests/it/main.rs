@@ -3,6 +3,7 @@
 //! Tests that damage files by hand know the on-disk layout the crate documents:
 //! `<dir>/<topic>/<base offset, 20 digits>.log` plus a `.idx` next to it.
 
+mod damage;
 mod lifecycle;
 mod model;
 mod observability;

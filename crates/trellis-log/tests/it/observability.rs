@@ -188,9 +188,54 @@ async fn recovery_warns_once_per_topic_and_counts_truncated_bytes() -> TestResul
         .clone();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("dropped_bytes=123"), "{warnings:?}");
+    // Garbage after the last whole batch: no record was dropped, and the warning says so.
+    assert!(warnings[0].contains("dropped_records=0"), "{warnings:?}");
+    assert!(warnings[0].contains("from_offset=40"), "{warnings:?}");
     assert!(warnings[0].contains("topic=\"events\""), "{warnings:?}");
     assert!(
         recorded.get("trellis_log_recovered_truncated_bytes_total") >= truncated_before + 123.0
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hole_is_warned_about_with_its_offsets_and_counted() -> TestResult {
+    let recorded = recorded();
+    let dir = tempfile::tempdir()?;
+    let (log, topic) = open(dir.path(), &config(1024 * 1024))?;
+    append_range(&topic, 0, 60, 1).await?;
+    log.close().await?;
+    let segment = segment_files(dir.path())?.pop().ok_or("no segments")?;
+    // A payload byte of record 30 (records 0..30 come first), and no index to lean on.
+    let position: u64 = (0..30).map(|n| 25 + crate::payload(n).len() as u64).sum();
+    let mut bytes = std::fs::read(&segment)?;
+    bytes[usize::try_from(position)? + 27] ^= 0x10;
+    std::fs::write(&segment, bytes)?;
+    std::fs::remove_file(segment.with_extension("idx"))?;
+
+    let warnings = Warnings::default();
+    let subscriber = tracing_subscriber::registry().with(warnings.clone());
+    let damaged_before = recorded.get("trellis_log_damaged_records_total{topic=events}");
+    let (_log, topic) =
+        tracing::subscriber::with_default(subscriber, || open(dir.path(), &config(1024 * 1024)))?;
+    let warnings = warnings
+        .0
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    for field in [
+        "topic=\"events\"",
+        "segment=0",
+        "first_offset=30",
+        "next_offset=31",
+        "damaged_records=1",
+    ] {
+        assert!(warnings[0].contains(field), "{field} in {warnings:?}");
+    }
+    assert!(
+        recorded.get("trellis_log_damaged_records_total{topic=events}") >= damaged_before + 1.0
+    );
+    assert_eq!(topic.stats().next_offset, 60);
     Ok(())
 }

@@ -460,6 +460,7 @@ impl Coordinator {
                             );
                             self.position = first_offset;
                         }
+                        Err(LogError::Damaged { range, .. }) => self.skip_damaged(&range),
                         Err(LogError::NoSuchTopic(_)) => {
                             closing = Some(Status::not_found(format!("topic {:?} was deleted", self.topic.name())));
                             break;
@@ -582,6 +583,25 @@ impl Coordinator {
             }
             self.requeue(offset);
         }
+    }
+
+    /// Goes past records damaged on disk: no member could be sent them, and waiting for them
+    /// would stall the group for good.
+    fn skip_damaged(&mut self, range: &trellis_log::DamagedRange) {
+        tracing::warn!(
+            message = "Damaged records cannot be delivered; the consumer group skips them.",
+            topic = self.topic.name(),
+            first_offset = range.first_offset,
+            next_offset = range.next_offset,
+            reason = %range.reason,
+        );
+        metrics::counter!("trellis_group_damaged_records_skipped_total")
+            .increment(range.next_offset.saturating_sub(range.first_offset));
+        let last = range.next_offset.saturating_sub(1);
+        if self.tracker.track(last).is_ok() {
+            let _ = self.tracker.complete(last);
+        }
+        self.position = self.position.max(range.next_offset);
     }
 
     /// New records from the log, delivered first time.

@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use trellis_log::{LogError, Topic};
+use trellis_log::{DamagedRange, LogError, Topic};
 
 use crate::error::ApiError;
 use crate::http::AppState;
@@ -32,6 +32,17 @@ pub(crate) struct TopicView {
     /// Made when the topic was created; a topic deleted and created again has a new one. Empty
     /// for a topic created before incarnations existed.
     incarnation: String,
+    /// Records found damaged on disk (at start-up or by a read), which reads skip.
+    damaged: Vec<DamagedView>,
+}
+
+#[derive(Serialize)]
+struct DamagedView {
+    first_offset: u64,
+    last_offset: u64,
+    next_offset: u64,
+    segment: u64,
+    reason: String,
 }
 
 impl TopicView {
@@ -49,6 +60,17 @@ impl TopicView {
             size_bytes: stats.size_bytes,
             segments: stats.n_segments,
             settings: settings_of(&topic.config()),
+            damaged: stats
+                .damaged
+                .into_iter()
+                .map(|range| DamagedView {
+                    first_offset: range.first_offset,
+                    last_offset: range.next_offset.saturating_sub(1),
+                    next_offset: range.next_offset,
+                    segment: range.segment,
+                    reason: range.reason,
+                })
+                .collect(),
         }
     }
 }
@@ -163,7 +185,7 @@ pub(crate) async fn read_events(
     }
     let from = query.from.unwrap_or_else(|| topic.stats().first_offset);
     let reader = topic.clone();
-    let records = tokio::task::spawn_blocking(move || reader.read(from, limit, MAX_READ_BYTES))
+    let page = tokio::task::spawn_blocking(move || reader.read_page(from, limit, MAX_READ_BYTES))
         .await
         .map_err(|error| ApiError::internal("reading events", &error))?
         .map_err(|error| match error {
@@ -175,7 +197,13 @@ pub(crate) async fn read_events(
             LogError::NoSuchTopic(name) => ApiError::not_found("topic_not_found", format!("topic {name:?} does not exist")),
             other => ApiError::internal("reading events", &other),
         })?;
-
+    let records = page.records;
+    let damage_headers = page.damaged.as_ref().map(damage_headers);
+    if let Some(range) = &page.damaged
+        && records.is_empty()
+    {
+        return Ok(damaged_answer(topic.name(), range));
+    }
     // Each stored event renders to the JSON event format (a JSON object); the offset is spliced
     // in as its first member.
     let mut body = Vec::with_capacity(
@@ -202,5 +230,47 @@ pub(crate) async fn read_events(
         body.extend_from_slice(json.get(1..).unwrap_or_default());
     }
     body.push(b']');
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(headers) = damage_headers {
+        response.headers_mut().extend(headers);
+    }
+    Ok(response)
+}
+
+/// Names damaged records a page stops short at: `Trellis-Damaged-Offsets: FIRST-LAST`
+/// (inclusive) and `Trellis-Next-Offset`, where reading can go on.
+fn damage_headers(range: &DamagedRange) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let last = range.next_offset.saturating_sub(1);
+    for (name, value) in [
+        (DAMAGED_OFFSETS, format!("{}-{last}", range.first_offset)),
+        (NEXT_OFFSET, range.next_offset.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    headers
+}
+
+const DAMAGED_OFFSETS: HeaderName = HeaderName::from_static("trellis-damaged-offsets");
+const NEXT_OFFSET: HeaderName = HeaderName::from_static("trellis-next-offset");
+
+/// A read that starts at damaged records: `410` like an offset retention removed, with the
+/// damaged range and the offset to go on from, in the body and the headers.
+fn damaged_answer(topic: &str, range: &DamagedRange) -> Response {
+    let last = range.next_offset.saturating_sub(1);
+    let body = serde_json::json!({
+        "error": "records_damaged",
+        "message": format!(
+            "offsets {}..={last} of topic {topic:?} are damaged on disk ({}) and cannot be read; reading can go on at offset {}",
+            range.first_offset, range.reason, range.next_offset
+        ),
+        "first_offset": range.first_offset,
+        "last_offset": last,
+        "next_offset": range.next_offset,
+    });
+    let mut response = (StatusCode::GONE, Json(body)).into_response();
+    response.headers_mut().extend(damage_headers(range));
+    response
 }

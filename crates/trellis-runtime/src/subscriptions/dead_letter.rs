@@ -6,10 +6,14 @@
 //! | `trellissubscription` | the subscription's name |
 //! | `trellistopic` | the topic the event came from |
 //! | `trellisoffset` | its offset there (a string: offsets outgrow CloudEvents integers) |
-//! | `trellisfailure` | the failure class: `retries_exhausted`, `non_retriable`, `deadline_passed`, `rejected`, `gone` |
+//! | `trellisfailure` | the failure class: `retries_exhausted`, `non_retriable`, `deadline_passed`, `rejected`, `gone`, or `damaged` for a marker |
 //! | `trellisstatus` | the last HTTP status, when there was one |
 //! | `trellisattempts` | how many attempts were made |
 //! | `trellisreason` | one line saying why, with URLs redacted |
+//!
+//! A record damaged on disk cannot be read, so in its place goes a marker: an event of type
+//! `dev.trellis.record.damaged` from `/trellis/topics/<topic>`, without data, with
+//! `trellisfailure: damaged`, the topic, the offset and the damage in `trellisreason`.
 
 use std::time::Duration;
 
@@ -41,11 +45,25 @@ impl DeadLetterTarget {
         event: &CloudEvent,
         stop: &CancellationToken,
     ) -> bool {
-        let payload = Bytes::from(event.to_stored());
+        self.append_all(subscription, std::slice::from_ref(event), stop)
+            .await
+    }
+
+    /// `append` for several events in one all-or-nothing append.
+    pub(crate) async fn append_all(
+        &self,
+        subscription: &str,
+        events: &[CloudEvent],
+        stop: &CancellationToken,
+    ) -> bool {
+        let payloads: Vec<Bytes> = events
+            .iter()
+            .map(|event| Bytes::from(event.to_stored()))
+            .collect();
         loop {
             let appended = match self.topics.for_subscription(&self.topic_name).await {
                 Ok((topic, _)) => topic
-                    .append(vec![payload.clone()])
+                    .append(payloads.clone())
                     .await
                     .map_err(|error| error_chain(&error)),
                 Err(error) => Err(error.message),
@@ -77,6 +95,45 @@ pub(crate) const EXTENSIONS: &[&str] = &[
     "trellisattempts",
     "trellisreason",
 ];
+
+/// The dead letter standing for a record of `topic` at `offset` that is damaged on disk.
+pub(crate) fn damaged_marker(
+    subscription: &str,
+    topic: &str,
+    offset: u64,
+    reason: &str,
+) -> CloudEvent {
+    let text = |value: &str| ExtensionValue::String(value.to_owned());
+    let mut event = CloudEvent {
+        id: format!("trellis-damaged-{topic}-{offset}"),
+        source: format!("/trellis/topics/{topic}"),
+        specversion: "1.0".to_owned(),
+        ty: "dev.trellis.record.damaged".to_owned(),
+        datacontenttype: None,
+        dataschema: None,
+        subject: None,
+        time: None,
+        extensions: std::collections::BTreeMap::new(),
+        data: None,
+    };
+    let extensions = &mut event.extensions;
+    extensions.insert("trellissubscription".to_owned(), text(subscription));
+    extensions.insert("trellistopic".to_owned(), text(topic));
+    extensions.insert("trellisoffset".to_owned(), text(&offset.to_string()));
+    extensions.insert("trellisfailure".to_owned(), text("damaged"));
+    extensions.insert("trellisattempts".to_owned(), ExtensionValue::Integer(0));
+    let reason: String = reason.chars().take(MAX_REASON_CHARS).collect();
+    extensions.insert(
+        "trellisreason".to_owned(),
+        text(&format!("the record is damaged on disk: {reason}")),
+    );
+    event
+}
+
+/// Whether `event` is a marker from `damaged_marker`.
+pub(crate) fn is_damaged_marker(event: &CloudEvent) -> bool {
+    matches!(event.extensions.get("trellisfailure"), Some(ExtensionValue::String(failure)) if failure == "damaged")
+}
 
 /// Long enough for a status line and a redacted URL; short enough to keep dead letters small.
 const MAX_REASON_CHARS: usize = 512;

@@ -8,6 +8,9 @@
 //!   (at-least-once) and nothing is skipped.
 //! - A cancelled record (shutdown) is never committed and never dead-lettered.
 //! - Reading pauses while `max_in_flight` records are out, which bounds memory.
+//! - A damaged record never stops delivery: it is dead-lettered as a marker
+//!   (`trellisfailure: damaged`) and committed past. A read error the dispatcher cannot go past
+//!   shows as `state: stopped` with its reason until a resume (or pause) retries.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +24,7 @@ use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::offsets::OffsetTracker;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport};
-use trellis_log::{LogError, Topic};
+use trellis_log::{DamagedRange, LogError, Topic};
 use trellis_meta::MetadataStore;
 
 use super::dead_letter::DeadLetterTarget;
@@ -53,7 +56,22 @@ pub(crate) struct DispatcherStats {
     pub(crate) dead_lettered: AtomicU64,
     /// The next offset to read.
     pub(crate) position: AtomicU64,
+    /// Why the dispatcher stopped reading, while it waits to be resumed.
+    // std Mutex: held only to set, clear or clone the reason.
+    pub(crate) stopped: std::sync::Mutex<Option<String>>,
 }
+
+impl DispatcherStats {
+    pub(crate) fn stopped_reason(&self) -> Option<String> {
+        self.stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Dead-letter markers for damaged records written in one append.
+const MARKERS_PER_APPEND: u64 = 512;
 
 /// Why `Dispatcher::run` returned.
 pub(crate) enum Ended {
@@ -110,6 +128,8 @@ impl Dispatcher {
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = Pending::default();
+        // Reading failed in a way the dispatcher cannot go past; a resume (or pause) retries.
+        let mut stopped = false;
         let mut topic_deleted = false;
         'run: loop {
             let paused = *self.paused.borrow();
@@ -123,7 +143,7 @@ impl Dispatcher {
             // Read in batches: refilling one slot at a time would read the log once per
             // delivery. Read when a good share of the slots is free, or nothing is in flight.
             let worth_reading = room >= (self.max_in_flight / 4).max(1) || tracker.in_flight() == 0;
-            if !paused && room > 0 && worth_reading {
+            if !paused && !stopped && room > 0 && worth_reading {
                 match self.read(next, room).await {
                     Ok(records) if records.is_empty() => caught_up = true,
                     Ok(records) => {
@@ -144,13 +164,24 @@ impl Dispatcher {
                         next = first_offset;
                         continue;
                     }
+                    Err(LogError::Damaged { range, .. }) => {
+                        if !self.skip_damaged(&range, &mut tracker).await {
+                            break;
+                        }
+                        next = range.next_offset;
+                        self.stats.position.store(next, Ordering::Relaxed);
+                        continue;
+                    }
+                    Err(LogError::Closed) => break,
                     Err(LogError::NoSuchTopic(_)) => {
                         topic_deleted = true;
                         break;
                     }
                     Err(error) => {
-                        tracing::error!(message = "Reading the topic failed; the subscription stops.", subscription = %self.name, error = %error_chain(&error));
-                        break;
+                        let reason = error_chain(&error);
+                        tracing::error!(message = "Reading the topic failed; the subscription stops until it is resumed.", subscription = %self.name, offset = next, error = %reason);
+                        self.set_stopped(Some(format!("reading offset {next} failed: {reason}")));
+                        stopped = true;
                     }
                 }
             }
@@ -174,7 +205,12 @@ impl Dispatcher {
                 () = pending.due(), if !pending.records.is_empty() => {
                     self.send_batch(std::mem::take(&mut pending.records), &mut deliveries);
                 }
-                _ = self.paused.changed() => {}
+                _ = self.paused.changed() => {
+                    if stopped {
+                        stopped = false;
+                        self.set_stopped(None);
+                    }
+                }
                 // A paused subscription reads nothing, so it learns of a delete here.
                 gone = self.topic.wait_for(u64::MAX), if paused => {
                     topic_deleted = matches!(gone, Err(LogError::NoSuchTopic(_)));
@@ -203,6 +239,72 @@ impl Dispatcher {
         }
         self.persist(tracker.committable(), persisted).await;
         Ended::Stopped
+    }
+
+    /// Shows (or clears) why the dispatcher stopped, in the status and a gauge.
+    fn set_stopped(&self, reason: Option<String>) {
+        let gauge = f64::from(u8::from(reason.is_some()));
+        metrics::gauge!("trellis_subscription_stopped", "subscription" => self.name.clone())
+            .set(gauge);
+        *self
+            .stats
+            .stopped
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = reason;
+    }
+
+    /// Dead-letters a marker for each damaged record in `range` (they cannot be delivered) and
+    /// commits past them; `false` if the dispatcher was stopped before the markers were durable
+    /// (the records are met again after a restart).
+    async fn skip_damaged(&self, range: &DamagedRange, tracker: &mut OffsetTracker) -> bool {
+        tracing::warn!(
+            message = "Damaged records cannot be delivered; each is dead-lettered as a marker and the subscription goes on.",
+            subscription = %self.name,
+            topic = self.topic.name(),
+            first_offset = range.first_offset,
+            next_offset = range.next_offset,
+            reason = %range.reason,
+        );
+        let mut from = range.first_offset;
+        while from < range.next_offset {
+            let to = range
+                .next_offset
+                .min(from.saturating_add(MARKERS_PER_APPEND));
+            let markers: Vec<CloudEvent> = (from..to)
+                .map(|offset| {
+                    super::dead_letter::damaged_marker(
+                        &self.name,
+                        self.topic.name(),
+                        offset,
+                        &range.reason,
+                    )
+                })
+                .collect();
+            if !self
+                .dead_letter
+                .append_all(&self.name, &markers, &self.stop)
+                .await
+            {
+                return false;
+            }
+            // Tracking the last offset of the run counts the ones before it as ended too.
+            if tracker.track(to - 1).is_ok()
+                && let Ok(Some(committable)) = tracker.complete(to - 1)
+            {
+                self.stats.committed.store(committable, Ordering::Relaxed);
+            }
+            let n_markers = to - from;
+            self.stats
+                .dead_lettered
+                .fetch_add(n_markers, Ordering::Relaxed);
+            let labels = [("subscription", self.name.clone())];
+            metrics::counter!("trellis_subscription_dead_lettered_total", &labels)
+                .increment(n_markers);
+            metrics::counter!("trellis_subscription_damaged_records_total", &labels)
+                .increment(n_markers);
+            from = to;
+        }
+        true
     }
 
     fn dispatch(

@@ -510,10 +510,13 @@ impl SubscriptionRegistry {
             (None, Some(topic)) => topic.stats().next_offset,
             _ => committed,
         };
-        let state = match (&waiting, running.spec.paused) {
-            (Some(_), _) => "waiting_for_topic",
-            (None, true) => "paused",
-            (None, false) => "running",
+        // Reading failed in a way the dispatcher cannot go past (a resume retries).
+        let stopped = running.stats.stopped_reason();
+        let state = match (&stopped, &waiting, running.spec.paused) {
+            (Some(_), _, _) => "stopped",
+            (None, Some(_), _) => "waiting_for_topic",
+            (None, None, true) => "paused",
+            (None, None, false) => "running",
         };
         SubscriptionStatus {
             delivered,
@@ -523,7 +526,7 @@ impl SubscriptionRegistry {
             committed_offset: committed,
             lag: next.saturating_sub(committed),
             state,
-            reason: waiting,
+            reason: stopped.or(waiting),
             paused: running.spec.paused,
             urls: targets,
             redrive: running.redrive.view(),

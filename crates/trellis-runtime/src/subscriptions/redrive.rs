@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::{CloudEvent, ExtensionValue};
 use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::offsets::OffsetTracker;
-use trellis_log::Topic;
+use trellis_log::{LogError, Topic};
 use trellis_meta::MetadataStore;
 
 use super::dead_letter::DeadLetterTarget;
@@ -86,8 +86,24 @@ impl Redrive {
         loop {
             let room = MAX_IN_FLIGHT.saturating_sub(deliveries.len());
             if next < self.to && room > 0 {
-                let Some(records) = self.read(next, room).await else {
-                    break;
+                let records = match super::read_records(&self.dead_letters, next, room).await {
+                    Ok(records) => records,
+                    Err(LogError::Damaged { range, .. }) => {
+                        // Damaged dead letters cannot be redriven: say so and go past them.
+                        tracing::warn!(message = "Damaged dead letters are skipped by the redrive.", subscription = %self.name, topic = self.dead_letters.name(), first_offset = range.first_offset, next_offset = range.next_offset, reason = %range.reason);
+                        let last = range.next_offset.min(self.to).saturating_sub(1);
+                        if tracker.track(last).is_ok()
+                            && let Ok(Some(cursor)) = tracker.complete(last)
+                        {
+                            self.persist(cursor).await;
+                        }
+                        next = range.next_offset;
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::error!(message = "Reading dead letters failed; the redrive stops.", subscription = %self.name, error = %error_chain(&error));
+                        break;
+                    }
                 };
                 if records.is_empty() {
                     // Retention removed the rest of the range: nothing left to redrive.
@@ -105,6 +121,11 @@ impl Redrive {
                         let _ = tracker.complete(record.offset);
                         continue;
                     };
+                    if super::dead_letter::is_damaged_marker(&event) {
+                        // It stands for a record that no longer exists: nothing to deliver.
+                        let _ = tracker.complete(record.offset);
+                        continue;
+                    }
                     origins.insert(record.offset, strip(&mut event));
                     let engine = self.engine.clone();
                     let topic = self.dead_letters.name().to_owned();

@@ -63,7 +63,7 @@ async fn publish(process: &TrellisProcess, ids: &[&str]) -> Vec<(u64, bool)> {
 
 /// Joins group `g`, takes `n` deliveries, acks them, and leaves; returns where it started and
 /// the offsets it got.
-async fn consume(process: &TrellisProcess, n: usize) -> (u64, Vec<u64>) {
+pub(crate) async fn consume(process: &TrellisProcess, n: usize) -> (u64, Vec<u64>) {
     let (requests, outgoing) = mpsc::channel(8);
     requests
         .send(SubscribeRequest {

@@ -4,6 +4,7 @@
 mod cli;
 mod cli_subscriptions;
 mod crash;
+mod damage;
 mod delivery_faults;
 mod delivery_scenarios;
 mod grpc;
