@@ -47,6 +47,7 @@ pub(crate) fn handle() -> PrometheusHandle {
             }
             describe();
             crate::grpc::describe_metrics();
+            crate::net::describe_metrics();
             handle
         })
         .clone()
