@@ -33,6 +33,8 @@ pub use config::RuntimeConfig;
 pub use error::error_chain;
 pub use metrics::install_metrics_recorder;
 pub use net::ConnectionLimits;
+#[doc(hidden)]
+pub use net::fuzz_head_gate;
 pub use serve::{ServeError, serve, serve_with_grpc};
 pub use topics::{DurabilityPolicy, TopicSettings};
 /// What `RuntimeConfig::webhook_tls` holds; built by whoever reads the configuration.

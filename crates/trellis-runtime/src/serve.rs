@@ -133,9 +133,9 @@ pub async fn serve_with_grpc(
     tasks.spawn(metrics_upkeep(metrics, shutdown.child_token()));
 
     let app = router(state);
-    let http_listener = Listener::new(listener, "http", config.http_connections.clone());
-    let grpc_listener =
-        grpc.map(|listener| Listener::new(listener, "grpc", config.grpc_connections.clone()));
+    let http_listener = Listener::new(listener, "http", config.http_connections.clone(), true);
+    let grpc_listener = grpc
+        .map(|listener| Listener::new(listener, "grpc", config.grpc_connections.clone(), false));
     let listeners: Vec<ListenerHandle> = std::iter::once(http_listener.handle())
         .chain(grpc_listener.as_ref().map(Listener::handle))
         .collect();

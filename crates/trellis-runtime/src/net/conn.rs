@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -14,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use super::head_gate::HeadGate;
 use super::limits::{Activity, ConnectionLimits, Expiry, deadline};
 use super::metrics;
 
@@ -148,7 +149,20 @@ pub(crate) struct TrackedIo {
     stream: TcpStream,
     state: Arc<ConnState>,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// HTTP/1 only: heads are checked before hyper sees them (see `head_gate.rs`).
+    gated: Option<Box<Gated>>,
     _permit: OwnedSemaphorePermit,
+}
+
+/// The gate and the bytes it keeps from hyper: an incomplete head (`held`), bytes it released
+/// that hyper has not taken yet (`ready`), and the JSON answer to a refused head.
+#[derive(Default)]
+struct Gated {
+    gate: HeadGate,
+    held: Vec<u8>,
+    ready: Vec<u8>,
+    ready_at: usize,
+    answer: Option<(Vec<u8>, usize)>,
 }
 
 impl TrackedIo {
@@ -158,6 +172,7 @@ impl TrackedIo {
         state: Arc<ConnState>,
         limits: &ConnectionLimits,
         permit: OwnedSemaphorePermit,
+        gate_heads: bool,
     ) -> TrackedIo {
         state.stats.open.fetch_add(1, Ordering::Relaxed);
         metrics::opened(state.listener);
@@ -166,6 +181,7 @@ impl TrackedIo {
             stream,
             killed: Box::pin(state.kill.clone().cancelled_owned()),
             state,
+            gated: gate_heads.then(Box::default),
             _permit: permit,
         }
     }
@@ -201,14 +217,66 @@ impl AsyncRead for TrackedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.check_killed(cx)?;
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled
-            && buf.filled().len() > before
-        {
-            self.state.on_read(&buf.filled()[before..]);
+        let this = &mut *self;
+        let Some(gated) = this.gated.as_deref_mut().filter(|gated| {
+            !gated.gate.is_aside() || gated.ready_at < gated.ready.len() || !gated.held.is_empty()
+        }) else {
+            let before = buf.filled().len();
+            let polled = Pin::new(&mut this.stream).poll_read(cx, buf);
+            if let Poll::Ready(Ok(())) = polled
+                && buf.filled().len() > before
+            {
+                this.state.on_read(&buf.filled()[before..]);
+            }
+            return polled;
+        };
+        loop {
+            if gated.ready_at < gated.ready.len() {
+                let n = buf.remaining().min(gated.ready.len() - gated.ready_at);
+                buf.put_slice(&gated.ready[gated.ready_at..gated.ready_at + n]);
+                gated.ready_at += n;
+                if gated.ready_at == gated.ready.len() {
+                    gated.ready.clear();
+                    gated.ready_at = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // A refused head: hyper gets the end of the input there, answers what came before
+            // and shuts the connection down, which writes the refusal (`poll_shutdown`).
+            if gated.gate.refused().is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+            let read = buf.filled().len() - before;
+            if read == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            this.state.on_read(&buf.filled()[before..]);
+            if gated.held.is_empty() {
+                // The usual case: the bytes pass where they are, up to an incomplete head.
+                let scan = gated.gate.scan(&buf.filled()[before..]);
+                if scan.hold {
+                    gated
+                        .held
+                        .extend_from_slice(&buf.filled()[before + scan.pass..]);
+                }
+                buf.set_filled(before + scan.pass);
+                if scan.pass > 0 {
+                    return Poll::Ready(Ok(()));
+                }
+            } else {
+                // The held head comes first: everything goes through `ready`.
+                gated.held.extend_from_slice(&buf.filled()[before..]);
+                buf.set_filled(before);
+                let scan = gated.gate.scan(&gated.held);
+                gated.ready.extend_from_slice(&gated.held[..scan.pass]);
+                gated.held.drain(..scan.pass);
+                if !scan.hold {
+                    gated.held.clear();
+                }
+            }
         }
-        polled
     }
 }
 
@@ -241,7 +309,20 @@ impl AsyncWrite for TrackedIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        let this = &mut *self;
+        if let Some(gated) = this.gated.as_deref_mut()
+            && let Some(refusal) = gated.gate.refused()
+        {
+            let (answer, written) = gated.answer.get_or_insert_with(|| (refusal.response(), 0));
+            while *written < answer.len() {
+                match ready!(Pin::new(&mut this.stream).poll_write(cx, &answer[*written..])) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => *written += n,
+                }
+            }
+            *written = answer.len();
+        }
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }
 

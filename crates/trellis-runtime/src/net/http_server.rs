@@ -28,7 +28,10 @@ pub(crate) async fn serve(listener: Listener, router: Router, shutdown: Cancella
     // hyper's own HTTP/1 header read timeout stays off (it needs a timer): it also runs while
     // a keep-alive connection waits for its next request, so it could not be longer than the
     // idle timeout. The connection's watchdog times heads and idleness apart.
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A refused head ends the input where it starts (see `head_gate.rs`); hyper must still
+    // answer the requests before it rather than drop them at that end of input.
+    builder.http1().half_close(true);
     loop {
         let io = tokio::select! {
             () = shutdown.cancelled() => break,

@@ -31,6 +31,7 @@ pub(crate) struct Listener {
     cut_off: CancellationToken,
     at_limit: RateLimited,
     accept_failed: RateLimited,
+    gate_heads: bool,
 }
 
 /// What the serve loop keeps of a listener once it has handed the listener to its server.
@@ -51,8 +52,16 @@ impl ListenerHandle {
 }
 
 impl Listener {
-    pub(crate) fn new(inner: TcpListener, name: &'static str, limits: ConnectionLimits) -> Self {
+    /// `gate_heads`: HTTP/1 request heads are checked before hyper sees them, so malformed
+    /// ones get a JSON answer (see `head_gate.rs`).
+    pub(crate) fn new(
+        inner: TcpListener,
+        name: &'static str,
+        limits: ConnectionLimits,
+        gate_heads: bool,
+    ) -> Self {
         Listener {
+            gate_heads,
             inner,
             name,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
@@ -101,7 +110,7 @@ impl Listener {
                         self.cut_off.child_token(),
                         Arc::clone(&self.stats),
                     ));
-                    return TrackedIo::new(stream, state, &self.limits, permit);
+                    return TrackedIo::new(stream, state, &self.limits, permit, self.gate_heads);
                 }
                 // The peer gave up before we took the connection: nothing to do or say.
                 Err(error)

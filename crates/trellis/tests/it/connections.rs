@@ -341,3 +341,56 @@ fn a_request_that_takes_its_time_within_the_timeouts_is_served() {
     stream.read_to_string(&mut answer).expect("read answer");
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
 }
+
+/// The status line and the JSON body of an answer.
+fn status_and_json(answer: &str) -> (String, serde_json::Value) {
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_owned();
+    let json = serde_json::from_str(body)
+        .unwrap_or_else(|error| panic!("body is not JSON ({error}): {answer}"));
+    (status, json)
+}
+
+#[test]
+fn requests_hyper_cannot_parse_are_answered_with_json() {
+    let (_dir, process) = crate::start();
+    let http = addr(&process);
+    let huge_headers = format!(
+        "GET /healthz HTTP/1.1\r\nHost: trellis\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(100_000)
+    );
+    let huge_path = format!(
+        "GET /{} HTTP/1.1\r\nHost: trellis\r\n\r\n",
+        "p".repeat(70_000)
+    );
+    for (request, expected) in [
+        (huge_headers.as_bytes(), "HTTP/1.1 431"),
+        (huge_path.as_bytes(), "HTTP/1.1 414"),
+        (&b"NOT A REQUEST LINE\r\n\r\n"[..], "HTTP/1.1 400"),
+        (
+            b"POST /v1/topics/t/events HTTP/1.1\r\nHost: trellis\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 400",
+        ),
+    ] {
+        let answer = exchange(&http, request).expect("an answer");
+        let (status, json) = status_and_json(&answer);
+        assert!(
+            status.starts_with(expected),
+            "{status}, expected {expected}"
+        );
+        assert!(
+            json["error"].is_string() && json["message"].is_string(),
+            "{json}"
+        );
+    }
+
+    // A malformed request after a good one on the same connection: the good one is answered
+    // as usual, then the refusal.
+    let mut pipelined = b"GET /healthz HTTP/1.1\r\nHost: trellis\r\n\r\n".to_vec();
+    pipelined.extend_from_slice(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+    let answer = exchange(&http, &pipelined).expect("answers");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let refusal = &answer[answer.find("HTTP/1.1 400").expect("then a 400")..];
+    let (_, json) = status_and_json(refusal);
+    assert_eq!(json["error"], "malformed_request", "{json}");
+}
