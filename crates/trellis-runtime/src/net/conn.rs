@@ -163,7 +163,17 @@ struct Gated {
     ready: Vec<u8>,
     ready_at: usize,
     answer: Option<(Vec<u8>, usize)>,
+    /// After the refusal: until when the rest of the client's input is read and dropped.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
+    lingered_bytes: usize,
 }
+
+/// How long, and for how many bytes at most, a connection whose head was refused reads on
+/// after answering. Closing a socket with unread input sends a reset, and a reset can destroy
+/// the answer before the client reads it; a client still sending its oversized head is the
+/// usual case.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1024 * 1024;
 
 impl TrackedIo {
     /// Wraps `stream` and starts its watchdog.
@@ -321,6 +331,27 @@ impl AsyncWrite for TrackedIo {
                 }
             }
             *written = answer.len();
+            ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
+            let linger = gated
+                .linger
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(LINGER)));
+            let mut scratch = [0u8; 4096];
+            while gated.lingered_bytes < LINGER_BYTES {
+                let mut discard = ReadBuf::new(&mut scratch);
+                match Pin::new(&mut this.stream).poll_read(cx, &mut discard) {
+                    Poll::Ready(Ok(())) if !discard.filled().is_empty() => {
+                        gated.lingered_bytes += discard.filled().len();
+                    }
+                    Poll::Ready(_) => break,
+                    Poll::Pending => {
+                        if linger.as_mut().poll(cx).is_pending() {
+                            return Poll::Pending;
+                        }
+                        break;
+                    }
+                }
+            }
+            return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.stream).poll_shutdown(cx)
     }

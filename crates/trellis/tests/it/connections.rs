@@ -394,3 +394,66 @@ fn requests_hyper_cannot_parse_are_answered_with_json() {
     let (_, json) = status_and_json(refusal);
     assert_eq!(json["error"], "malformed_request", "{json}");
 }
+
+#[test]
+fn a_quiet_subscribe_stream_keeps_its_connection_past_the_idle_timeout() {
+    use trellis_proto::v1::trellis_client::TrellisClient;
+    use trellis_proto::v1::{
+        GroupMode, StartPosition, SubscribeRequest, Subscription, subscribe_request,
+        subscribe_response,
+    };
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(dir.path(), "[grpc]\nidle_timeout_ms = 200\n");
+    let process = TrellisProcess::start(bin(), &dir.path().join("data"), &["--config", &config])
+        .expect("trellis starts");
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    runtime.block_on(async {
+        let (requests, outgoing) = tokio::sync::mpsc::channel(8);
+        requests
+            .send(SubscribeRequest {
+                request: Some(subscribe_request::Request::Subscription(Subscription {
+                    topic: "quiet".to_owned(),
+                    group: "g".to_owned(),
+                    mode: GroupMode::Clustering as i32,
+                    start: StartPosition::Earliest as i32,
+                    max_unacked: 0,
+                    ack_timeout_ms: 0,
+                    member: String::new(),
+                })),
+            })
+            .await
+            .expect("send");
+        let mut responses = TrellisClient::connect(format!("http://{}", process.grpc_addr()))
+            .await
+            .expect("gRPC connect")
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(outgoing))
+            .await
+            .expect("subscribe")
+            .into_inner();
+        let first = tokio::time::timeout(PATIENCE, responses.message())
+            .await
+            .expect("in time")
+            .expect("stream ok");
+        assert!(matches!(
+            first.and_then(|response| response.response),
+            Some(subscribe_response::Response::Subscribed(_))
+        ));
+        // Five idle timeouts without a byte either way: only a connection without calls is idle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let http = addr(&process);
+        tokio::task::spawn_blocking(move || publish_text(&http, "quiet", "after-the-quiet"))
+            .await
+            .expect("publish");
+        let delivery = tokio::time::timeout(PATIENCE, responses.message())
+            .await
+            .expect("in time")
+            .expect("the stream is still open")
+            .and_then(|response| response.response);
+        assert!(
+            matches!(delivery, Some(subscribe_response::Response::Delivery(_))),
+            "{delivery:?}"
+        );
+        drop(requests);
+    });
+}
