@@ -277,9 +277,10 @@ impl AsyncRead for TrackedIo {
                 }
             } else {
                 // The held head comes first: everything goes through `ready`.
+                let new_from = gated.held.len();
                 gated.held.extend_from_slice(&buf.filled()[before..]);
                 buf.set_filled(before);
-                let scan = gated.gate.scan(&gated.held);
+                let scan = gated.gate.scan_more(&gated.held, new_from);
                 gated.ready.extend_from_slice(&gated.held[..scan.pass]);
                 gated.held.drain(..scan.pass);
                 if !scan.hold {

@@ -143,8 +143,37 @@ impl HeadGate {
         self.state == State::Aside
     }
 
+    /// [`HeadGate::scan`] for held bytes of an incomplete head with more after them, from
+    /// `new_from` on. A head can only end at a newline: without one among the new bytes only
+    /// the size limits are checked, so a head trickling in a byte at a time is not parsed again
+    /// at every byte.
+    pub(crate) fn scan_more(&mut self, bytes: &[u8], new_from: usize) -> Scan {
+        let new = bytes.get(new_from..).unwrap_or_default();
+        if matches!(self.state, State::Head { .. }) && !new.contains(&b'\n') {
+            if bytes.len() > MAX_HEAD_BYTES {
+                self.state = State::Refused(Refusal::HeadTooLarge);
+                return Scan {
+                    pass: 0,
+                    hold: false,
+                };
+            }
+            if request_line_too_long(bytes) {
+                self.state = State::Refused(Refusal::TargetTooLong);
+                return Scan {
+                    pass: 0,
+                    hold: false,
+                };
+            }
+            return Scan {
+                pass: 0,
+                hold: true,
+            };
+        }
+        self.scan(bytes)
+    }
+
     /// Scans `bytes`, which start where the last scan's `pass` ended. After a `hold`, the next
-    /// call gets the held bytes again with more after them.
+    /// call gets the held bytes again with more after them (see [`HeadGate::scan_more`]).
     pub(crate) fn scan(&mut self, bytes: &[u8]) -> Scan {
         let mut at = 0;
         loop {
@@ -527,8 +556,13 @@ fn feed(data: &[u8], cuts: &[u8]) -> (usize, Option<Refusal>, bool) {
             .map_or(rest.len(), |cut| usize::from(*cut).clamp(1, rest.len()));
         let (piece, after) = rest.split_at(take);
         rest = after;
+        let new_from = held.len();
         held.extend_from_slice(piece);
-        let scan = gate.scan(&held);
+        let scan = if new_from == 0 {
+            gate.scan(&held)
+        } else {
+            gate.scan_more(&held, new_from)
+        };
         passed += scan.pass;
         held.drain(..scan.pass);
         if !scan.hold {
