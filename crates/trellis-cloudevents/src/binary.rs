@@ -30,7 +30,10 @@ pub(crate) fn parse(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, Even
         let (Some(value), None) = (values.next(), values.next()) else {
             return Err(EventError::attribute(
                 name,
-                format!("header `ce-{name}` appears more than once; send each attribute once"),
+                format!(
+                    "header `ce-{}` appears more than once; send each attribute once",
+                    event::shown(name)
+                ),
             ));
         };
         let value = percent_decode(name, value.as_bytes())?;
@@ -64,6 +67,13 @@ pub(crate) fn parse(headers: &HeaderMap, body: Bytes) -> Result<CloudEvent, Even
             }
         };
         *slot = Some(value);
+    }
+    // Two Content-Type headers would leave the data's type to whichever a reader takes.
+    if headers.get_all(CONTENT_TYPE).iter().nth(1).is_some() {
+        return Err(EventError::attribute(
+            "datacontenttype",
+            "the Content-Type header appears more than once; send it once".to_owned(),
+        ));
     }
     if let Some(content_type) = headers.get(CONTENT_TYPE) {
         match content_type.to_str() {
@@ -185,7 +195,8 @@ fn percent_decode(name: &str, raw: &[u8]) -> Result<String, EventError> {
                 return Err(EventError::attribute(
                     name,
                     format!(
-                        "header `ce-{name}` has a malformed percent-escape at byte {at}; a `%` must start an escape such as %20, and a literal `%` is written %25"
+                        "header `ce-{}` has a malformed percent-escape at byte {at}; a `%` must start an escape such as %20, and a literal `%` is written %25",
+                        event::shown(name)
                     ),
                 ));
             };
@@ -201,7 +212,8 @@ fn percent_decode(name: &str, raw: &[u8]) -> Result<String, EventError> {
         Err(_) => Err(EventError::attribute(
             name,
             format!(
-                "header `ce-{name}` must be UTF-8 once percent-decoded; percent-encode each byte of the UTF-8 form, such as %C3%A9 for \u{e9}"
+                "header `ce-{}` must be UTF-8 once percent-decoded; percent-encode each byte of the UTF-8 form, such as %C3%A9 for \u{e9}",
+                event::shown(name)
             ),
         )),
     }
@@ -231,7 +243,10 @@ fn header_name(name: &str) -> Result<HeaderName, EventError> {
     match HeaderName::try_from(format!("{HEADER_PREFIX}{name}")) {
         Ok(header_name) => Ok(header_name),
         Err(_) => Err(event::check_name(name).err().unwrap_or_else(|| {
-            EventError::attribute(name, format!("`ce-{name}` is not a valid header name"))
+            EventError::attribute(
+                name,
+                format!("`ce-{}` is not a valid header name", event::shown(name)),
+            )
         })),
     }
 }

@@ -5,6 +5,7 @@
 //! is written once and both modes word their errors alike. This module knows nothing of JSON or
 //! HTTP beyond naming where a missing attribute should go.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use crate::{CloudEvent, Data, EventError, ExtensionValue};
@@ -17,8 +18,8 @@ const INTEGER_MIN: i64 = i32::MIN as i64;
 const INTEGER_MAX: i64 = i32::MAX as i64;
 
 /// Inputs echoed in messages are cut to this many characters, so a hostile value cannot
-/// inflate an error response.
-const MAX_ECHO_CHARS: usize = 64;
+/// inflate an error response (or a gRPC status, whose message travels in a header).
+pub(crate) const MAX_ECHO_CHARS: usize = 128;
 
 /// Where a parser found the attributes; used to word "missing" errors.
 #[derive(Debug, Clone, Copy)]
@@ -96,10 +97,10 @@ pub(crate) fn validate(event: &CloudEvent) -> Result<(), EventError> {
 }
 
 impl EventError {
-    /// An error about one attribute.
+    /// An error about one attribute. A name too long to echo is cut short, as in messages.
     pub(crate) fn attribute(name: &str, message: String) -> EventError {
         EventError {
-            attribute: Some(name.to_owned()),
+            attribute: Some(shown(name).into_owned()),
             index: None,
             message,
         }
@@ -168,6 +169,15 @@ pub(crate) fn quoted(value: &str) -> String {
             let n_more_bytes = value.len() - cut;
             format!("{:?}... ({n_more_bytes} more bytes)", &value[..cut])
         }
+    }
+}
+
+/// The input as it is, for an error message, or its first characters and `...` if long.
+/// For names and values shown between backticks, where [`quoted`]'s escaping would not fit.
+pub fn shown(value: &str) -> Cow<'_, str> {
+    match value.char_indices().nth(MAX_ECHO_CHARS) {
+        None => Cow::Borrowed(value),
+        Some((cut, _)) => Cow::Owned(format!("{}...", &value[..cut])),
     }
 }
 
@@ -367,7 +377,8 @@ fn check_extension(name: &str, value: &ExtensionValue) -> Result<(), EventError>
         return Err(EventError::attribute(
             name,
             format!(
-                "extension attribute `{name}` must be an integer from {INTEGER_MIN} to {INTEGER_MAX} (the CloudEvents Integer range); got {integer}; send larger numbers as a string"
+                "extension attribute `{}` must be an integer from {INTEGER_MIN} to {INTEGER_MAX} (the CloudEvents Integer range); got {integer}; send larger numbers as a string",
+                shown(name)
             ),
         ));
     }

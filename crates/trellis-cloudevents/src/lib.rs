@@ -16,15 +16,22 @@
 //! - `binary`: HTTP binary content mode. Reads `ce-*` headers and the body, and writes them
 //!   back for a webhook sender ([`CloudEvent::to_binary_headers`]).
 //! - `mode`: picks the content mode of a request from its headers.
+//! - `limits` and `depth`: the bounds checked on events coming in ([`EventLimits`]), and the
+//!   byte scan that measures how deeply JSON data nests.
 
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
 
+pub use depth::json_depth;
+pub use event::shown;
+pub use limits::EventLimits;
 pub use stored::{StoredError, stored_source_and_id, stored_to_structured_json};
 
 mod binary;
+mod depth;
 mod event;
+mod limits;
 mod mode;
 mod stored;
 mod structured;
@@ -169,6 +176,13 @@ impl CloudEvent {
     /// Checks every rule the parsers enforce. Parsed events always pass.
     pub fn validate(&self) -> Result<(), EventError> {
         event::validate(self)
+    }
+
+    /// Checks `limits`: the size of every attribute value and the nesting depth of JSON data.
+    /// Parsing does not; a receiver of new events calls this after parsing, so events stored
+    /// under other limits still read back.
+    pub fn check_limits(&self, limits: &EventLimits) -> Result<(), EventError> {
+        limits::check(self, limits)
     }
 }
 

@@ -298,7 +298,8 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
                             return Err(ctx.fail(EventError::attribute(
                                 name,
                                 format!(
-                                    "extension attribute `{name}` must be a string, a boolean or an integer from -2147483648 to 2147483647; got {kind}; send other values as a string"
+                                    "extension attribute `{}` must be a string, a boolean or an integer from -2147483648 to 2147483647; got {kind}; send other values as a string",
+                                    event::shown(name)
                                 ),
                             )));
                         }
@@ -380,7 +381,10 @@ impl<'de> Visitor<'de> for EventVisitor<'_> {
 fn duplicate(name: &str) -> EventError {
     EventError::attribute(
         name,
-        format!("attribute `{name}` appears more than once in the event; send it once"),
+        format!(
+            "attribute `{}` appears more than once in the event; send it once",
+            event::shown(name)
+        ),
     )
 }
 

@@ -110,6 +110,23 @@ pub(crate) enum ExchangeError {
     NoHost,
     #[error("cannot connect")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The receiver's TLS certificate was not accepted: not signed by a trusted CA, not for the
+    /// URL's host, expired... Said apart from other connection errors because the fix is on
+    /// the receiver's side (or in `webhook_ca_file`), not in waiting.
+    #[error("the receiver's TLS certificate is not accepted: {reason}")]
+    Certificate {
+        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The TLS handshake failed for another reason (no common protocol version or cipher, a
+    /// receiver that does not speak TLS on that port).
+    #[error("the TLS handshake failed: {reason}")]
+    Tls {
+        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the HTTP/1 handshake failed")]
     Handshake(#[source] hyper::Error),
     #[error("the request failed")]
@@ -206,7 +223,7 @@ impl Endpoint {
             .https
             .call(self.uri.clone())
             .await
-            .map_err(ExchangeError::Connect)?;
+            .map_err(connect_error)?;
         let (sender, connection) = http1::handshake(io)
             .await
             .map_err(ExchangeError::Handshake)?;
@@ -243,6 +260,45 @@ impl Endpoint {
     fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A connector's error, with TLS failures told apart from other ones.
+fn connect_error(error: Box<dyn std::error::Error + Send + Sync>) -> ExchangeError {
+    let Some(tls) = rustls_error(&*error) else {
+        return ExchangeError::Connect(error);
+    };
+    let reason = tls.to_string();
+    match tls {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType => ExchangeError::Certificate {
+            reason,
+            source: error,
+        },
+        _ => ExchangeError::Tls {
+            reason,
+            source: error,
+        },
+    }
+}
+
+/// The rustls error somewhere in `error`'s chain. rustls reports through an `io::Error`, which
+/// hyper-rustls wraps in another; an `io::Error`'s `source` skips the error it wraps, so the
+/// walk steps into what it wraps instead.
+fn rustls_error<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if let Some(tls) = cause.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        current = match cause.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static)),
+            None => cause.source(),
+        };
+    }
+    None
 }
 
 fn drop_expired(idle: &mut Vec<Idle>, now: Instant, idle_timeout: Duration) {

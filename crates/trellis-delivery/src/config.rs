@@ -7,16 +7,17 @@
 //! header values such as `Authorization`, and URL query parameters such as `access_token` (the
 //! two schemes the CloudEvents webhook spec allows). One rule covers all three:
 //! - `Debug` and `Serialize` (the API view, what `GET` returns) print `"***"` in their place, so
-//!   logging a spec or returning it from the API cannot leak them. What counts as a credential
-//!   is `redact`'s call (`redact_url`, `is_sensitive_header`), so logs and the API agree: every
-//!   query value, and the values of credential-looking headers;
+//!   logging a spec or returning it from the API cannot leak them: every query value (`redact`'s
+//!   `redact_url`, which logs use too) and every `headers` value, whatever the header's name.
+//!   A name cannot tell which header carries a credential (`X-JWT`, `X-Session`, `X-Pass`, a
+//!   `Bearer` token under any name), and the user who set a header knows its value;
 //! - `SinkSpec::to_stored_json` is the one, explicitly named, way to get the real values out,
 //!   for the metadata store; `SinkSpec::from_json` reads it back;
 //! - `validate` refuses the `"***"` placeholder, so a `GET`, edit, `PUT` round trip fails loudly
 //!   instead of storing the placeholder as a credential.
 //!
 //! This module does no I/O: it neither resolves hosts nor checks addresses against the deny
-//! list (`guard` does that when connecting), and the outer subscription object (`name`, `topic`,
+//! list (`guard` does that when the engine is built and when connecting), and the outer subscription object (`name`, `topic`,
 //! `start`, `dead_letter_topic`) belongs to the runtime.
 
 use std::collections::BTreeMap;
@@ -27,7 +28,7 @@ use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::redact::{REDACTED, is_sensitive_header, redact_url};
+use crate::redact::{REDACTED, redact_url};
 
 /// Where an event goes: `sink` in a subscription.
 ///
@@ -48,7 +49,8 @@ pub struct SinkSpec {
     /// The CloudEvents HTTP content mode. Default `binary`.
     #[serde(default)]
     pub mode: Mode,
-    /// Extra request headers. Headers Trellis sets itself (`content-type`, `ce-*`, `trellis-*`,
+    /// Extra request headers; their values are shown as `***` everywhere but in the requests
+    /// (and the stored form). Headers Trellis sets itself (`content-type`, `ce-*`, `trellis-*`,
     /// `x-request-id`, `traceparent`, `tracestate`, `webhook-request-origin`, `host`,
     /// `content-length`) and hop-by-hop headers are refused. Default none.
     #[serde(default, serialize_with = "serialize_redacted_headers")]
@@ -103,7 +105,9 @@ pub struct DeliverySpec {
     pub backoff: BackoffSpec,
     /// Cap on a `Retry-After` answer (429, 503). The wait before the next attempt is the larger
     /// of the backoff and the capped `Retry-After`; 0 ignores `Retry-After` (not recommended:
-    /// the CloudEvents webhook spec says senders must observe it). Default 300000, at most 1 day.
+    /// the CloudEvents webhook spec says senders must observe it). A wait that does not fit the
+    /// rest of `max_delivery_ms` dead-letters the record, saying so. Default 60000, at most
+    /// 1 day.
     pub retry_after_max_ms: u64,
     /// Time allowed to open a connection (TCP and TLS). Default 5000.
     pub connect_timeout_ms: u64,
@@ -547,9 +551,19 @@ const DEFAULT_BACKOFF_MULTIPLIER: f64 = 2.0;
 // Vector and Dapr jitter by default, Knative and JetStream do not; without it, every record that
 // failed during an outage retries at the same instant when the endpoint comes back.
 const DEFAULT_BACKOFF_JITTER: bool = true;
-// The CloudEvents webhook spec says a sender must observe Retry-After, so the cap is the whole
-// default budget: only the budget, not an arbitrary cap, makes Trellis come back sooner than asked.
-const DEFAULT_RETRY_AFTER_MAX_MS: u64 = DEFAULT_MAX_DELIVERY_MS;
+// The CloudEvents webhook spec says a sender must observe Retry-After, and a record whose
+// capped wait does not fit what is left of its budget is dead-lettered rather than retried early.
+// So the cap must sit well inside the budget, or a capped wait never fits (a cap equal to the
+// budget never did: the first attempt has already spent some of it). Redpanda Connect's newer
+// HTTP client caps Retry-After at its longest backoff, and Trellis's longest backoff (as Dapr's
+// and Kafka Connect's) is 60 s: a minute's wait fits the 5 minute budget through its first four
+// minutes. Knative's cap (`retryAfterMax`) has no default; it is off unless set.
+const DEFAULT_RETRY_AFTER_MAX_MS: u64 = DEFAULT_BACKOFF_MAX_MS;
+// A capped wait plus the attempt after it fits the default budget with room to spare.
+const _: () = assert!(
+    DEFAULT_RETRY_AFTER_MAX_MS + DEFAULT_REQUEST_TIMEOUT_MS < DEFAULT_MAX_DELIVERY_MS / 2,
+    "the default Retry-After cap must fit the default delivery budget"
+);
 // async-nats connects within 5 s and Redpanda Connect's http_client times out after 5 s; a
 // connection that takes longer than that is not going to serve a webhook well.
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5000;
@@ -771,6 +785,14 @@ fn check_url(url: &str) -> Result<http::Uri, String> {
     if authority.host().is_empty() {
         return Err(format!("must name a host, {example}; got {shown:?}"));
     }
+    // Read as the address guard and the resolver read it, so that what passes here is what
+    // delivery connects to (`1.2.3.256` or `example.123` is neither a name nor an address).
+    if crate::guard::literal_address(authority.host()).is_err() {
+        return Err(format!(
+            "host {:?} is neither a valid host name nor an IP address, {example}",
+            authority.host()
+        ));
+    }
     // Credentials in the URL end up in logs and in the API; headers can be redacted.
     if authority.as_str().contains('@') {
         // Not echoed: the URL holds the password.
@@ -954,25 +976,13 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn redact_header_value<'a>(name: &str, value: &'a str) -> &'a str {
-    if is_sensitive_header(name, &[]) {
-        REDACTED
-    } else {
-        value
-    }
-}
-
 struct RedactedHeaders<'a>(&'a BTreeMap<String, String>);
 
 impl fmt::Debug for RedactedHeaders<'_> {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter
             .debug_map()
-            .entries(
-                self.0
-                    .iter()
-                    .map(|(name, value)| (name, redact_header_value(name, value))),
-            )
+            .entries(self.0.keys().map(|name| (name, REDACTED)))
             .finish()
     }
 }
@@ -988,11 +998,7 @@ fn serialize_redacted_headers<S: Serializer>(
     headers: &BTreeMap<String, String>,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.collect_map(
-        headers
-            .iter()
-            .map(|(name, value)| (name, redact_header_value(name, value))),
-    )
+    serializer.collect_map(headers.keys().map(|name| (name, REDACTED)))
 }
 
 fn serialize_redacted_secret<S: Serializer>(

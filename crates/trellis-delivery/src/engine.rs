@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use trellis_cloudevents::CloudEvent;
 
-use crate::backoff::{BackoffSettings, parse_retry_after};
+use crate::backoff::{BackoffSettings, honour_retry_after, parse_retry_after};
 use crate::breaker::{Admission, BreakerSettings, CircuitBreaker, CircuitState};
 use crate::classify::{StatusPolicy, Verdict, is_backpressure};
 use crate::client::{Answer, Connector, Endpoint, ExchangeError};
@@ -28,7 +28,7 @@ use crate::guard::{AddressGuard, DeniedHost};
 use crate::redact::redact_url;
 use crate::report::{
     AttemptRecord, Completion, DeliveryCallbacks, Failed, FailureClass, RecordContext,
-    error_messages, millis,
+    error_messages, joined_chain, millis,
 };
 use crate::request::{self, Attempt, PreparedEvent};
 use crate::tls::WebhookTls;
@@ -257,8 +257,11 @@ impl Engine {
             };
             let header_name = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|error| header_error(error.to_string()))?;
-            let header_value =
+            let mut header_value =
                 HeaderValue::from_str(value).map_err(|error| header_error(error.to_string()))?;
+            // Any of them may be a credential (see `config`): marked so, a request's headers
+            // print it as `Sensitive` and `redact::redacted_headers` hides it.
+            header_value.set_sensitive(true);
             extra_headers.append(header_name, header_value);
         }
         let connector = Connector::new(settings.connect_timeout, Arc::clone(&guard), &tls);
@@ -572,11 +575,9 @@ impl Engine {
             );
             let described = || match status {
                 Some(status) => format!("{} answered {status}", target.redacted),
-                None => format!(
-                    "{}: {}",
-                    target.redacted,
-                    error_chain.first().map_or("no answer", String::as_str)
-                ),
+                None if error_chain.is_empty() => format!("{}: no answer", target.redacted),
+                // The whole chain: "cannot connect" alone does not say why.
+                None => format!("{}: {}", target.redacted, joined_chain(&error_chain)),
             };
             match verdict {
                 Verdict::Delivered => return Ok(()),
@@ -616,15 +617,42 @@ impl Engine {
                     error_chain,
                 });
             }
-            let mut delay = settings.backoff.delay(failed_attempts, &mut rand::rng());
-            if let Some(retry_after) = retry_after {
-                delay = delay.max(retry_after.min(settings.retry_after_max));
-            }
+            let backoff = settings.backoff.delay(failed_attempts, &mut rand::rng());
+            let delay = honour_retry_after(backoff, retry_after, settings.retry_after_max);
             let charged = started.elapsed().saturating_sub(not_charged);
             if charged + delay >= settings.max_delivery {
-                let mut failed = deadline_passed(&settings, last_status);
-                failed.error_chain = error_chain;
-                return Err(failed);
+                let left = settings.max_delivery.saturating_sub(charged);
+                // Said apart from a budget that ran out: nothing is wrong with the budget when a
+                // target asks for a longer wait than is left of it, and the fix differs.
+                let reason = match retry_after {
+                    Some(asked) if delay > backoff => format!(
+                        "{} with Retry-After {} ms{}, which does not fit the {} ms left of the delivery budget of {} ms (max_delivery_ms)",
+                        described(),
+                        asked.as_millis(),
+                        if asked > settings.retry_after_max {
+                            format!(
+                                " (capped at retry_after_max_ms, {} ms)",
+                                settings.retry_after_max.as_millis()
+                            )
+                        } else {
+                            String::new()
+                        },
+                        left.as_millis(),
+                        settings.max_delivery.as_millis(),
+                    ),
+                    _ => format!(
+                        "the next attempt, {} ms away, would fall after the delivery budget of {} ms (max_delivery_ms) runs out; the last: {}",
+                        delay.as_millis(),
+                        settings.max_delivery.as_millis(),
+                        described(),
+                    ),
+                };
+                return Err(Failed {
+                    class: FailureClass::DeadlinePassed,
+                    reason,
+                    last_status,
+                    error_chain,
+                });
             }
             tokio::time::sleep(delay).await;
             hop += 1;

@@ -12,6 +12,20 @@
 //! matters for names: a name can resolve to 169.254.169.254 the next time it is looked up (DNS
 //! rebinding), and checking only at configuration time would miss that. Redirects are never
 //! followed (see `classify`), so no other address is ever connected to.
+//!
+//! Both checks read a host the same way, by the WHATWG URL host rules ([`literal_address`], the
+//! `url` crate's parser): `2130706433`, `0x7f000001`, `0177.0.0.1`, `127.1` and `127.0.0.1.` are
+//! all 127.0.0.1, and `0` is 0.0.0.0. The system resolver reads such spellings much the same way
+//! (`inet_aton`), so a check that took them for names would let the configuration through and
+//! refuse only at delivery; worse, an address that reached the resolver unparsed would depend on
+//! whatever that resolver makes of it. Such a host is therefore never looked up: the resolver
+//! connects to the address the rules give, the one the configuration check saw.
+//!
+//! IPv6 addresses that carry an IPv4 address are also checked as that address, because that is
+//! where their packets end up: IPv4-mapped and IPv4-compatible ones (`::ffff:a.b.c.d`,
+//! `::a.b.c.d`), NAT64 (`64:ff9b::/96`, RFC 6052, and the local-use `64:ff9b:1::/48`, RFC 8215,
+//! read with the /96 layout: the IPv4 address in the last 32 bits) and 6to4 (`2002::/16`, RFC
+//! 3056: the IPv4 address in bits 16 to 47).
 
 use std::fmt;
 use std::future::Future;
@@ -56,6 +70,13 @@ pub enum GuardError {
     /// The URL has no host, e.g. `/hook`.
     #[error("url must include a host, e.g. \"https://example.com/hook\"")]
     MissingHost,
+    /// The host is neither a valid name nor an IP address by the WHATWG URL rules, e.g.
+    /// `1.2.3.256` or `example.123` (a name ending in a number is read as an IPv4 address).
+    #[error("url host {host:?} is neither a valid host name nor an IP address")]
+    InvalidHost {
+        /// The host as given.
+        host: String,
+    },
     /// The host is a literal IP address in a denied range.
     #[error(transparent)]
     Denied(#[from] DeniedAddress),
@@ -95,10 +116,13 @@ impl AddressGuard {
 
     /// Refuses `ip` if it is in a denied range.
     ///
-    /// An IPv4-mapped (`::ffff:a.b.c.d`) or IPv4-compatible (`::a.b.c.d`) IPv6 address is also
-    /// checked as the IPv4 address it carries, since the kernel connects it to that IPv4 address:
-    /// `::ffff:169.254.169.254` is the metadata server. `::1` and `::` are the IPv6 loopback and
-    /// unspecified addresses, not IPv4-compatible ones, and are checked as themselves only.
+    /// An IPv6 address that carries an IPv4 address is also checked as that IPv4 address, since
+    /// that is where its packets end up: IPv4-mapped (`::ffff:a.b.c.d`) and IPv4-compatible
+    /// (`::a.b.c.d`) ones, which the kernel connects to the IPv4 address, and NAT64
+    /// (`64:ff9b::/96`, `64:ff9b:1::/48`) and 6to4 (`2002::/16`) ones, which a translator or
+    /// relay forwards to it: `::ffff:169.254.169.254` and `64:ff9b::a9fe:a9fe` are the metadata
+    /// server. `::1` and `::` are the IPv6 loopback and unspecified addresses, not
+    /// IPv4-compatible ones, and are checked as themselves only.
     pub fn check(&self, ip: IpAddr) -> Result<(), DeniedAddress> {
         let embedded_v4 = match ip {
             IpAddr::V4(_) => None,
@@ -115,8 +139,9 @@ impl AddressGuard {
     }
 
     /// Checks a webhook URL when it is configured: the scheme must be `http` or `https`, there must
-    /// be a host, and a literal IP host must not be denied. Names are not resolved here: their
-    /// addresses can change, so [`GuardedResolver`] checks them at every connect.
+    /// be a host, the host must be valid by the WHATWG URL rules, and a host that is an IP address
+    /// by those rules (see [`literal_address`]) must not be denied. Names are not resolved here:
+    /// their addresses can change, so [`GuardedResolver`] checks them at every connect.
     pub fn check_url(&self, url: &http::Uri) -> Result<(), GuardError> {
         let scheme = url.scheme_str().ok_or(GuardError::MissingScheme)?;
         if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
@@ -126,15 +151,35 @@ impl AddressGuard {
         }
         let host = url.host().filter(|host| !host.is_empty());
         let host = host.ok_or(GuardError::MissingHost)?;
-        // `Uri::host` keeps the brackets of an IPv6 literal.
-        let bare = host
-            .strip_prefix('[')
-            .and_then(|inner| inner.strip_suffix(']'))
-            .unwrap_or(host);
-        if let Ok(ip) = bare.parse::<IpAddr>() {
+        if let Some(ip) = literal_address(host)? {
             self.check(ip)?;
         }
         Ok(())
+    }
+}
+
+/// The IP address a URL host stands for, by the WHATWG URL host rules (the `url` crate's host
+/// parser); `None` for a name, which only resolution can turn into addresses.
+///
+/// An IPv4 address may be written as one to four parts, each decimal, hex (`0x`) or octal (a
+/// leading `0`), with at most one trailing dot: `2130706433`, `0x7f000001`, `0177.0.0.1`,
+/// `127.1` and `127.0.0.1.` are all 127.0.0.1. A host whose last label is a number but which
+/// is no valid IPv4 address (`1.2.3.256`, `example.123`) is invalid, as is anything else the
+/// rules refuse. An IPv6 address may come with or without its brackets.
+pub fn literal_address(host: &str) -> Result<Option<IpAddr>, GuardError> {
+    let invalid = || GuardError::InvalidHost {
+        host: host.to_owned(),
+    };
+    // A resolver is handed IPv6 addresses without their brackets; the URL parser wants them.
+    let parsed = if host.contains(':') && !host.starts_with('[') {
+        url::Host::parse(&format!("[{host}]"))
+    } else {
+        url::Host::parse(host)
+    };
+    match parsed.map_err(|_| invalid())? {
+        url::Host::Ipv4(v4) => Ok(Some(IpAddr::V4(v4))),
+        url::Host::Ipv6(v6) => Ok(Some(IpAddr::V6(v6))),
+        url::Host::Domain(_) => Ok(None),
     }
 }
 
@@ -155,10 +200,32 @@ const DEFAULT_DENY_LIST: [IpNet; 7] = [
     IpNet::V6(Ipv6Net::new_assert(Ipv6Addr::UNSPECIFIED, 128)),
 ];
 
-/// The IPv4 address inside an IPv4-mapped or IPv4-compatible IPv6 address, if any.
+/// NAT64's well-known prefix (RFC 6052).
+const NAT64_WELL_KNOWN: Ipv6Net =
+    Ipv6Net::new_assert(Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96);
+/// NAT64's local-use prefix (RFC 8215).
+const NAT64_LOCAL_USE: Ipv6Net =
+    Ipv6Net::new_assert(Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48);
+/// 6to4 (RFC 3056).
+const SIX_TO_FOUR: Ipv6Net = Ipv6Net::new_assert(Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16);
+
+/// The IPv4 address an IPv6 address carries, if any: IPv4-mapped, IPv4-compatible, NAT64 or
+/// 6to4.
 fn embedded_ipv4(v6: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(mapped) = v6.to_ipv4_mapped() {
         return Some(mapped);
+    }
+    let octets = v6.octets();
+    // RFC 6052's /96 layout: the IPv4 address is the last 32 bits. A NAT64 translator with a
+    // shorter prefix inside 64:ff9b:1::/48 lays it out otherwise; operators running one deny
+    // that prefix whole (see the README).
+    if NAT64_WELL_KNOWN.contains(&v6) || NAT64_LOCAL_USE.contains(&v6) {
+        return Some(Ipv4Addr::new(
+            octets[12], octets[13], octets[14], octets[15],
+        ));
+    }
+    if SIX_TO_FOUR.contains(&v6) {
+        return Some(Ipv4Addr::new(octets[2], octets[3], octets[4], octets[5]));
     }
     if v6.is_loopback() || v6.is_unspecified() {
         return None;
@@ -222,8 +289,17 @@ impl GuardedResolver {
 
     /// Resolves `host` and keeps the allowed addresses (with port 0, which the connector
     /// replaces with the URL's port).
+    ///
+    /// A host that is an IP address by the WHATWG URL rules (`2130706433`, `127.1`), which the
+    /// connector does not recognise as one, is not looked up: it stands for that address, the
+    /// one [`AddressGuard::check_url`] saw when the subscription was configured.
     pub async fn resolve(&self, host: &str) -> io::Result<Vec<SocketAddr>> {
-        let resolved = tokio::net::lookup_host((host, 0)).await?;
+        // A host the rules refuse is left to the system resolver, as before they applied: a
+        // subscription stored earlier may have one, and what it resolves to is checked below.
+        let resolved: Vec<SocketAddr> = match literal_address(host) {
+            Ok(Some(ip)) => vec![SocketAddr::new(ip, 0)],
+            Ok(None) | Err(_) => tokio::net::lookup_host((host, 0)).await?.collect(),
+        };
         let mut allowed = Vec::new();
         let mut denied = Vec::new();
         for address in resolved {

@@ -199,3 +199,19 @@ pub(crate) fn error_messages(error: &(dyn std::error::Error + 'static)) -> Vec<S
     }
     messages
 }
+
+/// An error chain on one line, outermost first, leaving out a message the one before it already
+/// ends with (an `io::Error` shows the error it wraps as its own message).
+pub(crate) fn joined_chain(chain: &[String]) -> String {
+    let mut line = String::new();
+    for message in chain {
+        if line.ends_with(message.as_str()) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(message);
+    }
+    line
+}

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use crate::client::{Answer, Connector, Endpoint};
 use crate::guard::AddressGuard;
 use crate::redact::redact_url;
-use crate::report::error_messages;
+use crate::report::{error_messages, joined_chain};
 use crate::tls::WebhookTls;
 
 pub const REQUEST_ORIGIN_HEADER: &str = "webhook-request-origin";
@@ -32,6 +32,9 @@ const MAX_BODY_BYTES: usize = 64 * 1024;
 pub enum ValidationError {
     #[error("{url} did not answer the validation request: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The address guard refused the URL, so no validation request was sent.
+    #[error("{url} is refused: {reason}")]
+    Denied { url: String, reason: String },
     #[error("{url} refused the validation request with status {status}")]
     Refused { url: String, status: u16 },
     #[error("{url} did not allow origin {origin:?} (WebHook-Allowed-Origin was {allowed:?})")]
@@ -61,6 +64,15 @@ pub async fn handshake(
     let uri: Uri = url
         .parse()
         .map_err(|error: http::uri::InvalidUri| unreachable(error.to_string()))?;
+    // The handshake runs before the subscription's engine exists, so before the engine's own
+    // check: without this, a literal IP host (which never reaches the guarded resolver) in a
+    // denied range would get its `OPTIONS` request.
+    guard
+        .check_url(&uri)
+        .map_err(|error| ValidationError::Denied {
+            url: redacted.clone(),
+            reason: error.to_string(),
+        })?;
     let endpoint = Endpoint::new(&uri, metrics::Counter::noop())
         .map_err(|error| unreachable(error.to_string()))?;
     let origin_value = http::HeaderValue::from_str(origin)
@@ -81,7 +93,7 @@ pub async fn handshake(
     let Answer { status, headers } = tokio::time::timeout(timeout, exchange)
         .await
         .map_err(|_| unreachable(format!("no answer within {} ms", timeout.as_millis())))?
-        .map_err(|error| unreachable(error_messages(&error).join(": ")))?;
+        .map_err(|error| unreachable(joined_chain(&error_messages(&error))))?;
     if !status.is_success() {
         return Err(ValidationError::Refused {
             url: redacted,

@@ -291,6 +291,47 @@ async fn retry_after_holds_the_next_attempt_back() {
 }
 
 #[tokio::test]
+async fn a_retry_after_that_does_not_fit_the_budget_dead_letters_saying_so() {
+    let receiver = Receiver::start(|_, _| {
+        Reply::StatusWithHeaders(503, vec![("retry-after".to_owned(), "30".to_owned())])
+    })
+    .await
+    .expect("test step");
+    // A 2 s budget: the 30 s the receiver asks for (10 s once capped) cannot fit.
+    let delivery = fast(json!({
+        "max_delivery_ms": 2_000,
+        "retry_after_max_ms": 10_000,
+    }));
+    let (engine, outcomes) = engine(&sink(&[receiver.url("/")], json!({})), &delivery);
+    engine.deliver(record(40)).await;
+
+    outcomes.assert_one_callback_each(&[40]);
+    let failure = &outcomes.failed()[0];
+    assert_eq!(failure.class, FailureClass::DeadlinePassed);
+    assert_eq!(failure.last_status, Some(503));
+    // Dead-lettered after the one attempt, not after waiting out the budget.
+    assert_eq!(receiver.n_requests(), 1);
+    let reason = &failure.reason;
+    assert!(
+        reason.contains("answered 503 Service Unavailable with Retry-After 30000 ms")
+            && reason.contains("capped at retry_after_max_ms, 10000 ms")
+            && reason.contains("does not fit the")
+            && reason.contains("delivery budget of 2000 ms"),
+        "{reason}"
+    );
+    assert!(!reason.contains("ran out"), "{reason}");
+}
+
+#[tokio::test]
+async fn the_default_retry_after_cap_fits_the_default_budget() {
+    let defaults = DeliverySpec::default();
+    assert!(
+        defaults.retry_after_max_ms + defaults.request_timeout_ms < defaults.max_delivery_ms,
+        "{defaults:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_receiver_slower_than_the_timeout_is_retried_then_given_up() {
     let receiver = Receiver::start(|_, _| Reply::Sleep(Duration::from_secs(2), 200))
         .await
@@ -548,6 +589,41 @@ async fn a_denied_address_is_refused_when_the_engine_is_built() {
 }
 
 #[tokio::test]
+async fn every_spelling_of_a_denied_address_is_refused_when_the_engine_is_built() {
+    // Spellings the system resolver would have turned into a denied address at delivery; the
+    // engine is what the API builds on creation, so creation refuses them now too.
+    let mut deny = AddressGuard::default_deny_list();
+    deny.push("127.0.0.0/8".parse().expect("network"));
+    let guard = Arc::new(AddressGuard::new(deny));
+    for url in [
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://169.254.169.254./",
+        "http://0:8080/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[2002:a9fe:a9fe::]/",
+    ] {
+        let error = Engine::new(
+            "sub",
+            &sink(&[url.to_owned()], json!({})),
+            &fast(json!({})),
+            Arc::clone(&guard),
+            system_tls(),
+            Arc::new(Outcomes::default()),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{url} must be refused"));
+        let message = error.to_string();
+        assert!(
+            message.starts_with("sink.urls[0]: address ") && message.contains("denied range"),
+            "{url}: {message}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_name_that_resolves_to_a_denied_address_is_rejected_without_retry() {
     let receiver = Receiver::answering(200).await.expect("test step");
     let outcomes = Arc::new(Outcomes::default());
@@ -752,13 +828,78 @@ async fn an_https_receiver_with_an_untrusted_certificate_gets_nothing() {
     outcomes.assert_one_callback_each(&[32]);
     let failure = &outcomes.failed()[0];
     assert_eq!(failure.class, FailureClass::RetriesExhausted);
+    // The reason (the log line's and the dead letter's) names the certificate, not a mere
+    // "cannot connect", and so does each attempt.
     assert!(
         failure
-            .error_chain
-            .iter()
-            .any(|message| message.contains("certificate")),
+            .reason
+            .contains("the receiver's TLS certificate is not accepted: invalid peer certificate"),
+        "{}",
+        failure.reason
+    );
+    assert_eq!(
+        failure.reason.matches("invalid peer certificate").count(),
+        1,
+        "the cause once, not once per wrapper: {}",
+        failure.reason
+    );
+    assert!(
+        !failure.reason.contains("cannot connect"),
+        "{}",
+        failure.reason
+    );
+    assert!(
+        failure.attempts.iter().all(|attempt| attempt
+            .error
+            .as_deref()
+            .is_some_and(|error| error.contains("TLS certificate"))),
+        "{:?}",
+        failure.attempts
+    );
+    assert!(
+        failure.error_chain[0].contains("certificate"),
         "{:?}",
         failure.error_chain
     );
     assert!(receiver.requests().is_empty());
+}
+
+#[tokio::test]
+async fn an_https_receiver_whose_certificate_names_another_host_is_told_apart() {
+    // The CA is trusted, but the certificate is for `localhost`, not 127.0.0.1.
+    let receiver = HttpsReceiver::start().await;
+    let tls = WebhookTls::new(Some(receiver.ca_file.path())).expect("CA file");
+    let url = format!("https://127.0.0.1:{}/hook", receiver.port);
+    let (engine, outcomes) = engine_trusting(
+        &sink(&[url], json!({})),
+        &fast(json!({"max_attempts": 1})),
+        &tls,
+    );
+    engine.deliver(record(33)).await;
+
+    outcomes.assert_one_callback_each(&[33]);
+    let failure = &outcomes.failed()[0];
+    assert!(
+        failure
+            .reason
+            .contains("the receiver's TLS certificate is not accepted"),
+        "{}",
+        failure.reason
+    );
+    assert!(receiver.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_plain_http_receiver_behind_an_https_url_fails_on_tls_not_on_a_certificate() {
+    let receiver = Receiver::answering(200).await.expect("test step");
+    let url = format!("https://127.0.0.1:{}/hook", receiver.addr().port());
+    let (engine, outcomes) = engine(&sink(&[url], json!({})), &fast(json!({"max_attempts": 1})));
+    engine.deliver(record(34)).await;
+
+    outcomes.assert_one_callback_each(&[34]);
+    // Whether the receiver hangs up or answers garbage, the reason says it was TLS, and does
+    // not blame a certificate.
+    let reason = &outcomes.failed()[0].reason;
+    assert!(reason.to_lowercase().contains("tls"), "{reason}");
+    assert!(!reason.contains("certificate"), "{reason}");
 }

@@ -125,7 +125,7 @@ pub enum LogError {
     NoSuchTopic(String),
     #[error("topic {0} already exists")]
     TopicExists(String),
-    #[error("invalid topic name {name:?}: {reason}")]
+    #[error("invalid topic name {}: {reason}", echoed(name))]
     InvalidTopicName { name: String, reason: &'static str },
     #[error("an append needs at least one record")]
     EmptyAppend,
@@ -186,6 +186,15 @@ pub fn validate_topic_name(name: &str) -> Result<(), LogError> {
             reason,
         }),
         None => Ok(()),
+    }
+}
+
+/// A name as an error message shows it: quoted, and cut after 128 characters, so that a
+/// hostile name (a 10,000-character topic in a request) cannot inflate the message.
+fn echoed(name: &str) -> String {
+    match name.char_indices().nth(128) {
+        None => format!("{name:?}"),
+        Some((cut, _)) => format!("{:?}...", &name[..cut]),
     }
 }
 

@@ -16,13 +16,14 @@
 //!   the log renders the event) and must then parse as JSON; it is text otherwise.
 //!
 //! [`event_from_proto`] runs [`CloudEvent::validate`], so an event published over gRPC obeys
-//! the same rules as one published over HTTP.
+//! the same rules as one published over HTTP (the publisher then checks the same
+//! `EventLimits`, such as the depth of JSON `text_data`). Names echoed in errors are cut short.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::value::RawValue;
-use trellis_cloudevents::{CloudEvent, Data, EventError, ExtensionValue};
+use trellis_cloudevents::{CloudEvent, Data, EventError, ExtensionValue, shown};
 
 use crate::v1;
 use crate::v1::cloud_event_attribute_value::Attr;
@@ -128,7 +129,10 @@ pub fn event_from_proto(event: v1::CloudEvent) -> Result<CloudEvent, EventError>
         let Some(attr) = attribute.attr else {
             return Err(attribute_error(
                 &name,
-                format!("attribute `{name}` has no value; set one of its ce_* fields"),
+                format!(
+                    "attribute `{}` has no value; set one of its ce_* fields",
+                    shown(&name)
+                ),
             ));
         };
         match name.as_str() {
@@ -159,7 +163,7 @@ fn value(attr: Attr) -> v1::CloudEventAttributeValue {
 
 fn attribute_error(name: &str, message: String) -> EventError {
     EventError {
-        attribute: Some(name.to_owned()),
+        attribute: Some(shown(name).into_owned()),
         index: None,
         message,
     }
@@ -181,7 +185,8 @@ fn wrong_type(name: &str, attr: &Attr, expected: &str) -> EventError {
     attribute_error(
         name,
         format!(
-            "attribute `{name}` must be {expected}; got {}",
+            "attribute `{}` must be {expected}; got {}",
+            shown(name),
             type_name(attr)
         ),
     )
@@ -223,7 +228,8 @@ fn extension_attr(name: &str, attr: Attr) -> Result<ExtensionValue, EventError> 
         Attr::CeBytes(_) => Err(attribute_error(
             name,
             format!(
-                "extension attribute `{name}` is ce_bytes, which Trellis does not store; send it base64-encoded as a ce_string"
+                "extension attribute `{}` is ce_bytes, which Trellis does not store; send it base64-encoded as a ce_string",
+                shown(name)
             ),
         )),
     }
@@ -239,7 +245,8 @@ fn text_data(text: String, datacontenttype: Option<&str>) -> Result<Data, EventE
         Err(error) => {
             let message = match datacontenttype {
                 Some(datacontenttype) => format!(
-                    "text_data must be JSON text because datacontenttype {datacontenttype:?} is JSON: {error}"
+                    "text_data must be JSON text because datacontenttype {:?} is JSON: {error}",
+                    shown(datacontenttype)
                 ),
                 None => format!(
                     "text_data without a datacontenttype is read as JSON and must be JSON text ({error}); for plain text set datacontenttype, such as text/plain"
@@ -291,8 +298,10 @@ fn timestamp_to_rfc3339(
         None => Err(attribute_error(
             name,
             format!(
-                "attribute `{name}` is not a valid timestamp: {}s {}ns",
-                timestamp.seconds, timestamp.nanos
+                "attribute `{}` is not a valid timestamp: {}s {}ns",
+                shown(name),
+                timestamp.seconds,
+                timestamp.nanos
             ),
         )),
     }

@@ -17,6 +17,9 @@ pub struct RuntimeConfig {
     pub max_batch_bytes: usize,
     /// A batch with more events than this is refused with 413.
     pub max_batch_events: usize,
+    /// JSON event data nesting arrays and objects deeper than this is refused with 400
+    /// (`invalid_event`, attribute `data`), over HTTP and gRPC.
+    pub max_json_depth: usize,
     /// Publishing to a topic that does not exist creates it with `default_topic`.
     pub auto_create_topics: bool,
     /// Settings for topics created without explicit ones.
@@ -35,8 +38,9 @@ pub struct RuntimeConfig {
     /// An event whose `(source, id)` its topic stored less than this long ago is answered with
     /// the first copy's offset and not stored again. Zero turns deduplication off.
     pub dedup_window: Duration,
-    /// At most this many `(source, id)` pairs are remembered over all topics (about 200 bytes
-    /// each); beyond it the oldest are forgotten first, so the window may in effect be shorter.
+    /// At most this many `(source, id)` pairs are remembered over all topics (about 190 bytes
+    /// each, as digests, whatever the ids' size); beyond it the oldest are forgotten first, so the
+    /// window may in effect be shorter.
     /// After a restart each topic's last `dedup_max_entries` records are read back, at most.
     pub dedup_max_entries: usize,
     /// gRPC `PublishStream`: batches one stream may have in flight. A stream that sends more
@@ -51,12 +55,23 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
 }
 
+impl RuntimeConfig {
+    /// What every published event is held to beyond the CloudEvents rules.
+    pub(crate) fn event_limits(&self) -> trellis_cloudevents::EventLimits {
+        trellis_cloudevents::EventLimits {
+            max_json_depth: self.max_json_depth,
+            ..trellis_cloudevents::EventLimits::default()
+        }
+    }
+}
+
 impl Default for RuntimeConfig {
     fn default() -> Self {
         RuntimeConfig {
             max_event_bytes: 1024 * 1024,
             max_batch_bytes: 16 * 1024 * 1024,
             max_batch_events: 10_000,
+            max_json_depth: trellis_cloudevents::EventLimits::default().max_json_depth,
             auto_create_topics: true,
             default_topic: TopicSettings::default(),
             retention_check_interval: Duration::from_secs(30),

@@ -1,10 +1,20 @@
 //! The API's error type and its one JSON shape: `{"error": "<code>", "message": "<sentence>"}`,
 //! plus `attribute` and `index` when an event in a request was at fault.
+//!
+//! Messages echo input (a name, a value) between quotes or backticks. However a message is
+//! built, each echo is cut to [`MAX_ECHO_CHARS`] characters and the whole message to
+//! [`MAX_MESSAGE_CHARS`]: a hostile request cannot inflate its answer, nor a gRPC status, whose
+//! message travels in a header that clients limit (16 KiB in hyper's HTTP/2 client).
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+
+/// Input echoed between quotes or backticks in a message is cut to this many characters.
+pub(crate) const MAX_ECHO_CHARS: usize = 128;
+/// No message is longer than this many characters.
+pub(crate) const MAX_MESSAGE_CHARS: usize = 1024;
 
 /// An error answered to an API client. `code` is a stable machine-readable word; `message` tells a
 /// person what was wrong and how to fix it.
@@ -40,7 +50,7 @@ impl ApiError {
         ApiError {
             status,
             code,
-            message: message.into(),
+            message: bounded(message.into()),
             attribute: None,
             index: None,
             field: None,
@@ -92,15 +102,85 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let attribute = self.attribute.as_deref().map(trellis_cloudevents::shown);
+        let field = self.field.as_deref().map(trellis_cloudevents::shown);
         let body = ErrorBody {
             error: self.code,
             message: &self.message,
-            attribute: self.attribute.as_deref(),
+            attribute: attribute.as_deref(),
             index: self.index,
-            field: self.field.as_deref(),
+            field: field.as_deref(),
         };
         (self.status, Json(body)).into_response()
     }
+}
+
+/// `message` with every span between double quotes (as `{:?}` writes input) or backticks, and
+/// every unquoted word, cut to [`MAX_ECHO_CHARS`] characters and `...`; the whole cut to
+/// [`MAX_MESSAGE_CHARS`].
+pub(crate) fn bounded(message: String) -> String {
+    // No span can be too long in a message shorter than the limit: the common case.
+    if message.len() <= MAX_ECHO_CHARS {
+        return message;
+    }
+    let mut out = String::with_capacity(message.len().min(MAX_MESSAGE_CHARS + 64));
+    let mut rest = message.as_str();
+    while let Some(open) = rest.find(['"', '`']) {
+        let quote = rest.as_bytes().get(open).copied().unwrap_or(b'"');
+        push_words(&mut out, &rest[..open]);
+        out.push(char::from(quote));
+        rest = &rest[open + 1..];
+        let close = span_end(rest, quote);
+        out.push_str(&trellis_cloudevents::shown(&rest[..close]));
+        // The closing quote, if there is one, goes out with the text after it.
+        rest = &rest[close..];
+        if let Some(after) = rest.strip_prefix(char::from(quote)) {
+            out.push(char::from(quote));
+            rest = after;
+        }
+    }
+    push_words(&mut out, rest);
+    match out.char_indices().nth(MAX_MESSAGE_CHARS) {
+        None => out,
+        Some((cut, _)) => {
+            out.truncate(cut);
+            out.push_str("...");
+            out
+        }
+    }
+}
+
+/// Appends unquoted `text`, cutting any word (a run without whitespace) longer than
+/// [`MAX_ECHO_CHARS`]: no word of ours is that long, so it is input echoed without quotes.
+fn push_words(out: &mut String, text: &str) {
+    if text.len() <= MAX_ECHO_CHARS {
+        out.push_str(text);
+        return;
+    }
+    let mut word_start = 0;
+    for (at, c) in text.char_indices().chain([(text.len(), ' ')]) {
+        if c.is_whitespace() {
+            out.push_str(&trellis_cloudevents::shown(&text[word_start..at]));
+            if at < text.len() {
+                out.push(c);
+            }
+            word_start = at + c.len_utf8();
+        }
+    }
+}
+
+/// Where the span that starts `text` ends: at the closing `quote`, past `\`-escapes inside
+/// double quotes, or at the end of `text` when nothing closes it.
+fn span_end(text: &str, quote: u8) -> usize {
+    let bytes = text.as_bytes();
+    let mut at = 0;
+    while let Some(&byte) = bytes.get(at) {
+        if byte == quote {
+            return at;
+        }
+        at += if byte == b'\\' && quote == b'"' { 2 } else { 1 };
+    }
+    text.len()
 }
 
 /// "outer: inner: root" for an error and its sources.
@@ -113,4 +193,54 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_ECHO_CHARS, MAX_MESSAGE_CHARS, bounded};
+
+    #[test]
+    fn short_messages_and_short_echoes_are_kept_whole() {
+        let message = format!(
+            "no subscription named {:?}; got `{}`",
+            "a".repeat(100),
+            "b".repeat(100)
+        );
+        assert_eq!(bounded(message.clone()), message);
+    }
+
+    #[test]
+    fn long_echoes_are_cut_and_the_text_around_them_kept() {
+        let name = "\u{e9}\"x".repeat(5_000);
+        let message = bounded(format!(
+            "invalid topic name {name:?}: use [A-Za-z0-9._-]; field `{}` unknown",
+            "f".repeat(10_000)
+        ));
+        assert!(message.starts_with("invalid topic name \""), "{message}");
+        assert!(
+            message.contains("\": use [A-Za-z0-9._-]; field `"),
+            "{message}"
+        );
+        assert!(message.ends_with("...` unknown"), "{message}");
+        assert!(
+            message.chars().count() < 2 * MAX_ECHO_CHARS + 120,
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn long_unquoted_words_are_cut() {
+        let message = bounded(format!("bad query: {}: unknown field", "q".repeat(10_000)));
+        assert!(message.starts_with("bad query: qqq"), "{message}");
+        assert!(message.ends_with("... unknown field"), "{message}");
+        assert!(message.chars().count() < MAX_ECHO_CHARS + 40, "{message}");
+    }
+
+    #[test]
+    fn an_unclosed_quote_and_a_long_message_are_bounded() {
+        let message = bounded(format!("got \"{}", "z".repeat(10_000)));
+        assert!(message.chars().count() < MAX_ECHO_CHARS + 20, "{message}");
+        let message = bounded("word ".repeat(1_000));
+        assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS + 3);
+    }
 }

@@ -1,5 +1,7 @@
 //! The HTTP API's router and shared state. Handlers live in one file per resource.
 
+mod body;
+mod checks;
 mod ops;
 mod publish;
 mod subscriptions;
@@ -31,6 +33,8 @@ pub(crate) struct AppState {
     pub publish_metrics: PublishMetrics,
     pub subscriptions: Arc<SubscriptionRegistry>,
     pub publisher: Arc<Publisher>,
+    /// Asked, before a topic is deleted, which consumer groups read it.
+    pub groups: Arc<crate::grpc::GroupRegistry>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -68,6 +72,7 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(checks::check_request))
         .with_state(Arc::new(state))
 }
 

@@ -1,6 +1,10 @@
 //! Metric names and the Prometheus recorder. Names follow `trellis_<name>_<unit>[_total]`;
 //! labels come only from bounded sets (outcome words, topic names).
 
+mod removable;
+
+pub(crate) use removable::removable;
+
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock, RwLock};
 
@@ -15,6 +19,7 @@ pub(crate) const PUBLISH_BYTES: &str = "trellis_publish_bytes_total";
 pub(crate) const PUBLISH_DURATION: &str = "trellis_publish_duration_seconds";
 pub(crate) const PUBLISH_DUPLICATES: &str = "trellis_publish_duplicates_total";
 pub(crate) const DEDUP_ENTRIES: &str = "trellis_dedup_remembered_ids";
+pub(crate) const DEDUP_MEMORY: &str = "trellis_dedup_memory_bytes";
 pub(crate) const LOG_SIZE: &str = "trellis_log_size_bytes";
 pub(crate) const TOPIC_NEXT_OFFSET: &str = "trellis_topic_next_offset";
 
@@ -40,6 +45,9 @@ pub(crate) fn handle() -> PrometheusHandle {
             };
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
+            let recorder = removable::Router {
+                prometheus: recorder,
+            };
             if metrics::set_global_recorder(recorder).is_err() {
                 tracing::warn!(
                     message = "A metrics recorder was already installed; /metrics will be empty."
@@ -87,6 +95,12 @@ fn describe() {
         "(source, id) pairs remembered for deduplication over all topics; at most \
          dedup max_entries, the oldest forgotten first."
     );
+    metrics::describe_gauge!(
+        DEDUP_MEMORY,
+        metrics::Unit::Bytes,
+        "About how much memory the deduplication index holds; the same per pair whatever the \
+         size of the events' ids."
+    );
     metrics::describe_histogram!(
         PUBLISH_DURATION,
         metrics::Unit::Seconds,
@@ -106,6 +120,10 @@ fn describe() {
     metrics::describe_gauge!(
         TOPIC_NEXT_OFFSET,
         "The offset the next event of the topic will get."
+    );
+    metrics::describe_gauge!(
+        crate::subscriptions::WAITING_FOR_TOPIC,
+        "1 while the subscription waits for its topic, deleted or not yet created, to exist."
     );
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use tokio::sync::{OnceCell, oneshot, watch};
-use trellis_cloudevents::CloudEvent;
+use trellis_cloudevents::{CloudEvent, EventError, EventLimits};
 use trellis_log::{LogError, Topic};
 
 use crate::dedup::{DedupIndex, DedupKey, Reservation, Ticket};
@@ -57,6 +57,8 @@ const RESERVED_EXTENSIONS: &[&str] = &["offset"];
 pub(crate) enum Unpublishable {
     /// It sets an extension Trellis reserves.
     Reserved(&'static str),
+    /// It is over one of the [`EventLimits`] (an attribute's size, the depth of its data).
+    OverLimit(EventError),
     /// Its stored form is over the size limit.
     TooLarge { size: usize, max: usize },
 }
@@ -66,6 +68,7 @@ impl Unpublishable {
     pub(crate) fn attribute(&self) -> Option<String> {
         match self {
             Unpublishable::Reserved(name) => Some((*name).to_owned()),
+            Unpublishable::OverLimit(error) => error.attribute.clone(),
             Unpublishable::TooLarge { .. } => None,
         }
     }
@@ -76,6 +79,7 @@ impl Unpublishable {
             Unpublishable::Reserved(name) => format!(
                 "extension attribute `{name}` is reserved: Trellis reports each event's log offset under that name"
             ),
+            Unpublishable::OverLimit(error) => format!("{subject}: {}", error.message),
             Unpublishable::TooLarge { size, max } => format!(
                 "{subject} is {size} bytes as stored; the maximum event size is {max} bytes"
             ),
@@ -87,6 +91,7 @@ impl Outgoing {
     /// The checks HTTP and gRPC publishing share, then the stored form of `event`.
     pub(crate) fn prepare(
         event: &CloudEvent,
+        limits: &EventLimits,
         max_event_bytes: usize,
     ) -> Result<Outgoing, Unpublishable> {
         if let Some(name) = RESERVED_EXTENSIONS
@@ -95,6 +100,9 @@ impl Outgoing {
         {
             return Err(Unpublishable::Reserved(name));
         }
+        event
+            .check_limits(limits)
+            .map_err(Unpublishable::OverLimit)?;
         let record = event.to_stored();
         if record.len() > max_event_bytes {
             return Err(Unpublishable::TooLarge {
@@ -128,7 +136,21 @@ pub(crate) struct Publisher {
     /// One rebuild per topic, awaited by its publishes.
     loaded: Mutex<HashMap<String, Arc<OnceCell<()>>>>,
     metrics: PublishMetrics,
-    remembered: metrics::Gauge,
+    remembered: Remembered,
+}
+
+/// The gauges that show the index's size.
+#[derive(Clone)]
+struct Remembered {
+    entries: metrics::Gauge,
+    bytes: metrics::Gauge,
+}
+
+impl Remembered {
+    fn set<W: Clone>(&self, index: &DedupIndex<W>) {
+        self.entries.set(index.len() as f64);
+        self.bytes.set(index.memory_bytes() as f64);
+    }
 }
 
 /// A reservation held until its key is stored; dropping it unstored abandons the key and wakes
@@ -187,7 +209,10 @@ impl Publisher {
             max_entries,
             loaded: Mutex::default(),
             metrics,
-            remembered: metrics::gauge!(crate::metrics::DEDUP_ENTRIES),
+            remembered: Remembered {
+                entries: metrics::gauge!(crate::metrics::DEDUP_ENTRIES),
+                bytes: metrics::gauge!(crate::metrics::DEDUP_MEMORY),
+            },
         }
     }
 
@@ -212,7 +237,7 @@ impl Publisher {
         }
         let mut index = lock(&self.index);
         index.forget_topic(name);
-        self.remembered.set(index.len() as f64);
+        self.remembered.set(&index);
     }
 
     /// Stores the events of one batch that are not duplicates, as one all-or-nothing append,
@@ -241,7 +266,7 @@ impl Publisher {
             // An error means the previous batch ended without appending: the turn is ours.
             let _ = after.await;
         }
-        let topic = self.topics.for_publish(topic_name)?;
+        let topic = self.topics.for_publish(topic_name).await?;
         if !self.enabled() {
             let records = events.into_iter().map(|event| event.record).collect();
             let ack = append(&topic, records, self.metrics.clone(), then).await?;
@@ -295,7 +320,7 @@ impl Publisher {
                         index.store(&held.topic, &held.key, ticket, offset, now);
                     }
                 }
-                remembered.set(index.len() as f64);
+                remembered.set(&index);
                 drop(index);
                 // Only now, with every key recorded, are the waiting publishes woken.
                 drop(holds);
@@ -359,7 +384,7 @@ impl Publisher {
                                 Fate::New(Some(Held {
                                     index: Arc::clone(&self.index),
                                     topic: Arc::clone(topic),
-                                    key: key.clone(),
+                                    key: *key,
                                     ticket,
                                     _wake_on_drop: Arc::clone(&wake),
                                 })),
@@ -456,7 +481,7 @@ impl Publisher {
             for (key, offset, at_ms) in keys {
                 index.remember(topic.name(), key, offset, at_ms, now);
             }
-            self.remembered.set(index.len() as f64);
+            self.remembered.set(&index);
             drop(index);
             match next {
                 Some(next) => from = next,

@@ -112,6 +112,7 @@ pub async fn serve_with_grpc(
         publish_metrics,
         subscriptions: Arc::clone(&subscriptions),
         publisher: Arc::clone(&publisher),
+        groups: Arc::clone(&groups),
     };
 
     let tasks = TaskTracker::new();

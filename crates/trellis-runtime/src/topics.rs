@@ -1,12 +1,22 @@
 //! Topic settings and the registry that keeps them: settings live in the metadata store under
 //! `/topics/<name>`, data lives in the log. Publishing asks the registry for a topic (creating it
 //! when `auto_create_topics` is on); admin calls change both sides, metadata first.
+//!
+//! Each topic has an incarnation id, made when the topic is created (by `PUT` or by a first
+//! publish) and stored in its metadata record before the log's topic exists. Deleting and
+//! re-creating a topic makes a new incarnation, and every offset stored elsewhere
+//! (`stored_offset.rs`) carries the incarnation it counts in, so it is never applied to another.
+//! A topic of a data dir older than incarnations has none stored: it is the legacy incarnation,
+//! as are offsets stored without one.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::watch;
 use trellis_log::{Durability, Log, Topic, TopicConfig};
 use trellis_meta::MetadataStore;
 
@@ -127,6 +137,86 @@ impl TopicSettings {
     }
 }
 
+/// One life of a topic name: from its creation to its deletion. The empty id is the legacy
+/// incarnation (a topic, or an offset, stored before incarnations existed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub(crate) struct Incarnation(String);
+
+impl Incarnation {
+    fn fresh() -> Incarnation {
+        Incarnation(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    pub(crate) fn legacy() -> Incarnation {
+        Incarnation(String::new())
+    }
+
+    pub(crate) fn from_stored(id: &str) -> Incarnation {
+        Incarnation(id.to_owned())
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A topic's record in the metadata store: its settings (absent for a topic created by a
+/// publish, which follows the defaults), its incarnation, and whether a delete is under way.
+struct TopicRecord {
+    settings: Option<TopicSettings>,
+    incarnation: Incarnation,
+    /// Written before the log's files are removed, so a crash mid-delete finishes the delete at
+    /// the next start instead of bringing the old records back under a new incarnation.
+    deleting: bool,
+}
+
+impl TopicRecord {
+    fn encode(&self) -> Result<Bytes, ApiError> {
+        let mut object = match &self.settings {
+            Some(settings) => match serde_json::to_value(settings) {
+                Ok(Value::Object(object)) => object,
+                Ok(_) => serde_json::Map::new(),
+                Err(error) => return Err(ApiError::internal("encoding settings", &error)),
+            },
+            None => serde_json::Map::new(),
+        };
+        if !self.incarnation.0.is_empty() {
+            object.insert(
+                "incarnation".to_owned(),
+                Value::from(self.incarnation.as_str()),
+            );
+        }
+        if self.deleting {
+            object.insert("deleting".to_owned(), Value::Bool(true));
+        }
+        serde_json::to_vec(&object)
+            .map(Bytes::from)
+            .map_err(|error| ApiError::internal("encoding settings", &error))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<TopicRecord, String> {
+        let mut value: Value = serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
+        let object = value
+            .as_object_mut()
+            .ok_or_else(|| "not a JSON object".to_owned())?;
+        let incarnation = match object.remove("incarnation") {
+            Some(Value::String(id)) => Incarnation(id),
+            _ => Incarnation::legacy(),
+        };
+        let deleting = matches!(object.remove("deleting"), Some(Value::Bool(true)));
+        let settings = if object.is_empty() {
+            None
+        } else {
+            Some(serde_json::from_value(value).map_err(|error| error.to_string())?)
+        };
+        Ok(TopicRecord {
+            settings,
+            incarnation,
+            deleting,
+        })
+    }
+}
+
 /// Topic lookup and administration over the log and the metadata store.
 #[derive(Clone)]
 pub(crate) struct TopicRegistry {
@@ -136,6 +226,11 @@ pub(crate) struct TopicRegistry {
     auto_create: bool,
     /// Serialises admin changes so the metadata store and the log agree; publishing never takes it.
     admin: Arc<tokio::sync::Mutex<()>>,
+    /// The incarnation of every topic the log holds. An entry is added after the log's topic is
+    /// created and removed before it is deleted, so an entry always speaks for the topic there.
+    incarnations: Arc<RwLock<HashMap<String, Incarnation>>>,
+    /// Bumped after every creation and deletion: subscribers waiting for a topic watch it.
+    changes: Arc<watch::Sender<u64>>,
 }
 
 /// What `put` did.
@@ -158,22 +253,56 @@ impl TopicRegistry {
             .range(TOPIC_KEY_PREFIX)
             .await
             .map_err(|error| ApiError::internal("reading topic settings", &error))?;
+        let mut incarnations = HashMap::new();
         for kv in stored.kvs {
             let name = &kv.key[TOPIC_KEY_PREFIX.len()..];
-            let settings: TopicSettings = match serde_json::from_slice(&kv.value) {
-                Ok(settings) => settings,
+            let record = match TopicRecord::decode(&kv.value) {
+                Ok(record) => record,
                 Err(error) => {
                     tracing::warn!(
                         message = "Stored topic settings are unreadable; using the defaults.",
                         topic = name,
                         error = %error
                     );
-                    defaults.clone()
+                    TopicRecord {
+                        settings: Some(defaults.clone()),
+                        incarnation: Incarnation::legacy(),
+                        deleting: false,
+                    }
                 }
             };
-            log.get_or_create_topic(name, settings.to_log_config())
-                .map_err(|error| ApiError::internal("opening a topic", &error))?
-                .set_config(settings.to_log_config());
+            if record.deleting {
+                tracing::warn!(
+                    message =
+                        "Finishing the delete of a topic that was under way at the last stop.",
+                    topic = name
+                );
+                log.delete_topic(name)
+                    .await
+                    .map_err(|error| ApiError::internal("deleting a topic", &error))?;
+                meta.delete(&kv.key)
+                    .await
+                    .map_err(|error| ApiError::internal("deleting topic settings", &error))?;
+                continue;
+            }
+            let config = record
+                .settings
+                .as_ref()
+                .unwrap_or(&defaults)
+                .to_log_config();
+            let topic = log
+                .get_or_create_topic(name, config.clone())
+                .map_err(|error| ApiError::internal("opening a topic", &error))?;
+            if record.settings.is_some() {
+                topic.set_config(config);
+            }
+            incarnations.insert(name.to_owned(), record.incarnation);
+        }
+        // Topics without a record were made by a publish before incarnations existed.
+        for topic in log.topics() {
+            incarnations
+                .entry(topic.name().to_owned())
+                .or_insert_with(Incarnation::legacy);
         }
         Ok(TopicRegistry {
             log,
@@ -181,7 +310,40 @@ impl TopicRegistry {
             defaults,
             auto_create,
             admin: Arc::default(),
+            incarnations: Arc::new(RwLock::new(incarnations)),
+            changes: Arc::new(watch::Sender::new(0)),
         })
+    }
+
+    /// The topic and its incarnation, if it exists now.
+    pub(crate) fn current(&self, name: &str) -> Option<(Topic, Incarnation)> {
+        let incarnations = self.incarnations.read().ok()?;
+        let incarnation = incarnations.get(name)?.clone();
+        let topic = self.log.topic(name)?;
+        Some((topic, incarnation))
+    }
+
+    /// Changes whenever a topic is created or deleted.
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn set_incarnation(&self, name: &str, incarnation: Option<Incarnation>) {
+        if let Ok(mut incarnations) = self.incarnations.write() {
+            match incarnation {
+                Some(incarnation) => incarnations.insert(name.to_owned(), incarnation),
+                None => incarnations.remove(name),
+            };
+        }
+        self.changes.send_modify(|generation| *generation += 1);
+    }
+
+    async fn store_record(&self, name: &str, record: &TopicRecord) -> Result<(), ApiError> {
+        self.meta
+            .put(&topic_key(name), record.encode()?)
+            .await
+            .map_err(|error| ApiError::internal("storing topic settings", &error))?;
+        Ok(())
     }
 
     pub(crate) fn log(&self) -> &Log {
@@ -204,20 +366,45 @@ impl TopicRegistry {
 
     /// The topic to append a validated publish to, created with the defaults if auto-creation is
     /// on. Called only once the events are known to be good, so a refused request creates nothing.
-    pub(crate) fn for_publish(&self, name: &str) -> Result<Topic, ApiError> {
+    pub(crate) async fn for_publish(&self, name: &str) -> Result<Topic, ApiError> {
         if let Some(topic) = self.log.topic(name) {
             return Ok(topic);
         }
         self.check_publish(name)?;
-        self.log
+        let _admin = self.admin.lock().await;
+        if let Some(topic) = self.log.topic(name) {
+            return Ok(topic);
+        }
+        // The record first: a crash before the log's topic exists leaves a record that the next
+        // start turns into an empty topic of this incarnation.
+        let incarnation = Incarnation::fresh();
+        self.store_record(
+            name,
+            &TopicRecord {
+                settings: None,
+                incarnation: incarnation.clone(),
+                deleting: false,
+            },
+        )
+        .await?;
+        let topic = self
+            .log
             .get_or_create_topic(name, self.defaults.to_log_config())
-            .map_err(|error| ApiError::internal("creating a topic", &error))
+            .map_err(|error| ApiError::internal("creating a topic", &error))?;
+        self.set_incarnation(name, Some(incarnation));
+        Ok(topic)
     }
 
-    /// The topic a subscription reads (or dead-letters to), created with the defaults if it does
-    /// not exist yet and auto-creation is on: subscribing before the first publish is normal.
-    pub(crate) fn for_subscription(&self, name: &str) -> Result<Topic, ApiError> {
-        self.for_publish(name)
+    /// The topic a subscription reads (or dead-letters to), and its incarnation, created with
+    /// the defaults if it does not exist yet and auto-creation is on: subscribing before the
+    /// first publish is normal.
+    pub(crate) async fn for_subscription(
+        &self,
+        name: &str,
+    ) -> Result<(Topic, Incarnation), ApiError> {
+        self.for_publish(name).await?;
+        // A delete may come in between; the caller then sees the topic as missing.
+        self.current(name).ok_or_else(|| no_such_topic(name))
     }
 
     pub(crate) fn get(&self, name: &str) -> Result<Topic, ApiError> {
@@ -242,12 +429,22 @@ impl TopicRegistry {
         settings
             .validate()
             .map_err(|message| ApiError::bad_request("invalid_settings", message))?;
-        let encoded = serde_json::to_vec(&settings)
-            .map_err(|error| ApiError::internal("encoding settings", &error))?;
-        self.meta
-            .put(&topic_key(name), Bytes::from(encoded))
-            .await
-            .map_err(|error| ApiError::internal("storing topic settings", &error))?;
+        // Creations take the admin lock (a publish's too), so the topic cannot appear meanwhile.
+        let incarnation = match &existing {
+            Some(_) => self
+                .current(name)
+                .map_or_else(Incarnation::legacy, |(_, incarnation)| incarnation),
+            None => Incarnation::fresh(),
+        };
+        self.store_record(
+            name,
+            &TopicRecord {
+                settings: Some(settings.clone()),
+                incarnation: incarnation.clone(),
+                deleting: false,
+            },
+        )
+        .await?;
         match existing {
             Some(topic) => {
                 topic.set_config(settings.to_log_config());
@@ -258,29 +455,41 @@ impl TopicRegistry {
                     .log
                     .get_or_create_topic(name, settings.to_log_config())
                     .map_err(|error| ApiError::internal("creating a topic", &error))?;
-                // A publish may have auto-created it between our look-up and here.
                 topic.set_config(settings.to_log_config());
+                self.set_incarnation(name, Some(incarnation));
                 Ok((PutOutcome::Created, topic))
             }
         }
     }
 
+    /// Deletes the topic's records and settings. Who still uses it is the caller's question
+    /// (`SubscriptionRegistry::delete_topic`).
     pub(crate) async fn delete(&self, name: &str) -> Result<(), ApiError> {
         validate_name(name)?;
         let _admin = self.admin.lock().await;
-        if self.log.topic(name).is_none() {
+        let Some((topic, incarnation)) = self.current(name) else {
             return Err(no_such_topic(name));
-        }
-        // Settings go first: if we crash in between, the topic comes back with default settings
-        // rather than its settings outliving its data.
-        self.meta
-            .delete(&topic_key(name))
-            .await
-            .map_err(|error| ApiError::internal("deleting topic settings", &error))?;
+        };
+        // Mark the record first: a crash before the end finishes the delete at the next start.
+        self.store_record(
+            name,
+            &TopicRecord {
+                settings: Some(settings_of(&topic.config())),
+                incarnation,
+                deleting: true,
+            },
+        )
+        .await?;
+        drop(topic);
+        self.set_incarnation(name, None);
         self.log
             .delete_topic(name)
             .await
             .map_err(|error| ApiError::internal("deleting a topic", &error))?;
+        self.meta
+            .delete(&topic_key(name))
+            .await
+            .map_err(|error| ApiError::internal("deleting topic settings", &error))?;
         Ok(())
     }
 }

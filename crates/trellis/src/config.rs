@@ -96,6 +96,8 @@ struct FileHttp {
     max_event_bytes: Option<usize>,
     max_batch_bytes: Option<usize>,
     max_batch_events: Option<usize>,
+    /// Deepest nesting of arrays and objects in an event's JSON data.
+    max_json_depth: Option<usize>,
     auto_create_topics: Option<bool>,
     max_connections: Option<usize>,
     /// Milliseconds from a request head's first byte to its end; 0 turns it off.
@@ -177,6 +179,7 @@ impl Settings {
                 .http
                 .max_batch_events
                 .unwrap_or(defaults.max_batch_events),
+            max_json_depth: file.http.max_json_depth.unwrap_or(defaults.max_json_depth),
             auto_create_topics: args
                 .auto_create_topics
                 .or(file.http.auto_create_topics)
@@ -260,6 +263,15 @@ impl Settings {
         }
         if runtime.max_batch_events == 0 {
             bail!("http.max_batch_events must be at least 1; got 0");
+        }
+        if runtime.max_json_depth == 0 {
+            bail!("http.max_json_depth must be at least 1; got 0");
+        }
+        // 0 would remember nothing while the window says deduplication is on.
+        if runtime.dedup_max_entries == 0 {
+            bail!(
+                "dedup.max_entries must be at least 1; got 0 (to turn deduplication off, set dedup.window_ms = 0)"
+            );
         }
         let http_addr = args
             .http_addr

@@ -339,3 +339,15 @@ fn refuses_to_write_hand_built_extension_with_bad_name() {
     let error = event.to_binary_headers().expect_err("bad name");
     assert_eq!(error.attribute.as_deref(), Some("Bad Name"));
 }
+
+#[test]
+fn a_repeated_content_type_is_refused() {
+    let mut headers = binary_headers(&[("content-type", "text/plain")]);
+    headers.append(
+        CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let error = parse_binary(&headers, Bytes::from_static(b"[1]")).expect_err("ambiguous");
+    assert_eq!(error.attribute.as_deref(), Some("datacontenttype"));
+    assert!(error.message.contains("more than once"), "{error}");
+}

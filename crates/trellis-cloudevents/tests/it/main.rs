@@ -10,6 +10,7 @@ mod batch;
 mod binary;
 mod conformance;
 mod gherkin;
+mod limits;
 mod mode;
 mod roundtrip;
 mod structured;

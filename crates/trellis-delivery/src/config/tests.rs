@@ -31,13 +31,30 @@ fn sink_with_credentials() -> SinkSpec {
     SinkSpec::from_json(
         &json!({
             "urls": [format!("https://example.com/hook?tenant=a&access_token={QUERY_TOKEN}")],
-            "headers": {"Authorization": TOKEN, "X-Env": "prod"},
+            "headers": {
+                "Authorization": TOKEN,
+                "X-Env": "prod",
+                "X-JWT": "eyJhbGciOiJIUzI1NiJ9.jwt-value",
+                "X-Session": "session-value-4711",
+                "X-Pass": "pass-value-0815",
+                "X-Forwarded-For-Tenant": "Bearer bearer-value-42",
+            },
             "secret": SECRET,
         }),
         "sink",
     )
     .expect("valid sink")
 }
+
+/// The header values of [`sink_with_credentials`]: a name cannot tell which is a credential.
+const HEADER_VALUES: [&str; 6] = [
+    TOKEN,
+    "prod",
+    "jwt-value",
+    "session-value-4711",
+    "pass-value-0815",
+    "bearer-value-42",
+];
 
 #[test]
 fn an_empty_delivery_object_takes_every_default() {
@@ -50,7 +67,7 @@ fn an_empty_delivery_object_takes_every_default() {
             "max_attempts": 10,
             "max_delivery_ms": 300_000,
             "backoff": {"initial_ms": 1000, "max_ms": 60_000, "multiplier": 2.0, "jitter": true},
-            "retry_after_max_ms": 300_000,
+            "retry_after_max_ms": 60_000,
             "connect_timeout_ms": 5000,
             "request_timeout_ms": 30_000,
             "concurrency": {"min": 1, "max": 64},
@@ -148,22 +165,27 @@ fn credentials_never_reach_debug_or_the_api() {
     let debug = format!("{spec:?}");
     let shown = serde_json::to_string(&spec).expect("serialisable");
     for output in [&debug, &shown] {
-        for credential in [SECRET, TOKEN, QUERY_TOKEN] {
+        for credential in [SECRET, QUERY_TOKEN].iter().chain(&HEADER_VALUES) {
             assert!(
                 !output.contains(credential),
                 "{credential} leaked in {output}"
             );
         }
         assert!(output.contains("***"), "{output}");
-        // What is not a credential stays readable.
+        // What is not a credential stays readable: header names, query keys.
         assert!(
-            output.contains("prod") && output.contains("tenant="),
+            output.contains("X-Session") && output.contains("tenant="),
             "{output}"
         );
     }
     let shown: Value = serde_json::from_str(&shown).expect("json");
     assert_eq!(shown["secret"], "***");
-    assert_eq!(shown["headers"]["Authorization"], "***");
+    // Every header value, whatever the header's name.
+    let headers = shown["headers"].as_object().expect("headers object");
+    assert_eq!(headers.len(), HEADER_VALUES.len());
+    for (name, value) in headers {
+        assert_eq!(value, "***", "{name}");
+    }
     assert_eq!(
         shown["urls"][0],
         "https://example.com/hook?tenant=***&access_token=***"
@@ -172,6 +194,8 @@ fn credentials_never_reach_debug_or_the_api() {
     let stored = spec.to_stored_json();
     assert_eq!(stored["secret"], SECRET);
     assert_eq!(stored["headers"]["Authorization"], TOKEN);
+    assert_eq!(stored["headers"]["X-Env"], "prod");
+    assert_eq!(stored["headers"]["X-Session"], "session-value-4711");
     assert_eq!(SinkSpec::from_json(&stored, "sink"), Ok(spec));
 }
 
@@ -247,6 +271,17 @@ fn refuses_bad_urls() {
         (json!(["https://example.com/ü"]), "sink.urls[0]", "ASCII"),
         (json!(["https://:80/"]), "sink.urls[0]", "must name a host"),
         (json!(["https://exa mple.com/"]), "sink.urls[0]", "absolute"),
+        // Read by the WHATWG host rules, as the address guard reads them.
+        (
+            json!(["https://1.2.3.256/"]),
+            "sink.urls[0]",
+            "neither a valid host name nor an IP address",
+        ),
+        (
+            json!(["https://example.com/", "http://hooks.123/"]),
+            "sink.urls[1]",
+            "neither a valid host name nor an IP address",
+        ),
         (
             json!([
                 "https://example.com/a",

@@ -273,3 +273,248 @@ async fn connector_refuses_a_denied_name_and_connects_an_allowed_one() {
     }
     assert!(found, "{error:?}");
 }
+
+/// A guard that also denies loopback, as operators exposing Trellis to tenants configure it.
+fn loopback_too() -> AddressGuard {
+    let mut deny = AddressGuard::default_deny_list();
+    deny.extend([net("127.0.0.0/8"), net("::1/128")]);
+    AddressGuard::new(deny)
+}
+
+#[test]
+fn ipv4_hosts_are_read_by_the_whatwg_rules() {
+    let table = [
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0X7F000001", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0x7f.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("127.0.0.1.", "127.0.0.1"),
+        ("169.254.169.254.", "169.254.169.254"),
+        ("2852039166", "169.254.169.254"),
+        ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"),
+        ("0", "0.0.0.0"),
+        ("0x0", "0.0.0.0"),
+        ("00", "0.0.0.0"),
+        ("10.0.0.5", "10.0.0.5"),
+        ("%31%32%37.0.0.1", "127.0.0.1"),
+        ("[::1]", "::1"),
+        ("::1", "::1"),
+        ("[64:ff9b::a9fe:a9fe]", "64:ff9b::a9fe:a9fe"),
+    ];
+    for (host, address) in table {
+        assert_eq!(literal_address(host), Ok(Some(ip(address))), "{host}");
+    }
+    for name in [
+        "example.com",
+        "example.com.",
+        "localhost",
+        "metadata.google.internal",
+        "my_host.internal",
+        "xn--bcher-kva.example",
+        "0x7f.example",
+        "1.2.3.4.example",
+        "a-b.c",
+        // Two trailing dots: the last label is empty, so by the rules this is a (bad) name,
+        // left to the resolver, whose answer is checked.
+        "127.0.0.1..",
+    ] {
+        assert_eq!(literal_address(name), Ok(None), "{name}");
+    }
+    for invalid in [
+        "1.2.3.256",
+        "256.0.0.1",
+        "1.2.3.4.5",
+        "4294967296",
+        "0x100000000",
+        "example.123",
+        "09.0.0.1",
+        "[fe80::1%25eth0]",
+        "[::1",
+        "a b",
+    ] {
+        assert_eq!(
+            literal_address(invalid),
+            Err(GuardError::InvalidHost {
+                host: invalid.to_owned()
+            }),
+            "{invalid}"
+        );
+    }
+}
+
+#[test]
+fn check_url_refuses_every_spelling_of_a_denied_ipv4_address() {
+    let denied = |address: &str, range: &str| {
+        Err(GuardError::Denied(DeniedAddress {
+            address: ip(address),
+            range: net(range),
+        }))
+    };
+    // The spellings the delivery-time check always refused, by the default list.
+    let default = AddressGuard::default();
+    for (url, address, range) in [
+        (
+            "http://169.254.169.254./",
+            "169.254.169.254",
+            "169.254.0.0/16",
+        ),
+        ("http://2852039166/", "169.254.169.254", "169.254.0.0/16"),
+        (
+            "http://0xa9fea9fe/latest",
+            "169.254.169.254",
+            "169.254.0.0/16",
+        ),
+        (
+            "http://0251.0376.0251.0376/",
+            "169.254.169.254",
+            "169.254.0.0/16",
+        ),
+        ("http://169.254.43518/", "169.254.169.254", "169.254.0.0/16"),
+        ("http://0:8080/", "0.0.0.0", "0.0.0.0/8"),
+        ("https://0x0/", "0.0.0.0", "0.0.0.0/8"),
+        ("http://0xe0000001/", "224.0.0.1", "224.0.0.0/4"),
+        (
+            "http://4294967295/",
+            "255.255.255.255",
+            "255.255.255.255/32",
+        ),
+    ] {
+        assert_eq!(
+            default.check_url(&uri(url)),
+            denied(address, range),
+            "{url}"
+        );
+    }
+    // And loopback, where the operator denies it.
+    let strict = loopback_too();
+    for url in [
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://127.0.0.1./",
+        "http://[::ffff:127.0.0.1]/",
+    ] {
+        let expected = if url.contains("::ffff") {
+            denied("::ffff:127.0.0.1", "127.0.0.0/8")
+        } else {
+            denied("127.0.0.1", "127.0.0.0/8")
+        };
+        assert_eq!(strict.check_url(&uri(url)), expected, "{url}");
+    }
+    // The same spellings of an allowed address stay allowed.
+    for url in [
+        "http://2130706433/",
+        "http://127.1:8080/",
+        "http://0x0a000005/",
+    ] {
+        assert_eq!(default.check_url(&uri(url)), Ok(()), "{url}");
+    }
+}
+
+#[test]
+fn check_url_refuses_hosts_that_are_neither_names_nor_addresses() {
+    for (url, host) in [
+        ("http://1.2.3.256/", "1.2.3.256"),
+        ("http://example.123/", "example.123"),
+        ("http://4294967296/", "4294967296"),
+    ] {
+        assert_eq!(
+            AddressGuard::default().check_url(&uri(url)),
+            Err(GuardError::InvalidHost {
+                host: host.to_owned()
+            }),
+            "{url}"
+        );
+    }
+}
+
+#[test]
+fn nat64_and_6to4_addresses_are_checked_as_the_ipv4_address_they_carry() {
+    let guard = AddressGuard::default();
+    let table = [
+        ("64:ff9b::a9fe:a9fe", "169.254.0.0/16"),
+        ("64:ff9b::169.254.169.254", "169.254.0.0/16"),
+        ("64:ff9b::0:0", "0.0.0.0/8"),
+        ("64:ff9b::e000:1", "224.0.0.0/4"),
+        ("64:ff9b:1::a9fe:a9fe", "169.254.0.0/16"),
+        ("64:ff9b:1:ffff::a9fe:1", "169.254.0.0/16"),
+        ("2002:a9fe:a9fe::", "169.254.0.0/16"),
+        ("2002:a9fe:a9fe:1234::1", "169.254.0.0/16"),
+        ("2002::1", "0.0.0.0/8"),
+        ("2002:e000:1::", "224.0.0.0/4"),
+    ];
+    for (address, range) in table {
+        assert_eq!(
+            guard.check(ip(address)),
+            Err(DeniedAddress {
+                address: ip(address),
+                range: net(range),
+            }),
+            "{address}"
+        );
+    }
+    assert_eq!(
+        guard.check_url(&uri("http://[64:ff9b::a9fe:a9fe]/")),
+        Err(GuardError::Denied(DeniedAddress {
+            address: ip("64:ff9b::a9fe:a9fe"),
+            range: net("169.254.0.0/16"),
+        }))
+    );
+    // Carrying an allowed address, or outside the prefixes, they pass.
+    for address in [
+        "64:ff9b::808:808",
+        "64:ff9b:1::808:808",
+        "2002:808:808::1",
+        "64:ff9c::a9fe:a9fe",
+        "64:ff9b:2::a9fe:a9fe",
+        "2003:a9fe:a9fe::",
+        "2001:db8::a9fe:a9fe",
+    ] {
+        assert_eq!(guard.check(ip(address)), Ok(()), "{address}");
+    }
+    // Where loopback is denied, so is loopback behind a translator or relay.
+    let strict = loopback_too();
+    for address in ["64:ff9b::7f00:1", "2002:7f00:1::"] {
+        assert!(strict.check(ip(address)).is_err(), "{address}");
+    }
+}
+
+#[test]
+fn legitimate_hosts_are_still_accepted() {
+    let guard = AddressGuard::default();
+    for url in [
+        "https://hooks.example.com/in",
+        "https://hooks.example.com./in",
+        "http://my_service.internal:8080/",
+        "http://10.1.2.3/",
+        "http://192.168.0.10:9000/hook",
+        "http://[2001:db8::1]/",
+        "http://[fd00::5]:8443/",
+        "http://8.8.8.8/",
+        "https://1.1.1.1/dns",
+        "http://[64:ff9b::808:808]/",
+        "https://xn--bcher-kva.example/",
+        "http://localhost:3000/",
+    ] {
+        assert_eq!(guard.check_url(&uri(url)), Ok(()), "{url}");
+    }
+}
+
+#[tokio::test]
+async fn the_resolver_connects_a_numeric_host_to_the_address_the_rules_give() {
+    let resolver = GuardedResolver::new(Arc::new(AddressGuard::default()));
+    // Not looked up: the address the configuration check saw.
+    for (host, address) in [("2130706433", "127.0.0.1"), ("127.1", "127.0.0.1")] {
+        let resolved = resolver.resolve(host).await.expect("allowed");
+        assert_eq!(resolved, vec![SocketAddr::new(ip(address), 0)], "{host}");
+    }
+    for host in ["169.254.169.254.", "0", "0x7f000001"] {
+        let strict = GuardedResolver::new(Arc::new(loopback_too()));
+        let error = strict.resolve(host).await.expect_err("denied");
+        assert_eq!(error.kind(), io::ErrorKind::PermissionDenied, "{host}");
+    }
+}

@@ -91,8 +91,8 @@ fn the_oldest_keys_go_first_beyond_max_entries() {
 fn remembering_keeps_the_first_offset_and_skips_expired_records() {
     let mut index = index(10);
     let key = DedupKey::new("/s", "1");
-    index.remember("t", key.clone(), 3, 500, 1_000);
-    index.remember("t", key.clone(), 9, 600, 1_000);
+    index.remember("t", key, 3, 500, 1_000);
+    index.remember("t", key, 9, 600, 1_000);
     index.remember("t", DedupKey::new("/s", "old"), 1, 0, 1_000);
     assert_eq!(index.len(), 1);
     assert!(matches!(
@@ -105,8 +105,8 @@ fn remembering_keeps_the_first_offset_and_skips_expired_records() {
 fn forgetting_a_topic_drops_its_keys() {
     let mut index = index(10);
     let key = DedupKey::new("/s", "1");
-    index.remember("t", key.clone(), 3, 500, 500);
-    index.remember("u", key.clone(), 4, 500, 500);
+    index.remember("t", key, 3, 500, 500);
+    index.remember("u", key, 4, 500, 500);
     index.forget_topic("t");
     assert_eq!(index.len(), 1);
     assert!(reserve(&mut index, "t", &key, 600).is_some());
@@ -121,7 +121,7 @@ fn a_zero_window_disables_everything() {
         index.reserve("t", &key, 0, || 0),
         (Reservation::Reserved, None)
     ));
-    index.remember("t", key.clone(), 1, 0, 0);
+    index.remember("t", key, 1, 0, 0);
     assert_eq!(index.len(), 0);
 }
 
@@ -188,4 +188,25 @@ proptest! {
             prop_assert!(index.len() <= max_entries);
         }
     }
+}
+
+/// An entry holds a fixed-size digest, never the id: 1000 entries cost the same whether their
+/// ids are 8 bytes or 10 KiB (10 MB of ids in all), and well under 256 bytes each.
+#[test]
+fn an_entry_costs_the_same_memory_whatever_the_size_of_its_id() {
+    assert_eq!(std::mem::size_of::<DedupKey>(), 16);
+    let fill = |id_len: usize| {
+        let mut index = index(10_000);
+        for n in 0..1000u64 {
+            let key = DedupKey::new("/s", &format!("{n:0>id_len$}"));
+            let ticket = reserve(&mut index, "t", &key, 0).expect("enabled");
+            index.store("t", &key, ticket, n, 0);
+        }
+        assert_eq!(index.len(), 1000);
+        index.memory_bytes()
+    };
+    let short_ids = fill(8);
+    let long_ids = fill(10 * 1024);
+    assert_eq!(short_ids, long_ids);
+    assert!(long_ids < 1000 * 256, "{long_ids} bytes for 1000 entries");
 }

@@ -30,6 +30,7 @@ use trellis_proto::v1::{self, SubscribeResponse, subscribe_response};
 
 use super::{group_offset_key, shutting_down, stored_offset};
 use crate::error::error_chain;
+use crate::topics::Incarnation;
 
 /// How often a coordinator stores its committed offset.
 const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
@@ -67,6 +68,8 @@ pub(crate) enum Start {
 #[derive(Debug, Clone)]
 pub(crate) struct JoinSpec {
     pub(crate) topic: Topic,
+    /// The topic's incarnation: the group's stored offset counts only in it.
+    pub(crate) incarnation: Incarnation,
     pub(crate) group: String,
     pub(crate) broadcast: bool,
     /// Broadcast only: the name its cursor is stored under.
@@ -100,6 +103,9 @@ struct GroupKey {
     group: String,
     broadcast: bool,
     member: Option<String>,
+    /// An unnamed broadcast member's own coordinator: listed (so its topic's delete is refused
+    /// while it reads), never joined by another member.
+    private: Option<u64>,
 }
 
 struct Handle {
@@ -161,6 +167,23 @@ impl GroupRegistry {
         }
     }
 
+    /// The groups (with the member name of a named broadcast member) that read `topic` now,
+    /// for refusing its delete.
+    pub(crate) async fn using_topic(&self, topic: &str) -> Vec<String> {
+        let groups = self.groups.lock().await;
+        let mut names: Vec<String> = groups
+            .iter()
+            .filter(|(key, handle)| key.topic == topic && !handle.control.is_closed())
+            .map(|(key, _)| match &key.member {
+                Some(member) => format!("{}/{member}", key.group),
+                None => key.group.clone(),
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Waits for every coordinator to store its committed offset and stop. Call after the
     /// shutdown token is cancelled, before the log closes.
     pub(crate) async fn shutdown(&self) {
@@ -191,6 +214,7 @@ impl GroupRegistry {
             group: spec.group.clone(),
             broadcast: spec.broadcast,
             member: spec.member.clone(),
+            private: (!shared).then_some(id),
         };
         let mut groups = self.groups.lock().await;
         let existing = if shared {
@@ -207,19 +231,17 @@ impl GroupRegistry {
                 let generation = id;
                 let (coordinator, control, acks) =
                     Coordinator::start(&spec, Arc::clone(&self.meta), shared).await?;
-                let registry = shared.then(|| (Arc::clone(&self.groups), key.clone(), generation));
+                let registry = Some((Arc::clone(&self.groups), key.clone(), generation));
                 let shutdown = self.shutdown.clone();
                 self.tasks.spawn(coordinator.run(shutdown, registry));
-                if shared {
-                    groups.insert(
-                        key,
-                        Handle {
-                            generation,
-                            control: control.clone(),
-                            acks: acks.clone(),
-                        },
-                    );
-                }
+                groups.insert(
+                    key,
+                    Handle {
+                        generation,
+                        control: control.clone(),
+                        acks: acks.clone(),
+                    },
+                );
                 (control, acks)
             }
         };
@@ -277,6 +299,7 @@ struct Waiting {
 
 struct Coordinator {
     topic: Topic,
+    incarnation: Incarnation,
     meta: Arc<dyn MetadataStore>,
     /// `None`: progress is not kept (an unnamed broadcast member).
     offset_key: Option<String>,
@@ -325,16 +348,21 @@ impl Coordinator {
             None => None,
         };
         let start = match (stored, spec.start) {
-            (Some(stored), _) => stored,
+            (Some(stored), _) => match stored.in_incarnation(&spec.incarnation) {
+                Some(offset) => offset,
+                // Stored for a topic of this name that was deleted since: this one is new to
+                // the group, which reads it from its beginning.
+                None => stats.first_offset,
+            },
             (None, Start::Latest) => stats.next_offset,
             (None, Start::Earliest) => stats.first_offset,
         }
         // Retention may have removed where the group left off.
         .max(stats.first_offset);
-        if let (Some(key), None) = (&offset_key, stored) {
+        if let Some(key) = &offset_key {
             // Stored now, so a restart before the first commit does not move a new group's
-            // start to a later end of the topic.
-            meta.put(key, crate::stored_offset::encode(start))
+            // start to a later end of the topic, nor leave an offset of another incarnation.
+            meta.put(key, crate::stored_offset::encode(start, &spec.incarnation))
                 .await
                 .map_err(|error| {
                     Status::unavailable(format!(
@@ -351,6 +379,7 @@ impl Coordinator {
         ];
         let coordinator = Coordinator {
             topic: spec.topic.clone(),
+            incarnation: spec.incarnation.clone(),
             meta,
             offset_key,
             shared,
@@ -652,7 +681,10 @@ impl Coordinator {
         }
         match self
             .meta
-            .put(key, crate::stored_offset::encode(committable))
+            .put(
+                key,
+                crate::stored_offset::encode(committable, &self.incarnation),
+            )
             .await
         {
             Ok(_) => self.committed = committable,

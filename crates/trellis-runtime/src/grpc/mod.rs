@@ -60,9 +60,13 @@ pub(crate) fn shutting_down() -> Status {
     Status::unavailable("Trellis is shutting down; retry against another node or later")
 }
 
+/// The most bytes of a status message. It travels percent-encoded in the `grpc-message`
+/// trailer, up to three times as long, and gRPC's C core accepts 8 KiB of metadata by default.
+const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+
 /// The gRPC status of an API error, by what its HTTP status means.
 pub(crate) fn status_of(error: &ApiError) -> Status {
-    let message = error.message.clone();
+    let message = status_message(&error.message);
     match error.status {
         StatusCode::BAD_REQUEST => Status::invalid_argument(message),
         StatusCode::NOT_FOUND => Status::not_found(message),
@@ -71,6 +75,20 @@ pub(crate) fn status_of(error: &ApiError) -> Status {
         StatusCode::TOO_MANY_REQUESTS => Status::resource_exhausted(message),
         _ => Status::internal(message),
     }
+}
+
+/// `message`, cut to [`MAX_STATUS_MESSAGE_BYTES`] at a character boundary.
+fn status_message(message: &str) -> String {
+    if message.len() <= MAX_STATUS_MESSAGE_BYTES {
+        return message.to_owned();
+    }
+    let cut = message
+        .char_indices()
+        .map(|(at, _)| at)
+        .take_while(|at| *at <= MAX_STATUS_MESSAGE_BYTES - 3)
+        .last()
+        .unwrap_or(0);
+    format!("{}...", &message[..cut])
 }
 
 /// The tonic service: the shared state, which calls hand to the tasks they spawn.
@@ -159,12 +177,12 @@ pub(crate) fn group_offset_key(topic: &str, group: &str, member: Option<&str>) -
     }
 }
 
-/// Reads a committed offset stored as decimal text.
+/// Reads a committed offset, with the topic incarnation it counts in.
 pub(crate) async fn stored_offset(
     meta: &dyn MetadataStore,
     key: &str,
-) -> Result<Option<u64>, Status> {
-    crate::stored_offset::load(meta, key)
+) -> Result<Option<crate::stored_offset::StoredOffset>, Status> {
+    crate::stored_offset::load_any(meta, key)
         .await
         .map_err(|error| {
             Status::unavailable(format!(
@@ -172,4 +190,17 @@ pub(crate) async fn stored_offset(
                 crate::error::error_chain(&error)
             ))
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_STATUS_MESSAGE_BYTES, status_message};
+
+    #[test]
+    fn status_messages_are_cut_at_a_character_boundary() {
+        assert_eq!(status_message("short"), "short");
+        let cut = status_message(&"\u{e9}".repeat(2_000));
+        assert!(cut.len() <= MAX_STATUS_MESSAGE_BYTES, "{}", cut.len());
+        assert!(cut.ends_with("\u{e9}..."), "{cut}");
+    }
 }

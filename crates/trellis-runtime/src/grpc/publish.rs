@@ -10,6 +10,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
+use trellis_cloudevents::EventLimits;
 use trellis_proto::v1::{self, EventResult, PublishRequest, PublishResponse, Stored, event_result};
 
 use super::{BoxStream, GrpcService, shutting_down, status_of};
@@ -69,12 +70,13 @@ async fn publish_inner(
         .check_publish(&topic)
         .map_err(|error| status_of(&error))?;
 
+    let event_limits = limits.event_limits();
     let mut results: Vec<Option<EventResult>> = Vec::with_capacity(events.len());
     let mut outgoing = Vec::with_capacity(events.len());
     let mut positions = Vec::with_capacity(events.len());
     let mut n_bytes = 0usize;
     for (idx, event) in events.into_iter().enumerate() {
-        match prepare(event, limits.max_event_bytes) {
+        match prepare(event, &event_limits, limits.max_event_bytes) {
             Ok(prepared) => {
                 n_bytes += prepared.record.len();
                 outgoing.push(prepared);
@@ -125,12 +127,16 @@ async fn publish_inner(
 }
 
 /// Validates and encodes one event, or says why it cannot be stored.
-fn prepare(event: v1::CloudEvent, max_event_bytes: usize) -> Result<Outgoing, EventResult> {
+fn prepare(
+    event: v1::CloudEvent,
+    limits: &EventLimits,
+    max_event_bytes: usize,
+) -> Result<Outgoing, EventResult> {
     let event = trellis_proto::event_from_proto(event)
         .map_err(|error| error_result(Code::InvalidArgument, error.message, error.attribute))?;
-    Outgoing::prepare(&event, max_event_bytes).map_err(|error| {
+    Outgoing::prepare(&event, limits, max_event_bytes).map_err(|error| {
         let code = match error {
-            Unpublishable::Reserved(_) => Code::InvalidArgument,
+            Unpublishable::Reserved(_) | Unpublishable::OverLimit(_) => Code::InvalidArgument,
             Unpublishable::TooLarge { .. } => Code::FailedPrecondition,
         };
         error_result(code, error.message("the event"), error.attribute())
@@ -178,6 +184,7 @@ pub(super) fn publish_stream(
         let mut in_flight = JoinSet::new();
         let mut after: Option<oneshot::Receiver<()>> = None;
         let mut stopped_by_shutdown = false;
+        let mut failed = None;
         loop {
             let slot = tokio::select! {
                 slot = Arc::clone(&slots).acquire_owned() => slot,
@@ -194,8 +201,12 @@ pub(super) fn publish_stream(
                 Ok(Some(request)) => request,
                 // The client is done sending: answer what is in flight, then end the stream.
                 Ok(None) => break,
+                // A message over the size limit (OUT_OF_RANGE from tonic) or a broken stream:
+                // the client learns why once the batches in flight are answered, rather than
+                // seeing the stream end as if it had finished.
                 Err(status) => {
                     tracing::debug!(message = "A publish stream failed.", %status);
+                    failed = Some(status);
                     break;
                 }
             };
@@ -218,6 +229,8 @@ pub(super) fn publish_stream(
         while in_flight.join_next().await.is_some() {}
         if stopped_by_shutdown {
             let _ = answers.send(Err(shutting_down())).await;
+        } else if let Some(status) = failed {
+            let _ = answers.send(Err(status)).await;
         }
     });
     Box::pin(ReceiverStream::new(outbound))

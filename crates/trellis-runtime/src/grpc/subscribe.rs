@@ -61,9 +61,10 @@ pub(super) async fn subscribe(
     } else {
         None
     };
-    let topic = service
+    let (topic, incarnation) = service
         .topics
         .for_subscription(&subscription.topic)
+        .await
         .map_err(|error| status_of(&error))?;
     let max_unacked = match subscription.max_unacked {
         0 => DEFAULT_MAX_UNACKED,
@@ -75,6 +76,7 @@ pub(super) async fn subscribe(
     };
     let spec = JoinSpec {
         topic,
+        incarnation,
         group: subscription.group,
         broadcast,
         member,

@@ -27,6 +27,7 @@ pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResp
     crate::metrics::refresh_gauges(state.topics.log());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        // Per-subscription and per-group series are kept apart so they can be removed.
+        state.metrics.render() + &crate::metrics::removable().render(),
     )
 }

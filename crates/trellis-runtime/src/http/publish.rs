@@ -11,15 +11,14 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use trellis_cloudevents::{ContentMode, EventError};
 
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::http::body::read_body;
 use crate::metrics::PublishOutcome;
 use crate::publisher::{Outgoing, Unpublishable};
 
@@ -105,19 +104,25 @@ async fn publish_inner(
     }
     let batch_index = |idx: usize| (mode == ContentMode::Batch).then_some(idx);
 
+    let event_limits = limits.event_limits();
     let mut outgoing = Vec::with_capacity(events.len());
     for (idx, event) in events.iter().enumerate() {
-        let prepared = Outgoing::prepare(event, limits.max_event_bytes).map_err(|error| {
-            let subject = batch_index(idx)
-                .map_or_else(|| "the event".to_owned(), |idx| format!("event {idx}"));
-            let message = error.message(&subject);
-            match error {
-                Unpublishable::Reserved(_) => ApiError::bad_request("invalid_event", message)
-                    .with_attribute(error.attribute()),
-                Unpublishable::TooLarge { .. } => ApiError::too_large(message),
-            }
-            .with_index(batch_index(idx))
-        })?;
+        let prepared =
+            Outgoing::prepare(event, &event_limits, limits.max_event_bytes).map_err(|error| {
+                let subject = batch_index(idx).map_or_else(
+                    || "the event".to_owned(),
+                    |idx| format!("batch event at index {idx}"),
+                );
+                let message = error.message(&subject);
+                match error {
+                    Unpublishable::Reserved(_) | Unpublishable::OverLimit(_) => {
+                        ApiError::bad_request("invalid_event", message)
+                            .with_attribute(error.attribute())
+                    }
+                    Unpublishable::TooLarge { .. } => ApiError::too_large(message),
+                }
+                .with_index(batch_index(idx))
+            })?;
         outgoing.push(prepared);
     }
 
@@ -134,30 +139,6 @@ async fn publish_inner(
             .collect(),
     };
     Ok((StatusCode::ACCEPTED, Json(published)).into_response())
-}
-
-/// Reads the whole body, refusing with 413 (before reading, when `Content-Length` says so) above `limit`.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::too_large(format!(
-            "the request body exceeds the limit of {limit} bytes"
-        ))
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|declared| declared > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(error) => Err(ApiError::bad_request(
-            "unreadable_body",
-            format!("the request body could not be read: {error}"),
-        )),
-    }
 }
 
 fn invalid_event(error: EventError) -> ApiError {

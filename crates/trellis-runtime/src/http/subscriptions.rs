@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -12,8 +11,12 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::http::body::AdminBody;
 
-pub(crate) async fn create(State(state): State<Arc<AppState>>, body: Bytes) -> Response {
+pub(crate) async fn create(
+    State(state): State<Arc<AppState>>,
+    AdminBody(body): AdminBody,
+) -> Response {
     let res = async {
         let body = json_body(&body)?;
         state.subscriptions.create(&body).await
@@ -38,7 +41,7 @@ pub(crate) async fn get(State(state): State<Arc<AppState>>, Path(name): Path<Str
 pub(crate) async fn patch(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: Bytes,
+    AdminBody(body): AdminBody,
 ) -> Response {
     let res = async {
         let body = json_body(&body)?;

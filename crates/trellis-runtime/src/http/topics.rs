@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,6 +12,7 @@ use trellis_log::{LogError, Topic};
 
 use crate::error::ApiError;
 use crate::http::AppState;
+use crate::http::body::AdminBody;
 use crate::topics::{PutOutcome, TopicSettings, TopicSettingsPatch, settings_of};
 
 /// A reads page holds at most this many events, whatever `limit` asks for.
@@ -29,12 +29,20 @@ pub(crate) struct TopicView {
     size_bytes: u64,
     segments: usize,
     settings: TopicSettings,
+    /// Made when the topic was created; a topic deleted and created again has a new one. Empty
+    /// for a topic created before incarnations existed.
+    incarnation: String,
 }
 
 impl TopicView {
-    fn of(topic: &Topic) -> TopicView {
+    fn of(topic: &Topic, state: &AppState) -> TopicView {
         let stats = topic.stats();
         TopicView {
+            incarnation: state
+                .topics
+                .current(topic.name())
+                .map(|(_, incarnation)| incarnation.as_str().to_owned())
+                .unwrap_or_default(),
             name: topic.name().to_owned(),
             first_offset: stats.first_offset,
             next_offset: stats.next_offset,
@@ -56,7 +64,7 @@ pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<TopicList> 
         .log()
         .topics()
         .iter()
-        .map(TopicView::of)
+        .map(|topic| TopicView::of(topic, &state))
         .collect();
     Json(TopicList { topics })
 }
@@ -66,13 +74,13 @@ pub(crate) async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<TopicView>, ApiError> {
     let topic = state.topics.get(&name)?;
-    Ok(Json(TopicView::of(&topic)))
+    Ok(Json(TopicView::of(&topic, &state)))
 }
 
 pub(crate) async fn put(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    body: Bytes,
+    AdminBody(body): AdminBody,
 ) -> Result<Response, ApiError> {
     // An empty body means "create with the defaults" (or "change nothing").
     let patch: TopicSettingsPatch = if body.iter().all(u8::is_ascii_whitespace) {
@@ -90,14 +98,35 @@ pub(crate) async fn put(
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Updated => StatusCode::OK,
     };
-    Ok((status, Json(TopicView::of(&topic))).into_response())
+    Ok((status, Json(TopicView::of(&topic, &state))).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeleteQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// Refused with 409 while subscriptions or consumer groups use the topic, unless `?force=true`.
 pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    query: Result<Query<DeleteQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    state.topics.delete(&name).await?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::bad_request(
+            "invalid_query",
+            format!(
+                "the only parameter is force=true or force=false: {}",
+                rejection.body_text()
+            ),
+        )
+    })?;
+    state
+        .subscriptions
+        .delete_topic(&name, query.force, &state.groups)
+        .await?;
     state.publisher.forget_topic(&name);
     Ok(StatusCode::NO_CONTENT)
 }

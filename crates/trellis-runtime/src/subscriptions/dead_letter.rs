@@ -17,18 +17,16 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::{CloudEvent, ExtensionValue};
 use trellis_delivery::report::DeliveryFailure;
-use trellis_log::Topic;
 
 use crate::error::error_chain;
-
-/// Looks a topic up by name, creating it if need be; the error is a sentence for the log.
-pub(crate) type OpenTopic = Box<dyn Fn(&str) -> Result<Topic, String> + Send + Sync>;
+use crate::topics::TopicRegistry;
 
 /// Where a subscription's dead letters go: a topic looked up (or created) when one is written,
 /// so deleting it does not stop the subscription.
+#[derive(Clone)]
 pub(crate) struct DeadLetterTarget {
     pub(crate) topic_name: String,
-    pub(crate) open: OpenTopic,
+    pub(crate) topics: TopicRegistry,
 }
 
 /// Waits between tries to append a dead letter that failed (the log is full or shutting down).
@@ -45,12 +43,12 @@ impl DeadLetterTarget {
     ) -> bool {
         let payload = Bytes::from(event.to_stored());
         loop {
-            let appended = match (self.open)(&self.topic_name) {
-                Ok(topic) => topic
+            let appended = match self.topics.for_subscription(&self.topic_name).await {
+                Ok((topic, _)) => topic
                     .append(vec![payload.clone()])
                     .await
                     .map_err(|error| error_chain(&error)),
-                Err(message) => Err(message),
+                Err(error) => Err(error.message),
             };
             match appended {
                 Ok(_) => return true,

@@ -55,9 +55,19 @@ pub(crate) struct DispatcherStats {
     pub(crate) position: AtomicU64,
 }
 
+/// Why `Dispatcher::run` returned.
+pub(crate) enum Ended {
+    /// Stopped, or failed for good.
+    Stopped,
+    /// The topic was deleted: the outcomes channel, to start again on its next incarnation.
+    TopicDeleted(mpsc::UnboundedReceiver<Outcome>),
+}
+
 pub(crate) struct Dispatcher {
     pub(crate) name: String,
     pub(crate) topic: Topic,
+    /// The committed offset is stored with it (see `stored_offset.rs`).
+    pub(crate) incarnation: crate::topics::Incarnation,
     /// Created on first use with the default topic settings.
     pub(crate) dead_letter: DeadLetterTarget,
     pub(crate) meta: Arc<dyn MetadataStore>,
@@ -91,7 +101,7 @@ impl Pending {
 }
 
 impl Dispatcher {
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(mut self) -> Ended {
         let mut tracker = OffsetTracker::new(self.start);
         let mut next = self.start;
         let mut deliveries = JoinSet::new();
@@ -100,6 +110,7 @@ impl Dispatcher {
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = Pending::default();
+        let mut topic_deleted = false;
         'run: loop {
             let paused = *self.paused.borrow();
             // Records tracked and not ended, batched or in flight: the memory bound.
@@ -133,6 +144,10 @@ impl Dispatcher {
                         next = first_offset;
                         continue;
                     }
+                    Err(LogError::NoSuchTopic(_)) => {
+                        topic_deleted = true;
+                        break;
+                    }
                     Err(error) => {
                         tracing::error!(message = "Reading the topic failed; the subscription stops.", subscription = %self.name, error = %error_chain(&error));
                         break;
@@ -160,6 +175,11 @@ impl Dispatcher {
                     self.send_batch(std::mem::take(&mut pending.records), &mut deliveries);
                 }
                 _ = self.paused.changed() => {}
+                // A paused subscription reads nothing, so it learns of a delete here.
+                gone = self.topic.wait_for(u64::MAX), if paused => {
+                    topic_deleted = matches!(gone, Err(LogError::NoSuchTopic(_)));
+                    break;
+                }
                 _ = commit_tick.tick() => {
                     while deliveries.try_join_next().is_some() {}
                     self.engine.close_idle_connections();
@@ -177,7 +197,12 @@ impl Dispatcher {
                 break;
             }
         }
+        if topic_deleted {
+            // Its offsets count in no topic now: nothing to store.
+            return Ended::TopicDeleted(self.outcomes);
+        }
         self.persist(tracker.committable(), persisted).await;
+        Ended::Stopped
     }
 
     fn dispatch(
@@ -298,7 +323,7 @@ impl Dispatcher {
         if committable == persisted {
             return persisted;
         }
-        let value = crate::stored_offset::encode(committable);
+        let value = crate::stored_offset::encode(committable, &self.incarnation);
         match self.meta.put(&self.offset_key, value).await {
             Ok(_) => committable,
             Err(error) => {

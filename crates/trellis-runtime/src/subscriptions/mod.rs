@@ -7,6 +7,7 @@
 
 mod dead_letter;
 mod dispatcher;
+mod lifecycle;
 mod redrive;
 pub(crate) mod spec;
 
@@ -30,7 +31,9 @@ use trellis_meta::{CasOutcome, Expect, MetadataStore};
 use crate::error::ApiError;
 use crate::topics::TopicRegistry;
 use dead_letter::DeadLetterTarget;
-use dispatcher::{Dispatcher, DispatcherStats, Outcome, ToDispatcher};
+use dispatcher::{DispatcherStats, Outcome, ToDispatcher};
+pub(crate) use lifecycle::WAITING_FOR_TOPIC;
+use lifecycle::{Lifecycle, Supervisor};
 use redrive::RedriveStats;
 use spec::{Start, SubscriptionSpec, field_error, reject_unknown};
 
@@ -65,6 +68,7 @@ struct Running {
     stats: Arc<DispatcherStats>,
     done: tokio::task::JoinHandle<()>,
     redrive: Arc<RedriveStats>,
+    lifecycle: Arc<Lifecycle>,
 }
 
 /// `GET /v1/subscriptions/{name}`'s live part.
@@ -77,6 +81,12 @@ pub(crate) struct SubscriptionStatus {
     pub(crate) committed_offset: u64,
     /// Events published but not yet ended for this subscription.
     pub(crate) lag: u64,
+    /// `running`, `paused`, `waiting_for_topic` (its topic was deleted or does not exist yet;
+    /// it reads the next incarnation from its beginning) or `stopped` (it cannot go on).
+    pub(crate) state: &'static str,
+    /// Why, for `waiting_for_topic` and `stopped`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) reason: Option<String>,
     pub(crate) paused: bool,
     pub(crate) urls: Vec<trellis_delivery::engine::TargetStatus>,
     /// The last redrive of the dead-letter topic, if any.
@@ -84,7 +94,7 @@ pub(crate) struct SubscriptionStatus {
 }
 
 impl SubscriptionRegistry {
-    /// Starts every stored subscription from its committed offset.
+    /// Starts every stored subscription from its committed offset (see `lifecycle`).
     pub(crate) async fn open(
         meta: Arc<dyn MetadataStore>,
         topics: TopicRegistry,
@@ -119,13 +129,8 @@ impl SubscriptionRegistry {
                     continue;
                 }
             };
-            let committed = registry.stored_offset(&spec.name).await?;
-            let start = match committed {
-                Some(offset) => offset,
-                None => registry.start_offset(&spec)?,
-            };
             let name = spec.name.clone();
-            if let Err(error) = registry.start(spec, start).await {
+            if let Err(error) = registry.start(spec).await {
                 tracing::error!(message = "A stored subscription cannot start.", subscription = name, error = %error.message);
             }
         }
@@ -134,8 +139,10 @@ impl SubscriptionRegistry {
 
     pub(crate) async fn create(&self, body: &Value) -> Result<Value, ApiError> {
         let spec = SubscriptionSpec::from_request(body).map_err(invalid)?;
-        let topic = self.topics.for_subscription(&spec.topic)?;
-        let start = self.start_offset(&spec)?;
+        // First here, so a refused subscription creates no topic; again below, under the lock.
+        refuse_dead_letter_cycle(&spec, self.running.lock().await.values().map(|e| &e.spec))?;
+        let (topic, incarnation) = self.topics.for_subscription(&spec.topic).await?;
+        let start = start_offset(&spec, &topic);
         if let Start::Offset(offset) = spec.start {
             let next = topic.stats().next_offset;
             if offset > next {
@@ -156,6 +163,7 @@ impl SubscriptionRegistry {
         let engine = self.engine(&spec)?;
         let stored = encode(&spec)?;
         let mut running = self.running.lock().await;
+        refuse_dead_letter_cycle(&spec, running.values().map(|entry| &entry.spec))?;
         match self
             .meta
             .compare_and_set(&subscription_key(&spec.name), Expect::Absent, stored)
@@ -172,11 +180,16 @@ impl SubscriptionRegistry {
             }
         }
         self.meta
-            .put(&offset_key(&spec.name), crate::stored_offset::encode(start))
+            .put(
+                &offset_key(&spec.name),
+                crate::stored_offset::encode(start, &incarnation),
+            )
             .await
             .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?;
         let view = view_json(&spec)?;
-        let handle = self.spawn(spec, start, engine)?;
+        let handle = self.spawn(spec, engine);
+        // What the status says until the dispatcher has started, which it does from here.
+        handle.stats.committed.store(start, Ordering::Relaxed);
         running.insert(handle.spec.name.clone(), handle);
         Ok(view)
     }
@@ -249,6 +262,8 @@ impl SubscriptionRegistry {
         let entry = running.remove(name).ok_or_else(|| not_found(name))?;
         entry.stop.cancel();
         let _ = entry.done.await;
+        // Its dispatcher has ended, so nothing registers its series again.
+        crate::metrics::removable().remove(&[("subscription", name)]);
         self.meta
             .delete(&subscription_key(name))
             .await
@@ -275,10 +290,10 @@ impl SubscriptionRegistry {
             ));
         }
         let spec = &entry.spec;
-        let Some(dead_letters) = self.topics.log().topic(&spec.dead_letter_topic) else {
+        let Some((dead_letters, incarnation)) = self.topics.current(&spec.dead_letter_topic) else {
             return Ok(serde_json::json!({"from": 0, "to": 0, "events": 0}));
         };
-        let from = match self.stored_u64(&redrive_key(name)).await? {
+        let from = match self.stored_u64(&redrive_key(name), &incarnation).await? {
             Some(cursor) => cursor.max(dead_letters.stats().first_offset),
             None => dead_letters.stats().first_offset,
         };
@@ -301,6 +316,7 @@ impl SubscriptionRegistry {
                 outcomes,
                 meta: Arc::clone(&self.meta),
                 cursor_key: redrive_key(name),
+                incarnation,
                 from,
                 to,
                 stop: entry.stop.child_token(),
@@ -326,9 +342,60 @@ impl SubscriptionRegistry {
         self.tasks.wait().await;
     }
 
-    async fn start(&self, spec: SubscriptionSpec, start: u64) -> Result<(), ApiError> {
+    /// Refuses with 409, naming them, while subscriptions (as their topic or their dead-letter
+    /// topic) or consumer groups with members use the topic, unless `force`. A forced delete
+    /// leaves the subscriptions waiting for the topic's next incarnation. Holding the
+    /// subscriptions' lock keeps a subscription from being created meanwhile.
+    pub(crate) async fn delete_topic(
+        &self,
+        name: &str,
+        force: bool,
+        groups: &crate::grpc::GroupRegistry,
+    ) -> Result<(), ApiError> {
+        self.topics.get(name)?;
+        let running = self.running.lock().await;
+        let mut users: Vec<String> = running
+            .values()
+            .filter_map(|entry| {
+                let spec = &entry.spec;
+                if spec.topic == name {
+                    Some(format!("subscription {:?} (its topic)", spec.name))
+                } else if spec.dead_letter_topic == name {
+                    Some(format!(
+                        "subscription {:?} (its dead_letter_topic)",
+                        spec.name
+                    ))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let group_users = groups.using_topic(name).await;
+        users.extend(
+            group_users
+                .iter()
+                .map(|group| format!("consumer group {group:?}")),
+        );
+        if !users.is_empty() && !force {
+            return Err(ApiError::new(
+                http::StatusCode::CONFLICT,
+                "topic_in_use",
+                format!(
+                    "topic {name:?} is used by {}; delete those first, or delete with ?force=true (subscriptions then wait for the topic to be created again and read it from its beginning)",
+                    users.join(", ")
+                ),
+            ));
+        }
+        self.topics.delete(name).await?;
+        drop(running);
+        // Their coordinators end with the topic; a group that reads it again starts afresh.
+        crate::metrics::removable().remove(&[("topic", name)]);
+        Ok(())
+    }
+
+    async fn start(&self, spec: SubscriptionSpec) -> Result<(), ApiError> {
         let engine = self.engine(&spec)?;
-        let handle = self.spawn(spec, start, engine)?;
+        let handle = self.spawn(spec, engine);
         self.running
             .lock()
             .await
@@ -385,44 +452,43 @@ impl SubscriptionRegistry {
     }
 
     fn dead_letter_target(&self, spec: &SubscriptionSpec) -> DeadLetterTarget {
-        let topics = self.topics.clone();
         DeadLetterTarget {
             topic_name: spec.dead_letter_topic.clone(),
-            open: Box::new(move |name| {
-                topics.for_subscription(name).map_err(|error| error.message)
-            }),
+            topics: self.topics.clone(),
         }
     }
 
+    /// Runs the subscription: its dispatcher once its topic exists, on each incarnation in turn.
     fn spawn(
         &self,
         spec: SubscriptionSpec,
-        start: u64,
         (engine, outcomes): (Engine, mpsc::UnboundedReceiver<Outcome>),
-    ) -> Result<Running, ApiError> {
-        let topic = self.topics.for_subscription(&spec.topic)?;
+    ) -> Running {
         let (paused_tx, paused) = watch::channel(spec.paused);
         let (batch_tx, batch) = watch::channel(spec.delivery.batch.clone());
         let stop = CancellationToken::new();
         let stats = Arc::new(DispatcherStats::default());
-        let dispatcher = Dispatcher {
+        let lifecycle = Arc::new(Lifecycle::new(&spec.name));
+        let supervisor = Supervisor {
             name: spec.name.clone(),
-            topic,
+            topic_name: spec.topic.clone(),
+            start: spec.start,
+            topics: self.topics.clone(),
             dead_letter: self.dead_letter_target(&spec),
             meta: Arc::clone(&self.meta),
             offset_key: offset_key(&spec.name),
             engine: engine.clone(),
             outcomes,
-            start,
             max_in_flight: MAX_IN_FLIGHT,
             commit_interval: COMMIT_INTERVAL,
             paused,
             batch,
             stop: stop.clone(),
             stats: Arc::clone(&stats),
+            lifecycle: Arc::clone(&lifecycle),
         };
-        let done = self.tasks.spawn(dispatcher.run());
-        Ok(Running {
+        let done = self.tasks.spawn(supervisor.run());
+        Running {
             spec,
             engine,
             paused: paused_tx,
@@ -431,7 +497,8 @@ impl SubscriptionRegistry {
             stats,
             done,
             redrive: Arc::default(),
-        })
+            lifecycle,
+        }
     }
 
     fn status(&self, running: &Running) -> SubscriptionStatus {
@@ -443,11 +510,16 @@ impl SubscriptionRegistry {
             targets,
         } = running.engine.status();
         let committed = running.stats.committed.load(Ordering::Relaxed);
-        let next = self
-            .topics
-            .log()
-            .topic(&running.spec.topic)
-            .map_or(committed, |topic| topic.stats().next_offset);
+        let waiting = running.lifecycle.waiting_reason();
+        let next = match (&waiting, self.topics.log().topic(&running.spec.topic)) {
+            (None, Some(topic)) => topic.stats().next_offset,
+            _ => committed,
+        };
+        let state = match (&waiting, running.spec.paused) {
+            (Some(_), _) => "waiting_for_topic",
+            (None, true) => "paused",
+            (None, false) => "running",
+        };
         SubscriptionStatus {
             delivered,
             retried: retries,
@@ -455,28 +527,20 @@ impl SubscriptionRegistry {
             in_flight,
             committed_offset: committed,
             lag: next.saturating_sub(committed),
+            state,
+            reason: waiting,
             paused: running.spec.paused,
             urls: targets,
             redrive: running.redrive.view(),
         }
     }
 
-    fn start_offset(&self, spec: &SubscriptionSpec) -> Result<u64, ApiError> {
-        let topic = self.topics.for_subscription(&spec.topic)?;
-        let stats = topic.stats();
-        Ok(match spec.start {
-            Start::Latest => stats.next_offset,
-            Start::Earliest => stats.first_offset,
-            Start::Offset(offset) => offset.max(stats.first_offset),
-        })
-    }
-
-    async fn stored_offset(&self, name: &str) -> Result<Option<u64>, ApiError> {
-        self.stored_u64(&offset_key(name)).await
-    }
-
-    async fn stored_u64(&self, key: &str) -> Result<Option<u64>, ApiError> {
-        crate::stored_offset::load(self.meta.as_ref(), key)
+    async fn stored_u64(
+        &self,
+        key: &str,
+        incarnation: &crate::topics::Incarnation,
+    ) -> Result<Option<u64>, ApiError> {
+        crate::stored_offset::load(self.meta.as_ref(), key, incarnation)
             .await
             .map_err(|error| ApiError::internal("reading a subscription's offset", &error))
     }
@@ -506,6 +570,68 @@ pub(crate) async fn read_records(
     tokio::task::spawn_blocking(move || topic.read(from, max_records, READ_BATCH_BYTES))
         .await
         .unwrap_or(Err(trellis_log::LogError::Closed))
+}
+
+fn start_offset(spec: &SubscriptionSpec, topic: &trellis_log::Topic) -> u64 {
+    let stats = topic.stats();
+    match spec.start {
+        Start::Latest => stats.next_offset,
+        Start::Earliest => stats.first_offset,
+        Start::Offset(offset) => offset.max(stats.first_offset),
+    }
+}
+
+/// Refuses a subscription whose dead letters would come back to it: its dead-letter topic is
+/// read by a subscription whose dead letters go (perhaps through others) to its own topic. The
+/// existing subscriptions hold no cycle, so any new one runs through `new`.
+fn refuse_dead_letter_cycle<'a>(
+    new: &SubscriptionSpec,
+    existing: impl Iterator<Item = &'a SubscriptionSpec>,
+) -> Result<(), ApiError> {
+    let existing: Vec<&SubscriptionSpec> = existing.collect();
+    // Breadth first over topics, from `new`'s dead-letter topic; each reached topic remembers
+    // the subscription that dead-letters into it, to name the cycle.
+    let mut reached: BTreeMap<&str, Option<&SubscriptionSpec>> = BTreeMap::new();
+    reached.insert(new.dead_letter_topic.as_str(), None);
+    let mut queue = std::collections::VecDeque::from([new.dead_letter_topic.as_str()]);
+    while let Some(topic) = queue.pop_front() {
+        for spec in existing.iter().filter(|spec| spec.topic == topic) {
+            let next = spec.dead_letter_topic.as_str();
+            if reached.contains_key(next) {
+                continue;
+            }
+            reached.insert(next, Some(spec));
+            if next == new.topic {
+                let mut chain = vec![*spec];
+                let mut at = spec.topic.as_str();
+                while let Some(Some(before)) = reached.get(at) {
+                    chain.push(before);
+                    at = before.topic.as_str();
+                }
+                chain.push(new);
+                chain.reverse();
+                let steps: Vec<String> = chain
+                    .iter()
+                    .map(|spec| {
+                        format!(
+                            "{:?} ({} -> {})",
+                            spec.name, spec.topic, spec.dead_letter_topic
+                        )
+                    })
+                    .collect();
+                return Err(ApiError::bad_request(
+                    "dead_letter_cycle",
+                    format!(
+                        "dead letters would go round a cycle and be delivered again for ever: {}",
+                        steps.join(", then ")
+                    ),
+                )
+                .with_field("dead_letter_topic".to_owned()));
+            }
+            queue.push_back(next);
+        }
+    }
+    Ok(())
 }
 
 fn encode(spec: &SubscriptionSpec) -> Result<Bytes, ApiError> {

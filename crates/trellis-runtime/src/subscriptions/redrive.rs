@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::Bytes;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -68,6 +67,8 @@ pub(crate) struct Redrive {
     pub(crate) outcomes: mpsc::UnboundedReceiver<Outcome>,
     pub(crate) meta: Arc<dyn MetadataStore>,
     pub(crate) cursor_key: String,
+    /// The dead-letter topic's incarnation, stored with the cursor.
+    pub(crate) incarnation: crate::topics::Incarnation,
     pub(crate) from: u64,
     pub(crate) to: u64,
     pub(crate) stop: CancellationToken,
@@ -195,7 +196,10 @@ impl Redrive {
     async fn persist(&self, cursor: u64) {
         if let Err(error) = self
             .meta
-            .put(&self.cursor_key, Bytes::from(cursor.to_string()))
+            .put(
+                &self.cursor_key,
+                crate::stored_offset::encode(cursor, &self.incarnation),
+            )
             .await
         {
             tracing::warn!(message = "Storing the redrive position failed.", subscription = %self.name, error = %error_chain(&error));

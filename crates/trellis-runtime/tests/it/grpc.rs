@@ -609,3 +609,54 @@ async fn events_acked_before_a_clean_leave_go_to_nobody_again() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_topic_a_group_reads_is_deleted_only_when_forced_and_the_group_starts_the_new_one_at_zero()
+ {
+    let (_dir, server) = server().await;
+    publish_n(&server, "grouped", 3).await;
+    let mut member = join(&server, subscription("grouped", "g", GroupMode::Clustering)).await;
+    for _ in 0..3 {
+        let offset = member.delivery().await.offset;
+        member.ack(vec![offset]).await;
+    }
+    // The acks are in once the member has left; the next member starts after them.
+    drop(member.acks);
+    while member.deliveries.message().await.ok().flatten().is_some() {}
+    let mut member = join(&server, subscription("grouped", "g", GroupMode::Clustering)).await;
+    assert_eq!(member.from_offset, 3);
+    // An unnamed broadcast member reads with a cursor of its own; it counts too.
+    let watcher = join(
+        &server,
+        subscription("grouped", "watchers", GroupMode::Broadcast),
+    )
+    .await;
+    let res = server.delete("/v1/topics/grouped").await;
+    let message = crate::support::assert_error(&res, 409, "topic_in_use");
+    assert!(message.contains("consumer group \"g\""), "{message}");
+    assert!(message.contains("consumer group \"watchers\""), "{message}");
+    drop(watcher);
+
+    assert_eq!(server.delete("/v1/topics/grouped?force=true").await.0, 204);
+    // The member hears that its topic went; the group stores its offset (3) as it ends.
+    let ended = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match member.deliveries.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends in time");
+    assert_eq!(ended, Some(tonic::Code::NotFound));
+
+    publish_n(&server, "grouped", 2).await;
+    let mut subscription = subscription("grouped", "g", GroupMode::Clustering);
+    subscription.start = StartPosition::Latest as i32;
+    let mut member = join(&server, subscription).await;
+    assert_eq!(member.from_offset, 0, "the new topic from its beginning");
+    assert_eq!(member.delivery().await.offset, 0);
+    server.stop().await;
+}

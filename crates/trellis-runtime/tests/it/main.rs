@@ -2,8 +2,11 @@
 //! driven through HTTP as a user would. One module per resource.
 
 mod dedup;
+mod errors;
 mod grpc;
+mod grpc_errors;
 mod ops;
 mod publish;
 mod support;
+mod topic_lifecycle;
 mod topics;

@@ -219,3 +219,22 @@ fn connection_limits_and_the_shutdown_timeout_come_from_file_and_flags() {
         "{error}"
     );
 }
+
+#[test]
+fn the_json_depth_limit_comes_from_the_file_and_must_be_positive() {
+    let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
+    assert_eq!(defaults.runtime.max_json_depth, 64);
+
+    let file = config_file("[http]\nmax_json_depth = 8\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let from_file = Settings::resolve(&args(&["--config", path])).expect("file resolves");
+    assert_eq!(from_file.runtime.max_json_depth, 8);
+
+    let zero = config_file("[http]\nmax_json_depth = 0\n");
+    let path = zero.path().to_str().expect("utf-8 path");
+    let error = Settings::resolve(&args(&["--config", path])).expect_err("0 is refused");
+    assert!(
+        error.to_string().contains("http.max_json_depth"),
+        "{error:#}"
+    );
+}

@@ -27,7 +27,11 @@ pub(crate) fn subscription_table(subscriptions: &[Value]) -> String {
 pub(crate) fn subscription_details(subscription: &Value) -> String {
     let mut lines = Vec::new();
     match subscription {
-        Value::Object(object) => push_object(&mut lines, 0, object, TOP_ORDER),
+        Value::Object(object) => {
+            let mut object = object.clone();
+            hide_header_values(&mut object);
+            push_object(&mut lines, 0, &object, TOP_ORDER);
+        }
         other => lines.push(Line::Text {
             depth: 0,
             text: inline(other),
@@ -82,6 +86,8 @@ const DELIVERY_ORDER: &[&str] = &[
     "drop_on",
 ];
 const STATUS_ORDER: &[&str] = &[
+    "state",
+    "reason",
     "paused",
     "delivered",
     "retried",
@@ -146,6 +152,19 @@ fn push_object(lines: &mut Vec<Line>, depth: usize, object: &Map<String, Value>,
                 }
             }
             other => lines.push(field(inline(other))),
+        }
+    }
+}
+
+/// Any `sink.headers` value may be a credential, and the API shows them all as `***`; a server
+/// from before it did showed some in clear, so the view hides them itself.
+fn hide_header_values(subscription: &mut Map<String, Value>) {
+    if let Some(Value::Object(headers)) = subscription
+        .get_mut("sink")
+        .and_then(|sink| sink.get_mut("headers"))
+    {
+        for value in headers.values_mut() {
+            *value = Value::from("***");
         }
     }
 }

@@ -97,6 +97,18 @@ fn a_bad_config_file_is_one_clear_line() {
 }
 
 #[test]
+fn dedup_max_entries_of_zero_is_one_clear_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("trellis.toml");
+    std::fs::write(&config, "[dedup]\nmax_entries = 0\n").expect("write");
+    assert_one_line_failure(
+        &["serve", "--config", config.to_str().expect("utf-8")],
+        &[],
+        "dedup.max_entries must be at least 1",
+    );
+}
+
+#[test]
 fn a_data_dir_in_use_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let _first = TrellisProcess::start(bin(), dir.path(), &[]).expect("first starts");

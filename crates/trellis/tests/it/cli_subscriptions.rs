@@ -132,6 +132,7 @@ fn create_list_get_and_delete_round_trip() {
     shown.assert_success();
     for key in [
         "status:",
+        "state:",
         "delivered:",
         "committed_offset:",
         "lag:",
@@ -146,6 +147,61 @@ fn create_list_get_and_delete_round_trip() {
     let listed = run(server, &["list"]);
     listed.assert_success();
     assert_eq!(listed.stdout.lines().count(), 1, "{}", listed.stdout);
+}
+
+#[test]
+fn no_header_value_is_ever_shown() {
+    // A name cannot tell which header carries a credential: every value is hidden, by the API
+    // (`GET /v1/subscriptions/{name}`, the list, the create answer) and so by the CLI.
+    let (_dir, process) = start();
+    let server = process.base_url();
+    let values = [
+        "jwt-value-eyJhbGciOi",
+        "session-value-4711",
+        "pass-value-0815",
+        "Bearer bearer-value-42",
+        "plain-value-not-secret",
+    ];
+    let body = json!({
+        "name": "hooks", "topic": "orders",
+        "sink": {
+            "urls": ["http://127.0.0.1:9/hook"],
+            "headers": {
+                "X-JWT": values[0],
+                "X-Session": values[1],
+                "X-Pass": values[2],
+                "X-Forwarded-Tenant": values[3],
+                "X-Env": values[4],
+            },
+        },
+    });
+    let created = run_with_stdin(
+        server,
+        &["create", "--file", "-", "--json"],
+        &body.to_string(),
+    );
+    created.assert_success();
+    let shown = run(server, &["get", "hooks"]);
+    shown.assert_success();
+    let shown_json = run(server, &["get", "hooks", "--json"]);
+    shown_json.assert_success();
+    let listed = run(server, &["list", "--json"]);
+    listed.assert_success();
+    for output in [
+        &created.stdout,
+        &shown.stdout,
+        &shown_json.stdout,
+        &listed.stdout,
+    ] {
+        for value in values {
+            assert!(!output.contains(value), "{value} shown in: {output}");
+        }
+    }
+    let headers = shown_json.json()["sink"]["headers"].clone();
+    let headers = headers.as_object().expect("headers object");
+    assert_eq!(headers.len(), values.len(), "{headers:?}");
+    assert!(headers.values().all(|value| value == "***"), "{headers:?}");
+    assert!(shown.stdout.contains("X-Session=***"), "{}", shown.stdout);
 }
 
 #[test]

@@ -104,6 +104,10 @@ async fn secrets_never_reach_the_logs() {
     const SECRET: &str = "signing-key-0123456789";
     const BEARER: &str = "bearer-token-abcdef";
     const QUERY_TOKEN: &str = "query-token-987654";
+    // Credentials under names that do not say so: only their values tell.
+    const JWT: &str = "jwt-value-eyJhbGciOi";
+    const SESSION: &str = "session-value-4711";
+    const PASS: &str = "pass-value-0815";
     let receiver = Receiver::start(|index, _| Reply::Status(if index < 2 { 503 } else { 200 }))
         .await
         .expect("receiver starts");
@@ -135,7 +139,10 @@ async fn secrets_never_reach_the_logs() {
         .post(format!("{base}/v1/subscriptions"))
         .json(&json!({
             "name": "s", "topic": "t",
-            "sink": {"urls": [url], "secret": SECRET, "headers": {"Authorization": format!("Bearer {BEARER}")}},
+            "sink": {"urls": [url], "secret": SECRET, "headers": {
+                "Authorization": format!("Bearer {BEARER}"),
+                "X-JWT": JWT, "X-Session": SESSION, "X-Pass": PASS,
+            }},
             "delivery": {"backoff": {"initial_ms": 10, "max_ms": 20}},
         }))
         .send()
@@ -156,6 +163,8 @@ async fn secrets_never_reach_the_logs() {
         Some(format!("Bearer {BEARER}").as_str()),
         "the receiver does get the credentials"
     );
+    assert_eq!(request.header("x-session"), Some(SESSION));
+    assert_eq!(request.header("x-jwt"), Some(JWT));
     let status = reqwest::get(format!("{base}/v1/subscriptions/s"))
         .await
         .expect("get")
@@ -165,7 +174,14 @@ async fn secrets_never_reach_the_logs() {
 
     let logs = process.stderr();
     assert!(logs.contains("Attempt ended."), "debug logs were captured");
-    for secret in [SECRET, BEARER, QUERY_TOKEN] {
+    let listed = reqwest::get(format!("{base}/v1/subscriptions"))
+        .await
+        .expect("list")
+        .text()
+        .await
+        .expect("body");
+    assert!(!listed.contains(SESSION), "{listed}");
+    for secret in [SECRET, BEARER, QUERY_TOKEN, JWT, SESSION, PASS] {
         assert!(!logs.contains(secret), "{secret} leaked into the logs");
         assert!(
             !shown.contains(secret),

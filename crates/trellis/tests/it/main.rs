@@ -10,6 +10,7 @@ mod delivery_scenarios;
 mod grpc;
 mod publish_cli;
 mod subscriptions;
+mod topic_delete;
 
 use std::io::Write;
 use std::path::Path;

@@ -297,6 +297,54 @@ async fn bad_requests_name_the_field_and_duplicates_conflict() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_spelling_of_a_denied_address_is_refused_at_creation() {
+    // Loopback denied too, as an operator exposing Trellis to tenants would configure it.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("trellis.toml");
+    std::fs::write(
+        &config,
+        "[delivery]\nwebhook_deny = [\"169.254.0.0/16\", \"0.0.0.0/8\", \"127.0.0.0/8\", \"::1/128\"]\n",
+    )
+    .expect("write config");
+    let config = config.to_str().expect("utf-8");
+    let process = TrellisProcess::start(bin(), &dir.path().join("data"), &["--config", config])
+        .expect("trellis starts");
+    let base = process.base_url();
+    for url in [
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://169.254.169.254./",
+        "http://0:8080/",
+        "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[2002:a9fe:a9fe::]/",
+    ] {
+        let response = create(
+            base,
+            json!({"name": "a", "topic": "t", "sink": {"urls": [url]}}),
+        )
+        .await;
+        assert_eq!(response.status(), 400, "{url}");
+        let body: Value = response.json().await.expect("test step");
+        let message = body["message"].as_str().expect("a message");
+        assert!(
+            message.starts_with("sink.urls[0]: address ") && message.contains("denied range"),
+            "{url}: {body}"
+        );
+    }
+    let listed = get_json(&format!("{base}/v1/subscriptions")).await;
+    assert_eq!(listed["subscriptions"], json!([]), "nothing was stored");
+    // A public name is still accepted: it is checked when connecting.
+    let response = create(
+        base,
+        json!({"name": "ok", "topic": "t", "sink": {"urls": ["http://hooks.example.com/in"]}}),
+    )
+    .await;
+    assert_eq!(response.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_paused_subscription_holds_events_until_resumed() {
     let receiver = Receiver::answering(200).await.expect("test step");
     let (_dir, _process, base) = start();

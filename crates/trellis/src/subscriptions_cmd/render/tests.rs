@@ -152,3 +152,19 @@ fn details_show_fields_added_later_after_the_known_ones() {
                  b\n"
     );
 }
+
+#[test]
+fn details_hide_every_header_value_even_if_the_server_shows_one() {
+    let mut answer = answer_with_status();
+    answer["sink"]["headers"] = json!({
+        "X-JWT": "jwt-in-clear",
+        "X-Session": "session-in-clear",
+        "authorization": "***",
+    });
+    let shown = subscription_details(&answer);
+    assert!(
+        shown.contains("headers:          X-JWT=*** X-Session=*** authorization=***"),
+        "{shown}"
+    );
+    assert!(!shown.contains("in-clear"), "{shown}");
+}
