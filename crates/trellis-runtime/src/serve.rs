@@ -166,7 +166,6 @@ pub async fn serve_with_grpc(
         || subscriptions.running(),
     )
     .await;
-    let drain_ends = tokio::time::Instant::now() + config.shutdown_timeout;
     shutdown.cancel();
     // Groups store their committed offsets before the log closes. Dispatchers store theirs and
     // may still write dead letters: stop them before the log closes. Both are bounded by what
@@ -178,7 +177,8 @@ pub async fn serve_with_grpc(
         tasks.close();
         tasks.wait().await;
     };
-    let left = drain_ends
+    let left = drained
+        .deadline
         .saturating_duration_since(tokio::time::Instant::now())
         .max(Duration::from_secs(1));
     if tokio::time::timeout(left, stopping).await.is_err() {
@@ -187,7 +187,7 @@ pub async fn serve_with_grpc(
         );
     }
     let closed = log.close().await;
-    if let Some(((), served_grpc)) = drained {
+    if let Some(((), served_grpc)) = drained.output {
         served_grpc?;
     }
     closed.map_err(ServeError::Flush)?;

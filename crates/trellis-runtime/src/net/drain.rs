@@ -15,20 +15,31 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// After the cut-off, how long the servers may take to notice before they are left behind.
 const AFTER_CUT_OFF: Duration = Duration::from_secs(1);
 
+/// How the servers ended.
+pub(crate) struct Drained<T> {
+    /// `None` if they had not ended even after the cut-off (their connections' tasks then end
+    /// with the process).
+    pub(crate) output: Option<T>,
+    /// When the shutdown timeout is up: what comes after the drain has until then.
+    pub(crate) deadline: Instant,
+}
+
 /// Runs `serving` to its end. Once `shutdown` is cancelled it has `timeout` to end by itself;
-/// then every connection of `listeners` is closed and it gets [`AFTER_CUT_OFF`] more. `None`
-/// if it still had not ended then (its connections' tasks end with the process).
-/// `also_waiting` names what else the drain waits for, for the progress lines.
+/// then every connection of `listeners` is closed and it gets [`AFTER_CUT_OFF`] more.
+/// `also_waiting` counts the subscriptions the shutdown stops next, for the progress lines.
 pub(crate) async fn bounded<F: Future>(
     serving: F,
     shutdown: &CancellationToken,
     timeout: Duration,
     listeners: &[ListenerHandle],
     also_waiting: impl Fn() -> usize,
-) -> Option<F::Output> {
+) -> Drained<F::Output> {
     let mut serving = std::pin::pin!(serving);
     tokio::select! {
-        output = &mut serving => return Some(output),
+        output = &mut serving => return Drained {
+            output: Some(output),
+            deadline: Instant::now() + timeout,
+        },
         () = shutdown.cancelled() => {}
     }
     let deadline = Instant::now() + timeout;
@@ -41,7 +52,7 @@ pub(crate) async fn bounded<F: Future>(
     let mut ticker = tokio::time::interval_at(Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
     loop {
         tokio::select! {
-            output = &mut serving => return Some(output),
+            output = &mut serving => return Drained { output: Some(output), deadline },
             () = tokio::time::sleep_until(deadline) => break,
             _ = ticker.tick() => progress(
                 "Still draining.",
@@ -63,7 +74,10 @@ pub(crate) async fn bounded<F: Future>(
     for listener in listeners {
         listener.cut_off();
     }
-    tokio::time::timeout(AFTER_CUT_OFF, serving).await.ok()
+    Drained {
+        output: tokio::time::timeout(AFTER_CUT_OFF, serving).await.ok(),
+        deadline,
+    }
 }
 
 fn progress(message: &str, listeners: &[ListenerHandle], left: Duration, subscriptions: usize) {
