@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use trellis_delivery::tls::WebhookTls;
 
+use crate::net::ConnectionLimits;
 use crate::topics::TopicSettings;
 
 /// Settings of the HTTP API and the topics it creates.
@@ -45,6 +46,13 @@ pub struct RuntimeConfig {
     /// gRPC `PublishStream`: batches one stream may have in flight. A stream that sends more
     /// is not read until one is answered (back-pressure).
     pub grpc_max_batches_in_flight: usize,
+    /// Connection limits and timeouts of the HTTP listener.
+    pub http_connections: ConnectionLimits,
+    /// Connection limits and timeouts of the gRPC listener.
+    pub grpc_connections: ConnectionLimits,
+    /// After the shutdown signal, requests and calls in flight get this long to finish; then
+    /// the connections still open are closed and the log is flushed.
+    pub shutdown_timeout: Duration,
 }
 
 impl RuntimeConfig {
@@ -73,6 +81,9 @@ impl Default for RuntimeConfig {
             dedup_window: Duration::from_secs(10 * 60),
             dedup_max_entries: 1_000_000,
             grpc_max_batches_in_flight: 64,
+            http_connections: ConnectionLimits::http_default(),
+            grpc_connections: ConnectionLimits::grpc_default(),
+            shutdown_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - `config`: the runtime's settings, as the binary hands them over.
 //! - `error`: the API's one error shape.
 //! - `metrics`: metric names and the Prometheus recorder.
+//! - `net`: the listeners' connections: limits, timeouts and the bounded drain.
 //!
 //! This crate knows HTTP and CloudEvents; the log below it stores opaque records and the
 //! metadata store below it is a trait.
@@ -21,6 +22,7 @@ mod error;
 mod grpc;
 mod http;
 mod metrics;
+mod net;
 mod publisher;
 mod serve;
 mod stored_offset;
@@ -30,6 +32,9 @@ mod topics;
 pub use config::RuntimeConfig;
 pub use error::error_chain;
 pub use metrics::install_metrics_recorder;
+pub use net::ConnectionLimits;
+#[doc(hidden)]
+pub use net::fuzz_head_gate;
 pub use serve::{ServeError, serve, serve_with_grpc};
 pub use topics::{DurabilityPolicy, TopicSettings};
 /// What `RuntimeConfig::webhook_tls` holds; built by whoever reads the configuration.

@@ -55,6 +55,7 @@ pub(crate) fn handle() -> PrometheusHandle {
             }
             describe();
             crate::grpc::describe_metrics();
+            crate::net::describe_metrics();
             handle
         })
         .clone()

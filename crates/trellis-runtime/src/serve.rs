@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,6 +15,7 @@ use crate::config::RuntimeConfig;
 use crate::error::error_chain;
 use crate::grpc::{GroupRegistry, GrpcService};
 use crate::http::{AppState, router};
+use crate::net::{Listener, ListenerHandle};
 use crate::publisher::Publisher;
 use crate::subscriptions::SubscriptionRegistry;
 use crate::topics::TopicRegistry;
@@ -31,8 +31,6 @@ pub enum ServeError {
     Subscriptions(String),
     #[error("setting up TLS for webhooks failed")]
     Tls(#[from] trellis_delivery::tls::TlsError),
-    #[error("the HTTP server failed")]
-    Http(#[source] std::io::Error),
     #[error("the gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
     #[error("flushing the log at shutdown failed")]
@@ -136,47 +134,62 @@ pub async fn serve_with_grpc(
     tasks.spawn(metrics_upkeep(metrics, shutdown.child_token()));
 
     let app = router(state);
-    let graceful = {
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.cancelled().await;
-            shutting_down.store(true, Ordering::Relaxed);
-            tracing::info!(message = "Shutting down: finishing in-flight requests.");
-        }
-    };
-    // Replies are small and clients wait for each one: never let Nagle's algorithm hold them back
-    // waiting for an ACK.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(message = "Cannot set TCP_NODELAY on a connection.", %error);
-        }
-    });
+    let http_listener = Listener::new(listener, "http", config.http_connections.clone(), true);
+    let grpc_listener = grpc
+        .map(|listener| Listener::new(listener, "grpc", config.grpc_connections.clone(), false));
+    let listeners: Vec<ListenerHandle> = std::iter::once(http_listener.handle())
+        .chain(grpc_listener.as_ref().map(Listener::handle))
+        .collect();
     let http = async {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(graceful)
-            .await
-            .map_err(ServeError::Http)
+        tokio::join!(
+            crate::net::http_server::serve(http_listener, app, shutdown.clone()),
+            async {
+                shutdown.cancelled().await;
+                shutting_down.store(true, Ordering::Relaxed);
+                tracing::info!(message = "Shutting down: finishing in-flight requests.");
+            }
+        );
     };
     let grpc = async {
-        match grpc {
+        match grpc_listener {
             Some(listener) => crate::grpc::serve(listener, grpc_service, shutdown.clone())
                 .await
                 .map_err(ServeError::Grpc),
             None => Ok(()),
         }
     };
-    let (served_http, served_grpc) = tokio::join!(http, grpc);
+    let drained = crate::net::drain::bounded(
+        async { tokio::join!(http, grpc) },
+        &shutdown,
+        config.shutdown_timeout,
+        &listeners,
+        || subscriptions.running(),
+    )
+    .await;
     shutdown.cancel();
-    // Groups store their committed offsets before the log closes.
-    groups.shutdown().await;
-    // Dispatchers store their committed offsets and may still write dead letters: stop them
-    // before the log closes.
-    subscriptions.shutdown().await;
-    tasks.close();
-    tasks.wait().await;
+    // Groups store their committed offsets before the log closes. Dispatchers store theirs and
+    // may still write dead letters: stop them before the log closes. Both are bounded by what
+    // is left of the shutdown timeout (at least a second), so a stuck one cannot keep the log
+    // from being flushed.
+    let stopping = async {
+        groups.shutdown().await;
+        subscriptions.shutdown().await;
+        tasks.close();
+        tasks.wait().await;
+    };
+    let left = drained
+        .deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_secs(1));
+    if tokio::time::timeout(left, stopping).await.is_err() {
+        tracing::warn!(
+            message = "Subscriptions and consumer groups did not stop in time; flushing the log without them."
+        );
+    }
     let closed = log.close().await;
-    served_http?;
-    served_grpc?;
+    if let Some(((), served_grpc)) = drained.output {
+        served_grpc?;
+    }
     closed.map_err(ServeError::Flush)?;
     tracing::info!(message = "Stopped; the log is flushed.");
     Ok(())

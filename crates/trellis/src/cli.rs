@@ -63,6 +63,10 @@ pub(crate) struct ServeArgs {
     /// Create topics on first publish [default: true]
     #[arg(long, env = "TRELLIS_AUTO_CREATE_TOPICS", value_name = "BOOL")]
     pub(crate) auto_create_topics: Option<bool>,
+    /// After SIGTERM or SIGINT: milliseconds to let requests and calls in flight finish before
+    /// the connections still open are closed; a second signal stops at once [default: 30000]
+    #[arg(long, env = "TRELLIS_SHUTDOWN_TIMEOUT_MS", value_name = "MS")]
+    pub(crate) shutdown_timeout_ms: Option<u64>,
     /// Log filter, e.g. info, debug or trellis_log=debug,info [default: info]
     #[arg(long, env = "TRELLIS_LOG_LEVEL", value_name = "FILTER")]
     pub(crate) log_level: Option<String>,

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use trellis_runtime::{DurabilityPolicy, RuntimeConfig, TopicSettings, WebhookTls};
+use trellis_runtime::{
+    ConnectionLimits, DurabilityPolicy, RuntimeConfig, TopicSettings, WebhookTls,
+};
 
 use crate::cli::ServeArgs;
 
@@ -25,6 +27,8 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     http_addr: Option<String>,
     grpc_addr: Option<String>,
+    /// Milliseconds the drain after SIGTERM/SIGINT may take before open connections are closed.
+    shutdown_timeout_ms: Option<u64>,
     #[serde(default)]
     log: FileLog,
     #[serde(default)]
@@ -53,6 +57,9 @@ struct FileDedup {
 struct FileGrpc {
     /// Batches one PublishStream may have in flight before it is no longer read.
     max_batches_in_flight: Option<usize>,
+    max_connections: Option<usize>,
+    /// Milliseconds a connection without any call may stay open; 0 turns it off.
+    idle_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +99,13 @@ struct FileHttp {
     /// Deepest nesting of arrays and objects in an event's JSON data.
     max_json_depth: Option<usize>,
     auto_create_topics: Option<bool>,
+    max_connections: Option<usize>,
+    /// Milliseconds from a request head's first byte to its end; 0 turns it off.
+    header_read_timeout_ms: Option<u64>,
+    /// Milliseconds a keep-alive connection may wait for its next request; 0 turns it off.
+    idle_timeout_ms: Option<u64>,
+    /// Milliseconds a request body may go without sending bytes; 0 turns it off.
+    body_read_timeout_ms: Option<u64>,
 }
 
 /// Everything `serve` needs, resolved and validated.
@@ -190,6 +204,39 @@ impl Settings {
                 .grpc
                 .max_batches_in_flight
                 .unwrap_or(defaults.grpc_max_batches_in_flight),
+            http_connections: ConnectionLimits {
+                max_connections: file
+                    .http
+                    .max_connections
+                    .unwrap_or(defaults.http_connections.max_connections),
+                header_read_timeout: timeout_setting(
+                    file.http.header_read_timeout_ms,
+                    defaults.http_connections.header_read_timeout,
+                ),
+                idle_timeout: timeout_setting(
+                    file.http.idle_timeout_ms,
+                    defaults.http_connections.idle_timeout,
+                ),
+                body_read_timeout: timeout_setting(
+                    file.http.body_read_timeout_ms,
+                    defaults.http_connections.body_read_timeout,
+                ),
+            },
+            grpc_connections: ConnectionLimits {
+                max_connections: file
+                    .grpc
+                    .max_connections
+                    .unwrap_or(defaults.grpc_connections.max_connections),
+                idle_timeout: timeout_setting(
+                    file.grpc.idle_timeout_ms,
+                    defaults.grpc_connections.idle_timeout,
+                ),
+                ..defaults.grpc_connections.clone()
+            },
+            shutdown_timeout: args
+                .shutdown_timeout_ms
+                .or(file.shutdown_timeout_ms)
+                .map_or(defaults.shutdown_timeout, Duration::from_millis),
             webhook_tls: match &file.delivery.webhook_ca_file {
                 None => None,
                 Some(path) => Some(
@@ -207,6 +254,12 @@ impl Settings {
         }
         if runtime.grpc_max_batches_in_flight == 0 {
             bail!("grpc.max_batches_in_flight must be at least 1; got 0");
+        }
+        if runtime.http_connections.max_connections == 0 {
+            bail!("http.max_connections must be at least 1; got 0");
+        }
+        if runtime.grpc_connections.max_connections == 0 {
+            bail!("grpc.max_connections must be at least 1; got 0");
         }
         if runtime.max_batch_events == 0 {
             bail!("http.max_batch_events must be at least 1; got 0");
@@ -249,6 +302,15 @@ impl Settings {
                 .unwrap_or(LogFormat::Pretty),
             runtime,
         })
+    }
+}
+
+/// A timeout in milliseconds from the file, where 0 turns it off.
+fn timeout_setting(ms: Option<u64>, default: Option<Duration>) -> Option<Duration> {
+    match ms {
+        None => default,
+        Some(0) => None,
+        Some(ms) => Some(Duration::from_millis(ms)),
     }
 }
 

@@ -1,9 +1,11 @@
 //! `trellis serve`: opens the data directory (embedded log and metadata store), binds the HTTP
-//! and gRPC APIs, prints where they listen, and runs until SIGTERM or SIGINT, then drains and flushes.
+//! and gRPC APIs, prints where they listen, and runs until SIGTERM or SIGINT, then drains (for at
+//! most the shutdown timeout) and flushes. A second signal skips the rest of the drain.
 
 use std::fs::{File, TryLockError};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -22,10 +24,25 @@ pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings))
+    let stopped = runtime.block_on(serve(settings));
+    match stopped {
+        // Tasks left behind (connections, a retention pass) must not hold the exit.
+        Ok(Stopped::Cut) => runtime.shutdown_background(),
+        _ => runtime.shutdown_timeout(Duration::from_secs(1)),
+    }
+    // Returning drops the log guard, which writes the last lines.
+    stopped.map(|_| ())
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<()> {
+/// How `serve` ended.
+enum Stopped {
+    /// After the drain (bounded by the shutdown timeout).
+    Drained,
+    /// At a second signal, without waiting for the drain; the event log is flushed.
+    Cut,
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
     // Bind first: a port in use is the most common start-up failure and costs nothing to find.
     let listener = TcpListener::bind(settings.http_addr)
         .await
@@ -71,18 +88,46 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(message = "Trellis started.", http = %local_addr, grpc = %grpc_addr, data_dir = %data_dir.display());
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(signals.cancel_on_signal(shutdown.clone()));
-    trellis_runtime::serve_with_grpc(
+    let event_log = log.clone();
+    let mut serving = Box::pin(trellis_runtime::serve_with_grpc(
         listener,
         Some(grpc_listener),
         log,
         Arc::new(meta),
         settings.runtime,
-        shutdown,
-    )
-    .await
-    .context("the runtime stopped with an error")
+        shutdown.clone(),
+    ));
+    let mut signals = signals;
+    let first = tokio::select! {
+        served = &mut serving => return served.context(STOPPED_WITH_ERROR).map(|()| Stopped::Drained),
+        first = signals.next() => first,
+    };
+    tracing::info!(
+        message = "Signal received: shutting down; a second signal stops at once.",
+        signal = first
+    );
+    shutdown.cancel();
+    let second = tokio::select! {
+        served = &mut serving => return served.context(STOPPED_WITH_ERROR).map(|()| Stopped::Drained),
+        second = signals.next() => second,
+    };
+    tracing::warn!(
+        message =
+            "Second signal: stopping now without finishing the drain; flushing the event log.",
+        signal = second
+    );
+    // What was acknowledged is already durable under `always`; this writes what is queued and
+    // fsyncs the rest, as a drained shutdown would.
+    drop(serving);
+    event_log
+        .close()
+        .await
+        .context("flushing the event log failed")?;
+    tracing::info!(message = "Stopped; the log is flushed.");
+    Ok(Stopped::Cut)
 }
+
+const STOPPED_WITH_ERROR: &str = "the runtime stopped with an error";
 
 /// Holds an exclusive lock on the data dir for the life of the process, so two runtimes never
 /// write the same log.
@@ -122,11 +167,11 @@ impl Signals {
         })
     }
 
-    async fn cancel_on_signal(mut self, shutdown: CancellationToken) {
+    /// The name of the next signal.
+    async fn next(&mut self) -> &'static str {
         tokio::select! {
-            _ = self.terminate.recv() => tracing::info!(message = "SIGTERM received."),
-            _ = self.interrupt.recv() => tracing::info!(message = "SIGINT received."),
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
         }
-        shutdown.cancel();
     }
 }

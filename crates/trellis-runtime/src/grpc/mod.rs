@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::http::StatusCode;
 use futures::Stream;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use trellis_meta::MetadataStore;
@@ -135,9 +134,9 @@ impl Trellis for GrpcApi {
 }
 
 /// Serves the gRPC API on `listener` until `shutdown` is cancelled, then lets the calls in
-/// flight end (streams end themselves with UNAVAILABLE).
+/// flight end (streams end themselves with UNAVAILABLE). The drain cuts off what is left.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: crate::net::Listener,
     service: Arc<GrpcService>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -148,24 +147,10 @@ pub(crate) async fn serve(
         .max_batch_bytes
         .saturating_add(service.config.max_batch_events.saturating_mul(64))
         .saturating_add(64 * 1024);
+    // The listener logs and waits out accept errors itself, so the stream never ends or fails.
     let incoming = futures::stream::unfold(listener, |listener| async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _peer)) => {
-                    // Answers are small and clients wait for each one.
-                    if let Err(error) = stream.set_nodelay(true) {
-                        tracing::debug!(message = "Cannot set TCP_NODELAY on a connection.", %error);
-                    }
-                    return Some((Ok::<_, std::io::Error>(stream), listener));
-                }
-                // Out of file descriptors, say: an error here would stop the server, so wait
-                // and accept again.
-                Err(error) => {
-                    tracing::warn!(message = "Accepting a gRPC connection failed.", %error);
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            }
-        }
+        let io = listener.accept().await;
+        Some((Ok::<_, std::io::Error>(io), listener))
     });
     let server = TrellisServer::new(GrpcApi(service))
         .max_decoding_message_size(max_message)
@@ -173,10 +158,16 @@ pub(crate) async fn serve(
     tonic::transport::Server::builder()
         .initial_stream_window_size(Some(trellis_proto::STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(trellis_proto::CONNECTION_WINDOW_BYTES))
-        .add_service(server)
+        // A peer that vanished under a quiet stream is noticed by its unanswered pings.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(crate::net::grpc_service::TrackedCalls(server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
 }
+
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Keys of the metadata store under which groups keep their committed offsets.
 pub(crate) fn group_offset_key(topic: &str, group: &str, member: Option<&str>) -> String {

@@ -327,6 +327,11 @@ impl SubscriptionRegistry {
         Ok(serde_json::json!({"from": from, "to": to, "events": to - from}))
     }
 
+    /// Dispatchers (and redrives) running, for the drain's progress lines.
+    pub(crate) fn running(&self) -> usize {
+        self.tasks.len()
+    }
+
     /// Stops every dispatcher and waits until each has stored its committed offset.
     pub(crate) async fn shutdown(&self) {
         let running = std::mem::take(&mut *self.running.lock().await);

@@ -173,6 +173,54 @@ fn dedup_settings_come_from_file_env_and_flags() {
 }
 
 #[test]
+fn connection_limits_and_the_shutdown_timeout_come_from_file_and_flags() {
+    let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
+    assert_eq!(
+        defaults.runtime.shutdown_timeout,
+        std::time::Duration::from_secs(30)
+    );
+    assert_eq!(defaults.runtime.http_connections.max_connections, 4096);
+
+    let file = config_file(
+        "shutdown_timeout_ms = 5000\n[http]\nmax_connections = 7\nheader_read_timeout_ms = 0\n\
+         idle_timeout_ms = 1500\n[grpc]\nmax_connections = 3\nidle_timeout_ms = 0\n",
+    );
+    let path = file.path().to_str().expect("utf-8 path");
+    let from_file = Settings::resolve(&args(&["--config", path])).expect("file resolves");
+    let http = &from_file.runtime.http_connections;
+    assert_eq!(http.max_connections, 7);
+    assert_eq!(http.header_read_timeout, None, "0 turns a timeout off");
+    assert_eq!(
+        http.idle_timeout,
+        Some(std::time::Duration::from_millis(1500))
+    );
+    assert_eq!(from_file.runtime.grpc_connections.max_connections, 3);
+    assert_eq!(from_file.runtime.grpc_connections.idle_timeout, None);
+    assert_eq!(
+        from_file.runtime.shutdown_timeout,
+        std::time::Duration::from_secs(5)
+    );
+
+    let flagged = Settings::resolve(&args(&["--config", path, "--shutdown-timeout-ms", "250"]))
+        .expect("flags resolve");
+    assert_eq!(
+        flagged.runtime.shutdown_timeout,
+        std::time::Duration::from_millis(250)
+    );
+
+    let zero = config_file("[http]\nmax_connections = 0\n");
+    let error = Settings::resolve(&args(&[
+        "--config",
+        zero.path().to_str().expect("utf-8 path"),
+    ]))
+    .expect_err("no connections at all is refused");
+    assert!(
+        error.to_string().contains("http.max_connections"),
+        "{error}"
+    );
+}
+
+#[test]
 fn the_json_depth_limit_comes_from_the_file_and_must_be_positive() {
     let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
     assert_eq!(defaults.runtime.max_json_depth, 64);

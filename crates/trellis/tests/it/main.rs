@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_subscriptions;
+mod connections;
 mod crash;
 mod damage;
 mod delivery_faults;
