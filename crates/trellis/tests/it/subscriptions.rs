@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_test_support::{Receiver, Reply, TrellisProcess};
+use trellis_test_support::{DENIED_ADDRESS_SPELLINGS, Receiver, Reply, TrellisProcess};
 
 use crate::{bin, eventually, publish, start_with_config};
 
@@ -292,16 +292,7 @@ async fn every_spelling_of_a_denied_address_is_refused_at_creation() {
         "[delivery]\nwebhook_deny = [\"169.254.0.0/16\", \"0.0.0.0/8\", \"127.0.0.0/8\", \"::1/128\"]\n",
     );
     let base = process.base_url();
-    for url in [
-        "http://2130706433/",
-        "http://0x7f000001/",
-        "http://0177.0.0.1/",
-        "http://127.1/",
-        "http://169.254.169.254./",
-        "http://0:8080/",
-        "http://[64:ff9b::a9fe:a9fe]/",
-        "http://[2002:a9fe:a9fe::]/",
-    ] {
+    for &url in DENIED_ADDRESS_SPELLINGS {
         let response = create(
             base,
             json!({"name": "a", "topic": "t", "sink": {"urls": [url]}}),
