@@ -34,6 +34,17 @@ async fn publish_n(server: &Server, topic: &str, prefix: &str, n: usize) {
     }
 }
 
+/// Publishes five events to `orders`, then subscribes `reader` to it from the latest offset, so
+/// that its committed offset is 5.
+async fn reader_after_five_events(server: &Server) {
+    publish_n(server, "orders", "old", 5).await;
+    subscribe_ok(
+        server,
+        json!({"name": "reader", "topic": "orders", "start": "latest", "sink": {"urls": [SINK]}}),
+    )
+    .await;
+}
+
 async fn status(server: &Server, name: &str) -> Value {
     let (code, body) = server.get(&format!("/v1/subscriptions/{name}")).await;
     assert_eq!(code, 200, "{body}");
@@ -150,12 +161,7 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
 async fn an_offset_of_a_deleted_topic_is_not_applied_to_the_next_one_after_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    publish_n(&server, "orders", "old", 5).await;
-    subscribe_ok(
-        &server,
-        json!({"name": "reader", "topic": "orders", "start": "latest", "sink": {"urls": [SINK]}}),
-    )
-    .await;
+    reader_after_five_events(&server).await;
     assert_eq!(status(&server, "reader").await["committed_offset"], 5);
     assert_eq!(server.delete("/v1/topics/orders?force=true").await.0, 204);
     server.stop().await;
@@ -271,12 +277,7 @@ async fn a_data_dir_without_incarnations_keeps_its_offsets_until_the_topic_is_re
 
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    publish_n(&server, "orders", "e", 5).await;
-    subscribe_ok(
-        &server,
-        json!({"name": "reader", "topic": "orders", "start": "latest", "sink": {"urls": [SINK]}}),
-    )
-    .await;
+    reader_after_five_events(&server).await;
     server.stop().await;
     {
         // Rewritten into the older shape.
