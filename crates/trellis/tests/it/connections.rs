@@ -116,6 +116,22 @@ fn signal(process: &TrellisProcess, name: &str) {
     assert!(status.success(), "kill -{name} failed");
 }
 
+/// Waits until `/healthz` is served again, once the clients that held the server back left.
+fn served_again(addr: &str) {
+    eventually("a request is served again", || {
+        get(addr, "/healthz").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+    });
+}
+
+/// Asserts that `/metrics` has a line for `series` (its name and labels).
+fn assert_series(addr: &str, series: &str) {
+    let metrics = get(addr, "/metrics").expect("metrics");
+    assert!(
+        metrics.lines().any(|line| line.starts_with(series)),
+        "{series} missing: {metrics}"
+    );
+}
+
 fn read_ids(addr: &str, topic: &str) -> String {
     get(addr, &format!("/v1/topics/{topic}/events?from=0&limit=100")).unwrap_or_default()
 }
@@ -205,15 +221,10 @@ fn connections_beyond_the_limit_are_refused_and_served_again_once_others_close()
     });
 
     drop(idle);
-    eventually("a request is served again", || {
-        get(&http, "/healthz").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-    });
-    let metrics = get(&http, "/metrics").expect("metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|line| line.starts_with("trellis_connections_refused_total{listener=\"http\"}")),
-        "{metrics}"
+    served_again(&http);
+    assert_series(
+        &http,
+        "trellis_connections_refused_total{listener=\"http\"}",
     );
 }
 
@@ -246,16 +257,10 @@ fn running_out_of_file_descriptors_is_logged_and_service_resumes() {
             .contains("Accepting a connection failed; new clients wait until it works again.")
     });
     drop(idle);
-    eventually("a request is served again", || {
-        get(&http, "/healthz").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-    });
-    let metrics = get(&http, "/metrics").expect("metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|line| line
-                .starts_with("trellis_connection_accept_errors_total{listener=\"http\"}")),
-        "{metrics}"
+    served_again(&http);
+    assert_series(
+        &http,
+        "trellis_connection_accept_errors_total{listener=\"http\"}",
     );
 }
 
@@ -298,17 +303,13 @@ fn header_body_and_idle_timeouts_close_the_sockets() {
     grpc.write_all(H2_PREFACE_AND_SETTINGS).expect("write");
     assert_closed_by_server(grpc, "an HTTP/2 connection stalled after SETTINGS");
 
-    let metrics = get(&http, "/metrics").expect("metrics");
     for series in [
         "trellis_connections_timed_out_total{listener=\"http\",reason=\"header_timeout\"}",
         "trellis_connections_timed_out_total{listener=\"http\",reason=\"body_timeout\"}",
         "trellis_connections_timed_out_total{listener=\"http\",reason=\"idle_timeout\"}",
         "trellis_connections_timed_out_total{listener=\"grpc\",reason=\"idle_timeout\"}",
     ] {
-        assert!(
-            metrics.lines().any(|line| line.starts_with(series)),
-            "{series} missing: {metrics}"
-        );
+        assert_series(&http, series);
     }
 }
 
