@@ -45,6 +45,19 @@ async fn reader_after_five_events(server: &Server) {
     .await;
 }
 
+/// Starts a redrive of subscription `name`, which must be accepted; returns its (from, to).
+async fn redrive(server: &Server, name: &str) -> (Value, Value) {
+    let (code, body) = server
+        .post(
+            &format!("/v1/subscriptions/{name}/redrive"),
+            "application/json",
+            "",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    (body["from"].clone(), body["to"].clone())
+}
+
 async fn status(server: &Server, name: &str) -> Value {
     let (code, body) = server.get(&format!("/v1/subscriptions/{name}")).await;
     assert_eq!(code, 200, "{body}");
@@ -360,14 +373,7 @@ async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
         eventually(async || dead_letters().await == 3).await,
         "three dead letters"
     );
-    let (code, redrive) = server
-        .post("/v1/subscriptions/r/redrive", "application/json", "")
-        .await;
-    assert_eq!(code, 202, "{redrive}");
-    assert_eq!(
-        (redrive["from"].clone(), redrive["to"].clone()),
-        (json!(0), json!(3))
-    );
+    assert_eq!(redrive(&server, "r").await, (json!(0), json!(3)));
     assert!(
         eventually(async || status(&server, "r").await["redrive"]["running"] == false).await,
         "the redrive ends"
@@ -379,14 +385,7 @@ async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
         eventually(async || dead_letters().await == 1).await,
         "a new dead-letter topic"
     );
-    let (code, redrive) = server
-        .post("/v1/subscriptions/r/redrive", "application/json", "")
-        .await;
-    assert_eq!(code, 202, "{redrive}");
-    assert_eq!(
-        (redrive["from"].clone(), redrive["to"].clone()),
-        (json!(0), json!(1))
-    );
+    assert_eq!(redrive(&server, "r").await, (json!(0), json!(1)));
     server.stop().await;
 }
 
