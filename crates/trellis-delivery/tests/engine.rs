@@ -14,7 +14,7 @@ use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::guard::AddressGuard;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport, FailureClass};
 use trellis_delivery::tls::WebhookTls;
-use trellis_test_support::{Receiver, Reply};
+use trellis_test_support::{DENIED_ADDRESS_SPELLINGS, Receiver, Reply};
 
 #[derive(Default)]
 struct Outcomes {
@@ -595,16 +595,7 @@ async fn every_spelling_of_a_denied_address_is_refused_when_the_engine_is_built(
     let mut deny = AddressGuard::default_deny_list();
     deny.push("127.0.0.0/8".parse().expect("network"));
     let guard = Arc::new(AddressGuard::new(deny));
-    for url in [
-        "http://2130706433/",
-        "http://0x7f000001/",
-        "http://0177.0.0.1/",
-        "http://127.1/",
-        "http://169.254.169.254./",
-        "http://0:8080/",
-        "http://[64:ff9b::a9fe:a9fe]/",
-        "http://[2002:a9fe:a9fe::]/",
-    ] {
+    for &url in DENIED_ADDRESS_SPELLINGS {
         let error = Engine::new(
             "sub",
             &sink(&[url.to_owned()], json!({})),

@@ -6,9 +6,11 @@
 
 mod fault_proxy;
 mod receiver;
+mod spellings;
 
 pub use fault_proxy::{ConnectionFault, FaultProxy, FaultStats, Faults};
 pub use receiver::{ReceivedRequest, Receiver, Reply};
+pub use spellings::DENIED_ADDRESS_SPELLINGS;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

@@ -15,6 +15,29 @@ fn uri(text: &str) -> http::Uri {
     text.parse().expect("valid URI")
 }
 
+/// The error for `address` caught by the deny entry `range`.
+fn denied(address: &str, range: &str) -> GuardError {
+    GuardError::Denied(DeniedAddress {
+        address: ip(address),
+        range: net(range),
+    })
+}
+
+/// Asserts that `guard` denies each address by the range given with it.
+#[track_caller]
+fn assert_denied_by(guard: &AddressGuard, table: &[(&str, &str)]) {
+    for &(address, range) in table {
+        assert_eq!(
+            guard.check(ip(address)),
+            Err(DeniedAddress {
+                address: ip(address),
+                range: net(range),
+            }),
+            "{address}"
+        );
+    }
+}
+
 #[test]
 fn default_list_is_as_documented() {
     let expected: Vec<IpNet> = [
@@ -80,16 +103,7 @@ fn default_denies_metadata_link_local_and_oddities() {
         // IPv4-compatible (deprecated) form.
         ("::169.254.169.254", "169.254.0.0/16"),
     ];
-    for (address, range) in table {
-        assert_eq!(
-            guard.check(ip(address)),
-            Err(DeniedAddress {
-                address: ip(address),
-                range: net(range),
-            }),
-            "{address}"
-        );
-    }
+    assert_denied_by(&guard, &table);
 }
 
 #[test]
@@ -122,12 +136,6 @@ fn check_url_cases() {
         assert_eq!(guard.check_url(&uri(allowed)), Ok(()), "{allowed}");
     }
 
-    let denied = |address: &str, range: &str| {
-        GuardError::Denied(DeniedAddress {
-            address: ip(address),
-            range: net(range),
-        })
-    };
     let table = [
         (
             "http://169.254.169.254/latest/meta-data/",
@@ -347,12 +355,6 @@ fn ipv4_hosts_are_read_by_the_whatwg_rules() {
 
 #[test]
 fn check_url_refuses_every_spelling_of_a_denied_ipv4_address() {
-    let denied = |address: &str, range: &str| {
-        Err(GuardError::Denied(DeniedAddress {
-            address: ip(address),
-            range: net(range),
-        }))
-    };
     // The spellings the delivery-time check always refused, by the default list.
     let default = AddressGuard::default();
     for (url, address, range) in [
@@ -384,7 +386,7 @@ fn check_url_refuses_every_spelling_of_a_denied_ipv4_address() {
     ] {
         assert_eq!(
             default.check_url(&uri(url)),
-            denied(address, range),
+            Err(denied(address, range)),
             "{url}"
         );
     }
@@ -399,9 +401,9 @@ fn check_url_refuses_every_spelling_of_a_denied_ipv4_address() {
         "http://[::ffff:127.0.0.1]/",
     ] {
         let expected = if url.contains("::ffff") {
-            denied("::ffff:127.0.0.1", "127.0.0.0/8")
+            Err(denied("::ffff:127.0.0.1", "127.0.0.0/8"))
         } else {
-            denied("127.0.0.1", "127.0.0.0/8")
+            Err(denied("127.0.0.1", "127.0.0.0/8"))
         };
         assert_eq!(strict.check_url(&uri(url)), expected, "{url}");
     }
@@ -447,22 +449,10 @@ fn nat64_and_6to4_addresses_are_checked_as_the_ipv4_address_they_carry() {
         ("2002::1", "0.0.0.0/8"),
         ("2002:e000:1::", "224.0.0.0/4"),
     ];
-    for (address, range) in table {
-        assert_eq!(
-            guard.check(ip(address)),
-            Err(DeniedAddress {
-                address: ip(address),
-                range: net(range),
-            }),
-            "{address}"
-        );
-    }
+    assert_denied_by(&guard, &table);
     assert_eq!(
         guard.check_url(&uri("http://[64:ff9b::a9fe:a9fe]/")),
-        Err(GuardError::Denied(DeniedAddress {
-            address: ip("64:ff9b::a9fe:a9fe"),
-            range: net("169.254.0.0/16"),
-        }))
+        Err(denied("64:ff9b::a9fe:a9fe", "169.254.0.0/16"))
     );
     // Carrying an allowed address, or outside the prefixes, they pass.
     for address in [

@@ -6,9 +6,7 @@ use std::time::Duration;
 use serde_json::json;
 use trellis_runtime::RuntimeConfig;
 
-use crate::support::{Server, event};
-
-const BATCH: &str = "application/cloudevents-batch+json";
+use crate::support::{BATCH, Server, event};
 
 async fn n_events(server: &Server, topic: &str) -> usize {
     let (status, events) = server
@@ -148,15 +146,7 @@ async fn duplicates_are_counted_in_metrics() {
     let server = Server::start(dir.path(), RuntimeConfig::default()).await;
     server.publish_binary("metered-dups", "a-1", "x").await;
     server.publish_binary("metered-dups", "a-1", "x").await;
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("body");
+    let text = server.metrics().await;
     assert!(
         text.lines().any(|line| line
             .starts_with("trellis_publish_duplicates_total{topic=\"metered-dups\"}")

@@ -5,16 +5,9 @@
 use serde_json::{Value, json};
 use trellis_runtime::RuntimeConfig;
 
-use crate::support::{Server, assert_error, event, json_of};
-
-const STRUCTURED: &str = "application/cloudevents+json";
-const BATCH: &str = "application/cloudevents-batch+json";
-
-async fn server() -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    (dir, server)
-}
+use crate::support::{
+    BATCH, STRUCTURED, Server, assert_error, event, json_of, server, server_with,
+};
 
 /// A body over the admin endpoints' limit of 1 MiB.
 fn oversized_body() -> String {
@@ -301,12 +294,11 @@ async fn json_data_is_limited_to_64_levels_by_default() {
 
 #[tokio::test]
 async fn the_json_depth_limit_is_configurable_and_holds_in_every_mode() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let config = RuntimeConfig {
         max_json_depth: 3,
         ..RuntimeConfig::default()
     };
-    let server = Server::start(dir.path(), config).await;
+    let (_dir, server) = server_with(config).await;
     let mut shallow = event("1");
     shallow["data"] = json!({"a": [[1]]});
     let mut deep = event("2");

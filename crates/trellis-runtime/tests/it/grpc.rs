@@ -1,7 +1,7 @@
 //! The gRPC API through a real tonic client: publishing (unary and streams, per-event errors,
 //! duplicates) and consumer groups (clustering, broadcast, redelivery, committed offsets).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -14,33 +14,10 @@ use trellis_proto::v1::{
 };
 use trellis_runtime::RuntimeConfig;
 
-use crate::support::Server;
-
-/// A guard against a hung test, not a timing assertion.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-async fn server() -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    (dir, server)
-}
+use crate::support::{PATIENCE, Server, grpc_event, server, server_with};
 
 fn event(id: &str) -> CloudEvent {
-    CloudEvent {
-        id: id.to_owned(),
-        source: "/grpc-tests".to_owned(),
-        spec_version: "1.0".to_owned(),
-        r#type: "com.example.test".to_owned(),
-        attributes: HashMap::from([(
-            "datacontenttype".to_owned(),
-            v1::CloudEventAttributeValue {
-                attr: Some(v1::cloud_event_attribute_value::Attr::CeString(
-                    "text/plain".to_owned(),
-                )),
-            },
-        )]),
-        data: Some(cloud_event::Data::TextData(format!("data of {id}"))),
-    }
+    grpc_event(id, "text/plain", &format!("data of {id}"))
 }
 
 fn batch(batch_id: u64, topic: &str, ids: &[&str]) -> PublishRequest {
@@ -113,12 +90,11 @@ async fn an_invalid_event_fails_alone_and_the_rest_of_its_batch_is_stored() {
 
 #[tokio::test]
 async fn an_oversized_event_fails_with_failed_precondition() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let config = RuntimeConfig {
         max_event_bytes: 1024,
         ..RuntimeConfig::default()
     };
-    let server = Server::start(dir.path(), config).await;
+    let (_dir, server) = server_with(config).await;
     let mut request = batch(1, "t", &["small", "big"]);
     request.events[1].data = Some(cloud_event::Data::BinaryData(vec![7; 4096].into()));
     let response = server
@@ -477,12 +453,11 @@ async fn subscribe_streams_end_with_unavailable_at_shutdown() {
 
 #[tokio::test]
 async fn a_stream_with_one_batch_in_flight_at_most_still_answers_them_all() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let config = RuntimeConfig {
         grpc_max_batches_in_flight: 1,
         ..RuntimeConfig::default()
     };
-    let server = Server::start(dir.path(), config).await;
+    let (_dir, server) = server_with(config).await;
     let (requests, outgoing) = mpsc::channel(64);
     for batch_id in 0..10u64 {
         let id = format!("one-{batch_id}");

@@ -2,7 +2,6 @@
 //! echoed input cut short so the status fits the header it travels in, and the event limits
 //! of HTTP publishing.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -13,39 +12,11 @@ use trellis_client::{
     ProducerError,
 };
 use trellis_proto::v1::{
-    self, CloudEvent, PublishRequest, SubscribeRequest, Subscription, cloud_event, event_result,
-    subscribe_request,
+    CloudEvent, PublishRequest, SubscribeRequest, Subscription, event_result, subscribe_request,
 };
 use trellis_runtime::RuntimeConfig;
 
-use crate::support::Server;
-
-/// A guard against a hung test, not a timing assertion.
-const PATIENCE: Duration = Duration::from_secs(20);
-
-async fn server(config: RuntimeConfig) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), config).await;
-    (dir, server)
-}
-
-fn event(id: &str, datacontenttype: &str, data: &str) -> CloudEvent {
-    CloudEvent {
-        id: id.to_owned(),
-        source: "/grpc-tests".to_owned(),
-        spec_version: "1.0".to_owned(),
-        r#type: "com.example.test".to_owned(),
-        attributes: HashMap::from([(
-            "datacontenttype".to_owned(),
-            v1::CloudEventAttributeValue {
-                attr: Some(v1::cloud_event_attribute_value::Attr::CeString(
-                    datacontenttype.to_owned(),
-                )),
-            },
-        )]),
-        data: Some(cloud_event::Data::TextData(data.to_owned())),
-    }
-}
+use crate::support::{PATIENCE, grpc_event, server, server_with};
 
 fn batch(topic: &str, events: Vec<CloudEvent>) -> PublishRequest {
     PublishRequest {
@@ -68,11 +39,11 @@ fn long_names() -> [String; 3] {
 
 #[tokio::test]
 async fn a_10000_character_topic_name_is_invalid_argument_with_the_name_cut_short() {
-    let (_dir, server) = server(RuntimeConfig::default()).await;
+    let (_dir, server) = server().await;
     let mut client = server.grpc_client().await;
     for name in long_names() {
         let status = client
-            .publish(batch(&name, vec![event("1", "text/plain", "x")]))
+            .publish(batch(&name, vec![grpc_event("1", "text/plain", "x")]))
             .await
             .expect_err("refused");
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -105,7 +76,7 @@ async fn a_10000_character_topic_name_is_invalid_argument_with_the_name_cut_shor
 
 #[tokio::test]
 async fn the_sdk_treats_a_10000_character_topic_name_as_permanent_and_does_not_retry() {
-    let (_dir, server) = server(RuntimeConfig::default()).await;
+    let (_dir, server) = server().await;
     let name = "\u{e9}".repeat(10_000);
 
     let producer = Producer::new(
@@ -165,12 +136,12 @@ fn small_messages() -> RuntimeConfig {
 
 #[tokio::test]
 async fn a_message_over_the_size_limit_is_out_of_range_on_calls_and_streams() {
-    let (_dir, server) = server(small_messages()).await;
+    let (_dir, server) = server_with(small_messages()).await;
     let mut client = server.grpc_client().await;
     let oversized = || {
         batch(
             "t",
-            vec![event("big", "text/plain", &"x".repeat(300 * 1024))],
+            vec![grpc_event("big", "text/plain", &"x".repeat(300 * 1024))],
         )
     };
 
@@ -182,7 +153,7 @@ async fn a_message_over_the_size_limit_is_out_of_range_on_calls_and_streams() {
     // instead of as if the client had finished.
     let (requests, inbound) = mpsc::channel(2);
     requests
-        .send(batch("t", vec![event("small", "text/plain", "x")]))
+        .send(batch("t", vec![grpc_event("small", "text/plain", "x")]))
         .await
         .expect("send");
     requests.send(oversized()).await.expect("send");
@@ -210,7 +181,7 @@ async fn a_message_over_the_size_limit_is_out_of_range_on_calls_and_streams() {
 
 #[tokio::test]
 async fn events_over_the_limits_fail_alone_with_invalid_argument_naming_the_attribute() {
-    let (_dir, server) = server(RuntimeConfig::default()).await;
+    let (_dir, server) = server().await;
     let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
     let very_deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
     let response = server
@@ -219,10 +190,10 @@ async fn events_over_the_limits_fail_alone_with_invalid_argument_naming_the_attr
         .publish(batch(
             "t",
             vec![
-                event("1", "application/json", &deep),
-                event("2", "application/json", "[[1]]"),
-                event(&"i".repeat(4097), "text/plain", "x"),
-                event("4", "application/json", &very_deep),
+                grpc_event("1", "application/json", &deep),
+                grpc_event("2", "application/json", "[[1]]"),
+                grpc_event(&"i".repeat(4097), "text/plain", "x"),
+                grpc_event("4", "application/json", &very_deep),
             ],
         ))
         .await

@@ -30,15 +30,7 @@ async fn metrics_expose_publish_and_log_figures() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(dir.path(), RuntimeConfig::default()).await;
     server.publish_binary("metered", "1", "x").await;
-    let text = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .expect("request")
-        .text()
-        .await
-        .expect("body");
+    let text = server.metrics().await;
     for name in [
         "trellis_publish_requests_total",
         "trellis_publish_topic_requests_total{topic=\"metered\"} 1",

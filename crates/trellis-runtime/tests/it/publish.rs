@@ -3,16 +3,7 @@
 use serde_json::json;
 use trellis_runtime::RuntimeConfig;
 
-use crate::support::{Server, assert_error, event};
-
-const STRUCTURED: &str = "application/cloudevents+json";
-const BATCH: &str = "application/cloudevents-batch+json";
-
-async fn server() -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    (dir, server)
-}
+use crate::support::{BATCH, STRUCTURED, assert_error, event, server, server_with};
 
 #[tokio::test]
 async fn binary_mode_publish_is_acknowledged_with_dense_offsets_and_readable() {
@@ -209,14 +200,13 @@ async fn unknown_content_types_are_refused_with_415() {
 
 #[tokio::test]
 async fn oversized_events_and_batches_are_refused_with_413() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let config = RuntimeConfig {
         max_event_bytes: 2048,
         max_batch_bytes: 8192,
         max_batch_events: 3,
         ..RuntimeConfig::default()
     };
-    let server = Server::start(dir.path(), config).await;
+    let (_dir, server) = server_with(config).await;
 
     let big = "x".repeat(4096);
     let res = server.publish_binary("t", "big", &big).await;
@@ -281,12 +271,11 @@ async fn invalid_topic_names_say_which_characters_are_allowed() {
 
 #[tokio::test]
 async fn without_auto_create_an_unknown_topic_is_404() {
-    let dir = tempfile::tempdir().expect("temp dir");
     let config = RuntimeConfig {
         auto_create_topics: false,
         ..RuntimeConfig::default()
     };
-    let server = Server::start(dir.path(), config).await;
+    let (_dir, server) = server_with(config).await;
     let res = server.publish_binary("nope", "1", "x").await;
     assert_error(&res, 404, "topic_not_found");
     assert_eq!(server.put("/v1/topics/nope", "").await.0, 201);

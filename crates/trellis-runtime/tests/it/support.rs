@@ -1,4 +1,5 @@
-//! Starts and stops an in-process runtime for a test.
+//! Starts and stops an in-process runtime for a test, and the requests and events the test
+//! modules share.
 
 use std::sync::Arc;
 
@@ -7,7 +8,26 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use trellis_log::{Log, LogOptions};
 use trellis_meta::EmbeddedStore;
+use trellis_proto::v1;
 use trellis_runtime::{RuntimeConfig, ServeError};
+
+pub(crate) const STRUCTURED: &str = "application/cloudevents+json";
+pub(crate) const BATCH: &str = "application/cloudevents-batch+json";
+
+/// A guard against a hung gRPC call or stream, not a timing assertion.
+pub(crate) const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A fresh runtime with default settings on a temp dir; keep both alive for the test's length.
+pub(crate) async fn server() -> (tempfile::TempDir, Server) {
+    server_with(RuntimeConfig::default()).await
+}
+
+/// A fresh runtime with `config` on a temp dir; keep both alive for the test's length.
+pub(crate) async fn server_with(config: RuntimeConfig) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let server = Server::start(dir.path(), config).await;
+    (dir, server)
+}
 
 pub(crate) struct Server {
     pub(crate) base: String,
@@ -67,6 +87,18 @@ impl Server {
         trellis_proto::v1::trellis_client::TrellisClient::connect(self.grpc.clone())
             .await
             .expect("gRPC connect")
+    }
+
+    /// The text of `/metrics`.
+    pub(crate) async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("text")
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -170,4 +202,23 @@ pub(crate) fn assert_error(res: &(u16, Value), status: u16, code: &str) -> Strin
 
 pub(crate) fn event(id: &str) -> Value {
     serde_json::json!({"specversion": "1.0", "id": id, "source": "/tests", "type": "com.example.test", "data": {"n": 1}})
+}
+
+/// A gRPC CloudEvent with a string `datacontenttype` and text data.
+pub(crate) fn grpc_event(id: &str, datacontenttype: &str, data: &str) -> v1::CloudEvent {
+    v1::CloudEvent {
+        id: id.to_owned(),
+        source: "/grpc-tests".to_owned(),
+        spec_version: "1.0".to_owned(),
+        r#type: "com.example.test".to_owned(),
+        attributes: std::collections::HashMap::from([(
+            "datacontenttype".to_owned(),
+            v1::CloudEventAttributeValue {
+                attr: Some(v1::cloud_event_attribute_value::Attr::CeString(
+                    datacontenttype.to_owned(),
+                )),
+            },
+        )]),
+        data: Some(v1::cloud_event::Data::TextData(data.to_owned())),
+    }
 }

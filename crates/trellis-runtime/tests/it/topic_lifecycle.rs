@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use trellis_runtime::RuntimeConfig;
 
-use crate::support::{Server, assert_error};
+use crate::support::{Server, assert_error, server};
 
 /// A sink nobody answers at: these tests look at offsets and states, not deliveries.
 const SINK: &str = "http://127.0.0.1:9/hook";
@@ -16,6 +16,46 @@ async fn subscribe(server: &Server, body: Value) -> (u16, Value) {
     server
         .post("/v1/subscriptions", "application/json", body.to_string())
         .await
+}
+
+/// Creates a subscription that must be accepted.
+async fn subscribe_ok(server: &Server, body: Value) {
+    let (code, body) = subscribe(server, body).await;
+    assert_eq!(code, 201, "{body}");
+}
+
+/// Publishes events `{prefix}-0` .. `{prefix}-{n-1}` to `topic`, each accepted.
+async fn publish_n(server: &Server, topic: &str, prefix: &str, n: usize) {
+    for k in 0..n {
+        let (code, body) = server
+            .publish_binary(topic, &format!("{prefix}-{k}"), "x")
+            .await;
+        assert_eq!(code, 202, "{body}");
+    }
+}
+
+/// Publishes five events to `orders`, then subscribes `reader` to it from the latest offset, so
+/// that its committed offset is 5.
+async fn reader_after_five_events(server: &Server) {
+    publish_n(server, "orders", "old", 5).await;
+    subscribe_ok(
+        server,
+        json!({"name": "reader", "topic": "orders", "start": "latest", "sink": {"urls": [SINK]}}),
+    )
+    .await;
+}
+
+/// Starts a redrive of subscription `name`, which must be accepted; returns its (from, to).
+async fn redrive(server: &Server, name: &str) -> (Value, Value) {
+    let (code, body) = server
+        .post(
+            &format!("/v1/subscriptions/{name}/redrive"),
+            "application/json",
+            "",
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    (body["from"].clone(), body["to"].clone())
 }
 
 async fn status(server: &Server, name: &str) -> Value {
@@ -36,22 +76,29 @@ async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
     false
 }
 
+/// Whether subscription `name` reaches `state` within [`eventually`]'s patience.
+async fn reaches_state(server: &Server, name: &str, state: &str) -> bool {
+    eventually(async || status(server, name).await["state"] == state).await
+}
+
+/// The metadata store of a stopped runtime's data dir, to rewrite what it left.
+fn open_meta(dir: &tempfile::TempDir) -> trellis_meta::EmbeddedStore {
+    trellis_meta::EmbeddedStore::open(&dir.path().join("meta.redb")).expect("open metadata store")
+}
+
 #[tokio::test]
 async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wait() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    let (code, body) = subscribe(
+    let (_dir, server) = server().await;
+    subscribe_ok(
         &server,
         json!({"name": "reader", "topic": "orders", "sink": {"urls": [SINK]}}),
     )
     .await;
-    assert_eq!(code, 201, "{body}");
-    let (code, body) = subscribe(
+    subscribe_ok(
         &server,
         json!({"name": "other", "topic": "payments", "dead_letter_topic": "orders", "sink": {"urls": [SINK]}}),
     )
     .await;
-    assert_eq!(code, 201, "{body}");
     let (_, before) = server.get("/v1/topics/orders").await;
     let first_incarnation = before["incarnation"]
         .as_str()
@@ -91,19 +138,9 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
             .is_some_and(|reason| reason.contains("deleted")),
         "{waiting}"
     );
-    let scrape = async || {
-        server
-            .client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text")
-    };
     assert!(
-        scrape()
+        server
+            .metrics()
             .await
             .contains("trellis_subscription_waiting_for_topic{subscription=\"reader\"} 1")
     );
@@ -118,12 +155,13 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
     assert_eq!(code, 201, "{created}");
     assert_ne!(created["incarnation"], first_incarnation.as_str());
     assert!(
-        eventually(async || status(&server, "reader").await["state"] == "running").await,
+        reaches_state(&server, "reader", "running").await,
         "the subscription runs again once the topic exists"
     );
     assert!(status(&server, "reader").await.get("reason").is_none());
     assert!(
-        scrape()
+        server
+            .metrics()
             .await
             .contains("trellis_subscription_waiting_for_topic{subscription=\"reader\"} 0")
     );
@@ -136,21 +174,7 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
 async fn an_offset_of_a_deleted_topic_is_not_applied_to_the_next_one_after_a_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    for n in 0..5 {
-        assert_eq!(
-            server
-                .publish_binary("orders", &format!("old-{n}"), "x")
-                .await
-                .0,
-            202
-        );
-    }
-    let (code, body) = subscribe(
-        &server,
-        json!({"name": "reader", "topic": "orders", "start": "latest", "sink": {"urls": [SINK]}}),
-    )
-    .await;
-    assert_eq!(code, 201, "{body}");
+    reader_after_five_events(&server).await;
     assert_eq!(status(&server, "reader").await["committed_offset"], 5);
     assert_eq!(server.delete("/v1/topics/orders?force=true").await.0, 204);
     server.stop().await;
@@ -163,17 +187,9 @@ async fn an_offset_of_a_deleted_topic_is_not_applied_to_the_next_one_after_a_res
         404,
         "topic_not_found",
     );
-    for n in 0..2 {
-        assert_eq!(
-            server
-                .publish_binary("orders", &format!("new-{n}"), "x")
-                .await
-                .0,
-            202
-        );
-    }
+    publish_n(&server, "orders", "new", 2).await;
     assert!(
-        eventually(async || status(&server, "reader").await["state"] == "running").await,
+        reaches_state(&server, "reader", "running").await,
         "the subscription runs on the new topic"
     );
     let running = status(&server, "reader").await;
@@ -186,15 +202,14 @@ async fn an_offset_of_a_deleted_topic_is_not_applied_to_the_next_one_after_a_res
 
     // Its offset in the new incarnation is its own again after another restart.
     let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    assert!(eventually(async || status(&server, "reader").await["state"] == "running").await);
+    assert!(reaches_state(&server, "reader", "running").await);
     assert_eq!(status(&server, "reader").await["lag"], 2);
     server.stop().await;
 }
 
 #[tokio::test]
 async fn dead_letter_cycles_are_refused_naming_the_cycle() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let (_dir, server) = server().await;
     let sub = |name: &str, topic: &str, dead_letters: &str| json!({"name": name, "topic": topic, "dead_letter_topic": dead_letters, "sink": {"urls": [SINK]}});
     assert_eq!(subscribe(&server, sub("a", "t1", "t2")).await.0, 201);
     let message = assert_error(
@@ -227,34 +242,21 @@ async fn dead_letter_cycles_are_refused_naming_the_cycle() {
 
 #[tokio::test]
 async fn deleted_subscriptions_leave_no_series_on_metrics() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let (_dir, server) = server().await;
     let names: Vec<String> = (0..200).map(|n| format!("churn-{n}")).collect();
     for name in &names {
-        let (code, body) = subscribe(
+        subscribe_ok(
             &server,
             json!({"name": name, "topic": "churned", "sink": {"urls": [SINK]}}),
         )
         .await;
-        assert_eq!(code, 201, "{body}");
     }
-    let scrape = async || {
-        server
-            .client
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("text")
-    };
     let per_subscription = |text: &str| {
         text.lines()
             .filter(|line| line.contains("subscription=\"churn-"))
             .count()
     };
-    let live = scrape().await;
+    let live = server.metrics().await;
     assert!(
         per_subscription(&live) >= 200 * 10,
         "series while they live"
@@ -265,7 +267,7 @@ async fn deleted_subscriptions_leave_no_series_on_metrics() {
             204
         );
     }
-    let left = scrape().await;
+    let left = server.metrics().await;
     assert_eq!(per_subscription(&left), 0, "left behind");
     // Series of the other subscriptions of this process stay well formed: one TYPE per family.
     let mut types: Vec<&str> = left
@@ -288,26 +290,11 @@ async fn a_data_dir_without_incarnations_keeps_its_offsets_until_the_topic_is_re
 
     let dir = tempfile::tempdir().expect("temp dir");
     let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    for n in 0..5 {
-        assert_eq!(
-            server
-                .publish_binary("orders", &format!("e-{n}"), "x")
-                .await
-                .0,
-            202
-        );
-    }
-    let (code, body) = subscribe(
-        &server,
-        json!({"name": "reader", "topic": "orders", "start": "latest", "sink": {"urls": [SINK]}}),
-    )
-    .await;
-    assert_eq!(code, 201, "{body}");
+    reader_after_five_events(&server).await;
     server.stop().await;
     {
         // Rewritten into the older shape.
-        let meta = trellis_meta::EmbeddedStore::open(&dir.path().join("meta.redb"))
-            .expect("open metadata store");
+        let meta = open_meta(&dir);
         meta.delete("/topics/orders").await.expect("delete");
         meta.put("/offsets/reader", bytes::Bytes::from_static(b"3"))
             .await
@@ -317,14 +304,14 @@ async fn a_data_dir_without_incarnations_keeps_its_offsets_until_the_topic_is_re
     let server = Server::start(dir.path(), RuntimeConfig::default()).await;
     let (_, topic) = server.get("/v1/topics/orders").await;
     assert_eq!(topic["incarnation"], "", "{topic}");
-    assert!(eventually(async || status(&server, "reader").await["state"] == "running").await);
+    assert!(reaches_state(&server, "reader", "running").await);
     assert_eq!(status(&server, "reader").await["committed_offset"], 3);
 
     assert_eq!(server.delete("/v1/topics/orders?force=true").await.0, 204);
     let (code, created) = server.put("/v1/topics/orders", "").await;
     assert_eq!(code, 201, "{created}");
     assert_ne!(created["incarnation"], "");
-    assert!(eventually(async || status(&server, "reader").await["state"] == "running").await);
+    assert!(reaches_state(&server, "reader", "running").await);
     assert_eq!(status(&server, "reader").await["committed_offset"], 0);
     server.stop().await;
 }
@@ -340,8 +327,7 @@ async fn a_delete_cut_short_is_finished_at_the_next_start() {
     assert_eq!(server.publish_binary("orders", "e-0", "x").await.0, 202);
     server.stop().await;
     {
-        let meta = trellis_meta::EmbeddedStore::open(&dir.path().join("meta.redb"))
-            .expect("open metadata store");
+        let meta = open_meta(&dir);
         let stored = meta
             .get("/topics/orders")
             .await
@@ -371,9 +357,8 @@ async fn a_delete_cut_short_is_finished_at_the_next_start() {
 /// deleted and created again, the next redrive starts at its offset 0.
 #[tokio::test]
 async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    let (code, body) = subscribe(
+    let (_dir, server) = server().await;
+    subscribe_ok(
         &server,
         json!({
             "name": "r", "topic": "src", "dead_letter_topic": "src.dead",
@@ -382,26 +367,13 @@ async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
         }),
     )
     .await;
-    assert_eq!(code, 201, "{body}");
     let dead_letters = async || server.get("/v1/topics/src.dead").await.1["next_offset"].clone();
-    for n in 0..3 {
-        assert_eq!(
-            server.publish_binary("src", &format!("e-{n}"), "x").await.0,
-            202
-        );
-    }
+    publish_n(&server, "src", "e", 3).await;
     assert!(
         eventually(async || dead_letters().await == 3).await,
         "three dead letters"
     );
-    let (code, redrive) = server
-        .post("/v1/subscriptions/r/redrive", "application/json", "")
-        .await;
-    assert_eq!(code, 202, "{redrive}");
-    assert_eq!(
-        (redrive["from"].clone(), redrive["to"].clone()),
-        (json!(0), json!(3))
-    );
+    assert_eq!(redrive(&server, "r").await, (json!(0), json!(3)));
     assert!(
         eventually(async || status(&server, "r").await["redrive"]["running"] == false).await,
         "the redrive ends"
@@ -413,40 +385,29 @@ async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
         eventually(async || dead_letters().await == 1).await,
         "a new dead-letter topic"
     );
-    let (code, redrive) = server
-        .post("/v1/subscriptions/r/redrive", "application/json", "")
-        .await;
-    assert_eq!(code, 202, "{redrive}");
-    assert_eq!(
-        (redrive["from"].clone(), redrive["to"].clone()),
-        (json!(0), json!(1))
-    );
+    assert_eq!(redrive(&server, "r").await, (json!(0), json!(1)));
     server.stop().await;
 }
 
 #[tokio::test]
 async fn a_paused_subscription_also_shows_that_its_topic_was_deleted() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    let (code, body) = subscribe(
+    let (_dir, server) = server().await;
+    subscribe_ok(
         &server,
         json!({"name": "resting", "topic": "quiet", "sink": {"urls": [SINK]}}),
     )
     .await;
-    assert_eq!(code, 201, "{body}");
     let (code, body) = server
         .post("/v1/subscriptions/resting/pause", "application/json", "")
         .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(status(&server, "resting").await["state"], "paused");
     assert_eq!(server.delete("/v1/topics/quiet?force=true").await.0, 204);
-    assert!(
-        eventually(async || status(&server, "resting").await["state"] == "waiting_for_topic").await
-    );
+    assert!(reaches_state(&server, "resting", "waiting_for_topic").await);
     assert_eq!(status(&server, "resting").await["paused"], true);
     // Created again, it is paused on the new topic, at its beginning.
     assert_eq!(server.publish_binary("quiet", "e-0", "x").await.0, 202);
-    assert!(eventually(async || status(&server, "resting").await["state"] == "paused").await);
+    assert!(reaches_state(&server, "resting", "paused").await);
     let paused = status(&server, "resting").await;
     assert_eq!(paused["committed_offset"], 0, "{paused}");
     assert_eq!(paused["lag"], 1, "{paused}");

@@ -3,13 +3,7 @@
 use serde_json::json;
 use trellis_runtime::RuntimeConfig;
 
-use crate::support::{Server, assert_error};
-
-async fn server() -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
-    (dir, server)
-}
+use crate::support::{Server, assert_error, server};
 
 #[tokio::test]
 async fn put_creates_then_updates_a_topic() {

@@ -5,12 +5,11 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use trellis_test_support::TrellisProcess;
 
-use crate::bin;
+use crate::{bin, start_with_config};
 
 /// How long a test waits for something the server should do within a second or two.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -80,12 +79,6 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn config(dir: &Path, text: &str) -> String {
-    let path = dir.join("trellis.toml");
-    std::fs::write(&path, text).expect("write config");
-    path.to_str().expect("utf-8 path").to_owned()
-}
-
 /// The HTTP/2 connection preface and an empty SETTINGS frame: a gRPC client that then stalls.
 const H2_PREFACE_AND_SETTINGS: &[u8] =
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
@@ -121,6 +114,22 @@ fn signal(process: &TrellisProcess, name: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{name} failed");
+}
+
+/// Waits until `/healthz` is served again, once the clients that held the server back left.
+fn served_again(addr: &str) {
+    eventually("a request is served again", || {
+        get(addr, "/healthz").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
+    });
+}
+
+/// Asserts that `/metrics` has a line for `series` (its name and labels).
+fn assert_series(addr: &str, series: &str) {
+    let metrics = get(addr, "/metrics").expect("metrics");
+    assert!(
+        metrics.lines().any(|line| line.starts_with(series)),
+        "{series} missing: {metrics}"
+    );
 }
 
 fn read_ids(addr: &str, topic: &str) -> String {
@@ -198,9 +207,7 @@ fn a_second_signal_stops_at_once_with_the_log_flushed() {
 #[test]
 fn connections_beyond_the_limit_are_refused_and_served_again_once_others_close() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = config(dir.path(), "[http]\nmax_connections = 2\n");
-    let process = TrellisProcess::start(bin(), &dir.path().join("data"), &["--config", &config])
-        .expect("trellis starts");
+    let process = start_with_config(dir.path(), "[http]\nmax_connections = 2\n");
     let http = addr(&process);
     let idle: Vec<TcpStream> = (0..2).map(|_| connect(&http)).collect();
 
@@ -214,15 +221,10 @@ fn connections_beyond_the_limit_are_refused_and_served_again_once_others_close()
     });
 
     drop(idle);
-    eventually("a request is served again", || {
-        get(&http, "/healthz").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-    });
-    let metrics = get(&http, "/metrics").expect("metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|line| line.starts_with("trellis_connections_refused_total{listener=\"http\"}")),
-        "{metrics}"
+    served_again(&http);
+    assert_series(
+        &http,
+        "trellis_connections_refused_total{listener=\"http\"}",
     );
 }
 
@@ -255,29 +257,21 @@ fn running_out_of_file_descriptors_is_logged_and_service_resumes() {
             .contains("Accepting a connection failed; new clients wait until it works again.")
     });
     drop(idle);
-    eventually("a request is served again", || {
-        get(&http, "/healthz").is_some_and(|answer| answer.starts_with("HTTP/1.1 200"))
-    });
-    let metrics = get(&http, "/metrics").expect("metrics");
-    assert!(
-        metrics
-            .lines()
-            .any(|line| line
-                .starts_with("trellis_connection_accept_errors_total{listener=\"http\"}")),
-        "{metrics}"
+    served_again(&http);
+    assert_series(
+        &http,
+        "trellis_connection_accept_errors_total{listener=\"http\"}",
     );
 }
 
 #[test]
 fn header_body_and_idle_timeouts_close_the_sockets() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = config(
+    let process = start_with_config(
         dir.path(),
         "[http]\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\nidle_timeout_ms = 600\n\
          [grpc]\nidle_timeout_ms = 300\n",
     );
-    let process = TrellisProcess::start(bin(), &dir.path().join("data"), &["--config", &config])
-        .expect("trellis starts");
     let http = addr(&process);
 
     let mut partial_head = connect(&http);
@@ -309,29 +303,23 @@ fn header_body_and_idle_timeouts_close_the_sockets() {
     grpc.write_all(H2_PREFACE_AND_SETTINGS).expect("write");
     assert_closed_by_server(grpc, "an HTTP/2 connection stalled after SETTINGS");
 
-    let metrics = get(&http, "/metrics").expect("metrics");
     for series in [
         "trellis_connections_timed_out_total{listener=\"http\",reason=\"header_timeout\"}",
         "trellis_connections_timed_out_total{listener=\"http\",reason=\"body_timeout\"}",
         "trellis_connections_timed_out_total{listener=\"http\",reason=\"idle_timeout\"}",
         "trellis_connections_timed_out_total{listener=\"grpc\",reason=\"idle_timeout\"}",
     ] {
-        assert!(
-            metrics.lines().any(|line| line.starts_with(series)),
-            "{series} missing: {metrics}"
-        );
+        assert_series(&http, series);
     }
 }
 
 #[test]
 fn a_request_that_takes_its_time_within_the_timeouts_is_served() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = config(
+    let process = start_with_config(
         dir.path(),
         "[http]\nheader_read_timeout_ms = 2000\nbody_read_timeout_ms = 2000\n",
     );
-    let process = TrellisProcess::start(bin(), &dir.path().join("data"), &["--config", &config])
-        .expect("trellis starts");
     let mut stream = connect(&addr(&process));
     let head = b"POST /v1/topics/slow/events HTTP/1.1\r\nHost: trellis\r\nConnection: close\r\n\
                  ce-specversion: 1.0\r\nce-id: slow-1\r\nce-source: /t\r\nce-type: t\r\n\
@@ -402,31 +390,16 @@ fn requests_hyper_cannot_parse_are_answered_with_json() {
 
 #[test]
 fn a_quiet_subscribe_stream_keeps_its_connection_past_the_idle_timeout() {
+    use trellis_proto::v1::subscribe_response;
     use trellis_proto::v1::trellis_client::TrellisClient;
-    use trellis_proto::v1::{
-        GroupMode, StartPosition, SubscribeRequest, Subscription, subscribe_request,
-        subscribe_response,
-    };
 
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = config(dir.path(), "[grpc]\nidle_timeout_ms = 200\n");
-    let process = TrellisProcess::start(bin(), &dir.path().join("data"), &["--config", &config])
-        .expect("trellis starts");
+    let process = start_with_config(dir.path(), "[grpc]\nidle_timeout_ms = 200\n");
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     runtime.block_on(async {
         let (requests, outgoing) = tokio::sync::mpsc::channel(8);
         requests
-            .send(SubscribeRequest {
-                request: Some(subscribe_request::Request::Subscription(Subscription {
-                    topic: "quiet".to_owned(),
-                    group: "g".to_owned(),
-                    mode: GroupMode::Clustering as i32,
-                    start: StartPosition::Earliest as i32,
-                    max_unacked: 0,
-                    ack_timeout_ms: 0,
-                    member: String::new(),
-                })),
-            })
+            .send(crate::grpc::join_group("quiet"))
             .await
             .expect("send");
         let mut responses = TrellisClient::connect(format!("http://{}", process.grpc_addr()))

@@ -5,12 +5,11 @@
 //! one, and a consumer group goes past it.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use trellis_test_support::{Receiver, TrellisProcess};
 
-use crate::{bin, publish};
+use crate::{bin, eventually, publish};
 
 const TOPIC: &str = "orders";
 const N_EVENTS: u64 = 1000;
@@ -107,17 +106,6 @@ async fn read_all(client: &reqwest::Client, base: &str) -> (Vec<Value>, Vec<u64>
         next = last["offset"].as_u64().expect("offset") + 1;
         events.extend(page);
     }
-}
-
-async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,12 +2,12 @@
 //! kept out of everything the runtime logs.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use trellis_test_support::{Receiver, Reply, TrellisProcess};
 
-use crate::{bin, publish};
+use crate::{bin, publish, wait_until};
 
 const EVENTS: usize = 400;
 const KILLS: usize = 3;
@@ -20,17 +20,6 @@ async fn committed_offset(base: &str, name: &str) -> Option<u64> {
         .await
         .ok()?;
     status["status"]["committed_offset"].as_u64()
-}
-
-async fn wait_until(deadline: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
-    let until = Instant::now() + deadline;
-    while Instant::now() < until {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -61,24 +61,27 @@ async fn publish(process: &TrellisProcess, ids: &[&str]) -> Vec<(u64, bool)> {
         .collect()
 }
 
+/// The first request of a subscribe stream: join clustering group `g` on `topic` from its
+/// earliest event.
+pub(crate) fn join_group(topic: &str) -> SubscribeRequest {
+    SubscribeRequest {
+        request: Some(subscribe_request::Request::Subscription(Subscription {
+            topic: topic.to_owned(),
+            group: "g".to_owned(),
+            mode: GroupMode::Clustering as i32,
+            start: StartPosition::Earliest as i32,
+            max_unacked: 0,
+            ack_timeout_ms: 0,
+            member: String::new(),
+        })),
+    }
+}
+
 /// Joins group `g`, takes `n` deliveries, acks them, and leaves; returns where it started and
 /// the offsets it got.
 pub(crate) async fn consume(process: &TrellisProcess, n: usize) -> (u64, Vec<u64>) {
     let (requests, outgoing) = mpsc::channel(8);
-    requests
-        .send(SubscribeRequest {
-            request: Some(subscribe_request::Request::Subscription(Subscription {
-                topic: "orders".to_owned(),
-                group: "g".to_owned(),
-                mode: GroupMode::Clustering as i32,
-                start: StartPosition::Earliest as i32,
-                max_unacked: 0,
-                ack_timeout_ms: 0,
-                member: String::new(),
-            })),
-        })
-        .await
-        .expect("send");
+    requests.send(join_group("orders")).await.expect("send");
     let mut responses = client(process)
         .await
         .subscribe(ReceiverStream::new(outgoing))

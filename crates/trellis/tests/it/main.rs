@@ -16,6 +16,7 @@ mod topic_delete;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use trellis_test_support::TrellisProcess;
 
@@ -28,6 +29,33 @@ pub(crate) fn start() -> (tempfile::TempDir, TrellisProcess) {
     let dir = tempfile::tempdir().expect("temp dir");
     let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
     (dir, process)
+}
+
+/// Writes `text` as `trellis.toml` in `dir` and starts `trellis serve --config` on it, with its
+/// data in `dir/data`.
+pub(crate) fn start_with_config(dir: &Path, text: &str) -> TrellisProcess {
+    let config = dir.join("trellis.toml");
+    std::fs::write(&config, text).expect("write config");
+    let config = config.to_str().expect("utf-8 path");
+    TrellisProcess::start(bin(), &dir.join("data"), &["--config", config]).expect("trellis starts")
+}
+
+/// Polls until `done` holds or `patience` runs out; returns whether it held.
+pub(crate) async fn wait_until(patience: Duration, mut done: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if done().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// Polls until `done` holds or 20 s pass, ample for what the server does within a second or
+/// two; returns whether it held.
+pub(crate) async fn eventually(done: impl AsyncFnMut() -> bool) -> bool {
+    wait_until(Duration::from_secs(20), done).await
 }
 
 /// What one run of a `trellis` client command left.

@@ -1,17 +1,16 @@
 //! Subscriptions end to end: `trellis serve` as a child process delivering to receivers on
 //! loopback, checked through the API a user would use.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
-use trellis_test_support::{Receiver, Reply, TrellisProcess};
+use trellis_test_support::{DENIED_ADDRESS_SPELLINGS, Receiver, Reply, TrellisProcess};
 
-use crate::{bin, publish};
+use crate::{bin, eventually, publish, start_with_config};
 
-/// A fresh `trellis serve` on a temp data dir; keep the first two alive for the test's length.
+/// [`crate::start`] and the server's base URL; keep the first two alive for the test's length.
 fn start() -> (tempfile::TempDir, TrellisProcess, String) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
+    let (dir, process) = crate::start();
     let base = process.base_url().to_owned();
     (dir, process, base)
 }
@@ -47,18 +46,6 @@ fn fast_delivery() -> Value {
         "backoff": {"initial_ms": 10, "max_ms": 50},
         "request_timeout_ms": 1000,
     })
-}
-
-/// Polls until `done` holds or 10 s pass; returns whether it held.
-async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 async fn status(base: &str, name: &str) -> Value {
@@ -300,26 +287,12 @@ async fn bad_requests_name_the_field_and_duplicates_conflict() {
 async fn every_spelling_of_a_denied_address_is_refused_at_creation() {
     // Loopback denied too, as an operator exposing Trellis to tenants would configure it.
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("trellis.toml");
-    std::fs::write(
-        &config,
+    let process = start_with_config(
+        dir.path(),
         "[delivery]\nwebhook_deny = [\"169.254.0.0/16\", \"0.0.0.0/8\", \"127.0.0.0/8\", \"::1/128\"]\n",
-    )
-    .expect("write config");
-    let config = config.to_str().expect("utf-8");
-    let process = TrellisProcess::start(bin(), &dir.path().join("data"), &["--config", config])
-        .expect("trellis starts");
+    );
     let base = process.base_url();
-    for url in [
-        "http://2130706433/",
-        "http://0x7f000001/",
-        "http://0177.0.0.1/",
-        "http://127.1/",
-        "http://169.254.169.254./",
-        "http://0:8080/",
-        "http://[64:ff9b::a9fe:a9fe]/",
-        "http://[2002:a9fe:a9fe::]/",
-    ] {
+    for &url in DENIED_ADDRESS_SPELLINGS {
         let response = create(
             base,
             json!({"name": "a", "topic": "t", "sink": {"urls": [url]}}),

@@ -2,12 +2,10 @@
 //! forced delete the subscription delivers the re-created topic's events from offset 0, also
 //! across a restart of the binary (where the old committed offset used to skip them).
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 use trellis_test_support::{Receiver, TrellisProcess};
 
-use crate::{bin, publish};
+use crate::{bin, eventually, publish};
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("request");
@@ -21,18 +19,6 @@ async fn status(client: &reqwest::Client, base: &str, name: &str) -> Value {
         .await
         .1["status"]
         .clone()
-}
-
-/// Polls until `done` holds or 10 s pass; returns whether it held.
-async fn eventually(mut done: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if done().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 /// The `ce-id`s the receiver got, in arrival order.
