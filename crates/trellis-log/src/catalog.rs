@@ -12,10 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::files::{self, io_error, lock};
+use crate::fd_cache;
+use crate::files::{self, io_error, lock, read};
 use crate::topic::{Status, TopicInner};
 use crate::writer::StopReason;
-use crate::{LogError, LogOptions, TopicConfig, recovery, retention, validate_topic_name};
+use crate::writer_pool::WriterPool;
+use crate::{
+    LogError, LogOptions, LogResources, TopicConfig, recovery, retention, validate_topic_name,
+};
 
 pub(crate) struct Catalog {
     dir: PathBuf,
@@ -24,6 +28,8 @@ pub(crate) struct Catalog {
     topics: Mutex<BTreeMap<String, Arc<TopicInner>>>,
     closed: AtomicBool,
     n_tombstones: AtomicU64,
+    /// The writer threads every topic of this log shares.
+    pool: Arc<WriterPool>,
 }
 
 /// What `create` does when the topic already exists.
@@ -34,7 +40,9 @@ pub(crate) enum IfExists {
 }
 
 impl Catalog {
-    pub(crate) fn open(options: LogOptions) -> Result<Catalog, LogError> {
+    pub(crate) fn open(options: LogOptions, resources: &LogResources) -> Result<Catalog, LogError> {
+        fd_cache::set_max_open_files(resources.max_open_files);
+        let pool = Arc::new(WriterPool::new(resources.writer_threads));
         let dir = options.dir;
         fs::create_dir_all(&dir).map_err(|source| io_error(&dir, source))?;
         files::sync_dir(&dir)?;
@@ -63,13 +71,14 @@ impl Catalog {
                 continue;
             }
             let topic = recovery::recover_topic(&path, &name, options.default_topic.clone())?;
-            topics.insert(name, Arc::new(topic));
+            topics.insert(name, Arc::new(topic.with_pool(&pool)));
         }
         Ok(Catalog {
             dir,
             topics: Mutex::new(topics),
             closed: AtomicBool::new(false),
             n_tombstones: AtomicU64::new(0),
+            pool,
         })
     }
 
@@ -79,6 +88,10 @@ impl Catalog {
 
     pub(crate) fn topic(&self, name: &str) -> Option<Arc<TopicInner>> {
         lock(&self.topics).get(name).map(Arc::clone)
+    }
+
+    pub(crate) fn n_topics(&self) -> usize {
+        lock(&self.topics).len()
     }
 
     pub(crate) fn topics(&self) -> Vec<Arc<TopicInner>> {
@@ -102,7 +115,8 @@ impl Catalog {
                 IfExists::Fail => Err(LogError::TopicExists(name.to_owned())),
             };
         }
-        let topic = Arc::new(TopicInner::create(name, &self.dir.join(name), config)?);
+        let topic =
+            Arc::new(TopicInner::create(name, &self.dir.join(name), config)?.with_pool(&self.pool));
         files::sync_dir(&self.dir)?;
         topics.insert(name.to_owned(), Arc::clone(&topic));
         Ok(topic)
@@ -118,6 +132,13 @@ impl Catalog {
                 return Ok(false);
             };
             let tombstone = self.dir.join(files::tombstone_name(&self.unique_suffix()));
+            // Readers that already hold a segment keep reading it after the rename moves
+            // its path away: its file stays open until they let go.
+            for segment in read(&topic.shared.segments).iter() {
+                if let Err(error) = segment.file.pin() {
+                    tracing::warn!(message = "Could not keep a deleted topic's segment open for its readers.", %error, path = %segment.path.display());
+                }
+            }
             {
                 // Under the dir lock, so the writer cannot be creating a segment file meanwhile.
                 let mut dir = lock(&topic.shared.dir);
