@@ -99,9 +99,7 @@ impl CachedFile {
     /// The open handle, reopening the file if the cache had closed it.
     pub(crate) fn get(&self) -> io::Result<Arc<File>> {
         let cache = cache();
-        self.entry
-            .last_used
-            .store(cache.tick(), Ordering::Relaxed);
+        self.entry.last_used.store(cache.tick(), Ordering::Relaxed);
         let reopened = {
             let mut slot = lock(&self.entry.file);
             if let Some(file) = &*slot {

@@ -317,7 +317,10 @@ impl TopicInner {
             }
             Err(source) => return Err(io_error(dir, source)),
         }
-        let res = files::create_segment(dir, 0);
+        // No directory fsync here: the writer's first fsync syncs the directories too, before
+        // any append is acknowledged. A topic that never got an append may be lost in a power
+        // cut, with nothing in it; its settings, if any, bring it back at the next start.
+        let res = files::create_segment_files(dir, 0);
         let new_files = match res {
             Ok(new_files) => new_files,
             Err(error) => {
@@ -335,14 +338,11 @@ impl TopicInner {
             None,
         ));
         let state = ActiveState::empty(new_files.idx_path, new_files.idx_file);
-        Ok(TopicInner::new(
-            name,
-            dir,
-            config,
-            Vec::new(),
-            segment,
-            state,
-        ))
+        let topic = TopicInner::new(name, dir, config, Vec::new(), segment, state);
+        if let WriterSlot::Idle(writer) = &mut *lock(&topic.writer) {
+            writer.dirs_unsynced = true;
+        }
+        Ok(topic)
     }
 
     pub(crate) async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck, LogError> {

@@ -80,6 +80,9 @@ pub(crate) struct Writer {
     /// Entries of the `.idx` file known to be on disk; it is fsynced only when behind.
     n_index_synced: usize,
     last_sync: Instant,
+    /// The topic was just created and its directory entries are not known to be on disk yet:
+    /// the first data fsync syncs them too (see `TopicInner::create`).
+    pub(crate) dirs_unsynced: bool,
     /// Set when truncating after a failed write failed too; retried before the next write.
     truncate_pending: Option<u64>,
     /// Encoded frames of the group being written; kept to reuse its allocation.
@@ -183,7 +186,9 @@ impl Queue {
                 while let Ok(command) = self.commands.try_recv() {
                     let error = match reason {
                         StopReason::Close => LogError::Closed,
-                        StopReason::Delete => LogError::NoSuchTopic(self.writer.shared.name.clone()),
+                        StopReason::Delete => {
+                            LogError::NoSuchTopic(self.writer.shared.name.clone())
+                        }
                     };
                     fail_command(command, error);
                 }
@@ -266,6 +271,7 @@ impl Writer {
             n_index_persisted: active_state.n_index_persisted,
             n_index_synced: active_state.n_index_persisted,
             last_sync: Instant::now(),
+            dirs_unsynced: false,
             truncate_pending: None,
             buf: Vec::new(),
             fsync_seconds: metrics::histogram!("trellis_log_fsync_seconds"),
@@ -471,7 +477,24 @@ impl Writer {
         self.fsync_seconds.record(started.elapsed().as_secs_f64());
         self.shared.n_data_syncs.fetch_add(1, Ordering::AcqRel);
         self.last_sync = Instant::now();
-        res
+        res?;
+        if self.dirs_unsynced {
+            self.sync_dirs()?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs the topic's directory and the log's, so the topic and its first segment survive
+    /// a power cut. Done by the first commit rather than at creation: on the writer threads,
+    /// where concurrent creations share journal commits, instead of one request at a time.
+    fn sync_dirs(&mut self) -> std::io::Result<()> {
+        let dir = lock(&self.shared.dir).clone();
+        File::open(&dir)?.sync_all()?;
+        if let Some(root) = dir.parent() {
+            File::open(root)?.sync_all()?;
+        }
+        self.dirs_unsynced = false;
+        Ok(())
     }
 
     /// Cuts the active segment back to `len` after a failed write or fsync, so no unacknowledged
