@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use trellis_log::{Durability, Log, Topic, TopicConfig};
 use trellis_meta::MetadataStore;
 
+use axum::http::StatusCode;
+
 use crate::error::{ApiError, error_chain};
 
 const TOPIC_KEY_PREFIX: &str = "/topics/";
@@ -134,6 +136,10 @@ pub(crate) struct TopicRegistry {
     meta: Arc<dyn MetadataStore>,
     defaults: TopicSettings,
     auto_create: bool,
+    max_topics: usize,
+    /// Held to check the topic count and create a topic, so concurrent creations cannot pass
+    /// `max_topics` together. Only creations take it.
+    creating: Arc<std::sync::Mutex<()>>,
     /// Serialises admin changes so the metadata store and the log agree; publishing never takes it.
     admin: Arc<tokio::sync::Mutex<()>>,
 }
@@ -153,6 +159,7 @@ impl TopicRegistry {
         meta: Arc<dyn MetadataStore>,
         defaults: TopicSettings,
         auto_create: bool,
+        max_topics: usize,
     ) -> Result<TopicRegistry, ApiError> {
         let stored = meta
             .range(TOPIC_KEY_PREFIX)
@@ -180,6 +187,8 @@ impl TopicRegistry {
             meta,
             defaults,
             auto_create,
+            max_topics,
+            creating: Arc::default(),
             admin: Arc::default(),
         })
     }
@@ -199,7 +208,38 @@ impl TopicRegistry {
             return Err(no_such_topic(name)
                 .with_hint("create it with PUT /v1/topics/{topic} (auto_create_topics is off)"));
         }
-        Ok(())
+        self.check_room(name)
+    }
+
+    /// Refuses to create `name` once `max_topics` topics exist.
+    fn check_room(&self, name: &str) -> Result<(), ApiError> {
+        if self.log.n_topics() < self.max_topics {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_topics",
+            format!(
+                "cannot create topic {:?}: {} topics exist, the most this node allows (max_topics); delete topics or raise the limit",
+                truncated(name),
+                self.max_topics
+            ),
+        ))
+    }
+
+    /// The topic, created with `config` unless it exists, within `max_topics`.
+    fn create(&self, name: &str, config: TopicConfig) -> Result<Topic, ApiError> {
+        let _creating = self
+            .creating
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(topic) = self.log.topic(name) {
+            return Ok(topic);
+        }
+        self.check_room(name)?;
+        self.log
+            .get_or_create_topic(name, config)
+            .map_err(|error| ApiError::internal("creating a topic", &error))
     }
 
     /// The topic to append a validated publish to, created with the defaults if auto-creation is
@@ -209,9 +249,7 @@ impl TopicRegistry {
             return Ok(topic);
         }
         self.check_publish(name)?;
-        self.log
-            .get_or_create_topic(name, self.defaults.to_log_config())
-            .map_err(|error| ApiError::internal("creating a topic", &error))
+        self.create(name, self.defaults.to_log_config())
     }
 
     /// The topic a subscription reads (or dead-letters to), created with the defaults if it does
@@ -242,6 +280,10 @@ impl TopicRegistry {
         settings
             .validate()
             .map_err(|message| ApiError::bad_request("invalid_settings", message))?;
+        if existing.is_none() {
+            // Before the settings are stored, so a refused topic leaves nothing behind.
+            self.check_room(name)?;
+        }
         let encoded = serde_json::to_vec(&settings)
             .map_err(|error| ApiError::internal("encoding settings", &error))?;
         self.meta
@@ -254,10 +296,16 @@ impl TopicRegistry {
                 Ok((PutOutcome::Updated, topic))
             }
             None => {
-                let topic = self
-                    .log
-                    .get_or_create_topic(name, settings.to_log_config())
-                    .map_err(|error| ApiError::internal("creating a topic", &error))?;
+                let topic = match self.create(name, settings.to_log_config()) {
+                    Ok(topic) => topic,
+                    Err(error) => {
+                        // A publish took the last place meanwhile: take the settings back.
+                        if let Err(cleanup) = self.meta.delete(&topic_key(name)).await {
+                            tracing::warn!(message = "Could not remove the settings of a topic that was not created.", topic = name, error = %cleanup);
+                        }
+                        return Err(error);
+                    }
+                };
                 // A publish may have auto-created it between our look-up and here.
                 topic.set_config(settings.to_log_config());
                 Ok((PutOutcome::Created, topic))
@@ -305,6 +353,11 @@ pub(crate) fn settings_of(config: &TopicConfig) -> TopicSettings {
         retention_ms: config.retention_age.map_or(0, |age| age.as_millis() as u64),
         retention_bytes: config.retention_bytes.unwrap_or(0),
     }
+}
+
+/// A name as echoed in a message: valid names are short, but keep messages bounded anyway.
+fn truncated(name: &str) -> String {
+    name.chars().take(64).collect()
 }
 
 fn topic_key(name: &str) -> String {
