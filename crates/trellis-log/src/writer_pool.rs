@@ -129,7 +129,19 @@ impl PoolShared {
 
     fn work(&self) {
         while let Some(topic) = self.next_ready() {
-            self.give_turn(&topic);
+            while self.give_turn(&topic) {
+                // More came meanwhile: to the back of the line if others wait, or straight on
+                // here, without waking another thread to hand it over.
+                let mut state = lock(&self.state);
+                let timer_due = state
+                    .timers
+                    .peek()
+                    .is_some_and(|Reverse(timer)| timer.deadline <= Instant::now());
+                if !state.ready.is_empty() || timer_due {
+                    state.ready.push_back(Arc::clone(&topic));
+                    break;
+                }
+            }
         }
     }
 
@@ -180,12 +192,13 @@ impl PoolShared {
         }
     }
 
-    /// One turn of `topic`: one group commit (or its stop), then back in line if it has more.
-    fn give_turn(&self, topic: &Arc<TopicWriter>) {
+    /// One turn of `topic`: one group commit (or its stop). Returns true if it has more to do;
+    /// it then stays scheduled, and the caller must give it another turn or queue it.
+    fn give_turn(&self, topic: &Arc<TopicWriter>) -> bool {
         let mut slot = lock(&topic.queue);
         let Some(queue) = slot.as_mut() else {
             topic.scheduled.store(false, Ordering::SeqCst);
-            return;
+            return false;
         };
         let turn = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| queue.turn()));
         let finished = match turn {
@@ -202,15 +215,21 @@ impl PoolShared {
             // the topic is gone.
             *slot = None;
             topic.scheduled.store(false, Ordering::SeqCst);
-            return;
+            return false;
+        }
+        if queue.has_work() {
+            return true;
         }
         let deadline = queue.sync_deadline();
         topic.scheduled.store(false, Ordering::SeqCst);
+        // An append that came after the check above but saw `scheduled` still set did not
+        // queue the topic: look again now that it is cleared, and take the topic back if so.
         let has_work = queue.has_work();
         drop(slot);
         if has_work {
-            self.schedule(topic);
-        } else if let Some(deadline) = deadline
+            return !topic.scheduled.swap(true, Ordering::SeqCst);
+        }
+        if let Some(deadline) = deadline
             && !topic.timer_armed.swap(true, Ordering::SeqCst)
         {
             lock(&self.state).timers.push(Reverse(Timer {
@@ -220,6 +239,7 @@ impl PoolShared {
             // A thread may be asleep with a later timeout.
             self.wake.notify_one();
         }
+        false
     }
 }
 
