@@ -30,6 +30,9 @@ use crate::segment::ReadAt;
 /// once sockets and the metadata store are counted.
 pub const DEFAULT_MAX_OPEN_FILES: usize = 512;
 
+/// Segment files open through the cache, pinned ones included.
+const OPEN_FILES_GAUGE: &str = "trellis_log_open_files";
+
 /// The fewest files the cache keeps open, whatever the cap says: a writer touches two at once.
 const MIN_OPEN_FILES: usize = 8;
 
@@ -74,11 +77,6 @@ pub(crate) fn set_max_open_files(max_open: usize) {
         .max_open
         .store(max_open.max(MIN_OPEN_FILES), Ordering::Release);
     cache().evict_over_cap();
-}
-
-/// Segment files open right now through the cache, pinned ones included.
-pub(crate) fn n_open_files() -> usize {
-    lock(&cache().open).len()
 }
 
 impl CachedFile {
@@ -136,7 +134,12 @@ impl ReadAt for CachedFile {
 
 impl Drop for CachedFile {
     fn drop(&mut self) {
-        lock(&cache().open).remove(&self.entry.id);
+        let n_open = {
+            let mut open = lock(&cache().open);
+            open.remove(&self.entry.id);
+            open.len()
+        };
+        metrics::gauge!(OPEN_FILES_GAUGE).set(n_open as f64);
     }
 }
 
@@ -151,6 +154,7 @@ impl Cache {
             open.insert(entry.id, Arc::downgrade(entry));
             open.len()
         };
+        metrics::gauge!(OPEN_FILES_GAUGE).set(n_open as f64);
         if n_open > self.max_open.load(Ordering::Acquire) {
             self.evict_over_cap();
         }
@@ -192,6 +196,7 @@ impl Cache {
             open.remove(&id);
             n_open -= 1;
         }
+        metrics::gauge!(OPEN_FILES_GAUGE).set(n_open as f64);
     }
 }
 

@@ -255,11 +255,6 @@ impl Log {
         self.catalog.n_topics()
     }
 
-    /// Segment files the process holds open through every log's file cache.
-    pub fn n_open_files() -> usize {
-        fd_cache::n_open_files()
-    }
-
     /// The topic, if it exists.
     pub fn topic(&self, name: &str) -> Option<Topic> {
         self.catalog.topic(name).map(|inner| Topic { inner })
