@@ -18,7 +18,8 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::Thread;
 use std::time::Instant;
 
 use crate::files::lock;
@@ -37,15 +38,19 @@ pub(crate) struct WriterPool {
 }
 
 struct PoolShared {
-    // std Mutex: held only to push or pop a ready topic or a timer, never across I/O.
+    // std Mutex: held only to push or pop a ready topic, a timer or an idle thread, never
+    // across I/O.
     state: Mutex<PoolState>,
-    wake: Condvar,
 }
 
 #[derive(Default)]
 struct PoolState {
     ready: VecDeque<Arc<TopicWriter>>,
     timers: BinaryHeap<Reverse<Timer>>,
+    /// Threads parked for want of work, the most recently idle last. Work wakes that one: its
+    /// caches are warm, and one busy topic keeps to one thread as it would on a thread of its
+    /// own, instead of hopping to whichever thread has slept longest.
+    idle: Vec<Thread>,
     n_started: usize,
     shutdown: bool,
 }
@@ -71,7 +76,6 @@ impl WriterPool {
         WriterPool {
             shared: Arc::new(PoolShared {
                 state: Mutex::new(PoolState::default()),
-                wake: Condvar::new(),
             }),
             n_threads: n_threads.max(1),
         }
@@ -111,8 +115,11 @@ impl Drop for WriterPool {
     fn drop(&mut self) {
         // Every topic handle is gone (each holds the pool); the threads finish what is ready,
         // the topics' last turns included, and exit.
-        lock(&self.shared.state).shutdown = true;
-        self.shared.wake.notify_all();
+        let mut state = lock(&self.shared.state);
+        state.shutdown = true;
+        for thread in state.idle.drain(..) {
+            thread.unpark();
+        }
     }
 }
 
@@ -123,8 +130,9 @@ impl PoolShared {
         if topic.scheduled.swap(true, Ordering::SeqCst) {
             return;
         }
-        lock(&self.state).ready.push_back(Arc::clone(topic));
-        self.wake.notify_one();
+        let mut state = lock(&self.state);
+        state.ready.push_back(Arc::clone(topic));
+        state.wake_one();
     }
 
     fn work(&self) {
@@ -167,7 +175,7 @@ impl PoolShared {
             if let Some(topic) = state.ready.pop_front() {
                 if !state.ready.is_empty() {
                     // More work than this thread: make sure another one is awake for it.
-                    self.wake.notify_one();
+                    state.wake_one();
                 }
                 return Some(topic);
             }
@@ -176,19 +184,21 @@ impl PoolShared {
                 // (queued when its handles went) syncs what it has.
                 return None;
             }
-            state = match state.timers.peek() {
-                Some(Reverse(timer)) => {
-                    let timeout = timer.deadline.saturating_duration_since(now);
-                    match self.wake.wait_timeout(state, timeout) {
-                        Ok((state, _)) => state,
-                        Err(poisoned) => poisoned.into_inner().0,
-                    }
-                }
-                None => match self.wake.wait(state) {
-                    Ok(state) => state,
-                    Err(poisoned) => poisoned.into_inner(),
-                },
-            };
+            let timeout = state
+                .timers
+                .peek()
+                .map(|Reverse(timer)| timer.deadline.saturating_duration_since(now));
+            let me = std::thread::current();
+            state.idle.push(me.clone());
+            drop(state);
+            // An unpark between the push and here is not lost: it makes `park` return at once.
+            match timeout {
+                Some(timeout) => std::thread::park_timeout(timeout),
+                None => std::thread::park(),
+            }
+            state = lock(&self.state);
+            // Still listed after a timeout or a spurious wake-up.
+            state.idle.retain(|thread| thread.id() != me.id());
         }
     }
 
@@ -232,14 +242,23 @@ impl PoolShared {
         if let Some(deadline) = deadline
             && !topic.timer_armed.swap(true, Ordering::SeqCst)
         {
-            lock(&self.state).timers.push(Reverse(Timer {
+            let mut state = lock(&self.state);
+            state.timers.push(Reverse(Timer {
                 deadline,
                 topic: Arc::downgrade(topic),
             }));
             // A thread may be asleep with a later timeout.
-            self.wake.notify_one();
+            state.wake_one();
         }
         false
+    }
+}
+
+impl PoolState {
+    fn wake_one(&mut self) {
+        if let Some(thread) = self.idle.pop() {
+            thread.unpark();
+        }
     }
 }
 
