@@ -137,9 +137,7 @@ impl Catalog {
             // Readers that already hold a segment keep reading it after the rename moves
             // its path away: its file stays open until they let go.
             for segment in read(&topic.shared.segments).iter() {
-                if let Err(error) = segment.file.pin() {
-                    tracing::warn!(message = "Could not keep a deleted topic's segment open for its readers.", %error, path = %segment.path.display());
-                }
+                segment.file.pin();
             }
             {
                 // Under the dir lock, so the writer cannot be creating a segment file meanwhile.

@@ -8,8 +8,9 @@
 //!
 //! The cap is process-wide, because the descriptor limit (`RLIMIT_NOFILE`) is. Files that are
 //! about to disappear from their path (a retention pass removing a segment, a deleted topic's
-//! directory being renamed) are pinned first: they stay open, outside the cap, until their
-//! last user drops them, so readers that already hold the segment keep working.
+//! directory being renamed) are pinned first if they are open: they then stay open, outside the
+//! cap, until their last user drops them, so readers that already hold the segment keep
+//! working.
 //!
 //! Reopening a file with unsynced writes is safe: `fsync` flushes the file's dirty pages
 //! whichever descriptor wrote them, and Linux reports a write-back error to descriptors opened
@@ -118,11 +119,16 @@ impl CachedFile {
         Ok(reopened)
     }
 
-    /// Opens the file if needed and keeps it open, outside the cap, until this handle is
-    /// dropped: for a file about to be removed or moved while readers may still use it.
-    pub(crate) fn pin(&self) -> io::Result<()> {
-        self.entry.pinned.store(true, Ordering::Release);
-        self.get().map(drop)
+    /// Keeps the file open, outside the cap, until this handle is dropped, if it is open now:
+    /// for a file about to be removed or moved while readers may still use it. A closed one is
+    /// not opened again (a deleted topic of thousands of segments would take as many
+    /// descriptors at once); a reader would have to lose it in the instant between taking the
+    /// segment and reading it, and then gets the error of a file that is gone.
+    pub(crate) fn pin(&self) {
+        let slot = lock(&self.entry.file);
+        if slot.is_some() {
+            self.entry.pinned.store(true, Ordering::Release);
+        }
     }
 }
 
@@ -192,6 +198,10 @@ impl Cache {
             let Ok(mut slot) = entry.file.try_lock() else {
                 continue;
             };
+            // Pinned since the candidates were listed.
+            if entry.pinned.load(Ordering::Acquire) {
+                continue;
+            }
             *slot = None;
             open.remove(&id);
             n_open -= 1;
@@ -216,7 +226,7 @@ mod tests {
         file.read_exact_at(&mut buf, 0).expect("reopened read");
         assert_eq!(&buf, b"hello");
 
-        file.pin().expect("pin");
+        file.pin();
         std::fs::remove_file(&path).expect("remove");
         // What an eviction pass over a full cache would do to it: nothing.
         assert!(lock(&file.entry.file).is_some());

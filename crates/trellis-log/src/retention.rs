@@ -61,9 +61,7 @@ pub(crate) fn enforce(shared: &TopicShared) -> Result<(), LogError> {
     let mut first_error = None;
     for segment in &removed {
         // A reader that picked this segment before it left the list finishes on its file.
-        if let Err(error) = segment.file.pin() {
-            tracing::warn!(message = "Could not keep a removed segment open for its readers.", %error, path = %segment.path.display());
-        }
+        segment.file.pin();
         // The .log goes first: an .idx without its .log is cleaned up at the next open, while a
         // .log without its .idx would just be a segment whose index gets rebuilt.
         let res = files::remove_if_exists(&files::log_path(&dir, segment.base_offset))
