@@ -119,6 +119,9 @@ const MIN_PREALLOC_BYTES: u64 = 4 * 1024;
 
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
+/// The most of its group buffer an idle topic keeps (see `Queue::went_idle`).
+const IDLE_BUFFER_BYTES: usize = 4 * 1024;
+
 /// A topic's writer and its queue of commands: what a pool thread works on (`writer_pool.rs`).
 pub(crate) struct Queue {
     writer: Writer,
@@ -144,6 +147,15 @@ impl Queue {
     /// When the background fsync of `Durability::Interval` is due, if there is anything to sync.
     pub(crate) fn sync_deadline(&self) -> Option<Instant> {
         self.writer.sync_deadline()
+    }
+
+    /// The queue ran empty: give back the group buffer if it grew. Kept while the topic is busy
+    /// (one allocation per group would be waste), but across thousands of idle topics each
+    /// holding its largest group ever it would add up to gigabytes.
+    pub(crate) fn went_idle(&mut self) {
+        if self.writer.buf.capacity() > IDLE_BUFFER_BYTES {
+            self.writer.buf = Vec::new();
+        }
     }
 
     /// One group commit, or a due background fsync, or the stop. Blocks in `write` and `fsync`.

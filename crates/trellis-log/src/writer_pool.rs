@@ -230,6 +230,7 @@ impl PoolShared {
         if queue.has_work() {
             return true;
         }
+        queue.went_idle();
         let deadline = queue.sync_deadline();
         topic.scheduled.store(false, Ordering::SeqCst);
         // An append that came after the check above but saw `scheduled` still set did not
