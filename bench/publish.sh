@@ -11,7 +11,8 @@
 #    of durability from the rest. Then prints a table with PASS/FAIL per target.
 #
 # Exits 1 if any target fails. Env overrides: DURATION (measured seconds, 10), WARMUP (seconds,
-# 2), CONNECTIONS (64). Load generator and server share this machine's cores, so compare rates
+# 2), CONNECTIONS (64), TRELLIS_BIN (a `trellis` binary to measure instead of the one built, e.g.
+# an older build to compare against). Load generator and server share this machine's cores, so compare rates
 # within one run, not across machines. Linux only: RSS comes from /proc/<pid>/status.
 set -euo pipefail
 
@@ -29,6 +30,7 @@ MAX_PEAK_RSS_MIB=150
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+TRELLIS=${TRELLIS_BIN:-$BIN/trellis}
 WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/trellis-bench.XXXXXX")
 RECEIVER_PID=""
 TRELLIS_PID=""
@@ -77,7 +79,7 @@ start_trellis() {
   mkdir -p "$data"
   # The policy is always given explicitly, so a TRELLIS_FSYNC in the environment cannot turn this
   # into a benchmark of something else. gRPC is not measured: any free port will do.
-  "$BIN/trellis" serve --data-dir "$data" --http-addr "127.0.0.1:$port" \
+  "$TRELLIS" serve --data-dir "$data" --http-addr "127.0.0.1:$port" \
     --grpc-addr 127.0.0.1:0 --fsync "$fsync" >"$WORK_DIR/trellis.log" 2>&1 &
   TRELLIS_PID=$!
   wait_for_status "$trellis_url/readyz" 200 30 "$TRELLIS_PID" ||

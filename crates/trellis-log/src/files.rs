@@ -72,6 +72,17 @@ pub(crate) fn is_tombstone(name: &str) -> bool {
 /// A leftover empty `.log` (from a roll that failed half-way) is reused; a non-empty one is an
 /// error, because it would mean two segments claim the same offsets.
 pub(crate) fn create_segment(dir: &Path, base_offset: u64) -> Result<NewSegmentFiles, LogError> {
+    let new_files = create_segment_files(dir, base_offset)?;
+    sync_dir(dir)?;
+    Ok(new_files)
+}
+
+/// `create_segment` without the directory fsync, for a caller that makes the entries durable
+/// itself before anything depends on them.
+pub(crate) fn create_segment_files(
+    dir: &Path,
+    base_offset: u64,
+) -> Result<NewSegmentFiles, LogError> {
     let log_path = log_path(dir, base_offset);
     let log_file = match OpenOptions::new()
         .read(true)
@@ -110,7 +121,6 @@ pub(crate) fn create_segment(dir: &Path, base_offset: u64) -> Result<NewSegmentF
         .truncate(true)
         .open(&idx_path)
         .map_err(|source| io_error(&idx_path, source))?;
-    sync_dir(dir)?;
     Ok(NewSegmentFiles {
         log_path,
         log_file,

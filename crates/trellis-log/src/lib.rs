@@ -9,6 +9,8 @@
 //! - `catalog`: the set of topics in one log directory; open, create, delete, close.
 //! - `topic`: a topic's shared state and its read side (high watermark, reads, `wait_for`).
 //! - `writer`: group commit; the only code that writes to or rolls a topic's active segment.
+//! - `writer_pool`: the few OS threads that run every topic's writer, one group at a time.
+//! - `fd_cache`: the bounded set of open segment files, reopened on demand.
 //! - `segment`: one `.log` file, its in-memory sparse index and the frame cursor readers use.
 //! - `frame`: the on-disk record frame (length, CRC-32C, offset, timestamp, flags, payload).
 //! - `index`: the sparse offset index and its `.idx` file format.
@@ -31,6 +33,7 @@
 
 mod catalog;
 mod damage_check;
+mod fd_cache;
 mod files;
 mod frame;
 mod index;
@@ -40,6 +43,10 @@ mod retention;
 mod segment;
 mod topic;
 mod writer;
+mod writer_pool;
+
+pub use fd_cache::DEFAULT_MAX_OPEN_FILES;
+pub use writer_pool::DEFAULT_WRITER_THREADS;
 
 pub use topic::PendingAppend;
 
@@ -93,6 +100,27 @@ pub struct LogOptions {
     pub dir: PathBuf,
     /// Settings used for topics found on disk at open time until `set_config` says otherwise.
     pub default_topic: TopicConfig,
+}
+
+/// What the log may use of the machine, whatever the number of topics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogResources {
+    /// OS threads that write and fsync, shared by every topic (at least 1). Each topic's
+    /// appends are still written in order and group-committed on their own.
+    pub writer_threads: usize,
+    /// Segment files (`.log` and `.idx`) kept open at once; the least recently used are closed
+    /// and reopened on demand. Process-wide, like the descriptor limit it protects; the last
+    /// log opened sets it.
+    pub max_open_files: usize,
+}
+
+impl Default for LogResources {
+    fn default() -> LogResources {
+        LogResources {
+            writer_threads: DEFAULT_WRITER_THREADS,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
+        }
+    }
 }
 
 /// One stored record as read back.
@@ -264,10 +292,20 @@ impl Log {
     /// Opens (creating if needed) the log in `options.dir`, recovering every topic found there:
     /// a torn or corrupt tail is truncated with one warning per topic.
     pub fn open(options: LogOptions) -> Result<Log, LogError> {
-        let catalog = catalog::Catalog::open(options)?;
+        Log::open_with(options, &LogResources::default())
+    }
+
+    /// [`Log::open`] with explicit limits on threads and open files.
+    pub fn open_with(options: LogOptions, resources: &LogResources) -> Result<Log, LogError> {
+        let catalog = catalog::Catalog::open(options, resources)?;
         Ok(Log {
             catalog: Arc::new(catalog),
         })
+    }
+
+    /// How many topics exist.
+    pub fn n_topics(&self) -> usize {
+        self.catalog.n_topics()
     }
 
     /// The topic, if it exists.
@@ -338,8 +376,8 @@ impl Topic {
     /// Appends records as one all-or-nothing batch: after a crash either every record of the
     /// batch is there or none is. Resolves once the batch is as durable as the topic's policy says.
     ///
-    /// The first append starts the topic's writer task on the current Tokio runtime.
-    /// Dropping the future after it was first polled does not withdraw the records.
+    /// The log's writer threads do the writing; the future only waits for them. Dropping it after
+    /// it was first polled does not withdraw the records.
     pub async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck, LogError> {
         self.inner.append(records).await
     }

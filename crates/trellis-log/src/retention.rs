@@ -60,6 +60,8 @@ pub(crate) fn enforce(shared: &TopicShared) -> Result<(), LogError> {
     let dir = lock(&shared.dir);
     let mut first_error = None;
     for segment in &removed {
+        // A reader that picked this segment before it left the list finishes on its file.
+        segment.file.pin();
         // The .log goes first: an .idx without its .log is cleaned up at the next open, while a
         // .log without its .idx would just be a segment whose index gets rebuilt.
         let res = files::remove_if_exists(&files::log_path(&dir, segment.base_offset))

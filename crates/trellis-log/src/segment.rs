@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use bytes::Bytes;
 
+use crate::fd_cache::CachedFile;
 use crate::files::{read, write};
 use crate::frame::{self, Damage, Decoded, FrameMeta, HEADER_BYTES};
 use crate::index::{self, IndexEntry};
@@ -24,7 +25,8 @@ pub(crate) struct Segment {
     pub(crate) base_offset: u64,
     /// Where the `.log` file was when the segment was opened; for error messages.
     pub(crate) path: PathBuf,
-    pub(crate) file: File,
+    /// Open only while in the fd cache; reopened on use.
+    pub(crate) file: CachedFile,
     /// Bytes the writer has finished writing. Stored before the topic's high watermark moves,
     /// so a reader that saw the watermark also sees the bytes behind it.
     len: AtomicU64,
@@ -99,8 +101,8 @@ impl Segment {
     ) -> Segment {
         Segment {
             base_offset,
+            file: CachedFile::new(path.clone(), file),
             path,
-            file,
             len: AtomicU64::new(len),
             newest_timestamp_ms: AtomicI64::new(newest_timestamp_ms.unwrap_or(NO_TIMESTAMP)),
             index: RwLock::new(index),
@@ -204,7 +206,7 @@ impl Segment {
         tail[..n_before].to_vec()
     }
 
-    pub(crate) fn cursor(&self, position: u64, chunk_bytes: usize) -> FrameCursor<'_, File> {
+    pub(crate) fn cursor(&self, position: u64, chunk_bytes: usize) -> FrameCursor<'_, CachedFile> {
         FrameCursor::new(&self.file, position, self.len(), chunk_bytes)
     }
 }

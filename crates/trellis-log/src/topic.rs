@@ -1,9 +1,10 @@
 //! A topic's shared state and its read side: the segment list, the high watermark, reads
-//! through the sparse index, `wait_for`, and the handle that feeds the writer task.
+//! through the sparse index, `wait_for`, and the handle that feeds the topic's writer.
 //!
-//! `TopicShared` is what the writer task and every reader share. `TopicInner` adds the sending
-//! side of the writer's channel; it is what `Topic` handles and the catalog hold, so dropping the
-//! last of them closes the channel and lets the writer finish. Nothing here writes segment bytes.
+//! `TopicShared` is what the writer and every reader share. `TopicInner` adds the sending side
+//! of the writer's queue, served by the log's writer pool; it is what `Topic` handles and the
+//! catalog hold, so dropping the last of them closes the queue and lets the writer finish.
+//! Nothing here writes segment bytes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +21,8 @@ use crate::files::{self, io_error, lock, read};
 use crate::frame::HEADER_BYTES;
 use crate::index::INDEX_INTERVAL_BYTES;
 use crate::segment::{Hole, Segment, Step};
-use crate::writer::{self, ActiveState, AppendRequest, Command, StopReason, Writer};
+use crate::writer::{ActiveState, AppendRequest, Command, Queue, StopReason, Writer};
+use crate::writer_pool::{TopicWriter, WriterPool};
 use crate::{
     AppendAck, DamagedRange, LogError, MAX_RECORD_BYTES, ReadPage, Record, TopicConfig, TopicStats,
     recovery, resync,
@@ -65,13 +67,18 @@ pub(crate) struct TopicInner {
     pub(crate) shared: Arc<TopicShared>,
     // std Mutex: never held across an await; `commands` clones the sender out before sending.
     writer: Mutex<WriterSlot>,
+    /// The threads that write; `None` only between recovery and `with_pool`.
+    pool: Option<Arc<WriterPool>>,
 }
 
 enum WriterSlot {
-    /// Not started yet: the writer task is spawned on the first append, which is always inside a
-    /// Tokio runtime, so that opening the log does not need one.
+    /// Not started yet: the writer joins the pool on the first append, so that a topic nobody
+    /// appends to costs no queue and no thread wake-ups.
     Idle(Box<Writer>),
-    Running(mpsc::Sender<Command>),
+    Running {
+        commands: mpsc::Sender<Command>,
+        writer: Arc<TopicWriter>,
+    },
     Stopped,
 }
 
@@ -356,7 +363,11 @@ fn damaged_range(segment: &Segment, hole: &Hole, from: u64) -> DamagedRange {
 }
 
 /// Why the bytes at `position` are not the frame a reader expected, in words.
-fn describe_damage(file: &std::fs::File, position: u64, end: u64) -> std::io::Result<String> {
+fn describe_damage<S: crate::segment::ReadAt + ?Sized>(
+    file: &S,
+    position: u64,
+    end: u64,
+) -> std::io::Result<String> {
     let mut cursor = crate::segment::FrameCursor::new(file, position, end, 64 * 1024);
     Ok(match cursor.next_step()? {
         Step::Corrupt { damage, .. } => format!("{} at byte {position}", damage.describe()),
@@ -402,7 +413,14 @@ impl TopicInner {
         TopicInner {
             shared,
             writer: Mutex::new(WriterSlot::Idle(Box::new(writer))),
+            pool: None,
         }
+    }
+
+    /// The writer threads that serve this topic's appends.
+    pub(crate) fn with_pool(mut self, pool: &Arc<WriterPool>) -> TopicInner {
+        self.pool = Some(Arc::clone(pool));
+        self
     }
 
     /// Creates the directory and first segment of a new, empty topic.
@@ -418,7 +436,10 @@ impl TopicInner {
             }
             Err(source) => return Err(io_error(dir, source)),
         }
-        let res = files::create_segment(dir, 0);
+        // No directory fsync here: the writer's first fsync syncs the directories too, before
+        // any append is acknowledged. A topic that never got an append may be lost in a power
+        // cut, with nothing in it; its settings, if any, bring it back at the next start.
+        let res = files::create_segment_files(dir, 0);
         let new_files = match res {
             Ok(new_files) => new_files,
             Err(error) => {
@@ -436,14 +457,11 @@ impl TopicInner {
             None,
         ));
         let state = ActiveState::empty(new_files.idx_path, new_files.idx_file);
-        Ok(TopicInner::new(
-            name,
-            dir,
-            config,
-            Vec::new(),
-            segment,
-            state,
-        ))
+        let topic = TopicInner::new(name, dir, config, Vec::new(), segment, state);
+        if let WriterSlot::Idle(writer) = &mut *lock(&topic.writer) {
+            writer.dirs_unsynced = true;
+        }
+        Ok(topic)
     }
 
     pub(crate) async fn append(&self, records: Vec<Bytes>) -> Result<AppendAck, LogError> {
@@ -469,7 +487,7 @@ impl TopicInner {
         if self.shared.watermark.borrow().status != Status::Open {
             return Err(self.shared.gone_error());
         }
-        let commands = self.commands()?;
+        let (commands, writer, pool) = self.commands()?;
         let (ack, acked) = oneshot::channel();
         if commands
             .send(Command::Append(AppendRequest { records, ack }))
@@ -478,6 +496,7 @@ impl TopicInner {
         {
             return Err(self.shared.gone_error());
         }
+        pool.notify(&writer);
         Ok(PendingAppend {
             acked,
             shared: Arc::clone(&self.shared),
@@ -488,7 +507,7 @@ impl TopicInner {
     /// `Delete` failing whatever is still queued with `NoSuchTopic`.
     pub(crate) async fn stop(&self, reason: StopReason) -> Result<(), LogError> {
         let slot = std::mem::replace(&mut *lock(&self.writer), WriterSlot::Stopped);
-        let WriterSlot::Running(commands) = slot else {
+        let (WriterSlot::Running { commands, writer }, Some(pool)) = (slot, &self.pool) else {
             // An idle writer never wrote anything, and recovery already fsynced what is on disk.
             return Ok(());
         };
@@ -496,52 +515,53 @@ impl TopicInner {
         if commands.send(Command::Stop { reason, done }).await.is_err() {
             return Ok(());
         }
+        pool.notify(&writer);
         stopped.await.unwrap_or(Ok(()))
     }
 
-    /// The writer's channel, starting the writer task if this is the first append.
-    fn commands(&self) -> Result<mpsc::Sender<Command>, LogError> {
+    /// The writer's queue and the pool that serves it, joining the pool on the first append.
+    #[allow(clippy::type_complexity)]
+    fn commands(
+        &self,
+    ) -> Result<(mpsc::Sender<Command>, Arc<TopicWriter>, &Arc<WriterPool>), LogError> {
+        let Some(pool) = &self.pool else {
+            return Err(LogError::Closed);
+        };
         let mut slot = lock(&self.writer);
         match &*slot {
-            WriterSlot::Running(commands) => return Ok(commands.clone()),
+            WriterSlot::Running { commands, writer } => {
+                return Ok((commands.clone(), Arc::clone(writer), pool));
+            }
             WriterSlot::Stopped => return Err(self.shared.gone_error()),
             WriterSlot::Idle(_) => {}
         }
+        pool.ensure_started().map_err(|source| LogError::Io {
+            path: lock(&self.shared.dir).clone(),
+            source,
+        })?;
         let WriterSlot::Idle(idle) = std::mem::replace(&mut *slot, WriterSlot::Stopped) else {
             return Err(self.shared.gone_error());
         };
         let (commands, queued) = mpsc::channel(COMMAND_CHANNEL_CAPACITY);
-        spawn_writer_thread(&self.shared.name, *idle, queued).map_err(|source| LogError::Io {
-            path: lock(&self.shared.dir).clone(),
-            source,
-        })?;
-        *slot = WriterSlot::Running(commands.clone());
-        Ok(commands)
+        let writer = pool.register(Queue::new(*idle, queued));
+        *slot = WriterSlot::Running {
+            commands: commands.clone(),
+            writer: Arc::clone(&writer),
+        };
+        Ok((commands, writer, pool))
     }
 }
 
-/// Stack of a writer thread: its deepest path is encode + write + fsync, a few frames deep.
-const WRITER_STACK_BYTES: usize = 256 * 1024;
-
-/// Starts a topic's writer on an OS thread of its own with a single-threaded runtime.
-///
-/// The writer blocks in `write` and `fsync`. On the shared runtime it would need a blocking-pool
-/// hop per group and then wait for a worker to come free (behind every HTTP connection) before
-/// it could ack the group and start the next one; on its own thread it goes from one fsync to the
-/// next at once, which is what keeps group commit fast under load.
-fn spawn_writer_thread(
-    topic: &str,
-    writer: writer::Writer,
-    queued: mpsc::Receiver<writer::Command>,
-) -> std::io::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()?;
-    std::thread::Builder::new()
-        .name(format!("trellis-writer-{topic}"))
-        .stack_size(WRITER_STACK_BYTES)
-        .spawn(move || runtime.block_on(writer::run(writer, queued)))?;
-    Ok(())
+impl Drop for TopicInner {
+    fn drop(&mut self) {
+        let slot = std::mem::replace(&mut *lock(&self.writer), WriterSlot::Stopped);
+        if let (WriterSlot::Running { commands, writer }, Some(pool)) = (slot, &self.pool) {
+            // The queue closes with its last sender; the writer's last turn then syncs what
+            // the policy left unsynced.
+            drop(commands);
+            pool.notify(&writer);
+        }
+    }
 }
 
 /// An append the writer has queued: resolves once its records are durable (or failed).

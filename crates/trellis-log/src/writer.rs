@@ -18,8 +18,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fd_cache::CachedFile;
 use crate::files::{self, io_error, lock, write};
 use crate::frame::{self, FrameMeta};
 use crate::index::{self, ENTRY_BYTES, IndexEntry};
@@ -66,7 +68,7 @@ pub(crate) struct Writer {
     shared: Arc<TopicShared>,
     active: Arc<Segment>,
     idx_path: PathBuf,
-    idx_file: File,
+    idx_file: CachedFile,
     next_offset: u64,
     /// Timestamps never go backwards within a topic, so a segment's newest record is its last.
     last_timestamp_ms: i64,
@@ -75,7 +77,12 @@ pub(crate) struct Writer {
     /// them (see `ensure_allocated`).
     file_len: u64,
     n_index_persisted: usize,
+    /// Entries of the `.idx` file known to be on disk; it is fsynced only when behind.
+    n_index_synced: usize,
     last_sync: Instant,
+    /// The topic was just created and its directory entries are not known to be on disk yet:
+    /// the first data fsync syncs them too (see `TopicInner::create`).
+    pub(crate) dirs_unsynced: bool,
     /// Set when truncating after a failed write failed too; retried before the next write.
     truncate_pending: Option<u64>,
     /// Encoded frames of the group being written; kept to reuse its allocation.
@@ -98,110 +105,146 @@ struct Pending {
 /// size costs a few ms; more would only delay the acks of the first appends in the group.
 const MAX_GROUP_BYTES: usize = 4 * 1024 * 1024;
 
-/// How far ahead of the records the active segment's file is zero-filled. One commit per this
+/// The most the active segment's file is zero-filled ahead of the records. One commit per this
 /// many bytes pays for flushing the zeros and the inode; the ones in between flush data alone.
 // Measured for tail latency at 15k publishes/s on the 2-core box (p99, two runs each): 64 KiB
 // 3.9 and 7.1 ms (more commits pay the inode), 1 MiB 2.8 and 4.5 ms, 8 MiB 7.7 and 20.6 ms
 // (each zero flush stalls the commit that carries it for longer).
 const PREALLOC_BYTES: u64 = 1024 * 1024;
 
+/// The least a segment is zero-filled ahead, when it is new: the stretch grows with what the
+/// segment holds (see `ensure_allocated`), so a topic that gets a few records costs a few KiB of
+/// disk, not a megabyte, and one that gets none costs nothing.
+const MIN_PREALLOC_BYTES: u64 = 4 * 1024;
+
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
-/// The writer task of one topic. Returns when stopped, or when every `Topic` handle is gone.
-pub(crate) async fn run(mut writer: Writer, mut commands: mpsc::Receiver<Command>) {
-    let mut deferred: Option<Command> = None;
-    loop {
-        let command = match deferred.take() {
+/// The most of its group buffer an idle topic keeps (see `Queue::went_idle`).
+const IDLE_BUFFER_BYTES: usize = 4 * 1024;
+
+/// A topic's writer and its queue of commands: what a pool thread works on (`writer_pool.rs`).
+pub(crate) struct Queue {
+    writer: Writer,
+    commands: mpsc::Receiver<Command>,
+    /// A command taken while draining a group that does not belong in it.
+    deferred: Option<Command>,
+}
+
+impl Queue {
+    pub(crate) fn new(writer: Writer, commands: mpsc::Receiver<Command>) -> Queue {
+        Queue {
+            writer,
+            commands,
+            deferred: None,
+        }
+    }
+
+    /// Whether a turn now would find something to do.
+    pub(crate) fn has_work(&self) -> bool {
+        self.deferred.is_some() || !self.commands.is_empty() || self.commands.is_closed()
+    }
+
+    /// When the background fsync of `Durability::Interval` is due, if there is anything to sync.
+    pub(crate) fn sync_deadline(&self) -> Option<Instant> {
+        self.writer.sync_deadline()
+    }
+
+    /// The queue ran empty: give back the group buffer if it grew. Kept while the topic is busy
+    /// (one allocation per group would be waste), but across thousands of idle topics each
+    /// holding its largest group ever it would add up to gigabytes.
+    pub(crate) fn went_idle(&mut self) {
+        if self.writer.buf.capacity() > IDLE_BUFFER_BYTES {
+            self.writer.buf = Vec::new();
+        }
+    }
+
+    /// One group commit, or a due background fsync, or the stop. Blocks in `write` and `fsync`.
+    /// Returns true once the writer is finished: stopped, or every `Topic` handle is gone.
+    pub(crate) fn turn(&mut self) -> bool {
+        // The due background fsync goes first, so a steady stream of appends cannot starve it.
+        if self
+            .writer
+            .sync_deadline()
+            .is_some_and(|deadline| deadline <= Instant::now())
+        {
+            self.writer.background_sync();
+        }
+        let command = match self.deferred.take() {
             Some(command) => command,
-            None => {
-                let deadline = writer.sync_deadline();
-                tokio::select! {
-                    // Biased towards the deadline so a steady stream of appends cannot starve
-                    // the background fsync of `Durability::Interval`.
-                    biased;
-                    () = sleep_until(deadline) => {
-                        match on_blocking_thread(writer, Writer::background_sync).await {
-                            Some((returned, ())) => writer = returned,
-                            None => return,
-                        }
-                        continue;
+            None => match self.commands.try_recv() {
+                Ok(command) => command,
+                Err(TryRecvError::Empty) => return false,
+                Err(TryRecvError::Disconnected) => {
+                    // Every handle is gone: flush what the policy left unsynced and stop.
+                    if let Err(error) = self.writer.final_sync() {
+                        tracing::error!(message = "Failed to fsync a topic on shutdown.", %error);
                     }
-                    command = commands.recv() => match command {
-                        Some(command) => command,
-                        None => {
-                            // Every handle is gone: flush what the policy left unsynced and stop.
-                            if let Some((_, Err(error))) = on_blocking_thread(writer, Writer::final_sync).await {
-                                tracing::error!(message = "Failed to fsync a topic on shutdown.", %error);
-                            }
-                            return;
-                        }
-                    },
+                    return true;
                 }
-            }
+            },
         };
         match command {
             Command::Append(first) => {
-                let mut group = vec![first];
-                let mut group_bytes = encoded_bytes(&group[0].records);
-                while group_bytes < MAX_GROUP_BYTES {
-                    match commands.try_recv() {
-                        Ok(Command::Append(request)) => {
-                            group_bytes += encoded_bytes(&request.records);
-                            group.push(request);
-                        }
-                        Ok(other) => {
-                            deferred = Some(other);
-                            break;
-                        }
-                        Err(_) => break,
-                    }
-                }
-                if writer.shared.watermark.borrow().status == Status::Deleted {
-                    // Queued before the delete's stop command: pending, so it fails too.
-                    for request in group {
-                        let error = LogError::NoSuchTopic(writer.shared.name.clone());
-                        let _ = request.ack.send(Err(error));
-                    }
-                    continue;
-                }
-                let batches: Vec<Vec<Bytes>> = group
-                    .iter_mut()
-                    .map(|request| std::mem::take(&mut request.records))
-                    .collect();
-                let written =
-                    on_blocking_thread(writer, move |writer| writer.write_group(&batches)).await;
-                let Some((returned, results)) = written else {
-                    return;
-                };
-                writer = returned;
-                // Publish before acking, so a producer can read its own record once acked.
-                writer.publish();
-                for (request, res) in group.into_iter().zip(results) {
-                    let _ = request.ack.send(res);
-                }
+                self.append_group(first);
+                false
             }
             Command::Stop { reason, done } => {
-                commands.close();
-                let shared = Arc::clone(&writer.shared);
+                self.commands.close();
                 let res = match reason {
-                    StopReason::Close => match on_blocking_thread(writer, Writer::close_sync).await
-                    {
-                        Some((_, res)) => res,
-                        None => Err(LogError::Closed),
-                    },
+                    StopReason::Close => self.writer.close_sync(),
                     StopReason::Delete => Ok(()),
                 };
                 // Appends that raced with the stop are refused rather than written.
-                while let Ok(command) = commands.try_recv() {
+                while let Ok(command) = self.commands.try_recv() {
                     let error = match reason {
                         StopReason::Close => LogError::Closed,
-                        StopReason::Delete => LogError::NoSuchTopic(shared.name.clone()),
+                        StopReason::Delete => {
+                            LogError::NoSuchTopic(self.writer.shared.name.clone())
+                        }
                     };
                     fail_command(command, error);
                 }
                 let _ = done.send(res);
-                return;
+                true
             }
+        }
+    }
+
+    /// Drains what is queued behind `first` (up to `MAX_GROUP_BYTES`), writes it as one group
+    /// and answers every append in it.
+    fn append_group(&mut self, first: AppendRequest) {
+        let mut group = vec![first];
+        let mut group_bytes = encoded_bytes(&group[0].records);
+        while group_bytes < MAX_GROUP_BYTES {
+            match self.commands.try_recv() {
+                Ok(Command::Append(request)) => {
+                    group_bytes += encoded_bytes(&request.records);
+                    group.push(request);
+                }
+                Ok(other) => {
+                    self.deferred = Some(other);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if self.writer.shared.watermark.borrow().status == Status::Deleted {
+            // Queued before the delete's stop command: pending, so it fails too.
+            for request in group {
+                let error = LogError::NoSuchTopic(self.writer.shared.name.clone());
+                let _ = request.ack.send(Err(error));
+            }
+            return;
+        }
+        let batches: Vec<Vec<Bytes>> = group
+            .iter_mut()
+            .map(|request| std::mem::take(&mut request.records))
+            .collect();
+        let results = self.writer.write_group(&batches);
+        // Publish before acking, so a producer can read its own record once acked.
+        self.writer.publish();
+        for (request, res) in group.into_iter().zip(results) {
+            let _ = request.ack.send(res);
         }
     }
 }
@@ -230,15 +273,17 @@ impl Writer {
         Writer {
             shared,
             active: Arc::clone(&active),
+            idx_file: CachedFile::new(active_state.idx_path.clone(), active_state.idx_file),
             idx_path: active_state.idx_path,
-            idx_file: active_state.idx_file,
             next_offset: active_state.next_offset,
             last_timestamp_ms: active_state.last_timestamp_ms,
             synced_len: active_state.synced_len,
             // Recovery and segment creation leave the file exactly as long as its records.
             file_len: active.len(),
             n_index_persisted: active_state.n_index_persisted,
+            n_index_synced: active_state.n_index_persisted,
             last_sync: Instant::now(),
+            dirs_unsynced: false,
             truncate_pending: None,
             buf: Vec::new(),
             fsync_seconds: metrics::histogram!("trellis_log_fsync_seconds"),
@@ -386,41 +431,50 @@ impl Writer {
     /// An fdatasync after an append that grows the file must also write the inode (its size), a
     /// second I/O that nearly doubled each group commit's latency. Overwriting bytes that are
     /// already allocated and on disk needs only the data I/O, so the file is grown in
-    /// `PREALLOC_BYTES` steps of zeros and only the commit that grows it pays for the inode.
-    /// Recovery reads an all-zero tail as the end of the records, not as damage.
+    /// steps of zeros and only the commit that grows it pays for the inode. A step is as large
+    /// as what the segment holds, between `MIN_PREALLOC_BYTES` and `PREALLOC_BYTES`: a busy
+    /// topic reaches full steps after a megabyte, while thousands of quiet topics cost little
+    /// disk. Recovery reads an all-zero tail as the end of the records, not as damage.
     fn ensure_allocated(&mut self, end: u64) -> std::io::Result<()> {
         if end <= self.file_len {
             return Ok(());
         }
-        let new_len = end + PREALLOC_BYTES;
+        let new_len = end + end.clamp(MIN_PREALLOC_BYTES, PREALLOC_BYTES);
+        let file = self.active.file.get()?;
         let mut position = self.file_len;
         while position < new_len {
             let n_bytes = ZEROS.len().min((new_len - position) as usize);
-            self.active.file.write_all_at(&ZEROS[..n_bytes], position)?;
+            file.write_all_at(&ZEROS[..n_bytes], position)?;
             position += n_bytes as u64;
         }
         self.file_len = new_len;
         Ok(())
     }
 
-    /// Cuts the zero-filled tail off the active segment and makes that durable, so sealed
-    /// segments and cleanly closed ones end exactly at their last record.
-    fn trim_active(&mut self) -> Result<(), LogError> {
+    /// Cuts the zero-filled tail off the active segment, so sealed segments and cleanly closed
+    /// ones end exactly at their last record. With `sync`, makes the cut durable: a sealed
+    /// segment must end at its records, while an active one whose cut is lost in a crash only
+    /// gets its zero tail back, which recovery reads as preallocated space. Closing thousands
+    /// of topics therefore costs no fsync for the cut.
+    fn trim_active(&mut self, sync: bool) -> Result<(), LogError> {
         let len = self.active.len();
         if self.file_len == len {
             return Ok(());
         }
         self.active
             .file
-            .set_len(len)
-            .and_then(|()| self.active.file.sync_data())
+            .get()
+            .and_then(|file| {
+                file.set_len(len)?;
+                if sync { file.sync_data() } else { Ok(()) }
+            })
             .map_err(|source| io_error(&self.active.path, source))?;
         self.file_len = len;
         Ok(())
     }
 
     fn write_at(&self, position: u64) -> std::io::Result<()> {
-        self.active.file.write_all_at(&self.buf, position)?;
+        self.active.file.get()?.write_all_at(&self.buf, position)?;
         #[cfg(test)]
         if self.shared.fail_next_write.swap(false, Ordering::AcqRel) {
             // Fail after the bytes are in the file, so the truncation is exercised too.
@@ -431,17 +485,34 @@ impl Writer {
 
     fn sync_active(&mut self) -> std::io::Result<()> {
         let started = Instant::now();
-        let res = self.active.file.sync_data();
+        let res = self.active.file.get().and_then(|file| file.sync_data());
         self.fsync_seconds.record(started.elapsed().as_secs_f64());
         self.shared.n_data_syncs.fetch_add(1, Ordering::AcqRel);
         self.last_sync = Instant::now();
-        res
+        res?;
+        if self.dirs_unsynced {
+            self.sync_dirs()?;
+        }
+        Ok(())
+    }
+
+    /// fsyncs the topic's directory and the log's, so the topic and its first segment survive
+    /// a power cut. Done by the first commit rather than at creation: on the writer threads,
+    /// where concurrent creations share journal commits, instead of one request at a time.
+    fn sync_dirs(&mut self) -> std::io::Result<()> {
+        let dir = lock(&self.shared.dir).clone();
+        File::open(&dir)?.sync_all()?;
+        if let Some(root) = dir.parent() {
+            File::open(root)?.sync_all()?;
+        }
+        self.dirs_unsynced = false;
+        Ok(())
     }
 
     /// Cuts the active segment back to `len` after a failed write or fsync, so no unacknowledged
     /// bytes stay in the file. If that fails too, every later write fails until it succeeds.
     fn truncate_to(&mut self, len: u64) {
-        match self.active.file.set_len(len) {
+        match self.active.file.get().and_then(|file| file.set_len(len)) {
             Ok(()) => self.file_len = len,
             Err(error) => {
                 tracing::error!(
@@ -460,7 +531,8 @@ impl Writer {
         };
         self.active
             .file
-            .set_len(len)
+            .get()
+            .and_then(|file| file.set_len(len))
             .map_err(|source| io_error(&self.active.path, source))?;
         self.file_len = len;
         self.truncate_pending = None;
@@ -479,7 +551,11 @@ impl Writer {
         let mut bytes = Vec::new();
         index::encode(&entries, &mut bytes);
         let position = (self.n_index_persisted * ENTRY_BYTES) as u64;
-        match self.idx_file.write_all_at(&bytes, position) {
+        match self
+            .idx_file
+            .get()
+            .and_then(|file| file.write_all_at(&bytes, position))
+        {
             Ok(()) => self.n_index_persisted += entries.len(),
             Err(error) => tracing::warn!(
                 message = "Failed to write a segment index; recovery will rebuild it.",
@@ -492,9 +568,9 @@ impl Writer {
     /// Seals the active segment (its data is already fsynced) and starts the next one.
     fn roll(&mut self) -> Result<(), LogError> {
         debug_assert_eq!(self.synced_len, self.active.len());
-        self.trim_active()?;
+        self.trim_active(true)?;
         self.persist_index();
-        if let Err(error) = self.idx_file.sync_data() {
+        if let Err(error) = self.sync_index() {
             tracing::warn!(
                 message = "Failed to fsync a segment index; recovery will rebuild it.",
                 %error,
@@ -516,14 +592,16 @@ impl Writer {
         drop(dir);
         self.active = segment;
         self.idx_path = new_files.idx_path;
-        self.idx_file = new_files.idx_file;
+        self.idx_file = CachedFile::new(self.idx_path.clone(), new_files.idx_file);
         self.synced_len = 0;
+        self.file_len = 0;
         self.n_index_persisted = 0;
+        self.n_index_synced = 0;
         Ok(())
     }
 
     /// When the background fsync of `Durability::Interval` is due, if there is anything to sync.
-    fn sync_deadline(&self) -> Option<Instant> {
+    pub(crate) fn sync_deadline(&self) -> Option<Instant> {
         match self.shared.config().durability {
             Durability::Interval(interval) if self.active.len() > self.synced_len => {
                 Some(self.last_sync + interval)
@@ -553,7 +631,7 @@ impl Writer {
     /// `final_sync`, then trims the zero-filled tail: a cleanly closed log ends at its records.
     fn close_sync(&mut self) -> Result<(), LogError> {
         self.final_sync()?;
-        self.trim_active()
+        self.trim_active(false)
     }
 
     /// Makes everything written durable, including the active segment's index. It leaves the
@@ -567,9 +645,18 @@ impl Writer {
             self.synced_len = len;
         }
         self.persist_index();
-        self.idx_file
-            .sync_data()
+        self.sync_index()
             .map_err(|source| io_error(&self.idx_path, source))
+    }
+
+    /// fsyncs the `.idx` file if it holds entries written since its last fsync.
+    fn sync_index(&mut self) -> std::io::Result<()> {
+        if self.n_index_synced == self.n_index_persisted {
+            return Ok(());
+        }
+        self.idx_file.get()?.sync_data()?;
+        self.n_index_synced = self.n_index_persisted;
+        Ok(())
     }
 
     /// Lets readers see everything written so far. Runs on the async side after the ack point.
@@ -593,32 +680,6 @@ fn fail_command(command: Command, error: LogError) {
         Command::Stop { done, .. } => {
             let _ = done.send(Ok(()));
         }
-    }
-}
-
-/// Runs `work` on the writer, handing the writer back. The writer has an OS thread of its own
-/// (see `topic.rs`), so blocking here delays nothing but this topic's own queue. `None` means the
-/// work panicked and the writer is lost; the writer then stops and later appends fail.
-async fn on_blocking_thread<R: Send + 'static>(
-    mut writer: Writer,
-    work: impl FnOnce(&mut Writer) -> R + Send + 'static,
-) -> Option<(Writer, R)> {
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut writer)));
-    match res {
-        Ok(out) => Some((writer, out)),
-        Err(_) => {
-            tracing::error!(
-                message = "A topic writer panicked; the topic stops accepting appends."
-            );
-            None
-        }
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
-        None => std::future::pending().await,
     }
 }
 

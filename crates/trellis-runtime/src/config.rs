@@ -22,6 +22,10 @@ pub struct RuntimeConfig {
     pub max_json_depth: usize,
     /// Publishing to a topic that does not exist creates it with `default_topic`.
     pub auto_create_topics: bool,
+    /// No topic is created (by a publish, `PUT` or a subscription) once this many exist; the
+    /// request is answered 409 `too_many_topics` (gRPC `FAILED_PRECONDITION`). Topics already
+    /// on disk are always opened, even beyond it.
+    pub max_topics: usize,
     /// Settings for topics created without explicit ones.
     pub default_topic: TopicSettings,
     /// How often retention runs over every topic.
@@ -73,6 +77,7 @@ impl Default for RuntimeConfig {
             max_batch_events: 10_000,
             max_json_depth: trellis_cloudevents::EventLimits::default().max_json_depth,
             auto_create_topics: true,
+            max_topics: 10_000,
             default_topic: TopicSettings::default(),
             retention_check_interval: Duration::from_secs(30),
             webhook_deny: trellis_delivery::guard::AddressGuard::default_deny_list(),

@@ -116,6 +116,10 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time to seal a full segment and start the next."
     );
+    metrics::describe_gauge!(
+        "trellis_log_open_files",
+        "Segment files held open; at most [topics] max_open_files, plus any pinned for readers."
+    );
     metrics::describe_gauge!(LOG_SIZE, metrics::Unit::Bytes, "Bytes on disk per topic.");
     metrics::describe_gauge!(
         TOPIC_NEXT_OFFSET,

@@ -65,6 +65,7 @@ pub async fn serve_with_grpc(
         Arc::clone(&meta),
         config.default_topic.clone(),
         config.auto_create_topics,
+        config.max_topics,
     )
     .await
     .map_err(|error| ServeError::Topics(error.message))?;

@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use trellis_log::{Durability, Log, Topic, TopicConfig};
 use trellis_meta::MetadataStore;
 
+use axum::http::StatusCode;
+
 use crate::error::{ApiError, error_chain};
 
 const TOPIC_KEY_PREFIX: &str = "/topics/";
@@ -224,7 +226,9 @@ pub(crate) struct TopicRegistry {
     meta: Arc<dyn MetadataStore>,
     defaults: TopicSettings,
     auto_create: bool,
-    /// Serialises admin changes so the metadata store and the log agree; publishing never takes it.
+    max_topics: usize,
+    /// Serialises admin changes and topic creations (a publish's too) so the metadata store and
+    /// the log agree and `max_topics` holds; publishing to an existing topic never takes it.
     admin: Arc<tokio::sync::Mutex<()>>,
     /// The incarnation of every topic the log holds. An entry is added after the log's topic is
     /// created and removed before it is deleted, so an entry always speaks for the topic there.
@@ -248,6 +252,7 @@ impl TopicRegistry {
         meta: Arc<dyn MetadataStore>,
         defaults: TopicSettings,
         auto_create: bool,
+        max_topics: usize,
     ) -> Result<TopicRegistry, ApiError> {
         let stored = meta
             .range(TOPIC_KEY_PREFIX)
@@ -309,6 +314,7 @@ impl TopicRegistry {
             meta,
             defaults,
             auto_create,
+            max_topics,
             admin: Arc::default(),
             incarnations: Arc::new(RwLock::new(incarnations)),
             changes: Arc::new(watch::Sender::new(0)),
@@ -361,7 +367,35 @@ impl TopicRegistry {
             return Err(no_such_topic(name)
                 .with_hint("create it with PUT /v1/topics/{topic} (auto_create_topics is off)"));
         }
-        Ok(())
+        self.check_room(name)
+    }
+
+    /// Refuses to create `name` once `max_topics` topics exist.
+    fn check_room(&self, name: &str) -> Result<(), ApiError> {
+        if self.log.n_topics() < self.max_topics {
+            return Ok(());
+        }
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "too_many_topics",
+            format!(
+                "cannot create topic {:?}: {} topics exist, the most this node allows (max_topics); delete topics or raise the limit",
+                truncated(name),
+                self.max_topics
+            ),
+        ))
+    }
+
+    /// The topic, created with `config` unless it exists, within `max_topics`. Callers hold the
+    /// admin lock, so concurrent creations cannot pass the limit together.
+    fn create(&self, name: &str, config: TopicConfig) -> Result<Topic, ApiError> {
+        if let Some(topic) = self.log.topic(name) {
+            return Ok(topic);
+        }
+        self.check_room(name)?;
+        self.log
+            .get_or_create_topic(name, config)
+            .map_err(|error| ApiError::internal("creating a topic", &error))
     }
 
     /// The topic to append a validated publish to, created with the defaults if auto-creation is
@@ -377,6 +411,7 @@ impl TopicRegistry {
         }
         // The record first: a crash before the log's topic exists leaves a record that the next
         // start turns into an empty topic of this incarnation.
+        self.check_room(name)?;
         let incarnation = Incarnation::fresh();
         self.store_record(
             name,
@@ -387,10 +422,7 @@ impl TopicRegistry {
             },
         )
         .await?;
-        let topic = self
-            .log
-            .get_or_create_topic(name, self.defaults.to_log_config())
-            .map_err(|error| ApiError::internal("creating a topic", &error))?;
+        let topic = self.create(name, self.defaults.to_log_config())?;
         self.set_incarnation(name, Some(incarnation));
         Ok(topic)
     }
@@ -429,6 +461,10 @@ impl TopicRegistry {
         settings
             .validate()
             .map_err(|message| ApiError::bad_request("invalid_settings", message))?;
+        if existing.is_none() {
+            // Before the record is stored, so a refused topic leaves nothing behind.
+            self.check_room(name)?;
+        }
         // Creations take the admin lock (a publish's too), so the topic cannot appear meanwhile.
         let incarnation = match &existing {
             Some(_) => self
@@ -451,10 +487,7 @@ impl TopicRegistry {
                 Ok((PutOutcome::Updated, topic))
             }
             None => {
-                let topic = self
-                    .log
-                    .get_or_create_topic(name, settings.to_log_config())
-                    .map_err(|error| ApiError::internal("creating a topic", &error))?;
+                let topic = self.create(name, settings.to_log_config())?;
                 topic.set_config(settings.to_log_config());
                 self.set_incarnation(name, Some(incarnation));
                 Ok((PutOutcome::Created, topic))
@@ -514,6 +547,11 @@ pub(crate) fn settings_of(config: &TopicConfig) -> TopicSettings {
         retention_ms: config.retention_age.map_or(0, |age| age.as_millis() as u64),
         retention_bytes: config.retention_bytes.unwrap_or(0),
     }
+}
+
+/// A name as echoed in a message: valid names are short, but keep messages bounded anyway.
+fn truncated(name: &str) -> String {
+    name.chars().take(64).collect()
 }
 
 fn topic_key(name: &str) -> String {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use trellis_log::LogResources;
 use trellis_runtime::{
     ConnectionLimits, DurabilityPolicy, RuntimeConfig, TopicSettings, WebhookTls,
 };
@@ -41,6 +42,19 @@ struct FileConfig {
     dedup: FileDedup,
     #[serde(default)]
     grpc: FileGrpc,
+    #[serde(default)]
+    topics: FileTopics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTopics {
+    /// No topic is created once this many exist.
+    max_topics: Option<usize>,
+    /// Threads that write and fsync, shared by every topic.
+    writer_threads: Option<usize>,
+    /// Segment files kept open at once.
+    max_open_files: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +131,7 @@ pub(crate) struct Settings {
     pub(crate) log_level: String,
     pub(crate) log_format: LogFormat,
     pub(crate) runtime: RuntimeConfig,
+    pub(crate) log_resources: LogResources,
 }
 
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:10105";
@@ -184,6 +199,7 @@ impl Settings {
                 .auto_create_topics
                 .or(file.http.auto_create_topics)
                 .unwrap_or(defaults.auto_create_topics),
+            max_topics: file.topics.max_topics.unwrap_or(defaults.max_topics),
             default_topic: topic,
             retention_check_interval: defaults.retention_check_interval,
             webhook_deny: match &file.delivery.webhook_deny {
@@ -273,6 +289,31 @@ impl Settings {
                 "dedup.max_entries must be at least 1; got 0 (to turn deduplication off, set dedup.window_ms = 0)"
             );
         }
+        if runtime.max_topics == 0 {
+            bail!("topics.max_topics must be at least 1; got 0");
+        }
+        let log_resources = LogResources {
+            writer_threads: file
+                .topics
+                .writer_threads
+                .unwrap_or(trellis_log::DEFAULT_WRITER_THREADS),
+            max_open_files: file
+                .topics
+                .max_open_files
+                .unwrap_or(trellis_log::DEFAULT_MAX_OPEN_FILES),
+        };
+        if !(1..=64).contains(&log_resources.writer_threads) {
+            bail!(
+                "topics.writer_threads must be between 1 and 64; got {}",
+                log_resources.writer_threads
+            );
+        }
+        if log_resources.max_open_files < 16 {
+            bail!(
+                "topics.max_open_files must be at least 16; got {}",
+                log_resources.max_open_files
+            );
+        }
         let http_addr = args
             .http_addr
             .clone()
@@ -301,6 +342,7 @@ impl Settings {
                 .or(file.log.format)
                 .unwrap_or(LogFormat::Pretty),
             runtime,
+            log_resources,
         })
     }
 }

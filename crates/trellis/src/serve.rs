@@ -17,11 +17,18 @@ use trellis_meta::EmbeddedStore;
 use crate::cli::ServeArgs;
 use crate::config::Settings;
 
+/// Blocking-pool threads at most: segment reads are short positional reads, mostly from the
+/// page cache, so a few threads keep up, and the process stays at a few dozen threads in all.
+const MAX_BLOCKING_THREADS: usize = 16;
+
 pub(crate) fn run(args: ServeArgs) -> anyhow::Result<()> {
     let settings = Settings::resolve(&args)?;
     let _flush_logs_on_return = crate::logging::init(&settings.log_level, settings.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Reads, retention and the dedup rebuild run on blocking threads; 512 of them (tokio's
+        // default) under many readers of many topics would cost far more than they overlap.
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .build()
         .context("cannot start the async runtime")?;
     let stopped = runtime.block_on(serve(settings));
@@ -57,10 +64,13 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
 
     // Before the log opens, so what recovery counts reaches /metrics.
     trellis_runtime::install_metrics_recorder();
-    let log = Log::open(LogOptions {
-        dir: data_dir.join("log"),
-        default_topic: settings.runtime.default_topic.to_log_config(),
-    })
+    let log = Log::open_with(
+        LogOptions {
+            dir: data_dir.join("log"),
+            default_topic: settings.runtime.default_topic.to_log_config(),
+        },
+        &settings.log_resources,
+    )
     .with_context(|| {
         format!(
             "cannot open the event log in {}",

@@ -11,6 +11,9 @@
 //! number of events that way), and `--send-time-header` stamps each request with its wall-clock
 //! send time, so a receiver downstream of the server can time the whole path.
 //!
+//! `--topics N` spreads the requests over N URLs: `{topic}` in `--url` becomes `0` to `N - 1`,
+//! taken in turn by every request of every connection (`bench/topics.sh`).
+//!
 //! It runs on the same cores as the server it measures, so the hot loop avoids allocating where
 //! that is easy: the body and headers are built once and shared by reference count.
 //! It deliberately speaks only plain HTTP/1.1: no TLS, no HTTP/2, no redirects.
@@ -87,6 +90,10 @@ struct Args {
     /// Print one JSON object on stdout; the human line then goes to stderr.
     #[arg(long)]
     json: bool,
+    /// Replace `{topic}` in `--url` with 0 to N-1 in turn, one per request over all
+    /// connections, e.g. `--url 'http://127.0.0.1:8080/v1/topics/t-{topic}/events' --topics 100`.
+    #[arg(long, value_name = "N")]
+    topics: Option<u64>,
     /// Runtime worker threads; one per core by default.
     #[arg(long)]
     threads: Option<usize>,
@@ -100,6 +107,9 @@ const TIMER_SLACK: Duration = Duration::from_millis(2);
 
 const CE_ID: HeaderName = HeaderName::from_static("ce-id");
 
+/// What `--topics` replaces in `--url`.
+const TOPIC_PLACEHOLDER: &str = "{topic}";
+
 /// Upper bound for `--duration` and `--warmup`: one week.
 const MAX_PHASE_SECS: f64 = 7.0 * 24.0 * 3600.0;
 
@@ -111,8 +121,11 @@ struct Target {
     /// `host:port`, as `TcpStream::connect` takes it.
     connect_addr: String,
     method: Method,
-    /// The origin-form request target (`/v1/topics/t/events`), with `Host` in `headers`.
-    path: Uri,
+    /// The origin-form request targets (`/v1/topics/t/events`), with `Host` in `headers`: one,
+    /// or one per topic with `--topics`.
+    paths: Vec<Uri>,
+    /// Which of `paths` the next request takes, over all connections.
+    next_path: AtomicU64,
     headers: HeaderMap,
     body: Bytes,
     ce_binary: bool,
@@ -180,8 +193,19 @@ fn main() -> anyhow::Result<()> {
 
 fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
     let example = "http://127.0.0.1:8080/v1/topics/t/events";
-    let url: Uri = args
-        .url
+    let has_placeholder = args.url.contains(TOPIC_PLACEHOLDER);
+    match args.topics {
+        Some(0) => bail!("--topics must be at least 1; got 0"),
+        Some(_) if !has_placeholder => {
+            bail!(
+                "--topics needs `{TOPIC_PLACEHOLDER}` in --url, e.g. `http://127.0.0.1:8080/v1/topics/t-{TOPIC_PLACEHOLDER}/events`"
+            )
+        }
+        None if has_placeholder => bail!("`{TOPIC_PLACEHOLDER}` in --url needs --topics"),
+        _ => {}
+    }
+    let url_of = |topic: u64| args.url.replace(TOPIC_PLACEHOLDER, &topic.to_string());
+    let url: Uri = url_of(0)
         .parse()
         .with_context(|| format!("--url must be a URL, e.g. `{example}`; got `{}`", args.url))?;
     if url.scheme_str() != Some("http") {
@@ -201,11 +225,18 @@ fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
         authority.host(),
         authority.port_u16().unwrap_or(80)
     );
-    let path: Uri = url
-        .path_and_query()
-        .map_or("/", |path_and_query| path_and_query.as_str())
-        .parse()
-        .with_context(|| format!("--url has an invalid path: `{}`", args.url))?;
+    let mut paths = Vec::new();
+    for topic in 0..args.topics.unwrap_or(1) {
+        let url: Uri = url_of(topic)
+            .parse()
+            .with_context(|| format!("--url has an invalid path: `{}`", args.url))?;
+        let path: Uri = url
+            .path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str())
+            .parse()
+            .with_context(|| format!("--url has an invalid path: `{}`", args.url))?;
+        paths.push(path);
+    }
 
     let mut headers = HeaderMap::new();
     let host = HeaderValue::from_str(authority.as_str())
@@ -257,7 +288,8 @@ fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
     let target = Target {
         connect_addr,
         method: args.method.clone(),
-        path,
+        paths,
+        next_path: AtomicU64::new(0),
         headers,
         body,
         ce_binary: args.ce_binary,
@@ -529,7 +561,8 @@ fn build_request(
 ) -> Request<Full<Bytes>> {
     let mut request = Request::new(Full::new(target.body.clone()));
     *request.method_mut() = target.method.clone();
-    *request.uri_mut() = target.path.clone();
+    let path_idx = target.next_path.fetch_add(1, Ordering::Relaxed) % target.paths.len() as u64;
+    *request.uri_mut() = target.paths[path_idx as usize].clone();
     *request.headers_mut() = target.headers.clone();
     if target.ce_binary {
         ce_id.clear();

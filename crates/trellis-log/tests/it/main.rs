@@ -10,6 +10,7 @@ mod observability;
 mod recovery;
 mod retention;
 mod roundtrip;
+mod writer_pool;
 
 use std::path::{Path, PathBuf};
 

@@ -71,6 +71,8 @@ pub(crate) fn status_of(error: &ApiError) -> Status {
         StatusCode::BAD_REQUEST => Status::invalid_argument(message),
         StatusCode::NOT_FOUND => Status::not_found(message),
         StatusCode::PAYLOAD_TOO_LARGE => Status::failed_precondition(message),
+        // The node's state refuses it (the topic limit, say) until an operator acts: no retry.
+        StatusCode::CONFLICT => Status::failed_precondition(message),
         StatusCode::SERVICE_UNAVAILABLE => Status::unavailable(message),
         StatusCode::TOO_MANY_REQUESTS => Status::resource_exhausted(message),
         _ => Status::internal(message),

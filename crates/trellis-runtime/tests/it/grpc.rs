@@ -123,6 +123,34 @@ async fn a_bad_topic_name_is_invalid_argument() {
 }
 
 #[tokio::test]
+async fn a_topic_beyond_max_topics_is_failed_precondition() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = RuntimeConfig {
+        max_topics: 1,
+        ..RuntimeConfig::default()
+    };
+    let server = Server::start(dir.path(), config).await;
+    assert_eq!(
+        stored(&publish(&server, "first", &["a"]).await, 0),
+        (0, false)
+    );
+    let status = server
+        .grpc_client()
+        .await
+        .publish(batch(1, "second", &["a"]))
+        .await
+        .expect_err("refused");
+    // Not RESOURCE_EXHAUSTED: the SDK would retry that, and only an operator can make room.
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert!(
+        status.message().contains("max_topics"),
+        "{}",
+        status.message()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn duplicates_are_flagged_with_the_first_offset() {
     let (_dir, server) = server().await;
     publish(&server, "t", &["a"]).await;

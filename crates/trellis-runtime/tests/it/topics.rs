@@ -262,3 +262,63 @@ async fn retention_moves_the_first_offset_and_older_reads_get_410() {
     assert_eq!(events[0]["offset"], first_offset);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn no_topic_is_created_beyond_max_topics() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = RuntimeConfig {
+        max_topics: 2,
+        ..RuntimeConfig::default()
+    };
+    let server = Server::start(dir.path(), config).await;
+    assert_eq!(server.put("/v1/topics/a", "{}").await.0, 201);
+    assert_eq!(server.publish_binary("b", "1", "x").await.0, 202);
+
+    // Auto-creation by a publish and creation by PUT are both refused, with the limit named.
+    let message = assert_error(
+        &server.publish_binary("c", "1", "x").await,
+        409,
+        "too_many_topics",
+    );
+    assert!(message.contains("max_topics"), "{message}");
+    assert_error(
+        &server.put("/v1/topics/c", "{}").await,
+        409,
+        "too_many_topics",
+    );
+    assert_eq!(server.get("/v1/topics/c").await.0, 404);
+
+    // Existing topics still take events and settings.
+    assert_eq!(server.publish_binary("a", "1", "x").await.0, 202);
+    assert_eq!(
+        server
+            .put("/v1/topics/b", r#"{"retention_ms": 60000}"#)
+            .await
+            .0,
+        200
+    );
+    // Deleting one makes room again.
+    assert_eq!(server.delete("/v1/topics/a").await.0, 204);
+    assert_eq!(server.publish_binary("c", "1", "x").await.0, 202);
+    server.stop().await;
+
+    // The refused PUT left no settings behind: after a restart there are still two topics.
+    let server = Server::start(
+        dir.path(),
+        RuntimeConfig {
+            max_topics: 2,
+            ..RuntimeConfig::default()
+        },
+    )
+    .await;
+    let (status, listed) = server.get("/v1/topics").await;
+    assert_eq!(status, 200, "{listed}");
+    let names: Vec<&str> = listed["topics"]
+        .as_array()
+        .expect("a topic list")
+        .iter()
+        .filter_map(|topic| topic["name"].as_str())
+        .collect();
+    assert_eq!(names, ["b", "c"]);
+    server.stop().await;
+}

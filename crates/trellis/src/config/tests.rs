@@ -238,3 +238,31 @@ fn the_json_depth_limit_comes_from_the_file_and_must_be_positive() {
         "{error:#}"
     );
 }
+
+#[test]
+fn topic_limits_come_from_the_file_and_nonsense_is_refused() {
+    let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
+    assert_eq!(defaults.runtime.max_topics, 10_000);
+    assert_eq!(defaults.log_resources, LogResources::default());
+
+    let file =
+        config_file("[topics]\nmax_topics = 50000\nwriter_threads = 2\nmax_open_files = 100\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let from_file = Settings::resolve(&args(&["--config", path])).expect("file resolves");
+    assert_eq!(from_file.runtime.max_topics, 50_000);
+    assert_eq!(from_file.log_resources.writer_threads, 2);
+    assert_eq!(from_file.log_resources.max_open_files, 100);
+
+    for (text, key) in [
+        ("[topics]\nmax_topics = 0\n", "topics.max_topics"),
+        ("[topics]\nwriter_threads = 0\n", "topics.writer_threads"),
+        ("[topics]\nmax_open_files = 3\n", "topics.max_open_files"),
+    ] {
+        let file = config_file(text);
+        let path = file.path().to_str().expect("utf-8 path");
+        let message = Settings::resolve(&args(&["--config", path]))
+            .expect_err("refused")
+            .to_string();
+        assert!(message.contains(key), "{message}");
+    }
+}
