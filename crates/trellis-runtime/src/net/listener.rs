@@ -98,6 +98,9 @@ impl Listener {
                             );
                         }
                         drop(stream);
+                        // A flood of refusals is ready all at once; yielding after each lets the
+                        // connected clients' requests run between them instead of after the lot.
+                        tokio::task::yield_now().await;
                         continue;
                     };
                     // Answers are small and clients wait for each one: never let Nagle's
