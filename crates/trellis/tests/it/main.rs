@@ -8,6 +8,7 @@ mod crash;
 mod damage;
 mod delivery_faults;
 mod delivery_scenarios;
+mod delivery_tls;
 mod grpc;
 mod publish_cli;
 mod subscriptions;
