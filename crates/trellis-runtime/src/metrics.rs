@@ -54,8 +54,6 @@ pub(crate) fn handle() -> PrometheusHandle {
                 );
             }
             describe();
-            crate::grpc::describe_metrics();
-            crate::net::describe_metrics();
             handle
         })
         .clone()
@@ -124,10 +122,6 @@ fn describe() {
     metrics::describe_gauge!(
         TOPIC_NEXT_OFFSET,
         "The offset the next event of the topic will get."
-    );
-    metrics::describe_gauge!(
-        crate::subscriptions::WAITING_FOR_TOPIC,
-        "1 while the subscription waits for its topic, deleted or not yet created, to exist."
     );
 }
 

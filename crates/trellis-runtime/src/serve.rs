@@ -84,6 +84,10 @@ pub async fn serve_with_grpc(
         .map_err(|error| ServeError::Subscriptions(error.message))?,
     );
     let metrics = crate::metrics::handle();
+    // Each module describes its own metrics, so that `metrics` depends on none of them.
+    crate::grpc::describe_metrics();
+    crate::net::describe_metrics();
+    crate::subscriptions::describe_metrics();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let publish_metrics = crate::metrics::PublishMetrics::new();
     let publisher = Arc::new(Publisher::new(

@@ -22,6 +22,13 @@ use crate::topics::{Incarnation, TopicRegistry};
 /// 1 while a subscription waits for its topic to exist, so a stranded one can be alerted on.
 pub(crate) const WAITING_FOR_TOPIC: &str = "trellis_subscription_waiting_for_topic";
 
+pub(crate) fn describe_metrics() {
+    metrics::describe_gauge!(
+        WAITING_FOR_TOPIC,
+        "1 while the subscription waits for its topic, deleted or not yet created, to exist."
+    );
+}
+
 /// What the status shows beyond the dispatcher's figures.
 pub(crate) struct Lifecycle {
     /// Set while the subscription waits for its topic: why.

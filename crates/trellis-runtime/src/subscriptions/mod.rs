@@ -32,7 +32,7 @@ use crate::error::ApiError;
 use crate::topics::TopicRegistry;
 use dead_letter::DeadLetterTarget;
 use dispatcher::{DispatcherStats, Outcome, ToDispatcher};
-pub(crate) use lifecycle::WAITING_FOR_TOPIC;
+pub(crate) use lifecycle::describe_metrics;
 use lifecycle::{Lifecycle, Supervisor};
 use redrive::RedriveStats;
 use spec::{Start, SubscriptionSpec, field_error, reject_unknown};

@@ -663,3 +663,42 @@ async fn a_topic_a_group_reads_is_deleted_only_when_forced_and_the_group_starts_
     assert_eq!(member.delivery().await.offset, 0);
     server.stop().await;
 }
+
+/// Each module describes its own metrics; `/metrics` shows the help text of every family, from
+/// the publish core, the listeners, the subscriptions and the consumer groups alike.
+#[tokio::test]
+async fn metrics_carry_the_help_text_of_every_module() {
+    let (_dir, server) = server().await;
+    publish_n(&server, "described", 1).await;
+    let (code, body) = server
+        .post(
+            "/v1/subscriptions",
+            "application/json",
+            serde_json::json!({
+                "name": "described",
+                "topic": "described",
+                "sink": {"urls": ["http://127.0.0.1:9/hook"]},
+            })
+            .to_string(),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let _member = join(
+        &server,
+        subscription("described", "g", GroupMode::Clustering),
+    )
+    .await;
+    let text = server.metrics().await;
+    for help in [
+        "# HELP trellis_publish_requests_total Publish requests by outcome",
+        "# HELP trellis_connections_accepted_total Connections accepted and served",
+        "# HELP trellis_subscription_waiting_for_topic 1 while the subscription waits",
+        "# HELP trellis_group_members Connected consumer-group members.",
+    ] {
+        assert!(
+            text.contains(help),
+            "{help:?} missing from /metrics:\n{text}"
+        );
+    }
+    server.stop().await;
+}
