@@ -147,7 +147,13 @@ pub(crate) async fn delete(
     })?;
     state
         .subscriptions
-        .delete_topic(&name, query.force, &state.groups)
+        .delete_topic(&name, query.force, async {
+            let groups = state.groups.using_topic(&name).await;
+            groups
+                .iter()
+                .map(|group| format!("consumer group {group:?}"))
+                .collect()
+        })
         .await?;
     state.publisher.forget_topic(&name);
     Ok(StatusCode::NO_CONTENT)

@@ -343,14 +343,16 @@ impl SubscriptionRegistry {
     }
 
     /// Refuses with 409, naming them, while subscriptions (as their topic or their dead-letter
-    /// topic) or consumer groups with members use the topic, unless `force`. A forced delete
-    /// leaves the subscriptions waiting for the topic's next incarnation. Holding the
-    /// subscriptions' lock keeps a subscription from being created meanwhile.
+    /// topic) or the users `other_users` names (consumer groups with members, say) use the
+    /// topic, unless `force`. A forced delete leaves the subscriptions waiting for the topic's
+    /// next incarnation. Holding the subscriptions' lock keeps a subscription from being created
+    /// meanwhile; `other_users` is awaited under it. The caller passes the other users in, so
+    /// that subscriptions need not know the gRPC consumer groups.
     pub(crate) async fn delete_topic(
         &self,
         name: &str,
         force: bool,
-        groups: &crate::grpc::GroupRegistry,
+        other_users: impl Future<Output = Vec<String>>,
     ) -> Result<(), ApiError> {
         self.topics.get(name)?;
         let running = self.running.lock().await;
@@ -370,12 +372,7 @@ impl SubscriptionRegistry {
                 }
             })
             .collect();
-        let group_users = groups.using_topic(name).await;
-        users.extend(
-            group_users
-                .iter()
-                .map(|group| format!("consumer group {group:?}")),
-        );
+        users.extend(other_users.await);
         if !users.is_empty() && !force {
             return Err(ApiError::new(
                 http::StatusCode::CONFLICT,
