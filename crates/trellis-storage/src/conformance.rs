@@ -558,7 +558,7 @@ pub async fn error_cases(store: &dyn EventStore) {
     assert!(matches!(empty, Err(StorageError::EmptyAppend)));
     let huge = topic
         .append(vec![
-            plain("small"),
+            keyed(9, "small"),
             AppendRecord::new(vec![0u8; 65 * 1024 * 1024]),
         ])
         .await;
@@ -570,6 +570,11 @@ pub async fn error_cases(store: &dyn EventStore) {
         topic.info().await.expect("info").next_offset,
         0,
         "a failed batch stores nothing"
+    );
+    assert_eq!(
+        append(&*topic, vec![keyed(9, "small")]).await,
+        vec![AppendOutcome::Stored(0)],
+        "a failed batch leaves its keys free for the retry"
     );
     assert!(
         store
