@@ -324,6 +324,16 @@ pub async fn delete_and_recreate(store: &dyn EventStore) {
         matches!(answer, Err(StorageError::NoSuchTopic(_))),
         "reading through an old handle fails, got {answer:?}"
     );
+    let answer = old.info().await;
+    assert!(
+        matches!(answer, Err(StorageError::NoSuchTopic(_))),
+        "an old handle's info fails, got {answer:?}"
+    );
+    let answer = old.configure(fast()).await;
+    assert!(
+        matches!(answer, Err(StorageError::NoSuchTopic(_))),
+        "configuring through an old handle fails, got {answer:?}"
+    );
 
     let new = create(store, name, fast()).await;
     let info = new.info().await.expect("info");

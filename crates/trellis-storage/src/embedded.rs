@@ -45,7 +45,8 @@ pub struct EmbeddedOptions {
     pub max_open_files: usize,
     /// How long a key is remembered; zero turns deduplication off.
     pub dedup_window: Duration,
-    /// The most keys remembered per topic; the oldest are forgotten first.
+    /// The most keys remembered per topic (not over all topics, unlike the runtime's own index
+    /// today); the oldest are forgotten first.
     pub dedup_max_entries: usize,
     pub key_of: Option<KeyOf>,
 }
@@ -224,7 +225,8 @@ impl TopicStore for EmbeddedTopic {
     }
 
     async fn info(&self) -> Result<TopicInfo, StorageError> {
-        // A deleted topic's handle must not report the topic as present.
+        // A deleted topic's handle must not report the topic as present; a read past the end
+        // says so without touching the disk.
         self.state.log.read_page(u64::MAX, 0, 0)?;
         Ok(info_of(&self.state.log))
     }
