@@ -1,6 +1,6 @@
 //! The embedded backend: topics in a `trellis-log` on the local disk.
 //!
-//! Deduplication here is a window-based index in memory, one per topic (see `dedup`): a batch's
+//! Deduplication here is a window-based index in memory, shared by all topics (see `dedup`): a batch's
 //! keys are looked up and reserved before its fresh records go to the log as one all-or-nothing
 //! append, and stored with their offsets once the log acknowledges. An append that meets a key
 //! another append holds waits for that one to finish, so concurrent copies of one event are
@@ -12,6 +12,7 @@ mod dedup;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -45,8 +46,8 @@ pub struct EmbeddedOptions {
     pub max_open_files: usize,
     /// How long a key is remembered; zero turns deduplication off.
     pub dedup_window: Duration,
-    /// The most keys remembered per topic (not over all topics, unlike the runtime's own index
-    /// today); the oldest are forgotten first.
+    /// The most keys remembered over all topics; the oldest are forgotten first. After a
+    /// restart, each topic's last this many records are read back, at most.
     pub dedup_max_entries: usize,
     pub key_of: Option<KeyOf>,
 }
@@ -59,8 +60,8 @@ impl EmbeddedOptions {
             default_settings: TopicSettings::default(),
             writer_threads: resources.writer_threads,
             max_open_files: resources.max_open_files,
-            dedup_window: Duration::from_secs(300),
-            dedup_max_entries: 100_000,
+            dedup_window: Duration::from_secs(10 * 60),
+            dedup_max_entries: 1_000_000,
             key_of: None,
         }
     }
@@ -81,7 +82,9 @@ impl std::fmt::Debug for EmbeddedOptions {
 pub struct EmbeddedStore {
     log: Log,
     dedup_window: Duration,
-    dedup_max_entries: usize,
+    index: Arc<Mutex<DedupIndex>>,
+    /// The incarnation the next topic state gets.
+    next_incarnation: AtomicU64,
     key_of: Option<KeyOf>,
     /// One state per existing topic, so every handle on a topic shares its dedup index. Async,
     /// because creating and deleting a topic must not interleave with looking it up.
@@ -90,7 +93,9 @@ pub struct EmbeddedStore {
 
 struct TopicState {
     log: trellis_log::Topic,
-    index: Mutex<DedupIndex>,
+    /// Files this topic's keys apart from those of any earlier topic of the same name.
+    incarnation: u64,
+    index: Arc<Mutex<DedupIndex>>,
     loaded: OnceCell<()>,
     key_of: Option<KeyOf>,
 }
@@ -118,16 +123,26 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             log,
             dedup_window: options.dedup_window,
-            dedup_max_entries: options.dedup_max_entries,
+            index: Arc::new(Mutex::new(DedupIndex::new(
+                options.dedup_window,
+                options.dedup_max_entries,
+            ))),
+            next_incarnation: AtomicU64::new(0),
             key_of: options.key_of,
             topics: tokio::sync::Mutex::new(HashMap::new()),
         })
     }
 
+    /// Stored keys the duplicate index remembers, over all topics.
+    pub fn remembered_keys(&self) -> usize {
+        lock(&self.index).len()
+    }
+
     fn new_state(&self, log: trellis_log::Topic) -> Arc<TopicState> {
         Arc::new(TopicState {
             log,
-            index: Mutex::new(DedupIndex::new(self.dedup_window, self.dedup_max_entries)),
+            incarnation: self.next_incarnation.fetch_add(1, Ordering::Relaxed),
+            index: Arc::clone(&self.index),
             loaded: OnceCell::new(),
             key_of: self.key_of.clone(),
         })
@@ -310,7 +325,11 @@ impl Reservations {
         let now = now_ms();
         let mut index = lock(&self.state.index);
         for (key, fresh) in &self.keys {
-            index.store(*key, first_offset + *fresh as u64, now);
+            index.store(
+                (self.state.incarnation, *key),
+                first_offset + *fresh as u64,
+                now,
+            );
         }
         self.kept = true;
     }
@@ -323,7 +342,7 @@ impl Drop for Reservations {
         }
         let mut index = lock(&self.state.index);
         for (key, _) in &self.keys {
-            index.abandon(key, &self.waiter);
+            index.abandon(&(self.state.incarnation, *key), &self.waiter);
         }
     }
 }
@@ -355,14 +374,14 @@ impl TopicState {
                         plan.push(Plan::InBatch(fresh));
                         continue;
                     }
-                    match index.lookup(&key, now) {
+                    match index.lookup(&(self.incarnation, key), now) {
                         Lookup::Stored(offset) => plan.push(Plan::Duplicate(offset)),
                         Lookup::Pending(other) => {
                             held_elsewhere = Some(other);
                             break;
                         }
                         Lookup::Absent => {
-                            index.reserve(key, waiter.clone());
+                            index.reserve((self.incarnation, key), waiter.clone());
                             keys.push((key, n_fresh));
                             in_batch.insert(key, n_fresh);
                             plan.push(Plan::Fresh(n_fresh));
@@ -483,7 +502,7 @@ impl TopicState {
             };
             let mut index = lock(&self.index);
             for (key, offset, at_ms) in keys {
-                index.remember(key, offset, at_ms);
+                index.remember((self.incarnation, key), offset, at_ms);
             }
             drop(index);
             match next {

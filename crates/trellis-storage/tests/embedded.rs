@@ -86,23 +86,38 @@ async fn a_key_is_forgotten_after_the_window() {
 }
 
 #[tokio::test]
-async fn the_oldest_keys_are_forgotten_beyond_the_capacity() {
+async fn the_oldest_keys_are_forgotten_beyond_the_capacity_over_all_topics() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path(), |options| options.dedup_max_entries = 3);
-    let topic = store
-        .create_topic("capacity", fast())
+    let first = store.create_topic("first", fast()).await.expect("create");
+    let second = store.create_topic("second", fast()).await.expect("create");
+    first
+        .append(vec![keyed(0, "x"), keyed(1, "x")])
         .await
-        .expect("create");
-    let keys: Vec<AppendRecord> = (0..5).map(|key| keyed(key, "x")).collect();
-    topic.append(keys).await.expect("append");
-    let again = topic
-        .append(vec![keyed(0, "x"), keyed(4, "x")])
+        .expect("append");
+    second
+        .append(vec![keyed(0, "x"), keyed(1, "x")])
+        .await
+        .expect("append");
+    assert_eq!(
+        store.remembered_keys(),
+        3,
+        "the capacity bounds all topics together"
+    );
+    let again = first
+        .append(vec![keyed(0, "x"), keyed(1, "x")])
         .await
         .expect("append");
     assert_eq!(
         again,
-        vec![AppendOutcome::Stored(5), AppendOutcome::Duplicate(4)],
-        "the oldest key is forgotten, the newest remembered"
+        vec![AppendOutcome::Stored(2), AppendOutcome::Duplicate(1)],
+        "the oldest key is forgotten, newer ones remembered"
+    );
+    let again = second.append(vec![keyed(1, "x")]).await.expect("append");
+    assert_eq!(
+        again,
+        vec![AppendOutcome::Duplicate(1)],
+        "topics keep their keys apart"
     );
 }
 

@@ -1,10 +1,12 @@
-//! One topic's memory of the keys it stored recently, for the embedded backend.
+//! The embedded backend's memory of the keys its topics stored recently.
 //!
 //! A key is *pending* while an append that carries it is on its way to the log (a second append
 //! of the key waits for it), then *stored* with its offset and time. A stored key is forgotten
-//! once older than the window, or when the topic remembers more than `max_entries` keys, oldest
-//! first. The index lives in memory only; after a restart it is rebuilt from the log's records
-//! with the store's `KeyOf`.
+//! once older than the window, or when the store remembers more than `max_entries` keys over all
+//! topics, oldest first. Keys are filed under the topic's incarnation (a number given to each
+//! topic opened or created), so a topic deleted and created again shares no key with its
+//! predecessor, whose keys simply age out. The index lives in memory only; after a restart it is
+//! rebuilt from the log's records with the store's `KeyOf`.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -12,6 +14,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::DedupKey;
+
+/// A key within one topic incarnation.
+pub(super) type Slot = (u64, DedupKey);
 
 #[derive(Debug)]
 pub(super) enum Entry {
@@ -35,10 +40,10 @@ pub(super) enum Lookup {
 pub(super) struct DedupIndex {
     window_ms: i64,
     max_entries: usize,
-    entries: HashMap<DedupKey, Entry>,
+    entries: HashMap<Slot, Entry>,
     /// Stored keys in the order they were stored, which is also (up to clock steps) their age
-    /// order: `(at_ms, key, offset)`.
-    by_age: VecDeque<(i64, DedupKey, u64)>,
+    /// order: `(at_ms, slot, offset)`.
+    by_age: VecDeque<(i64, Slot, u64)>,
 }
 
 impl DedupIndex {
@@ -60,11 +65,16 @@ impl DedupIndex {
         self.window_ms
     }
 
+    /// Stored keys remembered, over all topics.
+    pub(super) fn len(&self) -> usize {
+        self.by_age.len()
+    }
+
     pub(super) fn max_entries(&self) -> usize {
         self.max_entries
     }
 
-    pub(super) fn lookup(&mut self, key: &DedupKey, now_ms: i64) -> Lookup {
+    pub(super) fn lookup(&mut self, key: &Slot, now_ms: i64) -> Lookup {
         self.expire(now_ms);
         let horizon = now_ms.saturating_sub(self.window_ms);
         match self.entries.get(key) {
@@ -74,12 +84,12 @@ impl DedupIndex {
         }
     }
 
-    pub(super) fn reserve(&mut self, key: DedupKey, waiter: watch::Receiver<()>) {
+    pub(super) fn reserve(&mut self, key: Slot, waiter: watch::Receiver<()>) {
         self.entries.insert(key, Entry::Pending(waiter));
     }
 
     /// Drops the reservation of `key` if `waiter`'s append still holds it.
-    pub(super) fn abandon(&mut self, key: &DedupKey, waiter: &watch::Receiver<()>) {
+    pub(super) fn abandon(&mut self, key: &Slot, waiter: &watch::Receiver<()>) {
         if matches!(self.entries.get(key), Some(Entry::Pending(held)) if held.same_channel(waiter))
         {
             self.entries.remove(key);
@@ -87,14 +97,14 @@ impl DedupIndex {
     }
 
     /// The reserved key was stored at `offset`.
-    pub(super) fn store(&mut self, key: DedupKey, offset: u64, at_ms: i64) {
+    pub(super) fn store(&mut self, key: Slot, offset: u64, at_ms: i64) {
         self.entries.insert(key, Entry::Stored { offset, at_ms });
         self.by_age.push_back((at_ms, key, offset));
         self.expire(at_ms);
     }
 
     /// A key read back from the log when the index is rebuilt; the first copy wins.
-    pub(super) fn remember(&mut self, key: DedupKey, offset: u64, at_ms: i64) {
+    pub(super) fn remember(&mut self, key: Slot, offset: u64, at_ms: i64) {
         if self.entries.contains_key(&key) {
             return;
         }
