@@ -96,6 +96,8 @@ struct TopicState {
     /// Files this topic's keys apart from those of any earlier topic of the same name.
     incarnation: u64,
     index: Arc<Mutex<DedupIndex>>,
+    /// Read once: a publish without duplicates to look for takes no lock.
+    dedup_enabled: bool,
     loaded: OnceCell<()>,
     key_of: Option<KeyOf>,
 }
@@ -143,6 +145,7 @@ impl EmbeddedStore {
             log,
             incarnation: self.next_incarnation.fetch_add(1, Ordering::Relaxed),
             index: Arc::clone(&self.index),
+            dedup_enabled: lock(&self.index).enabled(),
             loaded: OnceCell::new(),
             key_of: self.key_of.clone(),
         })
@@ -260,8 +263,8 @@ impl TopicStore for EmbeddedTopic {
         if records.is_empty() {
             return Err(StorageError::EmptyAppend);
         }
-        let deduplicating = records.iter().any(|record| record.dedup_key.is_some())
-            && lock(&self.state.index).enabled();
+        let deduplicating =
+            self.state.dedup_enabled && records.iter().any(|record| record.dedup_key.is_some());
         if !deduplicating {
             let payloads = records.into_iter().map(|record| record.payload).collect();
             let pending = self.state.log.submit(payloads).await?;
