@@ -1,0 +1,127 @@
+//! The embedded backend's memory of the keys its topics stored recently.
+//!
+//! A key is *pending* while an append that carries it is on its way to the log (a second append
+//! of the key waits for it), then *stored* with its offset and time. A stored key is forgotten
+//! once older than the window, or when the store remembers more than `max_entries` keys over all
+//! topics, oldest first. Keys are filed under the topic's incarnation (a number given to each
+//! topic opened or created), so a topic deleted and created again shares no key with its
+//! predecessor, whose keys simply age out. The index lives in memory only; after a restart it is
+//! rebuilt from the log's records with the store's `KeyOf`.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::DedupKey;
+
+/// A key within one topic incarnation.
+pub(super) type Slot = (u64, DedupKey);
+
+#[derive(Debug)]
+pub(super) enum Entry {
+    /// An append holds the key; its channel closes when the append is stored or failed.
+    Pending(watch::Receiver<()>),
+    Stored {
+        offset: u64,
+        at_ms: i64,
+    },
+}
+
+/// What a look-up found.
+#[derive(Debug)]
+pub(super) enum Lookup {
+    Absent,
+    Stored(u64),
+    Pending(watch::Receiver<()>),
+}
+
+#[derive(Debug)]
+pub(super) struct DedupIndex {
+    window_ms: i64,
+    max_entries: usize,
+    entries: HashMap<Slot, Entry>,
+    /// Stored keys in the order they were stored, which is also (up to clock steps) their age
+    /// order: `(at_ms, slot, offset)`.
+    by_age: VecDeque<(i64, Slot, u64)>,
+}
+
+impl DedupIndex {
+    pub(super) fn new(window: Duration, max_entries: usize) -> DedupIndex {
+        DedupIndex {
+            window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
+            max_entries,
+            entries: HashMap::new(),
+            by_age: VecDeque::new(),
+        }
+    }
+
+    /// A zero window or capacity turns deduplication off: every key is new.
+    pub(super) fn enabled(&self) -> bool {
+        self.window_ms > 0 && self.max_entries > 0
+    }
+
+    pub(super) fn window_ms(&self) -> i64 {
+        self.window_ms
+    }
+
+    /// Stored keys remembered, over all topics.
+    pub(super) fn len(&self) -> usize {
+        self.by_age.len()
+    }
+
+    pub(super) fn max_entries(&self) -> usize {
+        self.max_entries
+    }
+
+    pub(super) fn lookup(&mut self, key: &Slot, now_ms: i64) -> Lookup {
+        self.expire(now_ms);
+        let horizon = now_ms.saturating_sub(self.window_ms);
+        match self.entries.get(key) {
+            Some(Entry::Stored { offset, at_ms }) if *at_ms > horizon => Lookup::Stored(*offset),
+            Some(Entry::Pending(waiter)) => Lookup::Pending(waiter.clone()),
+            Some(Entry::Stored { .. }) | None => Lookup::Absent,
+        }
+    }
+
+    pub(super) fn reserve(&mut self, key: Slot, waiter: watch::Receiver<()>) {
+        self.entries.insert(key, Entry::Pending(waiter));
+    }
+
+    /// Drops the reservation of `key` if `waiter`'s append still holds it.
+    pub(super) fn abandon(&mut self, key: &Slot, waiter: &watch::Receiver<()>) {
+        if matches!(self.entries.get(key), Some(Entry::Pending(held)) if held.same_channel(waiter))
+        {
+            self.entries.remove(key);
+        }
+    }
+
+    /// The reserved key was stored at `offset`.
+    pub(super) fn store(&mut self, key: Slot, offset: u64, at_ms: i64) {
+        self.entries.insert(key, Entry::Stored { offset, at_ms });
+        self.by_age.push_back((at_ms, key, offset));
+        self.expire(at_ms);
+    }
+
+    /// A key read back from the log when the index is rebuilt; the first copy wins.
+    pub(super) fn remember(&mut self, key: Slot, offset: u64, at_ms: i64) {
+        if self.entries.contains_key(&key) {
+            return;
+        }
+        self.store(key, offset, at_ms);
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        let horizon = now_ms.saturating_sub(self.window_ms);
+        while let Some(&(at_ms, key, offset)) = self.by_age.front() {
+            if at_ms > horizon && self.by_age.len() <= self.max_entries {
+                break;
+            }
+            self.by_age.pop_front();
+            if matches!(self.entries.get(&key), Some(Entry::Stored { offset: held, .. }) if *held == offset)
+            {
+                self.entries.remove(&key);
+            }
+        }
+    }
+}
