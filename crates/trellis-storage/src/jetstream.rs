@@ -15,8 +15,9 @@
 //! (discard old); storage is always file, replicas come from [`JetStreamOptions::replicas`].
 //! `durability` and `segment_bytes` have no JetStream counterpart: they are kept in the stream's
 //! description so that they read back as set. **Durability on 2.9:** an acknowledged append
-//! means the stream's leader (with R3, a quorum of its replicas) has written it to its file
-//! store, which the server fsyncs on its own schedule; there is no per-write fsync, whatever
+//! means the stream's leader (with R3, a quorum of its replicas) has written it to its store
+//! files, that is to the operating system's page cache, which the server fsyncs on its own
+//! schedule; there is no per-write fsync, whatever
 //! `durability` says. A lost power on an R1 server can lose acknowledged records.
 //!
 //! **Deduplication.** A record with a key is published with `Nats-Msg-Id` = the key in hex, and

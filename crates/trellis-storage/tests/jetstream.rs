@@ -244,3 +244,60 @@ async fn an_unreachable_server_is_unavailable() {
         "connecting to a stopped server is Unavailable, got {refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_settings_become_the_stream_settings() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let store = server.store().await;
+    let settings = TopicSettings {
+        retention_age: Some(Duration::from_secs(60)),
+        retention_bytes: Some(1 << 20),
+        ..TopicSettings::default()
+    };
+    store
+        .create_topic("orders.eu-west_1", settings)
+        .await
+        .expect("create");
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let jetstream = async_nats::jetstream::new(client);
+    let stream = jetstream
+        .get_stream("tr~orders~eu-west_1")
+        .await
+        .expect("the topic's stream");
+    let config = &stream.cached_info().config;
+    assert_eq!(
+        config.subjects,
+        vec!["trellis.tr~orders~eu-west_1".to_owned()]
+    );
+    assert_eq!(config.max_age, Duration::from_secs(60));
+    assert_eq!(config.max_bytes, 1 << 20);
+    assert_eq!(config.num_replicas, 1);
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
+    assert_eq!(
+        config.duplicate_window,
+        Duration::from_secs(60),
+        "the duplicate window is capped at the retention age"
+    );
+    // A stream that is not a Trellis topic is not listed.
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "OTHER".to_owned(),
+            subjects: vec!["other".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("create another stream");
+    let names: Vec<String> = store
+        .list_topics()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|info| info.name)
+        .collect();
+    assert_eq!(names, vec!["orders.eu-west_1".to_owned()]);
+}
