@@ -53,6 +53,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, header};
 use futures::StreamExt;
@@ -307,6 +308,7 @@ impl JetStreamStore {
         let context = jetstream::ContextBuilder::new()
             .timeout(options.request_timeout)
             .ack_timeout(options.request_timeout)
+            .backpressure_on_inflight(true)
             .build(client.clone());
         let (closed_tx, _) = tokio::sync::watch::channel(false);
         Ok(JetStreamStore {
@@ -470,26 +472,15 @@ impl TopicStore for JetStreamTopic {
         self.check_sizes(&records)?;
         let publishing = self.shared.submit.lock().await;
         self.shared.check_open()?;
-        let mut acks = Vec::with_capacity(records.len());
-        for record in records {
-            let mut headers = HeaderMap::new();
-            headers.insert(header::NATS_EXPECTED_STREAM, self.stream.as_str());
-            if let Some(key) = record.dedup_key {
-                headers.insert(header::NATS_MESSAGE_ID, format!("{:032x}", key.0).as_str());
-            }
-            let ack = self
-                .shared
-                .context
-                .publish_with_headers(self.subject.clone(), headers, record.payload)
-                .await
-                .map_err(|error| publish_error(&self.name, error))?;
-            acks.push(ack);
-        }
-        drop(publishing);
+        // The client holds an in-flight permit per unanswered publish until its ack future is
+        // awaited, so the acks are awaited by a task of their own from the first record on: a
+        // batch larger than the permits, or many batches submitted before any is awaited, then
+        // wait for permits instead of failing or stalling.
+        let (acks, mut answered) = tokio::sync::mpsc::unbounded_channel::<PublishAckFuture>();
         let topic = self.name.clone();
-        Ok(PendingAppend::new(async move {
-            let mut outcomes = Vec::with_capacity(acks.len());
-            for ack in acks {
+        let collector = tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            while let Some(ack) = answered.recv().await {
                 let ack = ack.await.map_err(|error| publish_error(&topic, error))?;
                 let offset = ack.sequence.saturating_sub(1);
                 outcomes.push(if ack.duplicate {
@@ -498,7 +489,34 @@ impl TopicStore for JetStreamTopic {
                     AppendOutcome::Stored(offset)
                 });
             }
-            Ok(outcomes)
+            Ok::<_, StorageError>(outcomes)
+        });
+        for record in records {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::NATS_EXPECTED_STREAM, self.stream.as_str());
+            if let Some(key) = record.dedup_key {
+                headers.insert(header::NATS_MESSAGE_ID, format!("{:032x}", key.0).as_str());
+            }
+            let published = self
+                .shared
+                .context
+                .publish_with_headers(self.subject.clone(), headers, record.payload)
+                .await;
+            match published {
+                // A send fails only once the collector has stopped on an error, which it returns.
+                Ok(ack) => {
+                    let _ = acks.send(ack);
+                }
+                Err(error) => {
+                    collector.abort();
+                    return Err(publish_error(&self.name, error));
+                }
+            }
+        }
+        drop(acks);
+        drop(publishing);
+        Ok(PendingAppend::new(async move {
+            collector.await.map_err(backend)?
         }))
     }
 

@@ -301,3 +301,37 @@ async fn topic_settings_become_the_stream_settings() {
         .collect();
     assert_eq!(names, vec!["orders.eu-west_1".to_owned()]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_larger_than_the_clients_in_flight_limit_are_stored() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let store = server.store().await;
+    let topic = store
+        .create_topic("jetstream.big", TopicSettings::default())
+        .await
+        .expect("create");
+    // async-nats allows 5000 unanswered publishes per connection.
+    let records: Vec<AppendRecord> = (0..6000u128)
+        .map(|key| conformance::keyed(key, "x"))
+        .collect();
+    let first = topic.submit(records.clone()).await.expect("submit");
+    let second = topic.submit(records).await.expect("submit a repeat");
+    let first = first.await.expect("the first batch");
+    let second = second.await.expect("the repeat");
+    assert_eq!(first.len(), 6000);
+    assert!(
+        first
+            .iter()
+            .enumerate()
+            .all(|(i, outcome)| *outcome == AppendOutcome::Stored(i as u64))
+    );
+    assert!(
+        second
+            .iter()
+            .enumerate()
+            .all(|(i, outcome)| *outcome == AppendOutcome::Duplicate(i as u64))
+    );
+    assert_eq!(topic.info().await.expect("info").next_offset, 6000);
+}
