@@ -36,6 +36,10 @@
 //! batch refused for size stores nothing. A record is limited by the server's `max_payload`
 //! (1 MiB by default), not by the embedded log's limit.
 //!
+//! A topic is created only if its stream does not exist yet; two stores creating the same topic
+//! at once with the same settings may both succeed (the server accepts an identical create). A
+//! handle to a deleted topic works on a topic created again under its name.
+//!
 //! **Reads** get one message per request from the stream's sequence range (`STREAM.MSG.GET`,
 //! which 2.9 serves without `allow_direct`), holding at most one page in memory.
 //!

@@ -335,3 +335,42 @@ async fn batches_larger_than_the_clients_in_flight_limit_are_stored() {
     );
     assert_eq!(topic.info().await.expect("info").next_offset, 6000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_wakes_waiters_and_refuses_appends() {
+    let Some(server) = NatsServer::start().await else {
+        return;
+    };
+    let store = server.store().await;
+    let topic = store
+        .create_topic("jetstream.close", TopicSettings::default())
+        .await
+        .expect("create");
+    let waiting = Arc::clone(&topic);
+    let waiter = tokio::spawn(async move { waiting.wait_for(5).await });
+    // The waiter is parked on its consumer once its consumer exists on the server.
+    let client = async_nats::connect(server.url()).await.expect("connect");
+    let jetstream = async_nats::jetstream::new(client);
+    for _ in 0..500 {
+        let mut stream = jetstream
+            .get_stream("tr~jetstream~close")
+            .await
+            .expect("stream");
+        if stream.info().await.expect("info").state.consumer_count > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!waiter.is_finished(), "nothing is stored at 5 yet");
+    store.close().await.expect("close");
+    let answer = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("close wakes the waiter")
+        .expect("join");
+    assert!(
+        matches!(answer, Err(StorageError::Closed)),
+        "a waiter wakes with Closed, got {answer:?}"
+    );
+    let late = topic.append(vec![AppendRecord::new("late")]).await;
+    assert!(matches!(late, Err(StorageError::Closed)), "got {late:?}");
+}
