@@ -17,8 +17,8 @@
 //! description so that they read back as set. **Durability on 2.9:** an acknowledged append
 //! means the stream's leader (with R3, a quorum of its replicas) has written it to its store
 //! files, that is to the operating system's page cache, which the server fsyncs on its own
-//! schedule; there is no per-write fsync, whatever
-//! `durability` says. A lost power on an R1 server can lose acknowledged records.
+//! schedule; there is no per-write fsync, whatever `durability` says. A lost power on an R1
+//! server can lose acknowledged records.
 //!
 //! **Deduplication.** A record with a key is published with `Nats-Msg-Id` = the key in hex, and
 //! the stream's duplicate window is the store's dedup window (capped at `max_age`, which the server
@@ -41,7 +41,8 @@
 //! handle to a deleted topic works on a topic created again under its name.
 //!
 //! **Reads** get one message per request from the stream's sequence range (`STREAM.MSG.GET`,
-//! which 2.9 serves without `allow_direct`), holding at most one page in memory.
+//! which 2.9 serves without `allow_direct`), 16 requests in flight, holding at most one page
+//! (plus those 16 messages) in memory.
 //!
 //! **Waiting** does not poll: [`TopicStore::wait_for`] subscribes to the stream-deleted advisory,
 //! checks the stream's last sequence, and otherwise creates an ephemeral push consumer (no acks)
@@ -70,6 +71,8 @@ use crate::{
 const STREAM_PREFIX: &str = "tr~";
 const SUBJECT_PREFIX: &str = "trellis.";
 const DESCRIPTION_MARK: &str = "trellis topic";
+/// Message requests a read keeps in flight.
+const READ_AHEAD: usize = 16;
 /// Room for the headers of a record (`Nats-Msg-Id`, `Nats-Expected-Stream`) in `max_payload`.
 const HEADER_ALLOWANCE: usize = 512;
 
@@ -543,11 +546,19 @@ impl TopicStore for JetStreamTopic {
         }
         let mut records: Vec<Record> = Vec::new();
         let mut bytes = 0usize;
-        for offset in from..info.next_offset {
-            if records.len() >= max_records {
-                break;
-            }
-            let message = match stream.get_raw_message(offset + 1).await {
+        let last = info
+            .next_offset
+            .min(from.saturating_add(u64::try_from(max_records).unwrap_or(u64::MAX)));
+        // Requests are pipelined, READ_AHEAD at a time: a page costs about one round trip per
+        // READ_AHEAD records, and memory stays within READ_AHEAD messages past the byte cap.
+        let mut messages = futures::stream::iter(from..last)
+            .map(|offset| {
+                let stream = &stream;
+                async move { (offset, stream.get_raw_message(offset + 1).await) }
+            })
+            .buffered(READ_AHEAD);
+        while let Some((offset, answer)) = messages.next().await {
+            let message = match answer {
                 Ok(message) => message,
                 Err(error) => {
                     // Retention may have removed it since the info; what is still there decides.
