@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests need. Nothing for now: the embedded default needs no servers.
-# (etcd-server and nats-server join this list with the cluster-mode tests.)
-packages=()
+# Debian packages the tests need: nats-server for the JetStream storage backend's tests.
+# (etcd-server joins this list with the cluster-mode tests.)
+packages=(nats-server)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -22,6 +22,8 @@ fi
 
 # A one-off build gains nothing from incremental state, which would only take up disk.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Tests that need nats-server fail instead of skipping when it is missing.
+export TRELLIS_REQUIRE_NATS=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -5,6 +5,7 @@
 //! - [`TopicStore`]: one topic — append (with deduplication), ordered submission, reads from any
 //!   offset with a size cap, waiting for new records.
 //! - [`EmbeddedStore`]: the backend over `trellis-log`.
+//! - [`JetStreamStore`]: the backend over NATS JetStream (its module doc gives the mapping).
 //! - `conformance` (feature `test-util`): the checks every backend must pass, through the trait
 //!   only.
 //!
@@ -29,9 +30,11 @@ use bytes::Bytes;
 pub mod conformance;
 mod embedded;
 mod error;
+mod jetstream;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore, KeyOf};
 pub use error::StorageError;
+pub use jetstream::{JetStreamOptions, JetStreamStore, stream_name, topic_name};
 
 /// How hard an append works to survive a crash before it is acknowledged. What each level means
 /// is the backend's to document: a replicated engine may acknowledge on a quorum's receipt
