@@ -194,6 +194,16 @@ impl fmt::Debug for PendingAppend {
     }
 }
 
+/// What a backend that deduplicates in this process's memory holds for it, for the
+/// `trellis_dedup_*` gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DedupUsage {
+    /// Stored keys remembered, over all topics.
+    pub remembered_keys: usize,
+    /// About how many bytes of heap the remembered keys take.
+    pub memory_bytes: usize,
+}
+
 /// Where a Trellis node keeps its events: a set of named topics. Cheap to share behind an `Arc`.
 #[async_trait::async_trait]
 pub trait EventStore: Send + Sync + fmt::Debug {
@@ -229,6 +239,13 @@ pub trait EventStore: Send + Sync + fmt::Debug {
 
     /// Finishes what was submitted, makes it durable, and refuses later appends with `Closed`.
     async fn close(&self) -> Result<(), StorageError>;
+
+    /// The memory this process spends on deduplication, read synchronously so that a metrics
+    /// scrape takes no await. `None` for a backend that deduplicates in the engine below, where
+    /// this process holds nothing to report.
+    fn dedup_usage(&self) -> Option<DedupUsage> {
+        None
+    }
 }
 
 /// One topic. Handles are cheap; several may exist for one topic.

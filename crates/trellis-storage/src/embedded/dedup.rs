@@ -70,6 +70,14 @@ impl DedupIndex {
         self.by_age.len()
     }
 
+    /// About how many bytes of heap the index holds: hash-map slots (entry and control byte,
+    /// counted by capacity) and the age queue's slots (by capacity too). Every entry has the same
+    /// size whatever its event, since a key is a digest.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.entries.capacity() * (size_of::<(Slot, Entry)>() + 1)
+            + self.by_age.capacity() * size_of::<(i64, Slot, u64)>()
+    }
+
     pub(super) fn max_entries(&self) -> usize {
         self.max_entries
     }
