@@ -548,6 +548,7 @@ fn info_of(topic: &trellis_log::Topic) -> TopicInfo {
         first_offset: stats.first_offset,
         next_offset: stats.next_offset,
         size_bytes: stats.size_bytes,
+        segments: stats.n_segments,
         settings: from_log_config(&topic.config()),
         damaged: stats.damaged.into_iter().map(damaged_range).collect(),
     }

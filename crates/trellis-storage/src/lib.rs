@@ -33,6 +33,12 @@ mod error;
 pub use embedded::{EmbeddedOptions, EmbeddedStore, KeyOf};
 pub use error::StorageError;
 
+/// Checks a topic name against the rules every backend accepts: what Trellis' API allows is
+/// what the boundary stores, so callers check names once, above it.
+pub fn validate_topic_name(name: &str) -> Result<(), StorageError> {
+    trellis_log::validate_topic_name(name).map_err(StorageError::from)
+}
+
 /// How hard an append works to survive a crash before it is acknowledged. What each level means
 /// is the backend's to document: a replicated engine may acknowledge on a quorum's receipt
 /// rather than on an fsync.
@@ -138,6 +144,9 @@ pub struct DamagedRange {
     pub next_offset: u64,
     /// What is wrong, for an operator.
     pub reason: String,
+    /// Where the backend keeps the damaged records, for an operator: the embedded log's
+    /// segment (its base offset); 0 for a backend without such units.
+    pub segment: u64,
 }
 
 /// One read's answer: the records, and the damage they stop short at, if any.
@@ -159,6 +168,9 @@ pub struct TopicInfo {
     pub next_offset: u64,
     /// Bytes the topic takes in the backend, overhead included.
     pub size_bytes: u64,
+    /// The units retention removes whole (the embedded log's segment files); 1 for a backend
+    /// that removes single records.
+    pub segments: usize,
     pub settings: TopicSettings,
     /// Damaged records known so far, in offset order.
     pub damaged: Vec<DamagedRange>,
