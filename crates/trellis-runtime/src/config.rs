@@ -42,10 +42,12 @@ pub struct RuntimeConfig {
     /// An event whose `(source, id)` its topic stored less than this long ago is answered with
     /// the first copy's offset and not stored again. Zero turns deduplication off.
     pub dedup_window: Duration,
-    /// At most this many `(source, id)` pairs are remembered over all topics (about 190 bytes
+    /// At most this many `(source, id)` pairs are remembered over all topics (a fixed size
     /// each, as digests, whatever the ids' size); beyond it the oldest are forgotten first, so the
     /// window may in effect be shorter.
     /// After a restart each topic's last `dedup_max_entries` records are read back, at most.
+    /// Both dedup settings go to the event store, which deduplicates: whoever builds the store
+    /// (the binary, for the embedded one) passes them on.
     pub dedup_max_entries: usize,
     /// gRPC `PublishStream`: batches one stream may have in flight. A stream that sends more
     /// is not read until one is answered (back-pressure).

@@ -10,7 +10,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use trellis_log::Log;
+use trellis_storage::EventStore;
 
 pub(crate) const PUBLISH_REQUESTS: &str = "trellis_publish_requests_total";
 pub(crate) const PUBLISH_TOPIC_REQUESTS: &str = "trellis_publish_topic_requests_total";
@@ -125,13 +125,25 @@ fn describe() {
     );
 }
 
-/// Refreshes per-topic gauges from the log's own bookkeeping, just before a scrape.
-pub(crate) fn refresh_gauges(log: &Log) {
-    for topic in log.topics() {
-        let stats = topic.stats();
-        metrics::gauge!(LOG_SIZE, "topic" => topic.name().to_owned()).set(stats.size_bytes as f64);
-        metrics::gauge!(TOPIC_NEXT_OFFSET, "topic" => topic.name().to_owned())
-            .set(stats.next_offset as f64);
+/// Refreshes per-topic gauges and the deduplication gauges from the event store's own
+/// bookkeeping, just before a scrape.
+pub(crate) async fn refresh_gauges(store: &dyn EventStore) {
+    match store.list_topics().await {
+        Ok(topics) => {
+            for topic in topics {
+                metrics::gauge!(LOG_SIZE, "topic" => topic.name.clone())
+                    .set(topic.size_bytes as f64);
+                metrics::gauge!(TOPIC_NEXT_OFFSET, "topic" => topic.name)
+                    .set(topic.next_offset as f64);
+            }
+        }
+        Err(error) => {
+            tracing::warn!(message = "Listing topics for the metrics failed; their gauges keep their last values.", error = %error);
+        }
+    }
+    if let Some(usage) = store.dedup_usage() {
+        metrics::gauge!(DEDUP_ENTRIES).set(usage.remembered_keys as f64);
+        metrics::gauge!(DEDUP_MEMORY).set(usage.memory_bytes as f64);
     }
 }
 

@@ -1,5 +1,5 @@
-//! Running the runtime: open storage, serve HTTP until the shutdown signal, then drain in-flight
-//! requests, stop background work and flush the log before returning.
+//! Running the runtime: serve HTTP (and gRPC) over the event store it is handed until the
+//! shutdown signal, then drain in-flight requests, stop background work and close the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use trellis_log::Log;
 use trellis_meta::MetadataStore;
+use trellis_storage::{EventStore, StorageError};
 
 use crate::config::RuntimeConfig;
 use crate::error::error_chain;
@@ -33,35 +33,36 @@ pub enum ServeError {
     Tls(#[from] trellis_delivery::tls::TlsError),
     #[error("the gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
-    #[error("flushing the log at shutdown failed")]
-    Flush(#[source] trellis_log::LogError),
+    #[error("closing the event store at shutdown failed")]
+    Flush(#[source] StorageError),
 }
 
 /// Serves the HTTP API on `listener` until `shutdown` is cancelled. On shutdown it stops
-/// accepting, lets in-flight requests finish, stops background tasks and closes (fsyncs) the log.
+/// accepting, lets in-flight requests finish, stops background tasks and closes the event store
+/// (which makes what it acknowledged durable).
 pub async fn serve(
     listener: TcpListener,
-    log: Log,
+    store: Arc<dyn EventStore>,
     meta: Arc<dyn MetadataStore>,
     config: RuntimeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
-    serve_with_grpc(listener, None, log, meta, config, shutdown).await
+    serve_with_grpc(listener, None, store, meta, config, shutdown).await
 }
 
 /// [`serve`], and the gRPC API on `grpc` when given. Both stop on the same `shutdown`: gRPC
-/// streams end with UNAVAILABLE, consumer groups store their committed offsets, then the log
+/// streams end with UNAVAILABLE, consumer groups store their committed offsets, then the store
 /// closes.
 pub async fn serve_with_grpc(
     listener: TcpListener,
     grpc: Option<TcpListener>,
-    log: Log,
+    store: Arc<dyn EventStore>,
     meta: Arc<dyn MetadataStore>,
     config: RuntimeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
     let topics = TopicRegistry::open(
-        log.clone(),
+        Arc::clone(&store),
         Arc::clone(&meta),
         config.default_topic.clone(),
         config.auto_create_topics,
@@ -90,12 +91,7 @@ pub async fn serve_with_grpc(
     crate::subscriptions::describe_metrics();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let publish_metrics = crate::metrics::PublishMetrics::new();
-    let publisher = Arc::new(Publisher::new(
-        topics.clone(),
-        config.dedup_window,
-        config.dedup_max_entries,
-        publish_metrics.clone(),
-    ));
+    let publisher = Arc::new(Publisher::new(topics.clone(), publish_metrics.clone()));
     let groups = Arc::new(GroupRegistry::new(
         Arc::clone(&meta),
         shutdown.child_token(),
@@ -121,18 +117,8 @@ pub async fn serve_with_grpc(
     };
 
     let tasks = TaskTracker::new();
-    // In the background: a topic's first publish waits for its own rebuild, not for all of them.
-    tasks.spawn({
-        let shutdown = shutdown.child_token();
-        async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = publisher.rebuild_all() => {}
-            }
-        }
-    });
     tasks.spawn(retention_loop(
-        log.clone(),
+        Arc::clone(&store),
         config.retention_check_interval,
         shutdown.child_token(),
     ));
@@ -191,7 +177,7 @@ pub async fn serve_with_grpc(
             message = "Subscriptions and consumer groups did not stop in time; flushing the log without them."
         );
     }
-    let closed = log.close().await;
+    let closed = store.close().await;
     if let Some(((), served_grpc)) = drained.output {
         served_grpc?;
     }
@@ -200,7 +186,7 @@ pub async fn serve_with_grpc(
     Ok(())
 }
 
-async fn retention_loop(log: Log, every: Duration, shutdown: CancellationToken) {
+async fn retention_loop(store: Arc<dyn EventStore>, every: Duration, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -208,13 +194,8 @@ async fn retention_loop(log: Log, every: Duration, shutdown: CancellationToken) 
             _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        let pass = log.clone();
-        match tokio::task::spawn_blocking(move || pass.enforce_retention()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::warn!(message = "Retention pass failed.", error = %error_chain(&error))
-            }
-            Err(error) => tracing::warn!(message = "Retention pass failed.", error = %error),
+        if let Err(error) = store.enforce_retention().await {
+            tracing::warn!(message = "Retention pass failed.", error = %error_chain(&error));
         }
     }
 }

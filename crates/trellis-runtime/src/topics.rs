@@ -1,9 +1,9 @@
 //! Topic settings and the registry that keeps them: settings live in the metadata store under
-//! `/topics/<name>`, data lives in the log. Publishing asks the registry for a topic (creating it
+//! `/topics/<name>`, data lives in the event store. Publishing asks the registry for a topic (creating it
 //! when `auto_create_topics` is on); admin calls change both sides, metadata first.
 //!
 //! Each topic has an incarnation id, made when the topic is created (by `PUT` or by a first
-//! publish) and stored in its metadata record before the log's topic exists. Deleting and
+//! publish) and stored in its metadata record before the store's topic exists. Deleting and
 //! re-creating a topic makes a new incarnation, and every offset stored elsewhere
 //! (`stored_offset.rs`) carries the incarnation it counts in, so it is never applied to another.
 //! A topic of a data dir older than incarnations has none stored: it is the legacy incarnation,
@@ -17,12 +17,13 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use trellis_log::{Durability, Log, Topic, TopicConfig};
 use trellis_meta::MetadataStore;
+use trellis_storage::{Durability, EventStore, StorageError, TopicInfo};
 
 use axum::http::StatusCode;
 
 use crate::error::{ApiError, error_chain};
+use crate::event_store::TopicHandle;
 
 const TOPIC_KEY_PREFIX: &str = "/topics/";
 
@@ -121,7 +122,8 @@ impl TopicSettings {
         Ok(())
     }
 
-    pub fn to_log_config(&self) -> TopicConfig {
+    /// The settings as the event store takes them.
+    pub fn to_storage(&self) -> trellis_storage::TopicSettings {
         let durability = match self.durability {
             DurabilityPolicy::Always => Durability::Always,
             DurabilityPolicy::Interval => {
@@ -129,7 +131,7 @@ impl TopicSettings {
             }
             DurabilityPolicy::Never => Durability::Never,
         };
-        TopicConfig {
+        trellis_storage::TopicSettings {
             durability,
             segment_bytes: self.segment_bytes,
             retention_age: (self.retention_ms > 0)
@@ -219,10 +221,10 @@ impl TopicRecord {
     }
 }
 
-/// Topic lookup and administration over the log and the metadata store.
+/// Topic lookup and administration over the event store and the metadata store.
 #[derive(Clone)]
 pub(crate) struct TopicRegistry {
-    log: Log,
+    store: Arc<dyn EventStore>,
     meta: Arc<dyn MetadataStore>,
     defaults: TopicSettings,
     auto_create: bool,
@@ -230,9 +232,11 @@ pub(crate) struct TopicRegistry {
     /// Serialises admin changes and topic creations (a publish's too) so the metadata store and
     /// the log agree and `max_topics` holds; publishing to an existing topic never takes it.
     admin: Arc<tokio::sync::Mutex<()>>,
-    /// The incarnation of every topic the log holds. An entry is added after the log's topic is
-    /// created and removed before it is deleted, so an entry always speaks for the topic there.
-    incarnations: Arc<RwLock<HashMap<String, Incarnation>>>,
+    /// Every topic the store holds, with a handle and its incarnation. An entry is added after
+    /// the store's topic is created and removed before it is deleted, so an entry always speaks
+    /// for the topic there. Kept here so that looking a topic up on a publish is a map look-up,
+    /// not a call into the store.
+    topics: Arc<RwLock<HashMap<String, (TopicHandle, Incarnation)>>>,
     /// Bumped after every creation and deletion: subscribers waiting for a topic watch it.
     changes: Arc<watch::Sender<u64>>,
 }
@@ -245,10 +249,11 @@ pub(crate) enum PutOutcome {
 }
 
 impl TopicRegistry {
-    /// Brings the log in line with the stored settings: topics with stored settings get them
-    /// (and are created if a crash came between storing the settings and creating the log).
+    /// Brings the event store in line with the stored settings: topics with stored settings get
+    /// them (and are created if a crash came between storing the settings and creating the
+    /// store's topic).
     pub(crate) async fn open(
-        log: Log,
+        store: Arc<dyn EventStore>,
         meta: Arc<dyn MetadataStore>,
         defaults: TopicSettings,
         auto_create: bool,
@@ -258,7 +263,7 @@ impl TopicRegistry {
             .range(TOPIC_KEY_PREFIX)
             .await
             .map_err(|error| ApiError::internal("reading topic settings", &error))?;
-        let mut incarnations = HashMap::new();
+        let mut topics: HashMap<String, (TopicHandle, Incarnation)> = HashMap::new();
         for kv in stored.kvs {
             let name = &kv.key[TOPIC_KEY_PREFIX.len()..];
             let record = match TopicRecord::decode(&kv.value) {
@@ -282,7 +287,8 @@ impl TopicRegistry {
                         "Finishing the delete of a topic that was under way at the last stop.",
                     topic = name
                 );
-                log.delete_topic(name)
+                store
+                    .delete_topic(name)
                     .await
                     .map_err(|error| ApiError::internal("deleting a topic", &error))?;
                 meta.delete(&kv.key)
@@ -290,43 +296,90 @@ impl TopicRegistry {
                     .map_err(|error| ApiError::internal("deleting topic settings", &error))?;
                 continue;
             }
-            let config = record
-                .settings
-                .as_ref()
-                .unwrap_or(&defaults)
-                .to_log_config();
-            let topic = log
-                .get_or_create_topic(name, config.clone())
+            let settings = record.settings.as_ref().unwrap_or(&defaults).to_storage();
+            let topic = store
+                .get_or_create_topic(name, settings.clone())
+                .await
                 .map_err(|error| ApiError::internal("opening a topic", &error))?;
             if record.settings.is_some() {
-                topic.set_config(config);
+                topic
+                    .configure(settings)
+                    .await
+                    .map_err(|error| ApiError::internal("configuring a topic", &error))?;
             }
-            incarnations.insert(name.to_owned(), record.incarnation);
+            topics.insert(name.to_owned(), (topic, record.incarnation));
         }
         // Topics without a record were made by a publish before incarnations existed.
-        for topic in log.topics() {
-            incarnations
-                .entry(topic.name().to_owned())
-                .or_insert_with(Incarnation::legacy);
+        let listed = store
+            .list_topics()
+            .await
+            .map_err(|error| ApiError::internal("listing topics", &error))?;
+        for info in listed {
+            if topics.contains_key(&info.name) {
+                continue;
+            }
+            let topic = store
+                .topic(&info.name)
+                .await
+                .map_err(|error| ApiError::internal("opening a topic", &error))?;
+            if let Some(topic) = topic {
+                topics.insert(info.name, (topic, Incarnation::legacy()));
+            }
         }
         Ok(TopicRegistry {
-            log,
+            store,
             meta,
             defaults,
             auto_create,
             max_topics,
             admin: Arc::default(),
-            incarnations: Arc::new(RwLock::new(incarnations)),
+            topics: Arc::new(RwLock::new(topics)),
             changes: Arc::new(watch::Sender::new(0)),
         })
     }
 
     /// The topic and its incarnation, if it exists now.
-    pub(crate) fn current(&self, name: &str) -> Option<(Topic, Incarnation)> {
-        let incarnations = self.incarnations.read().ok()?;
-        let incarnation = incarnations.get(name)?.clone();
-        let topic = self.log.topic(name)?;
-        Some((topic, incarnation))
+    pub(crate) fn current(&self, name: &str) -> Option<(TopicHandle, Incarnation)> {
+        let topics = self.topics.read().ok()?;
+        let (topic, incarnation) = topics.get(name)?;
+        Some((Arc::clone(topic), incarnation.clone()))
+    }
+
+    /// The topic, if it exists now.
+    pub(crate) fn handle(&self, name: &str) -> Option<TopicHandle> {
+        let topics = self.topics.read().ok()?;
+        topics.get(name).map(|(topic, _)| Arc::clone(topic))
+    }
+
+    fn n_topics(&self) -> usize {
+        self.topics.read().map_or(0, |topics| topics.len())
+    }
+
+    /// Every topic with its incarnation, as the store reports them, sorted by name.
+    pub(crate) async fn list(&self) -> Result<Vec<(TopicInfo, Incarnation)>, ApiError> {
+        let infos = self
+            .store
+            .list_topics()
+            .await
+            .map_err(|error| ApiError::internal("listing topics", &error))?;
+        let topics = self
+            .topics
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(infos
+            .into_iter()
+            .map(|info| {
+                let incarnation = topics
+                    .get(&info.name)
+                    .map_or_else(Incarnation::legacy, |(_, incarnation)| incarnation.clone());
+                (info, incarnation)
+            })
+            .collect())
+    }
+
+    /// The event store the registry's topics live in.
+    pub(crate) fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
     }
 
     /// Changes whenever a topic is created or deleted.
@@ -334,11 +387,11 @@ impl TopicRegistry {
         self.changes.subscribe()
     }
 
-    fn set_incarnation(&self, name: &str, incarnation: Option<Incarnation>) {
-        if let Ok(mut incarnations) = self.incarnations.write() {
-            match incarnation {
-                Some(incarnation) => incarnations.insert(name.to_owned(), incarnation),
-                None => incarnations.remove(name),
+    fn set_current(&self, name: &str, current: Option<(TopicHandle, Incarnation)>) {
+        if let Ok(mut topics) = self.topics.write() {
+            match current {
+                Some(current) => topics.insert(name.to_owned(), current),
+                None => topics.remove(name),
             };
         }
         self.changes.send_modify(|generation| *generation += 1);
@@ -352,14 +405,10 @@ impl TopicRegistry {
         Ok(())
     }
 
-    pub(crate) fn log(&self) -> &Log {
-        &self.log
-    }
-
     /// Checks, before a publish reads its body, that `name` can be published to: the topic exists,
     /// or the name is valid and auto-creation is on.
     pub(crate) fn check_publish(&self, name: &str) -> Result<(), ApiError> {
-        if self.log.topic(name).is_some() {
+        if self.handle(name).is_some() {
             return Ok(());
         }
         validate_name(name)?;
@@ -372,7 +421,7 @@ impl TopicRegistry {
 
     /// Refuses to create `name` once `max_topics` topics exist.
     fn check_room(&self, name: &str) -> Result<(), ApiError> {
-        if self.log.n_topics() < self.max_topics {
+        if self.n_topics() < self.max_topics {
             return Ok(());
         }
         Err(ApiError::new(
@@ -386,31 +435,36 @@ impl TopicRegistry {
         ))
     }
 
-    /// The topic, created with `config` unless it exists, within `max_topics`. Callers hold the
-    /// admin lock, so concurrent creations cannot pass the limit together.
-    fn create(&self, name: &str, config: TopicConfig) -> Result<Topic, ApiError> {
-        if let Some(topic) = self.log.topic(name) {
+    /// The store's topic, created with `settings` unless it exists, within `max_topics`.
+    /// Callers hold the admin lock, so concurrent creations cannot pass the limit together.
+    async fn create(
+        &self,
+        name: &str,
+        settings: trellis_storage::TopicSettings,
+    ) -> Result<TopicHandle, ApiError> {
+        if let Some(topic) = self.handle(name) {
             return Ok(topic);
         }
         self.check_room(name)?;
-        self.log
-            .get_or_create_topic(name, config)
+        self.store
+            .get_or_create_topic(name, settings)
+            .await
             .map_err(|error| ApiError::internal("creating a topic", &error))
     }
 
     /// The topic to append a validated publish to, created with the defaults if auto-creation is
     /// on. Called only once the events are known to be good, so a refused request creates nothing.
-    pub(crate) async fn for_publish(&self, name: &str) -> Result<Topic, ApiError> {
-        if let Some(topic) = self.log.topic(name) {
+    pub(crate) async fn for_publish(&self, name: &str) -> Result<TopicHandle, ApiError> {
+        if let Some(topic) = self.handle(name) {
             return Ok(topic);
         }
         self.check_publish(name)?;
         let _admin = self.admin.lock().await;
-        if let Some(topic) = self.log.topic(name) {
+        if let Some(topic) = self.handle(name) {
             return Ok(topic);
         }
-        // The record first: a crash before the log's topic exists leaves a record that the next
-        // start turns into an empty topic of this incarnation.
+        // The record first: a crash before the store's topic exists leaves a record that the
+        // next start turns into an empty topic of this incarnation.
         self.check_room(name)?;
         let incarnation = Incarnation::fresh();
         self.store_record(
@@ -422,8 +476,8 @@ impl TopicRegistry {
             },
         )
         .await?;
-        let topic = self.create(name, self.defaults.to_log_config())?;
-        self.set_incarnation(name, Some(incarnation));
+        let topic = self.create(name, self.defaults.to_storage()).await?;
+        self.set_current(name, Some((Arc::clone(&topic), incarnation)));
         Ok(topic)
     }
 
@@ -433,15 +487,15 @@ impl TopicRegistry {
     pub(crate) async fn for_subscription(
         &self,
         name: &str,
-    ) -> Result<(Topic, Incarnation), ApiError> {
+    ) -> Result<(TopicHandle, Incarnation), ApiError> {
         self.for_publish(name).await?;
         // A delete may come in between; the caller then sees the topic as missing.
         self.current(name).ok_or_else(|| no_such_topic(name))
     }
 
-    pub(crate) fn get(&self, name: &str) -> Result<Topic, ApiError> {
+    pub(crate) fn get(&self, name: &str) -> Result<TopicHandle, ApiError> {
         validate_name(name)?;
-        self.log.topic(name).ok_or_else(|| no_such_topic(name))
+        self.handle(name).ok_or_else(|| no_such_topic(name))
     }
 
     /// Creates a topic or changes its settings.
@@ -449,12 +503,12 @@ impl TopicRegistry {
         &self,
         name: &str,
         patch: &TopicSettingsPatch,
-    ) -> Result<(PutOutcome, Topic), ApiError> {
+    ) -> Result<(PutOutcome, TopicHandle), ApiError> {
         validate_name(name)?;
         let _admin = self.admin.lock().await;
-        let existing = self.log.topic(name);
+        let existing = self.handle(name);
         let current = match &existing {
-            Some(topic) => settings_of(&topic.config()),
+            Some(topic) => settings_of(&info_of(topic.as_ref()).await?.settings),
             None => self.defaults.clone(),
         };
         let settings = current.apply(patch);
@@ -481,18 +535,21 @@ impl TopicRegistry {
             },
         )
         .await?;
-        match existing {
-            Some(topic) => {
-                topic.set_config(settings.to_log_config());
-                Ok((PutOutcome::Updated, topic))
-            }
-            None => {
-                let topic = self.create(name, settings.to_log_config())?;
-                topic.set_config(settings.to_log_config());
-                self.set_incarnation(name, Some(incarnation));
-                Ok((PutOutcome::Created, topic))
-            }
+        let (outcome, topic) = match existing {
+            Some(topic) => (PutOutcome::Updated, topic),
+            None => (
+                PutOutcome::Created,
+                self.create(name, settings.to_storage()).await?,
+            ),
+        };
+        topic
+            .configure(settings.to_storage())
+            .await
+            .map_err(|error| ApiError::internal("configuring a topic", &error))?;
+        if outcome == PutOutcome::Created {
+            self.set_current(name, Some((Arc::clone(&topic), incarnation)));
         }
+        Ok((outcome, topic))
     }
 
     /// Deletes the topic's records and settings. Who still uses it is the caller's question
@@ -504,18 +561,19 @@ impl TopicRegistry {
             return Err(no_such_topic(name));
         };
         // Mark the record first: a crash before the end finishes the delete at the next start.
+        let settings = settings_of(&info_of(topic.as_ref()).await?.settings);
         self.store_record(
             name,
             &TopicRecord {
-                settings: Some(settings_of(&topic.config())),
+                settings: Some(settings),
                 incarnation,
                 deleting: true,
             },
         )
         .await?;
         drop(topic);
-        self.set_incarnation(name, None);
-        self.log
+        self.set_current(name, None);
+        self.store
             .delete_topic(name)
             .await
             .map_err(|error| ApiError::internal("deleting a topic", &error))?;
@@ -527,8 +585,18 @@ impl TopicRegistry {
     }
 }
 
-/// The user-facing settings of a topic, read back from the log's configuration.
-pub(crate) fn settings_of(config: &TopicConfig) -> TopicSettings {
+/// A topic's state, in the API's terms when it fails.
+pub(crate) async fn info_of(
+    topic: &dyn trellis_storage::TopicStore,
+) -> Result<TopicInfo, ApiError> {
+    topic.info().await.map_err(|error| match error {
+        StorageError::NoSuchTopic(name) => no_such_topic(&name),
+        other => ApiError::internal("reading a topic's state", &other),
+    })
+}
+
+/// The user-facing settings of a topic, read back from the store's settings.
+pub(crate) fn settings_of(config: &trellis_storage::TopicSettings) -> TopicSettings {
     let (durability, fsync_interval_ms) = match config.durability {
         Durability::Always => (
             DurabilityPolicy::Always,
@@ -537,6 +605,11 @@ pub(crate) fn settings_of(config: &TopicConfig) -> TopicSettings {
         Durability::Interval(every) => (DurabilityPolicy::Interval, every.as_millis() as u64),
         Durability::Never => (
             DurabilityPolicy::Never,
+            TopicSettings::default().fsync_interval_ms,
+        ),
+        // A level this runtime does not know yet: shown as the strongest it knows.
+        _ => (
+            DurabilityPolicy::Always,
             TopicSettings::default().fsync_interval_ms,
         ),
     };
@@ -559,11 +632,11 @@ fn topic_key(name: &str) -> String {
 }
 
 fn validate_name(name: &str) -> Result<(), ApiError> {
-    trellis_log::validate_topic_name(name)
+    trellis_storage::validate_topic_name(name)
         .map_err(|error| ApiError::bad_request("invalid_topic_name", error_chain(&error)))
 }
 
-fn no_such_topic(name: &str) -> ApiError {
+pub(crate) fn no_such_topic(name: &str) -> ApiError {
     ApiError::not_found("topic_not_found", format!("topic {name:?} does not exist"))
 }
 

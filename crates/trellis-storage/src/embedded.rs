@@ -21,8 +21,8 @@ use trellis_log::{Log, LogOptions, LogResources, TopicConfig};
 
 use crate::error::damaged_range;
 use crate::{
-    AppendOutcome, AppendRecord, DedupKey, Durability, EventStore, PendingAppend, ReadPage, Record,
-    StorageError, TopicInfo, TopicSettings, TopicStore,
+    AppendOutcome, AppendRecord, DedupKey, DedupUsage, Durability, EventStore, PendingAppend,
+    ReadPage, Record, StorageError, TopicInfo, TopicSettings, TopicStore,
 };
 use dedup::{DedupIndex, Lookup};
 
@@ -233,6 +233,14 @@ impl EventStore for EmbeddedStore {
 
     async fn close(&self) -> Result<(), StorageError> {
         Ok(self.log.close().await?)
+    }
+
+    fn dedup_usage(&self) -> Option<DedupUsage> {
+        let index = lock(&self.index);
+        Some(DedupUsage {
+            remembered_keys: index.len(),
+            memory_bytes: index.memory_bytes(),
+        })
     }
 }
 
@@ -540,6 +548,7 @@ fn info_of(topic: &trellis_log::Topic) -> TopicInfo {
         first_offset: stats.first_offset,
         next_offset: stats.next_offset,
         size_bytes: stats.size_bytes,
+        segments: stats.n_segments,
         settings: from_log_config(&topic.config()),
         damaged: stats.damaged.into_iter().map(damaged_range).collect(),
     }

@@ -68,5 +68,6 @@ pub(crate) fn damaged_range(range: trellis_log::DamagedRange) -> DamagedRange {
         first_offset: range.first_offset,
         next_offset: range.next_offset,
         reason: range.reason,
+        segment: range.segment,
     }
 }

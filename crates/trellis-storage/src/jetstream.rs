@@ -241,6 +241,8 @@ fn topic_info(topic: &str, info: &stream::Info) -> TopicInfo {
         first_offset,
         next_offset,
         size_bytes: state.bytes,
+        // JetStream removes single records, never whole files.
+        segments: 1,
         settings: settings_of(&info.config).unwrap_or_default(),
         damaged: Vec::new(),
     }

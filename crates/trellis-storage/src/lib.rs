@@ -36,6 +36,12 @@ pub use embedded::{EmbeddedOptions, EmbeddedStore, KeyOf};
 pub use error::StorageError;
 pub use jetstream::{JetStreamOptions, JetStreamStore, stream_name, topic_name};
 
+/// Checks a topic name against the rules every backend accepts: what Trellis' API allows is
+/// what the boundary stores, so callers check names once, above it.
+pub fn validate_topic_name(name: &str) -> Result<(), StorageError> {
+    trellis_log::validate_topic_name(name).map_err(StorageError::from)
+}
+
 /// How hard an append works to survive a crash before it is acknowledged. What each level means
 /// is the backend's to document: a replicated engine may acknowledge on a quorum's receipt
 /// rather than on an fsync.
@@ -141,6 +147,9 @@ pub struct DamagedRange {
     pub next_offset: u64,
     /// What is wrong, for an operator.
     pub reason: String,
+    /// Where the backend keeps the damaged records, for an operator: the embedded log's
+    /// segment (its base offset); 0 for a backend without such units.
+    pub segment: u64,
 }
 
 /// One read's answer: the records, and the damage they stop short at, if any.
@@ -162,6 +171,9 @@ pub struct TopicInfo {
     pub next_offset: u64,
     /// Bytes the topic takes in the backend, overhead included.
     pub size_bytes: u64,
+    /// The units retention removes whole (the embedded log's segment files); 1 for a backend
+    /// that removes single records.
+    pub segments: usize,
     pub settings: TopicSettings,
     /// Damaged records known so far, in offset order.
     pub damaged: Vec<DamagedRange>,
@@ -195,6 +207,16 @@ impl fmt::Debug for PendingAppend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PendingAppend").finish_non_exhaustive()
     }
+}
+
+/// What a backend that deduplicates in this process's memory holds for it, for the
+/// `trellis_dedup_*` gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DedupUsage {
+    /// Stored keys remembered, over all topics.
+    pub remembered_keys: usize,
+    /// About how many bytes of heap the remembered keys take.
+    pub memory_bytes: usize,
 }
 
 /// Where a Trellis node keeps its events: a set of named topics. Cheap to share behind an `Arc`.
@@ -232,6 +254,13 @@ pub trait EventStore: Send + Sync + fmt::Debug {
 
     /// Finishes what was submitted, makes it durable, and refuses later appends with `Closed`.
     async fn close(&self) -> Result<(), StorageError>;
+
+    /// The memory this process spends on deduplication, read synchronously so that a metrics
+    /// scrape takes no await. `None` for a backend that deduplicates in the engine below, where
+    /// this process holds nothing to report.
+    fn dedup_usage(&self) -> Option<DedupUsage> {
+        None
+    }
 }
 
 /// One topic. Handles are cheap; several may exist for one topic.

@@ -135,3 +135,24 @@ async fn a_zero_window_turns_deduplication_off() {
         vec![AppendOutcome::Stored(0), AppendOutcome::Stored(1)]
     );
 }
+
+#[tokio::test]
+async fn the_dedup_memory_is_reported_through_the_trait() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn EventStore> = Arc::new(open(dir.path(), |_| {}));
+    let empty = store
+        .dedup_usage()
+        .expect("the embedded store reports its index");
+    assert_eq!(empty.remembered_keys, 0);
+    let topic = store.create_topic("usage", fast()).await.expect("create");
+    topic
+        .append((0..100).map(|i| keyed(i, "x")).collect())
+        .await
+        .expect("append");
+    let usage = store.dedup_usage().expect("usage");
+    assert_eq!(usage.remembered_keys, 100, "one key per stored event");
+    assert!(
+        usage.memory_bytes >= 100 * 16,
+        "at least the keys themselves are counted: {usage:?}"
+    );
+}

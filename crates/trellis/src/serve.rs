@@ -11,8 +11,8 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use trellis_log::{Log, LogOptions};
 use trellis_meta::EmbeddedStore;
+use trellis_storage::{EmbeddedOptions, EventStore};
 
 use crate::cli::ServeArgs;
 use crate::config::Settings;
@@ -64,19 +64,24 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
 
     // Before the log opens, so what recovery counts reaches /metrics.
     trellis_runtime::install_metrics_recorder();
-    let log = Log::open_with(
-        LogOptions {
-            dir: data_dir.join("log"),
-            default_topic: settings.runtime.default_topic.to_log_config(),
-        },
-        &settings.log_resources,
-    )
-    .with_context(|| {
-        format!(
-            "cannot open the event log in {}",
-            data_dir.join("log").display()
-        )
-    })?;
+    // The embedded event store; the runtime sees it only as `Arc<dyn EventStore>`. It
+    // deduplicates on the digest of each event's (source, id), read back from the stored
+    // events after a restart.
+    let mut options = EmbeddedOptions::new(data_dir.join("log"));
+    options.default_settings = settings.runtime.default_topic.to_storage();
+    options.writer_threads = settings.log_resources.writer_threads;
+    options.max_open_files = settings.log_resources.max_open_files;
+    options.dedup_window = settings.runtime.dedup_window;
+    options.dedup_max_entries = settings.runtime.dedup_max_entries;
+    options.key_of = Some(trellis_runtime::stored_event_key_of());
+    let store: Arc<dyn EventStore> = Arc::new(
+        trellis_storage::EmbeddedStore::open(options).with_context(|| {
+            format!(
+                "cannot open the event log in {}",
+                data_dir.join("log").display()
+            )
+        })?,
+    );
     let meta_path = data_dir.join("meta.redb");
     let meta = EmbeddedStore::open(&meta_path)
         .with_context(|| format!("cannot open the metadata store {}", meta_path.display()))?;
@@ -98,11 +103,11 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
     tracing::info!(message = "Trellis started.", http = %local_addr, grpc = %grpc_addr, data_dir = %data_dir.display());
 
     let shutdown = CancellationToken::new();
-    let event_log = log.clone();
+    let event_store = Arc::clone(&store);
     let mut serving = Box::pin(trellis_runtime::serve_with_grpc(
         listener,
         Some(grpc_listener),
-        log,
+        store,
         Arc::new(meta),
         settings.runtime,
         shutdown.clone(),
@@ -129,7 +134,7 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
     // What was acknowledged is already durable under `always`; this writes what is queued and
     // fsyncs the rest, as a drained shutdown would.
     drop(serving);
-    event_log
+    event_store
         .close()
         .await
         .context("flushing the event log failed")?;

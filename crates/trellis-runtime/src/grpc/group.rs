@@ -24,12 +24,13 @@ use tokio_util::task::TaskTracker;
 use tonic::Status;
 use trellis_cloudevents::CloudEvent;
 use trellis_delivery::offsets::OffsetTracker;
-use trellis_log::{LogError, Record, Topic};
 use trellis_meta::MetadataStore;
 use trellis_proto::v1::{self, SubscribeResponse, subscribe_response};
+use trellis_storage::{Record, StorageError};
 
 use super::{group_offset_key, shutting_down, stored_offset};
 use crate::error::error_chain;
+use crate::event_store::TopicHandle;
 use crate::topics::Incarnation;
 
 /// How often a coordinator stores its committed offset.
@@ -67,7 +68,7 @@ pub(crate) enum Start {
 /// What a joining member asks for.
 #[derive(Debug, Clone)]
 pub(crate) struct JoinSpec {
-    pub(crate) topic: Topic,
+    pub(crate) topic: TopicHandle,
     /// The topic's incarnation: the group's stored offset counts only in it.
     pub(crate) incarnation: Incarnation,
     pub(crate) group: String,
@@ -298,7 +299,7 @@ struct Waiting {
 }
 
 struct Coordinator {
-    topic: Topic,
+    topic: TopicHandle,
     incarnation: Incarnation,
     meta: Arc<dyn MetadataStore>,
     /// `None`: progress is not kept (an unnamed broadcast member).
@@ -342,7 +343,12 @@ impl Coordinator {
             )),
             (None, true) => None,
         };
-        let stats = spec.topic.stats();
+        let stats = spec.topic.info().await.map_err(|error| {
+            Status::unavailable(format!(
+                "reading the topic's state failed: {}",
+                error_chain(&error)
+            ))
+        })?;
         let stored = match &offset_key {
             Some(key) => stored_offset(meta.as_ref(), key).await?,
             None => None,
@@ -451,7 +457,7 @@ impl Coordinator {
                     reading = None;
                     match read {
                         Ok(records) => self.take(records),
-                        Err(LogError::OffsetTruncated { first_offset, .. }) => {
+                        Err(StorageError::OffsetTruncated { first_offset, .. }) => {
                             tracing::warn!(
                                 message = "A consumer group fell behind retention; it skips the deleted events.",
                                 topic = self.topic.name(),
@@ -460,12 +466,12 @@ impl Coordinator {
                             );
                             self.position = first_offset;
                         }
-                        Err(LogError::Damaged { range, .. }) => self.skip_damaged(&range),
-                        Err(LogError::NoSuchTopic(_)) => {
+                        Err(StorageError::Damaged { range, .. }) => self.skip_damaged(&range),
+                        Err(StorageError::NoSuchTopic(_)) => {
                             closing = Some(Status::not_found(format!("topic {:?} was deleted", self.topic.name())));
                             break;
                         }
-                        Err(LogError::Closed) => {
+                        Err(StorageError::Closed) => {
                             closing = Some(shutting_down());
                             break;
                         }
@@ -587,7 +593,7 @@ impl Coordinator {
 
     /// Goes past records damaged on disk: no member could be sent them, and waiting for them
     /// would stall the group for good.
-    fn skip_damaged(&mut self, range: &trellis_log::DamagedRange) {
+    fn skip_damaged(&mut self, range: &trellis_storage::DamagedRange) {
         tracing::warn!(
             message = "Damaged records cannot be delivered; the consumer group skips them.",
             topic = self.topic.name(),
@@ -724,9 +730,9 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-type ReadFuture = Pin<Box<dyn Future<Output = Result<Vec<Record>, LogError>> + Send>>;
+type ReadFuture = Pin<Box<dyn Future<Output = Result<Vec<Record>, StorageError>> + Send>>;
 
-async fn poll_read(reading: &mut Option<ReadFuture>) -> Result<Vec<Record>, LogError> {
+async fn poll_read(reading: &mut Option<ReadFuture>) -> Result<Vec<Record>, StorageError> {
     match reading {
         Some(read) => read.await,
         None => std::future::pending().await,
@@ -734,9 +740,12 @@ async fn poll_read(reading: &mut Option<ReadFuture>) -> Result<Vec<Record>, LogE
 }
 
 /// The next records from `from`, waiting for one if the group has read everything.
-async fn read_from(topic: Topic, from: u64, max_records: usize) -> Result<Vec<Record>, LogError> {
-    if from >= topic.stats().next_offset {
-        topic.wait_for(from).await?;
-    }
-    crate::subscriptions::read_records(&topic, from, max_records.max(1)).await
+async fn read_from(
+    topic: TopicHandle,
+    from: u64,
+    max_records: usize,
+) -> Result<Vec<Record>, StorageError> {
+    // Resolves at once when the record is stored already.
+    topic.wait_for(from).await?;
+    crate::event_store::read_records(topic.as_ref(), from, max_records.max(1)).await
 }

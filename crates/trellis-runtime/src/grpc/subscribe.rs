@@ -124,7 +124,7 @@ pub(super) async fn subscribe(
 /// Group and member names become keys of the metadata store: the topic-name alphabet keeps
 /// `/` out of them, so one group's key is never another's.
 fn check_name(field: &str, name: &str) -> Result<(), Status> {
-    trellis_log::validate_topic_name(name).map_err(|error| {
+    trellis_storage::validate_topic_name(name).map_err(|error| {
         Status::invalid_argument(format!(
             "{field}: {}",
             crate::error::error_chain(&error).replace("topic name", "name")

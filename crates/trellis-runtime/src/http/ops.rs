@@ -24,7 +24,7 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &
 }
 
 pub(crate) async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
-    crate::metrics::refresh_gauges(state.topics.log());
+    crate::metrics::refresh_gauges(state.topics.store().as_ref()).await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         // Per-subscription and per-group series are kept apart so they can be removed.

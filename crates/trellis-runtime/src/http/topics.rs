@@ -8,12 +8,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use trellis_log::{DamagedRange, LogError, Topic};
+use trellis_storage::{DamagedRange, StorageError, TopicInfo};
 
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::http::body::AdminBody;
-use crate::topics::{PutOutcome, TopicSettings, TopicSettingsPatch, settings_of};
+use crate::topics::{
+    Incarnation, PutOutcome, TopicSettings, TopicSettingsPatch, info_of, settings_of,
+};
 
 /// A reads page holds at most this many events, whatever `limit` asks for.
 const MAX_READ_LIMIT: usize = 1000;
@@ -46,21 +48,16 @@ struct DamagedView {
 }
 
 impl TopicView {
-    fn of(topic: &Topic, state: &AppState) -> TopicView {
-        let stats = topic.stats();
+    fn of(info: TopicInfo, incarnation: &Incarnation) -> TopicView {
         TopicView {
-            incarnation: state
-                .topics
-                .current(topic.name())
-                .map(|(_, incarnation)| incarnation.as_str().to_owned())
-                .unwrap_or_default(),
-            name: topic.name().to_owned(),
-            first_offset: stats.first_offset,
-            next_offset: stats.next_offset,
-            size_bytes: stats.size_bytes,
-            segments: stats.n_segments,
-            settings: settings_of(&topic.config()),
-            damaged: stats
+            incarnation: incarnation.as_str().to_owned(),
+            name: info.name,
+            first_offset: info.first_offset,
+            next_offset: info.next_offset,
+            size_bytes: info.size_bytes,
+            segments: info.segments,
+            settings: settings_of(&info.settings),
+            damaged: info
                 .damaged
                 .into_iter()
                 .map(|range| DamagedView {
@@ -80,15 +77,28 @@ pub(crate) struct TopicList {
     topics: Vec<TopicView>,
 }
 
-pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Json<TopicList> {
+pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Result<Json<TopicList>, ApiError> {
     let topics = state
         .topics
-        .log()
-        .topics()
-        .iter()
-        .map(|topic| TopicView::of(topic, &state))
+        .list()
+        .await?
+        .into_iter()
+        .map(|(info, incarnation)| TopicView::of(info, &incarnation))
         .collect();
-    Json(TopicList { topics })
+    Ok(Json(TopicList { topics }))
+}
+
+/// The view of a topic with its current incarnation.
+async fn view(
+    state: &AppState,
+    topic: &dyn trellis_storage::TopicStore,
+) -> Result<TopicView, ApiError> {
+    let info = info_of(topic).await?;
+    let incarnation = state
+        .topics
+        .current(topic.name())
+        .map_or_else(Incarnation::legacy, |(_, incarnation)| incarnation);
+    Ok(TopicView::of(info, &incarnation))
 }
 
 pub(crate) async fn get(
@@ -96,7 +106,7 @@ pub(crate) async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<TopicView>, ApiError> {
     let topic = state.topics.get(&name)?;
-    Ok(Json(TopicView::of(&topic, &state)))
+    Ok(Json(view(&state, topic.as_ref()).await?))
 }
 
 pub(crate) async fn put(
@@ -120,7 +130,7 @@ pub(crate) async fn put(
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Updated => StatusCode::OK,
     };
-    Ok((status, Json(TopicView::of(&topic, &state))).into_response())
+    Ok((status, Json(view(&state, topic.as_ref()).await?)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -155,7 +165,6 @@ pub(crate) async fn delete(
                 .collect()
         })
         .await?;
-    state.publisher.forget_topic(&name);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -189,18 +198,21 @@ pub(crate) async fn read_events(
             format!("limit must be between 1 and {MAX_READ_LIMIT}; got {limit}"),
         ));
     }
-    let from = query.from.unwrap_or_else(|| topic.stats().first_offset);
-    let reader = topic.clone();
-    let page = tokio::task::spawn_blocking(move || reader.read_page(from, limit, MAX_READ_BYTES))
+    let from = match query.from {
+        Some(from) => from,
+        None => info_of(topic.as_ref()).await?.first_offset,
+    };
+    let page = topic
+        .read(from, limit, MAX_READ_BYTES)
         .await
-        .map_err(|error| ApiError::internal("reading events", &error))?
         .map_err(|error| match error {
-            LogError::OffsetTruncated { offset, first_offset } => ApiError::new(
+            StorageError::OffsetTruncated { offset, first_offset } => ApiError::new(
                 StatusCode::GONE,
                 "offset_truncated",
                 format!("offset {offset} was removed by retention; the oldest stored offset is {first_offset}"),
             ),
-            LogError::NoSuchTopic(name) => ApiError::not_found("topic_not_found", format!("topic {name:?} does not exist")),
+            StorageError::NoSuchTopic(name) => ApiError::not_found("topic_not_found", format!("topic {name:?} does not exist")),
+            StorageError::Unavailable(reason) => ApiError::unavailable(format!("the event store is unavailable ({reason}); try again")),
             other => ApiError::internal("reading events", &other),
         })?;
     let records = page.records;

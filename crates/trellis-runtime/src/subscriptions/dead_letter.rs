@@ -17,10 +17,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::{CloudEvent, ExtensionValue};
 use trellis_delivery::report::DeliveryFailure;
+use trellis_storage::AppendRecord;
 
 use crate::error::error_chain;
 use crate::topics::TopicRegistry;
@@ -33,7 +33,7 @@ pub(crate) struct DeadLetterTarget {
     pub(crate) topics: TopicRegistry,
 }
 
-/// Waits between tries to append a dead letter that failed (the log is full or shutting down).
+/// Waits between tries to append a dead letter that failed (the store is full, unavailable or shutting down).
 const RETRY: Duration = Duration::from_millis(500);
 
 impl DeadLetterTarget {
@@ -56,14 +56,16 @@ impl DeadLetterTarget {
         events: &[CloudEvent],
         stop: &CancellationToken,
     ) -> bool {
-        let payloads: Vec<Bytes> = events
+        // Without a dedup key: a dead letter repeats its original's (source, id), and every
+        // failure of it is worth keeping.
+        let records: Vec<AppendRecord> = events
             .iter()
-            .map(|event| Bytes::from(event.to_stored()))
+            .map(|event| AppendRecord::new(event.to_stored()))
             .collect();
         loop {
             let appended = match self.topics.for_subscription(&self.topic_name).await {
                 Ok((topic, _)) => topic
-                    .append(payloads.clone())
+                    .append(records.clone())
                     .await
                     .map_err(|error| error_chain(&error)),
                 Err(error) => Err(error.message),

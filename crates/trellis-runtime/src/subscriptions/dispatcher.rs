@@ -24,8 +24,8 @@ use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::offsets::OffsetTracker;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport};
-use trellis_log::{DamagedRange, LogError, Topic};
 use trellis_meta::MetadataStore;
+use trellis_storage::{DamagedRange, StorageError};
 
 use super::dead_letter::DeadLetterTarget;
 use crate::error::error_chain;
@@ -83,7 +83,7 @@ pub(crate) enum Ended {
 
 pub(crate) struct Dispatcher {
     pub(crate) name: String,
-    pub(crate) topic: Topic,
+    pub(crate) topic: crate::event_store::TopicHandle,
     /// The committed offset is stored with it (see `stored_offset.rs`).
     pub(crate) incarnation: crate::topics::Incarnation,
     /// Created on first use with the default topic settings.
@@ -154,7 +154,7 @@ impl Dispatcher {
                         self.stats.position.store(next, Ordering::Relaxed);
                         continue;
                     }
-                    Err(LogError::OffsetTruncated { first_offset, .. }) => {
+                    Err(StorageError::OffsetTruncated { first_offset, .. }) => {
                         tracing::warn!(
                             message = "Records the subscription had not delivered were removed by retention; skipping to the first record left.",
                             subscription = %self.name,
@@ -164,7 +164,7 @@ impl Dispatcher {
                         next = first_offset;
                         continue;
                     }
-                    Err(LogError::Damaged { range, .. }) => {
+                    Err(StorageError::Damaged { range, .. }) => {
                         if !self.skip_damaged(&range, &mut tracker).await {
                             break;
                         }
@@ -172,8 +172,8 @@ impl Dispatcher {
                         self.stats.position.store(next, Ordering::Relaxed);
                         continue;
                     }
-                    Err(LogError::Closed) => break,
-                    Err(LogError::NoSuchTopic(_)) => {
+                    Err(StorageError::Closed) => break,
+                    Err(StorageError::NoSuchTopic(_)) => {
                         topic_deleted = true;
                         break;
                     }
@@ -213,14 +213,14 @@ impl Dispatcher {
                 }
                 // A paused subscription reads nothing, so it learns of a delete here.
                 gone = self.topic.wait_for(u64::MAX), if paused => {
-                    topic_deleted = matches!(gone, Err(LogError::NoSuchTopic(_)));
+                    topic_deleted = matches!(gone, Err(StorageError::NoSuchTopic(_)));
                     break;
                 }
                 _ = commit_tick.tick() => {
                     while deliveries.try_join_next().is_some() {}
                     self.engine.close_idle_connections();
                     persisted = self.persist(tracker.committable(), persisted).await;
-                    self.publish_gauges(tracker.committable());
+                    self.publish_gauges(tracker.committable()).await;
                 }
             }
         }
@@ -309,7 +309,7 @@ impl Dispatcher {
 
     fn dispatch(
         &self,
-        record: trellis_log::Record,
+        record: trellis_storage::Record,
         tracker: &mut OffsetTracker,
         deliveries: &mut JoinSet<()>,
         pending: &mut Pending,
@@ -408,16 +408,18 @@ impl Dispatcher {
         &self,
         from: u64,
         max_records: usize,
-    ) -> Result<Vec<trellis_log::Record>, LogError> {
-        super::read_records(&self.topic, from, max_records).await
+    ) -> Result<Vec<trellis_storage::Record>, StorageError> {
+        crate::event_store::read_records(self.topic.as_ref(), from, max_records).await
     }
 
-    fn publish_gauges(&self, committed: u64) {
-        let next = self.topic.stats().next_offset;
+    async fn publish_gauges(&self, committed: u64) {
         let labels = [("subscription", self.name.clone())];
         metrics::gauge!("trellis_subscription_committed_offset", &labels).set(committed as f64);
-        metrics::gauge!("trellis_subscription_lag", &labels)
-            .set(next.saturating_sub(committed) as f64);
+        // Once per commit interval, not per record: asking the store is cheap enough here.
+        if let Ok(info) = self.topic.info().await {
+            metrics::gauge!("trellis_subscription_lag", &labels)
+                .set(info.next_offset.saturating_sub(committed) as f64);
+        }
     }
 
     /// Stores the committed offset if it moved; returns what is stored now.

@@ -10,13 +10,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::Engine;
-use trellis_log::Topic;
 use trellis_meta::MetadataStore;
 
 use super::dead_letter::DeadLetterTarget;
 use super::dispatcher::{Dispatcher, DispatcherStats, Ended, Outcome};
 use super::spec::Start;
 use crate::error::error_chain;
+use crate::event_store::TopicHandle;
 use crate::topics::{Incarnation, TopicRegistry};
 
 /// 1 while a subscription waits for its topic to exist, so a stranded one can be alerted on.
@@ -166,7 +166,7 @@ async fn wait_for_topic(
     stop: &CancellationToken,
     lifecycle: &Lifecycle,
     reason: String,
-) -> Option<(Topic, Incarnation)> {
+) -> Option<(TopicHandle, Incarnation)> {
     // Subscribed before looking, so a creation in between is not missed.
     let mut changes = topics.changes();
     if let Some(found) = topics.current(name) {
@@ -190,13 +190,22 @@ async fn wait_for_topic(
 async fn start_offset(
     meta: &dyn MetadataStore,
     key: &str,
-    topic: &Topic,
+    topic: &TopicHandle,
     incarnation: &Incarnation,
     start: Start,
     stop: &CancellationToken,
 ) -> Option<u64> {
     loop {
-        let stats = topic.stats();
+        let stats = match topic.info().await {
+            Ok(stats) => stats,
+            Err(error) => {
+                tracing::warn!(message = "Reading a subscription's topic failed; retrying.", key, error = %error_chain(&error));
+                tokio::select! {
+                    () = stop.cancelled() => return None,
+                    () = tokio::time::sleep(RETRY) => continue,
+                }
+            }
+        };
         let from = match crate::stored_offset::load_any(meta, key).await {
             Ok(Some(stored)) => match stored.in_incarnation(incarnation) {
                 Some(offset) => return Some(offset),

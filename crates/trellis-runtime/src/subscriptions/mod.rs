@@ -142,9 +142,10 @@ impl SubscriptionRegistry {
         // First here, so a refused subscription creates no topic; again below, under the lock.
         refuse_dead_letter_cycle(&spec, self.running.lock().await.values().map(|e| &e.spec))?;
         let (topic, incarnation) = self.topics.for_subscription(&spec.topic).await?;
-        let start = start_offset(&spec, &topic);
+        let info = crate::topics::info_of(topic.as_ref()).await?;
+        let start = start_offset(&spec, &info);
         if let Start::Offset(offset) = spec.start {
-            let next = topic.stats().next_offset;
+            let next = info.next_offset;
             if offset > next {
                 return Err(invalid(field_error(
                     "start",
@@ -206,7 +207,7 @@ impl SubscriptionRegistry {
         let running = self.running.lock().await;
         let running = running.get(name).ok_or_else(|| not_found(name))?;
         let mut view = view_json(&running.spec)?;
-        let status = self.status(running);
+        let status = self.status(running).await;
         if let Value::Object(object) = &mut view {
             object.insert(
                 "status".to_owned(),
@@ -293,11 +294,12 @@ impl SubscriptionRegistry {
         let Some((dead_letters, incarnation)) = self.topics.current(&spec.dead_letter_topic) else {
             return Ok(serde_json::json!({"from": 0, "to": 0, "events": 0}));
         };
+        let info = crate::topics::info_of(dead_letters.as_ref()).await?;
         let from = match self.stored_u64(&redrive_key(name), &incarnation).await? {
-            Some(cursor) => cursor.max(dead_letters.stats().first_offset),
-            None => dead_letters.stats().first_offset,
+            Some(cursor) => cursor.max(info.first_offset),
+            None => info.first_offset,
         };
-        let to = dead_letters.stats().next_offset.max(from);
+        let to = info.next_offset.max(from);
         // An engine of its own: a redrive must not trip the live subscription's circuit or
         // take its concurrency. It keeps the rate the URLs granted, like the live one.
         let (engine, outcomes) = self.engine(spec)?;
@@ -498,7 +500,7 @@ impl SubscriptionRegistry {
         }
     }
 
-    fn status(&self, running: &Running) -> SubscriptionStatus {
+    async fn status(&self, running: &Running) -> SubscriptionStatus {
         let EngineStatus {
             delivered,
             failed: _,
@@ -508,8 +510,11 @@ impl SubscriptionRegistry {
         } = running.engine.status();
         let committed = running.stats.committed.load(Ordering::Relaxed);
         let waiting = running.lifecycle.waiting_reason();
-        let next = match (&waiting, self.topics.log().topic(&running.spec.topic)) {
-            (None, Some(topic)) => topic.stats().next_offset,
+        let next = match (&waiting, self.topics.handle(&running.spec.topic)) {
+            (None, Some(topic)) => topic
+                .info()
+                .await
+                .map_or(committed, |info| info.next_offset),
             _ => committed,
         };
         // Reading failed in a way the dispatcher cannot go past (a resume retries).
@@ -554,26 +559,7 @@ impl SubscriptionRegistry {
     }
 }
 
-/// How many records one read takes from the log at most, and how many payload bytes.
-const READ_BATCH_RECORDS: usize = 256;
-const READ_BATCH_BYTES: usize = 1024 * 1024;
-
-/// Reads up to `max_records` records of `topic` from `from` on, off the async workers: the log's
-/// reads are blocking file I/O.
-pub(crate) async fn read_records(
-    topic: &trellis_log::Topic,
-    from: u64,
-    max_records: usize,
-) -> Result<Vec<trellis_log::Record>, trellis_log::LogError> {
-    let topic = topic.clone();
-    let max_records = max_records.min(READ_BATCH_RECORDS);
-    tokio::task::spawn_blocking(move || topic.read(from, max_records, READ_BATCH_BYTES))
-        .await
-        .unwrap_or(Err(trellis_log::LogError::Closed))
-}
-
-fn start_offset(spec: &SubscriptionSpec, topic: &trellis_log::Topic) -> u64 {
-    let stats = topic.stats();
+fn start_offset(spec: &SubscriptionSpec, stats: &trellis_storage::TopicInfo) -> u64 {
     match spec.start {
         Start::Latest => stats.next_offset,
         Start::Earliest => stats.first_offset,

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::{CloudEvent, ExtensionValue};
 use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::offsets::OffsetTracker;
-use trellis_log::{LogError, Topic};
 use trellis_meta::MetadataStore;
+use trellis_storage::StorageError;
 
 use super::dead_letter::DeadLetterTarget;
 use super::dispatcher::Outcome;
@@ -61,7 +61,7 @@ impl RedriveStats {
 
 pub(crate) struct Redrive {
     pub(crate) name: String,
-    pub(crate) dead_letters: Topic,
+    pub(crate) dead_letters: crate::event_store::TopicHandle,
     pub(crate) dead_letter: DeadLetterTarget,
     pub(crate) engine: Engine,
     pub(crate) outcomes: mpsc::UnboundedReceiver<Outcome>,
@@ -86,9 +86,15 @@ impl Redrive {
         loop {
             let room = MAX_IN_FLIGHT.saturating_sub(deliveries.len());
             if next < self.to && room > 0 {
-                let records = match super::read_records(&self.dead_letters, next, room).await {
+                let records = match crate::event_store::read_records(
+                    self.dead_letters.as_ref(),
+                    next,
+                    room,
+                )
+                .await
+                {
                     Ok(records) => records,
-                    Err(LogError::Damaged { range, .. }) => {
+                    Err(StorageError::Damaged { range, .. }) => {
                         // Damaged dead letters cannot be redriven: say so and go past them.
                         tracing::warn!(message = "Damaged dead letters are skipped by the redrive.", subscription = %self.name, topic = self.dead_letters.name(), first_offset = range.first_offset, next_offset = range.next_offset, reason = %range.reason);
                         let last = range.next_offset.min(self.to).saturating_sub(1);
@@ -179,8 +185,9 @@ impl Redrive {
     }
 
     /// `None` when the dead-letter topic cannot be read; the redrive then stops where it is.
-    async fn read(&self, from: u64, max_records: usize) -> Option<Vec<trellis_log::Record>> {
-        match super::read_records(&self.dead_letters, from, max_records).await {
+    async fn read(&self, from: u64, max_records: usize) -> Option<Vec<trellis_storage::Record>> {
+        match crate::event_store::read_records(self.dead_letters.as_ref(), from, max_records).await
+        {
             Ok(records) => Some(records),
             Err(error) => {
                 tracing::error!(message = "Reading dead letters failed; the redrive stops.", subscription = %self.name, error = %error_chain(&error));

@@ -205,9 +205,9 @@ fn required_name(object: &Map<String, Value>, field: &str) -> Result<String, Spe
 
 /// Subscription names follow the topic-name rules, so `<name>.dlq` is always a valid topic.
 fn check_topic_name(field: &str, name: &str) -> Result<(), SpecError> {
-    trellis_log::validate_topic_name(name).map_err(|error| {
+    trellis_storage::validate_topic_name(name).map_err(|error| {
         let message = match error {
-            trellis_log::LogError::InvalidTopicName { reason, .. } => reason.to_owned(),
+            trellis_storage::StorageError::InvalidTopicName { reason, .. } => reason,
             other => other.to_string(),
         };
         field_error(field, &message)

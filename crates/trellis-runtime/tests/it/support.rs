@@ -6,10 +6,10 @@ use std::sync::Arc;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use trellis_log::{Log, LogOptions};
 use trellis_meta::EmbeddedStore;
 use trellis_proto::v1;
 use trellis_runtime::{RuntimeConfig, ServeError};
+use trellis_storage::{EmbeddedOptions, EventStore};
 
 pub(crate) const STRUCTURED: &str = "application/cloudevents+json";
 pub(crate) const BATCH: &str = "application/cloudevents-batch+json";
@@ -40,11 +40,13 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) async fn start(dir: &std::path::Path, config: RuntimeConfig) -> Server {
-        let log = Log::open(LogOptions {
-            dir: dir.join("log"),
-            default_topic: config.default_topic.to_log_config(),
-        })
-        .expect("open log");
+        let mut options = EmbeddedOptions::new(dir.join("log"));
+        options.default_settings = config.default_topic.to_storage();
+        options.dedup_window = config.dedup_window;
+        options.dedup_max_entries = config.dedup_max_entries;
+        options.key_of = Some(trellis_runtime::stored_event_key_of());
+        let store: Arc<dyn EventStore> =
+            Arc::new(trellis_storage::EmbeddedStore::open(options).expect("open the event store"));
         let meta = EmbeddedStore::open(&dir.join("meta.redb")).expect("open metadata store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -58,7 +60,7 @@ impl Server {
         let task = tokio::spawn(trellis_runtime::serve_with_grpc(
             listener,
             Some(grpc_listener),
-            log,
+            store,
             Arc::new(meta),
             config,
             shutdown.clone(),

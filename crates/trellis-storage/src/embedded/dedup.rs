@@ -43,7 +43,7 @@ pub(super) struct DedupIndex {
     entries: HashMap<Slot, Entry>,
     /// Stored keys in the order they were stored, which is also (up to clock steps) their age
     /// order: `(at_ms, slot, offset)`.
-    by_age: VecDeque<(i64, Slot, u64)>,
+    by_age: AgeQueue,
 }
 
 impl DedupIndex {
@@ -52,7 +52,7 @@ impl DedupIndex {
             window_ms: i64::try_from(window.as_millis()).unwrap_or(i64::MAX),
             max_entries,
             entries: HashMap::new(),
-            by_age: VecDeque::new(),
+            by_age: AgeQueue::default(),
         }
     }
 
@@ -68,6 +68,14 @@ impl DedupIndex {
     /// Stored keys remembered, over all topics.
     pub(super) fn len(&self) -> usize {
         self.by_age.len()
+    }
+
+    /// About how many bytes of heap the index holds: hash-map slots (entry and control byte,
+    /// counted by capacity) and the age queue's slots (by capacity too). Every entry has the same
+    /// size whatever its event, since a key is a digest.
+    pub(super) fn memory_bytes(&self) -> usize {
+        self.entries.capacity() * (size_of::<(Slot, Entry)>() + 1)
+            + self.by_age.capacity() * size_of::<Aged>()
     }
 
     pub(super) fn max_entries(&self) -> usize {
@@ -123,5 +131,89 @@ impl DedupIndex {
                 self.entries.remove(&key);
             }
         }
+    }
+}
+
+/// A stored key in the age queue: `(at_ms, slot, offset)`.
+type Aged = (i64, Slot, u64);
+
+/// Keys stored in one chunk of the age queue.
+const CHUNK: usize = 4096;
+
+/// The stored keys in age order, in chunks of a fixed size. Growing it never moves more than one
+/// chunk's header: a single `VecDeque` doubling under the index's lock would copy every entry
+/// (tens of MB at a million keys) while every deduplicated append waits.
+#[derive(Debug, Default)]
+struct AgeQueue {
+    chunks: VecDeque<VecDeque<Aged>>,
+    len: usize,
+}
+
+impl AgeQueue {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Entries the allocated chunks can hold.
+    fn capacity(&self) -> usize {
+        self.chunks.len() * CHUNK
+    }
+
+    fn push_back(&mut self, aged: Aged) {
+        match self.chunks.back_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push_back(aged),
+            _ => {
+                let mut chunk = VecDeque::with_capacity(CHUNK);
+                chunk.push_back(aged);
+                self.chunks.push_back(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn front(&self) -> Option<&Aged> {
+        self.chunks.front().and_then(VecDeque::front)
+    }
+
+    fn pop_front(&mut self) -> Option<Aged> {
+        let chunk = self.chunks.front_mut()?;
+        let aged = chunk.pop_front();
+        if chunk.is_empty() {
+            self.chunks.pop_front();
+        }
+        if aged.is_some() {
+            self.len -= 1;
+        }
+        aged
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_age_queue_keeps_its_order_across_chunks() {
+        let mut queue = AgeQueue::default();
+        let key = |n: u64| (n as i64, (0, crate::DedupKey(u128::from(n))), n);
+        for n in 0..(3 * CHUNK as u64 + 7) {
+            queue.push_back(key(n));
+        }
+        assert_eq!(queue.len(), 3 * CHUNK + 7);
+        for n in 0..(CHUNK as u64 + 3) {
+            assert_eq!(queue.pop_front(), Some(key(n)));
+        }
+        // Pushing after pops from a chunk that is also the last one keeps the order.
+        for n in (3 * CHUNK as u64 + 7)..(4 * CHUNK as u64) {
+            queue.push_back(key(n));
+        }
+        let mut expected = CHUNK as u64 + 3;
+        while let Some(aged) = queue.pop_front() {
+            assert_eq!(aged, key(expected));
+            expected += 1;
+        }
+        assert_eq!(expected, 4 * CHUNK as u64);
+        assert_eq!((queue.len(), queue.capacity()), (0, 0));
+        assert_eq!(queue.front(), None);
     }
 }
