@@ -701,30 +701,10 @@ struct HttpsReceiver {
 
 impl HttpsReceiver {
     async fn start() -> HttpsReceiver {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let certificate = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
-            .expect("server certificate parameters")
-            .signed_by(&key, &ca)
-            .expect("server certificate");
+        let tls = trellis_test_support::TestTls::for_hosts(&["localhost"]);
         let mut ca_file = tempfile::NamedTempFile::new().expect("CA file");
-        std::io::Write::write_all(&mut ca_file, ca.pem().as_bytes()).expect("write CA file");
-
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![certificate.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .expect("server TLS settings");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        std::io::Write::write_all(&mut ca_file, tls.ca_pem.as_bytes()).expect("write CA file");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

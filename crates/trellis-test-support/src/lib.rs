@@ -7,10 +7,12 @@
 mod fault_proxy;
 mod receiver;
 mod spellings;
+mod tls;
 
 pub use fault_proxy::{ConnectionFault, FaultProxy, FaultStats, Faults};
 pub use receiver::{ReceivedRequest, Receiver, Reply};
 pub use spellings::DENIED_ADDRESS_SPELLINGS;
+pub use tls::TestTls;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

@@ -21,28 +21,8 @@ struct HttpsReceiver {
 
 impl HttpsReceiver {
     async fn start() -> HttpsReceiver {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA certificate");
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let certificate =
-            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                .expect("server certificate parameters")
-                .signed_by(&key, &ca)
-                .expect("server certificate");
-        let server = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![certificate.der().clone()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
-        )
-        .expect("server TLS settings");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let tls = trellis_test_support::TestTls::for_hosts(&["localhost", "127.0.0.1"]);
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -82,7 +62,7 @@ impl HttpsReceiver {
         });
         HttpsReceiver {
             port,
-            ca_pem: ca.pem(),
+            ca_pem: tls.ca_pem,
             ids,
             accept_task,
         }
