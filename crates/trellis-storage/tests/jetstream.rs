@@ -3,9 +3,6 @@
 //! skip with a message, unless `TRELLIS_REQUIRE_NATS` is set (as `scripts/test.sh` does), in which
 //! case they fail.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,86 +10,25 @@ use trellis_storage::{
     AppendOutcome, AppendRecord, EventStore, JetStreamOptions, JetStreamStore, StorageError,
     TopicSettings, conformance, stream_name, topic_name,
 };
+use trellis_test_support::NatsServer;
 
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-    _temp: tempfile::TempDir,
+/// A real nats-server, and stores connected to it.
+struct Server {
+    nats: NatsServer,
 }
 
-impl NatsServer {
-    /// `None` (after saying so) when nats-server is not installed and not required.
-    async fn start() -> Option<NatsServer> {
-        let installed = Command::new("nats-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|status| status.success());
-        if !installed {
-            assert!(
-                std::env::var_os("TRELLIS_REQUIRE_NATS").is_none(),
-                "nats-server is required (TRELLIS_REQUIRE_NATS is set) but not installed"
-            );
-            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
-        let temp = tempfile::tempdir().expect("tempdir");
-        let mut server = NatsServer {
-            child: None,
-            port,
-            dir: temp.path().join("store"),
-            _temp: temp,
-        };
-        server.spawn().await;
-        Some(server)
+impl Server {
+    /// `None` when nats-server is not installed and not required (the test then skips).
+    fn start() -> Option<Server> {
+        NatsServer::start().map(|nats| Server { nats })
     }
 
     fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        self.nats.url()
     }
 
-    async fn spawn(&mut self) {
-        let child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        self.child = Some(child);
-        // Ready once JetStream answers; the server takes tens of milliseconds to start.
-        for _ in 0..250 {
-            if let Ok(store) = JetStreamStore::connect(self.options()).await
-                && store.list_topics().await.is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("nats-server did not become ready on port {}", self.port);
-    }
-
-    /// Stops the server gracefully (SIGTERM), so that its store is flushed.
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
+        self.nats.stop();
     }
 
     fn options(&self) -> JetStreamOptions {
@@ -110,18 +46,9 @@ impl NatsServer {
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_store_passes_the_conformance_suite() {
-    let Some(server) = NatsServer::start().await else {
+    let Some(server) = Server::start() else {
         return;
     };
     let store = server.store().await;
@@ -131,14 +58,13 @@ async fn jetstream_store_passes_the_conformance_suite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_store_keeps_records_and_duplicates_across_a_server_restart() {
-    let Some(mut server) = NatsServer::start().await else {
+    let Some(mut server) = Server::start() else {
         return;
     };
     let store = server.store().await;
     let restarted = &mut server;
     conformance::restart_persistence(store, || async move {
-        restarted.stop();
-        restarted.spawn().await;
+        restarted.nats.restart();
         restarted.store().await
     })
     .await;
@@ -168,7 +94,7 @@ fn topic_names_map_to_stream_names_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_batch_stores_only_what_is_missing() {
-    let Some(server) = NatsServer::start().await else {
+    let Some(server) = Server::start() else {
         return;
     };
     let store = server.store().await;
@@ -219,7 +145,7 @@ async fn a_resent_batch_stores_only_what_is_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_unavailable() {
-    let Some(mut server) = NatsServer::start().await else {
+    let Some(mut server) = Server::start() else {
         return;
     };
     let store = server.store().await;
@@ -247,7 +173,7 @@ async fn an_unreachable_server_is_unavailable() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_settings_become_the_stream_settings() {
-    let Some(server) = NatsServer::start().await else {
+    let Some(server) = Server::start() else {
         return;
     };
     let store = server.store().await;
@@ -304,7 +230,7 @@ async fn topic_settings_become_the_stream_settings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_larger_than_the_clients_in_flight_limit_are_stored() {
-    let Some(server) = NatsServer::start().await else {
+    let Some(server) = Server::start() else {
         return;
     };
     let store = server.store().await;
@@ -338,7 +264,7 @@ async fn batches_larger_than_the_clients_in_flight_limit_are_stored() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_wakes_waiters_and_refuses_appends() {
-    let Some(server) = NatsServer::start().await else {
+    let Some(server) = Server::start() else {
         return;
     };
     let store = server.store().await;

@@ -5,11 +5,13 @@
 //! test leaves nothing running.
 
 mod fault_proxy;
+mod nats;
 mod receiver;
 mod spellings;
 mod tls;
 
 pub use fault_proxy::{ConnectionFault, FaultProxy, FaultStats, Faults};
+pub use nats::NatsServer;
 pub use receiver::{ReceivedRequest, Receiver, Reply};
 pub use spellings::DENIED_ADDRESS_SPELLINGS;
 pub use tls::TestTls;

@@ -1,0 +1,146 @@
+//! A real `nats-server` with JetStream, on a free loopback port with its own store directory,
+//! for the tests of Trellis' JetStream storage.
+//!
+//! Without nats-server on the PATH, [`NatsServer::start`] returns `None` after saying so, and the
+//! test skips; with `TRELLIS_REQUIRE_NATS` set (as the README's test command sets it) it panics
+//! instead, so CI never passes by skipping.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long nats-server may take to say it is ready (it takes tens of milliseconds).
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The line nats-server logs once it accepts clients, JetStream enabled by then.
+const READY_LINE: &str = "Server is ready";
+
+/// A running nats-server; killed (SIGKILL) when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store_dir: PathBuf,
+    _temp: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server, or returns `None` (after saying so on stderr) when nats-server is not
+    /// installed and `TRELLIS_REQUIRE_NATS` is not set.
+    ///
+    /// # Panics
+    /// When nats-server is required but missing, or does not become ready.
+    pub fn start() -> Option<NatsServer> {
+        if !installed() {
+            assert!(
+                std::env::var_os("TRELLIS_REQUIRE_NATS").is_none(),
+                "nats-server is required (TRELLIS_REQUIRE_NATS is set) but not installed"
+            );
+            eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
+            return None;
+        }
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut server = NatsServer {
+            child: None,
+            port,
+            store_dir: temp.path().join("store"),
+            _temp: temp,
+        };
+        server.spawn();
+        Some(server)
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Stops the server gracefully if it runs, then starts it again on the same port and store;
+    /// returns once it is ready.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// Stops the server gracefully (SIGTERM), so that its store is flushed, and reaps it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn nats-server");
+        let (ready_tx, ready_rx) = mpsc::channel();
+        if let Some(pipe) = child.stderr.take() {
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(pipe).lines();
+                for line in lines.by_ref().map_while(Result::ok) {
+                    if line.contains(READY_LINE) {
+                        let _ = ready_tx.send(());
+                        break;
+                    }
+                }
+                // Keep draining so the server never blocks on a full pipe.
+                for _ in lines {}
+            });
+        }
+        self.child = Some(child);
+        if ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
+            self.kill();
+            panic!("nats-server did not become ready on port {}", self.port);
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn installed() -> bool {
+    Command::new("nats-server")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
