@@ -29,6 +29,9 @@ pub enum StorageError {
     /// The backend cannot be reached now; the same call may succeed later.
     #[error("the event store is unavailable: {0}")]
     Unavailable(String),
+    /// The store's own options are wrong (found when it opens or connects).
+    #[error("{0}")]
+    InvalidOptions(String),
     /// Anything else the backend reports (i/o errors, corruption, protocol errors).
     #[error("the event store failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),

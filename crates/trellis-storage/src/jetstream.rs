@@ -54,6 +54,7 @@
 //! starting at offset 0 with an empty duplicate window. Errors reaching the server (refused
 //! connection, timeouts) are `StorageError::Unavailable`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -79,8 +80,13 @@ const HEADER_ALLOWANCE: usize = 512;
 /// How to reach JetStream and how to lay topics out on it.
 #[derive(Debug, Clone)]
 pub struct JetStreamOptions {
-    /// A NATS server URL, e.g. `nats://127.0.0.1:4222`.
+    /// NATS server URLs, comma-separated, e.g. `nats://10.0.0.1:4222,nats://10.0.0.2:4222`;
+    /// the client picks one and moves to another when it is lost. `tls://` requires TLS.
     pub url: String,
+    /// A NATS credentials file (JWT and NKey seed), for servers that require one.
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA certificates to trust for the server's TLS certificate, besides the system's.
+    pub tls_ca_file: Option<PathBuf>,
     /// Replicas of every stream created: 1 on a single server, 3 against a cluster.
     pub replicas: usize,
     /// The duplicate window of every stream (capped at the topic's retention age).
@@ -94,11 +100,35 @@ impl JetStreamOptions {
     pub fn new(url: impl Into<String>) -> JetStreamOptions {
         JetStreamOptions {
             url: url.into(),
+            credentials_file: None,
+            tls_ca_file: None,
             replicas: 1,
             dedup_window: Duration::from_secs(10 * 60),
             request_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// The server addresses of a comma-separated URL list.
+fn parse_servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, StorageError> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>().map_err(|error| {
+                StorageError::InvalidOptions(format!("{url:?} is not a NATS server URL: {error}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .and_then(|servers| {
+            if servers.is_empty() {
+                Err(StorageError::InvalidOptions(
+                    "no NATS server URL given".to_owned(),
+                ))
+            } else {
+                Ok(servers)
+            }
+        })
 }
 
 /// The stream name of a topic (see the module doc).
@@ -306,14 +336,37 @@ pub struct JetStreamStore {
 }
 
 impl JetStreamStore {
-    /// Connects; `Unavailable` if the server cannot be reached.
+    /// Connects; `Unavailable` if no server can be reached, `InvalidSettings` if the options
+    /// themselves are wrong (a URL that does not parse, a credentials file that cannot be read).
+    /// Once connected, the client reconnects by itself for as long as the store lives.
     pub async fn connect(options: JetStreamOptions) -> Result<JetStreamStore, StorageError> {
-        let client = async_nats::ConnectOptions::new()
+        let servers = parse_servers(&options.url)?;
+        let mut connect = async_nats::ConnectOptions::new()
             .connection_timeout(options.request_timeout)
             .request_timeout(Some(options.request_timeout))
-            .connect(options.url.as_str())
-            .await
-            .map_err(unavailable)?;
+            // Without a cap the client keeps reconnecting; with one it would give up for good
+            // and leave Trellis unavailable until restarted.
+            .max_reconnects(None);
+        if let Some(path) = &options.credentials_file {
+            connect = connect.credentials_file(path).await.map_err(|error| {
+                StorageError::InvalidOptions(format!(
+                    "cannot read the NATS credentials file {}: {error}",
+                    path.display()
+                ))
+            })?;
+        }
+        if let Some(path) = &options.tls_ca_file {
+            if !path.is_file() {
+                return Err(StorageError::InvalidOptions(format!(
+                    "the NATS TLS CA file {} does not exist",
+                    path.display()
+                )));
+            }
+            connect = connect
+                .add_root_certificates(path.clone())
+                .require_tls(true);
+        }
+        let client = connect.connect(servers).await.map_err(unavailable)?;
         let context = jetstream::ContextBuilder::new()
             .timeout(options.request_timeout)
             .ack_timeout(options.request_timeout)
@@ -420,6 +473,10 @@ impl EventStore for JetStreamStore {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.closed_tx.send_replace(true);
         self.shared.client.flush().await.map_err(unavailable)
+    }
+
+    fn available(&self) -> bool {
+        self.shared.client.connection_state() == async_nats::connection::State::Connected
     }
 }
 

@@ -261,6 +261,13 @@ pub trait EventStore: Send + Sync + fmt::Debug {
     fn dedup_usage(&self) -> Option<DedupUsage> {
         None
     }
+
+    /// Whether the store can serve calls now, read synchronously for readiness checks: false
+    /// while a remote backend's connection is down (calls then fail with `Unavailable` and
+    /// succeed again once it is back). A local backend is always available until closed.
+    fn available(&self) -> bool {
+        true
+    }
 }
 
 /// One topic. Handles are cheap; several may exist for one topic.

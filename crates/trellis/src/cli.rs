@@ -41,6 +41,20 @@ pub(crate) struct ServeArgs {
     /// Directory for the event log and the metadata store [default: ./trellis-data]
     #[arg(long, env = "TRELLIS_DATA_DIR", value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Where events are stored: `embedded` (the log in the data dir) or NATS JetStream at
+    /// nats://HOST:PORT[,nats://HOST:PORT...] (tls:// to require TLS) [default: embedded]
+    #[arg(
+        long,
+        env = "TRELLIS_STORAGE",
+        value_name = "embedded|nats://HOST:PORT"
+    )]
+    pub(crate) storage: Option<String>,
+    /// With NATS storage: a credentials file (JWT and NKey seed) to connect with
+    #[arg(long, env = "TRELLIS_NATS_CREDS", value_name = "FILE")]
+    pub(crate) nats_creds: Option<PathBuf>,
+    /// With NATS storage: PEM CA certificates to trust for the servers' TLS certificates
+    #[arg(long, env = "TRELLIS_NATS_TLS_CA", value_name = "FILE")]
+    pub(crate) nats_tls_ca: Option<PathBuf>,
     /// Address of the HTTP API [default: 127.0.0.1:10105]
     #[arg(long, env = "TRELLIS_HTTP_ADDR", value_name = "HOST:PORT")]
     pub(crate) http_addr: Option<String>,

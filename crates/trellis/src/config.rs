@@ -97,6 +97,14 @@ struct FileLog {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileStorage {
+    /// `embedded`, or NATS JetStream server URLs (`nats://host:port`, comma-separated).
+    url: Option<String>,
+    /// NATS credentials file.
+    nats_credentials: Option<PathBuf>,
+    /// PEM CA certificates trusted for the NATS servers' TLS certificates.
+    nats_tls_ca: Option<PathBuf>,
+    /// Replicas of each topic's stream: 1 on one NATS server, 3 on a cluster.
+    nats_replicas: Option<usize>,
     fsync: Option<DurabilityPolicy>,
     fsync_interval_ms: Option<u64>,
     segment_bytes: Option<u64>,
@@ -132,6 +140,72 @@ pub(crate) struct Settings {
     pub(crate) log_format: LogFormat,
     pub(crate) runtime: RuntimeConfig,
     pub(crate) log_resources: LogResources,
+    pub(crate) storage: StorageBackend,
+}
+
+/// Where events are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StorageBackend {
+    /// The log in the data dir.
+    Embedded,
+    /// NATS JetStream.
+    Nats {
+        /// Comma-separated server URLs.
+        urls: String,
+        credentials: Option<PathBuf>,
+        tls_ca: Option<PathBuf>,
+        replicas: usize,
+    },
+}
+
+impl StorageBackend {
+    fn resolve(args: &ServeArgs, file: &FileStorage) -> anyhow::Result<StorageBackend> {
+        let url = args
+            .storage
+            .clone()
+            .or_else(|| file.url.clone())
+            .unwrap_or_else(|| "embedded".to_owned());
+        let url = url.trim();
+        let credentials = args
+            .nats_creds
+            .clone()
+            .or_else(|| file.nats_credentials.clone());
+        let tls_ca = args
+            .nats_tls_ca
+            .clone()
+            .or_else(|| file.nats_tls_ca.clone());
+        if url == "embedded" {
+            if credentials.is_some() || tls_ca.is_some() || file.nats_replicas.is_some() {
+                bail!(
+                    "NATS options (credentials, TLS CA, replicas) need NATS storage: set --storage nats://HOST:PORT"
+                );
+            }
+            return Ok(StorageBackend::Embedded);
+        }
+        let nats_scheme = |part: &str| {
+            let part = part.trim();
+            ["nats://", "tls://"]
+                .iter()
+                .any(|scheme| part.len() > scheme.len() && part.starts_with(scheme))
+        };
+        if !url.split(',').all(nats_scheme) {
+            bail!(
+                "storage must be \"embedded\" or NATS server URLs such as nats://127.0.0.1:4222[,nats://HOST:PORT...]; got {url:?}"
+            );
+        }
+        let replicas = file.nats_replicas.unwrap_or(1);
+        if !(1..=5).contains(&replicas) {
+            bail!(
+                "storage.nats_replicas must be between 1 and 5 (JetStream's limit); got {replicas}"
+            );
+        }
+        Ok(StorageBackend::Nats {
+            urls: url.to_owned(),
+            credentials,
+            tls_ca,
+            replicas,
+        })
+    }
 }
 
 const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:10105";
@@ -324,7 +398,9 @@ impl Settings {
             .clone()
             .or(file.grpc_addr)
             .unwrap_or_else(|| DEFAULT_GRPC_ADDR.to_owned());
+        let storage = StorageBackend::resolve(args, &file.storage)?;
         Ok(Settings {
+            storage,
             data_dir: args
                 .data_dir
                 .clone()

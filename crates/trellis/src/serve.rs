@@ -12,10 +12,10 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use trellis_meta::EmbeddedStore;
-use trellis_storage::{EmbeddedOptions, EventStore};
+use trellis_storage::{EmbeddedOptions, EventStore, JetStreamOptions, JetStreamStore};
 
 use crate::cli::ServeArgs;
-use crate::config::Settings;
+use crate::config::{Settings, StorageBackend};
 
 /// Blocking-pool threads at most: segment reads are short positional reads, mostly from the
 /// page cache, so a few threads keep up, and the process stays at a few dozen threads in all.
@@ -64,24 +64,8 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
 
     // Before the log opens, so what recovery counts reaches /metrics.
     trellis_runtime::install_metrics_recorder();
-    // The embedded event store; the runtime sees it only as `Arc<dyn EventStore>`. It
-    // deduplicates on the digest of each event's (source, id), read back from the stored
-    // events after a restart.
-    let mut options = EmbeddedOptions::new(data_dir.join("log"));
-    options.default_settings = settings.runtime.default_topic.to_storage();
-    options.writer_threads = settings.log_resources.writer_threads;
-    options.max_open_files = settings.log_resources.max_open_files;
-    options.dedup_window = settings.runtime.dedup_window;
-    options.dedup_max_entries = settings.runtime.dedup_max_entries;
-    options.key_of = Some(trellis_runtime::stored_event_key_of());
-    let store: Arc<dyn EventStore> = Arc::new(
-        trellis_storage::EmbeddedStore::open(options).with_context(|| {
-            format!(
-                "cannot open the event log in {}",
-                data_dir.join("log").display()
-            )
-        })?,
-    );
+    // The runtime sees the event store only as `Arc<dyn EventStore>`.
+    let store = open_event_store(&settings).await?;
     let meta_path = data_dir.join("meta.redb");
     let meta = EmbeddedStore::open(&meta_path)
         .with_context(|| format!("cannot open the metadata store {}", meta_path.display()))?;
@@ -140,6 +124,50 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
         .context("flushing the event log failed")?;
     tracing::info!(message = "Stopped; the log is flushed.");
     Ok(Stopped::Cut)
+}
+
+/// The configured event store. An unreachable NATS is an error here, so that a misconfigured
+/// node never starts serving; once connected, a lost connection only makes it unavailable.
+async fn open_event_store(settings: &Settings) -> anyhow::Result<Arc<dyn EventStore>> {
+    match &settings.storage {
+        StorageBackend::Embedded => {
+            // Deduplicates on the digest of each event's (source, id), read back from the stored
+            // events after a restart.
+            let log_dir = settings.data_dir.join("log");
+            let mut options = EmbeddedOptions::new(&log_dir);
+            options.default_settings = settings.runtime.default_topic.to_storage();
+            options.writer_threads = settings.log_resources.writer_threads;
+            options.max_open_files = settings.log_resources.max_open_files;
+            options.dedup_window = settings.runtime.dedup_window;
+            options.dedup_max_entries = settings.runtime.dedup_max_entries;
+            options.key_of = Some(trellis_runtime::stored_event_key_of());
+            let store = trellis_storage::EmbeddedStore::open(options)
+                .with_context(|| format!("cannot open the event log in {}", log_dir.display()))?;
+            Ok(Arc::new(store))
+        }
+        StorageBackend::Nats {
+            urls,
+            credentials,
+            tls_ca,
+            replicas,
+        } => {
+            let mut options = JetStreamOptions::new(urls.clone());
+            options.credentials_file = credentials.clone();
+            options.tls_ca_file = tls_ca.clone();
+            options.replicas = *replicas;
+            options.dedup_window = settings.runtime.dedup_window;
+            let store = JetStreamStore::connect(options)
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot use NATS JetStream at {urls}: {error}"))?;
+            // Connecting is not enough: a server without JetStream enabled accepts the
+            // connection and fails every call.
+            store
+                .list_topics()
+                .await
+                .map_err(|error| anyhow::anyhow!("cannot use NATS JetStream at {urls}: {error}"))?;
+            Ok(Arc::new(store))
+        }
+    }
 }
 
 const STOPPED_WITH_ERROR: &str = "the runtime stopped with an error";
