@@ -216,3 +216,25 @@ pub fn run_to_end(
         String::from_utf8_lossy(&output.stderr).into_owned(),
     ))
 }
+
+/// Where a Trellis under test keeps its events. Tests that hold for every backend take one as
+/// their argument and run once per backend through the `backends` template (the test file
+/// needs `use rstest::rstest; use rstest_reuse::apply;`, as the template expands to `#[rstest]`):
+/// `#[apply(backends)] #[tokio::test] async fn name(#[case] backend: Backend) { ... }`, run as
+/// `name::case_1_embedded` and `name::case_2_jetstream`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded log in the data dir.
+    Embedded,
+    /// NATS JetStream, on a [`NatsServer`] of the test's own.
+    JetStream,
+}
+
+/// The rstest template behind `#[apply(backends)]`: one case per [`Backend`].
+// `rstest` by its bare name: the template tells its own options from the test's attributes by it.
+#[rstest_reuse::template]
+#[export]
+#[rstest]
+#[case::embedded(Backend::Embedded)]
+#[case::jetstream(Backend::JetStream)]
+pub fn backends(#[case] backend: Backend) {}
