@@ -266,3 +266,72 @@ fn topic_limits_come_from_the_file_and_nonsense_is_refused() {
         assert!(message.contains(key), "{message}");
     }
 }
+
+#[test]
+fn storage_is_embedded_unless_nats_urls_are_given_by_flag_or_file() {
+    let defaults = Settings::resolve(&args(&[])).expect("defaults resolve");
+    assert_eq!(defaults.storage, StorageBackend::Embedded);
+
+    let from_flags = Settings::resolve(&args(&[
+        "--storage",
+        "nats://10.0.0.1:4222, nats://10.0.0.2:4222",
+        "--nats-creds",
+        "/etc/trellis/nats.creds",
+    ]))
+    .expect("flags resolve");
+    assert_eq!(
+        from_flags.storage,
+        StorageBackend::Nats {
+            urls: "nats://10.0.0.1:4222, nats://10.0.0.2:4222".to_owned(),
+            credentials: Some(PathBuf::from("/etc/trellis/nats.creds")),
+            tls_ca: None,
+            replicas: 1,
+        }
+    );
+
+    let file = config_file(
+        "[storage]\nurl = \"tls://nats.internal:4222\"\nnats_tls_ca = \"ca.pem\"\nnats_replicas = 3\n",
+    );
+    let path = file.path().to_str().expect("utf-8 path");
+    let from_file = Settings::resolve(&args(&["--config", path])).expect("file resolves");
+    assert_eq!(
+        from_file.storage,
+        StorageBackend::Nats {
+            urls: "tls://nats.internal:4222".to_owned(),
+            credentials: None,
+            tls_ca: Some(PathBuf::from("ca.pem")),
+            replicas: 3,
+        }
+    );
+    // A flag overrides the file, back to the embedded log.
+    let overridden = Settings::resolve(&args(&["--config", path, "--storage", "embedded"]))
+        .expect_err("NATS options without NATS storage");
+    assert!(
+        overridden.to_string().contains("need NATS storage"),
+        "{overridden:#}"
+    );
+}
+
+#[test]
+fn storage_that_is_neither_embedded_nor_nats_is_refused_by_name() {
+    for (argv, expected) in [
+        (
+            vec!["--storage", "http://127.0.0.1:4222"],
+            "storage must be",
+        ),
+        (vec!["--storage", "nats://a:4222,"], "storage must be"),
+        (vec!["--storage", "nats://"], "storage must be"),
+        (vec!["--nats-creds", "x.creds"], "need NATS storage"),
+    ] {
+        let message = Settings::resolve(&args(&argv))
+            .expect_err("refused")
+            .to_string();
+        assert!(message.contains(expected), "{argv:?}: {message}");
+    }
+    let file = config_file("[storage]\nurl = \"nats://127.0.0.1:4222\"\nnats_replicas = 7\n");
+    let path = file.path().to_str().expect("utf-8 path");
+    let message = Settings::resolve(&args(&["--config", path]))
+        .expect_err("refused")
+        .to_string();
+    assert!(message.contains("storage.nats_replicas"), "{message}");
+}
