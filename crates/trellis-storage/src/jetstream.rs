@@ -230,7 +230,18 @@ fn describe(topic: &str, settings: &TopicSettings) -> String {
 
 /// The settings of a stream made by [`Shared::config`]; `None` if it is not a Trellis topic.
 fn settings_of(config: &stream::Config) -> Option<TopicSettings> {
-    let description = config.description.as_deref()?;
+    let (durability, segment_bytes) = parse_description(config.description.as_deref()?)?;
+    Some(TopicSettings {
+        durability,
+        segment_bytes,
+        retention_age: (!config.max_age.is_zero()).then_some(config.max_age),
+        retention_bytes: u64::try_from(config.max_bytes).ok(),
+    })
+}
+
+/// The settings [`describe`] keeps in a stream's description. The description is whatever the
+/// server holds, which anyone with access to the stream can change: it is untrusted input.
+fn parse_description(description: &str) -> Option<(Durability, u64)> {
     let rest = description.strip_prefix(DESCRIPTION_MARK)?;
     let mut durability = None;
     let mut segment_bytes = None;
@@ -250,12 +261,25 @@ fn settings_of(config: &stream::Config) -> Option<TopicSettings> {
             _ => {}
         }
     }
-    Some(TopicSettings {
-        durability: durability?,
-        segment_bytes: segment_bytes?,
-        retention_age: (!config.max_age.is_zero()).then_some(config.max_age),
-        retention_bytes: u64::try_from(config.max_bytes).ok(),
-    })
+    Some((durability?, segment_bytes?))
+}
+
+/// For the fuzz target: parses an arbitrary description, and checks that what parses describes
+/// itself again unchanged (so settings read back are the settings written).
+#[doc(hidden)]
+pub fn fuzz_stream_description(description: &str) {
+    if let Some((durability, segment_bytes)) = parse_description(description) {
+        let settings = TopicSettings {
+            durability,
+            segment_bytes,
+            ..TopicSettings::default()
+        };
+        assert_eq!(
+            parse_description(&describe("t", &settings)),
+            Some((durability, segment_bytes)),
+            "a parsed description must round-trip"
+        );
+    }
 }
 
 fn topic_info(topic: &str, info: &stream::Info) -> TopicInfo {
@@ -704,3 +728,6 @@ impl TopicStore for JetStreamTopic {
         answer
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -34,7 +34,9 @@ mod jetstream;
 
 pub use embedded::{EmbeddedOptions, EmbeddedStore, KeyOf};
 pub use error::StorageError;
-pub use jetstream::{JetStreamOptions, JetStreamStore, stream_name, topic_name};
+pub use jetstream::{
+    JetStreamOptions, JetStreamStore, fuzz_stream_description, stream_name, topic_name,
+};
 
 /// Checks a topic name against the rules every backend accepts: what Trellis' API allows is
 /// what the boundary stores, so callers check names once, above it.
