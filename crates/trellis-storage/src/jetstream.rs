@@ -23,7 +23,8 @@
 //! **Deduplication.** A record with a key is published with `Nats-Msg-Id` = the key in hex, and
 //! the stream's duplicate window is the store's dedup window (capped at `max_age`, which the server
 //! requires), so a retry is stored once whichever client sends it. A duplicate's PubAck carries
-//! the first copy's sequence, which is the answer. Records without a key are never duplicates.
+//! the first copy's sequence, which is the answer. Records without a key are never duplicates,
+//! and with a zero dedup window no record carries a message id.
 //!
 //! **Batches are not atomic** (JetStream 2.9 has no batch publish). A batch's records are
 //! published in order on one connection, each acknowledged on its own; batches submitted through
@@ -32,7 +33,9 @@
 //! stream. If a record fails (server gone, timeout), the batch fails, and the records before it
 //! may be stored. Resending the whole batch then stores exactly the missing keyed records, the
 //! others being answered as duplicates of their first copy; unkeyed records of a failed batch
-//! may be stored twice. Size limits are checked for the whole batch before anything is sent, so a
+//! may be stored twice. The order of a broken batch is not kept: records lost with the
+//! connection are stored by the resend, after later records of the batch that the client still
+//! held and sent once it had reconnected. Every record's answer is the offset it is stored at. Size limits are checked for the whole batch before anything is sent, so a
 //! batch refused for size stores nothing. A record is limited by the server's `max_payload`
 //! (1 MiB by default), not by the embedded log's limit.
 //!
@@ -584,7 +587,10 @@ impl TopicStore for JetStreamTopic {
         for record in records {
             let mut headers = HeaderMap::new();
             headers.insert(header::NATS_EXPECTED_STREAM, self.stream.as_str());
-            if let Some(key) = record.dedup_key {
+            // A zero window turns deduplication off, as on the embedded log; without a message
+            // id the server does not apply its own default window either.
+            let dedup_on = !self.shared.options.dedup_window.is_zero();
+            if let Some(key) = record.dedup_key.filter(|_| dedup_on) {
                 headers.insert(header::NATS_MESSAGE_ID, format!("{:032x}", key.0).as_str());
             }
             let published = self

@@ -10,7 +10,7 @@ use trellis_storage::{
     AppendOutcome, AppendRecord, EventStore, JetStreamOptions, JetStreamStore, StorageError,
     TopicSettings, conformance, stream_name, topic_name,
 };
-use trellis_test_support::NatsServer;
+use trellis_test_support::{ConnectionFault, FaultProxy, Faults, NatsServer};
 
 /// A real nats-server, and stores connected to it.
 struct Server {
@@ -141,6 +141,119 @@ async fn a_resent_batch_stores_only_what_is_missing() {
         vec![AppendOutcome::Duplicate(2)]
     );
     assert_eq!(topic.info().await.expect("info").next_offset, 3);
+}
+
+/// Batches sent again after their connection broke part-way store every record exactly once:
+/// the connection to nats-server runs through a proxy that resets it after a random number of
+/// bytes, so batches fail in the middle, with some of their records stored and others not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_cut_by_a_broken_connection_and_sent_again_store_each_record_once() {
+    const BATCHES: u128 = 20;
+    const BATCH_SIZE: u128 = 40;
+    /// Resets before the proxy turns faithful, so the test ends.
+    const RESETS: u64 = 6;
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let upstream = format!("127.0.0.1:{}", server.nats.port())
+        .parse()
+        .expect("address");
+    // Resets by byte count, not by time, so they strike while batches are sent.
+    let faults = (0..)
+        .map(|seed| Faults::none().with_reset_probability(1.0).with_seed(seed))
+        .find(|faults| {
+            (0..RESETS).all(|connection| {
+                matches!(
+                    faults.connection_fault(connection),
+                    ConnectionFault::ResetAfterBytes(bytes) if bytes > 2048
+                )
+            })
+        })
+        .expect("a seed");
+    let proxy = FaultProxy::start(upstream, faults).await.expect("proxy");
+    let mut options = JetStreamOptions::new(format!("nats://{}", proxy.addr()));
+    options.request_timeout = Duration::from_secs(1);
+    let store = JetStreamStore::connect(options).await.expect("connect");
+    let topic = store
+        .create_topic("jetstream.cut", TopicSettings::default())
+        .await
+        .expect("create");
+
+    let mut acknowledged = Vec::new();
+    let mut failures = 0;
+    let mut partly_stored_before = 0;
+    for batch in 0..BATCHES {
+        let records: Vec<AppendRecord> = (0..BATCH_SIZE)
+            .map(|n| {
+                let key = batch * BATCH_SIZE + n;
+                conformance::keyed(key, &format!("{key:0>200}"))
+            })
+            .collect();
+        // As a client does: the same batch again until it is answered.
+        let outcomes = loop {
+            match topic.append(records.clone()).await {
+                Ok(outcomes) => break outcomes,
+                Err(StorageError::Unavailable(_)) => {
+                    failures += 1;
+                    if proxy.stats().connections_reset >= RESETS {
+                        proxy.set_faults(Faults::none());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(other) => panic!("batch {batch}: {other}"),
+            }
+        };
+        if outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, AppendOutcome::Duplicate(_)))
+        {
+            partly_stored_before += 1;
+        }
+        acknowledged.extend(outcomes.iter().map(|outcome| outcome.offset()));
+    }
+    assert!(failures > 0, "the proxy broke no batch");
+    // Some failed batch had stored records before it broke: the resend found them.
+    assert!(
+        partly_stored_before > 0,
+        "no broken batch had stored anything"
+    );
+
+    // Every record once, in order, at the offset it was acknowledged at.
+    let total = usize::try_from(BATCHES * BATCH_SIZE).expect("small");
+    let mut stored = Vec::new();
+    while stored.len() < total + 1 {
+        let page = topic
+            .read(
+                u64::try_from(stored.len()).expect("small"),
+                1000,
+                usize::MAX,
+            )
+            .await
+            .expect("read");
+        if page.records.is_empty() {
+            break;
+        }
+        stored.extend(page.records);
+    }
+    assert_eq!(stored.len(), total, "each record stored exactly once");
+    // Each at the offset it was acknowledged with. Within a batch that broke, the order may
+    // differ from the batch's: records lost with the connection are stored by the resend, after
+    // records the client still held and sent once it reconnected (see the module doc).
+    let mut keys: Vec<u128> = stored
+        .iter()
+        .map(|record| {
+            conformance::key_of(&record.payload)
+                .expect("a keyed record")
+                .0
+        })
+        .collect();
+    for (record, key) in stored.iter().zip(&keys) {
+        let index = usize::try_from(*key).expect("small");
+        assert_eq!(acknowledged[index], record.offset, "record {key}");
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), total, "no record twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
