@@ -47,7 +47,9 @@
 //! **Waiting** does not poll: [`TopicStore::wait_for`] subscribes to the stream-deleted advisory,
 //! checks the stream's last sequence, and otherwise creates an ephemeral push consumer (no acks)
 //! that starts at the awaited sequence; its first delivery means the record is stored. The
-//! consumer is deleted afterwards, or by the server once its inbox loses interest.
+//! consumer is deleted afterwards, or by the server once its inbox loses interest. A wait ends
+//! with `Unavailable` when the connection is lost (or is down when it starts), since the
+//! server may forget its consumer meanwhile; the caller waits again once it is back.
 //!
 //! **Retention** is the server's (`max_age`, `max_bytes`); `enforce_retention` does nothing.
 //! A deleted topic is a deleted stream; a topic created again under its name is a new stream,
@@ -157,6 +159,9 @@ struct Shared {
     options: JetStreamOptions,
     closed: AtomicBool,
     closed_tx: tokio::sync::watch::Sender<bool>,
+    /// Counts the connection's losses, so that a waiter learns of one: what it waits on may
+    /// have been lost with the connection (its consumer, its subscription's interest).
+    disconnects: Arc<tokio::sync::watch::Sender<u64>>,
     /// Held while a batch is being published, so that batches keep their submission order.
     submit: tokio::sync::Mutex<()>,
 }
@@ -371,6 +376,14 @@ impl JetStreamStore {
             // Without a cap the client keeps reconnecting; with one it would give up for good
             // and leave Trellis unavailable until restarted.
             .max_reconnects(None);
+        let disconnects = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let counter = Arc::clone(&disconnects);
+        connect = connect.event_callback(move |event| {
+            if matches!(event, async_nats::Event::Disconnected) {
+                counter.send_modify(|losses| *losses = losses.wrapping_add(1));
+            }
+            std::future::ready(())
+        });
         if let Some(path) = &options.credentials_file {
             connect = connect.credentials_file(path).await.map_err(|error| {
                 StorageError::InvalidOptions(format!(
@@ -404,6 +417,7 @@ impl JetStreamStore {
                 options,
                 closed: AtomicBool::new(false),
                 closed_tx,
+                disconnects,
                 submit: tokio::sync::Mutex::new(()),
             }),
         })
@@ -679,6 +693,12 @@ impl TopicStore for JetStreamTopic {
     async fn wait_for(&self, offset: u64) -> Result<(), StorageError> {
         self.shared.check_open()?;
         let mut closed = self.shared.closed_tx.subscribe();
+        // Subscribed first, so a loss from here on is seen; a waiter that outlived one could
+        // wait for ever on a consumer the server forgot meanwhile.
+        let mut disconnects = self.shared.disconnects.subscribe();
+        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(StorageError::Unavailable("not connected".to_owned()));
+        }
         let client = &self.shared.client;
         // Subscribed before the stream is looked at, so a deletion in between is not missed.
         let mut deleted = client
@@ -718,8 +738,15 @@ impl TopicStore for JetStreamTopic {
             },
             _ = deleted.next() => Err(StorageError::NoSuchTopic(self.name.clone())),
             _ = closed.wait_for(|closed| *closed) => Err(StorageError::Closed),
+            _ = disconnects.changed() => Err(StorageError::Unavailable(
+                "the connection was lost while waiting for a record".to_owned(),
+            )),
         };
-        if !matches!(answer, Err(StorageError::NoSuchTopic(_))) {
+        // Not after a lost connection either: the call would wait out its timeout first.
+        if !matches!(
+            answer,
+            Err(StorageError::NoSuchTopic(_) | StorageError::Unavailable(_))
+        ) {
             // Best effort: the server removes it anyway once the inbox has no interest.
             if let Err(error) = stream.delete_consumer(&consumer_name).await {
                 tracing::debug!(%error, topic = %self.name, "deleting a wait_for consumer failed");

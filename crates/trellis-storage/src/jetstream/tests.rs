@@ -45,3 +45,46 @@ fn descriptions_not_made_by_trellis_are_not_topics() {
         assert_eq!(parse_description(description), None, "{description:?}");
     }
 }
+
+/// A wait that outlives a lost connection could wait for ever on a consumer the server forgot
+/// meanwhile: it ends as `Unavailable` instead, and the caller waits again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_ends_as_unavailable_when_the_connection_is_lost() {
+    let Some(mut nats) = trellis_test_support::NatsServer::start() else {
+        return;
+    };
+    let store = JetStreamStore::connect(JetStreamOptions::new(nats.url()))
+        .await
+        .expect("connect");
+    let topic = store
+        .create_topic("t", TopicSettings::default())
+        .await
+        .expect("create");
+    let waiting = tokio::spawn(async move { topic.wait_for(0).await });
+    // Lost only once the wait is under way: its consumer exists.
+    let mut consumers = 0;
+    for _ in 0..1000 {
+        let mut stream = store
+            .shared
+            .context
+            .get_stream(stream_name("t"))
+            .await
+            .expect("stream");
+        consumers = stream.info().await.expect("info").state.consumer_count;
+        if consumers > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(consumers, 1, "the wait's consumer");
+    tokio::task::block_in_place(|| nats.stop());
+    let answer = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the wait ends")
+        .expect("the task ends");
+    assert!(
+        matches!(answer, Err(StorageError::Unavailable(_))),
+        "{answer:?}"
+    );
+    assert!(!store.available());
+}
