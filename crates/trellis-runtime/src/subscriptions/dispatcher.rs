@@ -249,6 +249,8 @@ impl Dispatcher {
                     // Tried again only once the store says it can be reached.
                     storage_retry = if self.store.available() {
                         None
+                    } else if paused {
+                        Some(tokio::time::Instant::now() + storage.failed(NOT_CONNECTED))
                     } else {
                         Some(self.wait_for_storage(&mut storage, NOT_CONNECTED.to_owned()))
                     };
@@ -261,13 +263,18 @@ impl Dispatcher {
                         stopped = false;
                         self.set_stopped(None);
                     }
+                    // Paused, nothing reads to clear it; resumed, the next read sets it again
+                    // if the store is still away.
+                    self.stats.set_waiting_for_storage(None);
                 }
                 // A paused subscription reads nothing, so it learns of a delete here.
                 gone = self.topic.wait_for(u64::MAX), if paused && storage_retry.is_none() => {
                     match gone {
-                        // Not a reason to end: wait as a reading dispatcher would.
+                        // Not a reason to end: wait as a reading dispatcher would, but keep
+                        // showing `paused`, which no read would clear.
                         Err(StorageError::Unavailable(reason)) => {
-                            storage_retry = Some(self.wait_for_storage(&mut storage, reason));
+                            storage_retry =
+                                Some(tokio::time::Instant::now() + storage.failed(&reason));
                         }
                         gone => {
                             topic_deleted = matches!(gone, Err(StorageError::NoSuchTopic(_)));
