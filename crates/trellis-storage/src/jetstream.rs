@@ -47,7 +47,10 @@
 //! **Waiting** does not poll: [`TopicStore::wait_for`] subscribes to the stream-deleted advisory,
 //! checks the stream's last sequence, and otherwise creates an ephemeral push consumer (no acks)
 //! that starts at the awaited sequence; its first delivery means the record is stored. The
-//! consumer is deleted afterwards, or by the server once its inbox loses interest. A wait ends
+//! consumer is deleted afterwards, or by the server once its inbox loses interest. The server
+//! starts a consumer asked to start past the stream's end at its next record, so a wait for an
+//! offset beyond the next one takes headers only and asks the stream after each delivery. A
+//! wait ends
 //! with `Unavailable` when the connection is lost (or is down when it starts), since the
 //! server may forget its consumer meanwhile; the caller waits again once it is back.
 //!
@@ -708,9 +711,14 @@ impl TopicStore for JetStreamTopic {
         let inbox = client.new_inbox();
         let mut delivered = client.subscribe(inbox.clone()).await.map_err(unavailable)?;
         let stream = self.shared.stream(&self.name).await?;
-        if stream.cached_info().state.last_sequence > offset {
+        let last_sequence = stream.cached_info().state.last_sequence;
+        if last_sequence > offset {
             return Ok(());
         }
+        // The server starts a consumer asked to start past the stream's end at its next record,
+        // so for an offset beyond the next one a delivery proves nothing by itself: the stream is
+        // asked each time, and the consumer sends headers only.
+        let beyond_next = offset > last_sequence;
         let created = stream
             .create_consumer(consumer::push::Config {
                 deliver_subject: inbox,
@@ -719,6 +727,7 @@ impl TopicStore for JetStreamTopic {
                 },
                 ack_policy: consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
+                headers_only: beyond_next,
                 ..Default::default()
             })
             .await;
@@ -731,16 +740,27 @@ impl TopicStore for JetStreamTopic {
             }
         };
         let consumer_name = consumer.cached_info().name.clone();
-        let answer = tokio::select! {
-            message = delivered.next() => match message {
-                Some(_) => Ok(()),
-                None => Err(StorageError::Unavailable("the connection closed".to_owned())),
-            },
-            _ = deleted.next() => Err(StorageError::NoSuchTopic(self.name.clone())),
-            _ = closed.wait_for(|closed| *closed) => Err(StorageError::Closed),
-            _ = disconnects.changed() => Err(StorageError::Unavailable(
-                "the connection was lost while waiting for a record".to_owned(),
-            )),
+        let answer = loop {
+            let woken = tokio::select! {
+                message = delivered.next() => match message {
+                    Some(_) => None,
+                    None => Some(Err(StorageError::Unavailable("the connection closed".to_owned()))),
+                },
+                _ = deleted.next() => Some(Err(StorageError::NoSuchTopic(self.name.clone()))),
+                _ = closed.wait_for(|closed| *closed) => Some(Err(StorageError::Closed)),
+                _ = disconnects.changed() => Some(Err(StorageError::Unavailable(
+                    "the connection was lost while waiting for a record".to_owned(),
+                ))),
+            };
+            match woken {
+                Some(answer) => break answer,
+                None if !beyond_next => break Ok(()),
+                None => match self.shared.stream(&self.name).await {
+                    Ok(now) if now.cached_info().state.last_sequence > offset => break Ok(()),
+                    Ok(_) => {}
+                    Err(error) => break Err(error),
+                },
+            }
         };
         // Not after a lost connection either: the call would wait out its timeout first.
         if !matches!(

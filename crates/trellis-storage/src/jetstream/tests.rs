@@ -88,3 +88,39 @@ async fn a_wait_ends_as_unavailable_when_the_connection_is_lost() {
     );
     assert!(!store.available());
 }
+
+/// A wait for an offset past the next one resolves only once that offset is stored, not on
+/// the next record (where the server starts a consumer asked to start past the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_beyond_the_next_offset_is_not_ended_by_the_next_record() {
+    let Some(nats) = trellis_test_support::NatsServer::start() else {
+        return;
+    };
+    let store = JetStreamStore::connect(JetStreamOptions::new(nats.url()))
+        .await
+        .expect("connect");
+    let topic = store
+        .create_topic("t", TopicSettings::default())
+        .await
+        .expect("create");
+    let waiter = Arc::clone(&topic);
+    let mut waiting = tokio::spawn(async move { waiter.wait_for(2).await });
+    for n in 0..2u8 {
+        topic
+            .append(vec![AppendRecord::new(vec![n])])
+            .await
+            .expect("append");
+        // Each record reaches the waiter (its consumer delivers it) well within this.
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut waiting).await;
+        assert!(early.is_err(), "the wait ended at offset {n}: {early:?}");
+    }
+    topic
+        .append(vec![AppendRecord::new(vec![2])])
+        .await
+        .expect("append");
+    let answer = tokio::time::timeout(Duration::from_secs(30), waiting)
+        .await
+        .expect("the wait ends")
+        .expect("the task ends");
+    assert!(answer.is_ok(), "{answer:?}");
+}
