@@ -513,7 +513,20 @@ impl EventStore for JetStreamStore {
         let _publishing = self.shared.submit.lock().await;
         self.shared.closed.store(true, Ordering::Release);
         self.shared.closed_tx.send_replace(true);
-        self.shared.client.flush().await.map_err(unavailable)
+        // A flush waits for the connection, for ever while the server is away; what it would
+        // send then was never acknowledged, so shutdown does not wait for it.
+        if !self.available() {
+            return Err(StorageError::Unavailable(
+                "not connected to NATS; what was not acknowledged is not sent".to_owned(),
+            ));
+        }
+        let timeout = self.shared.options.request_timeout;
+        match tokio::time::timeout(timeout, self.shared.client.flush()).await {
+            Ok(flushed) => flushed.map_err(unavailable),
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "the flush was not confirmed within {timeout:?}"
+            ))),
+        }
     }
 
     fn available(&self) -> bool {
