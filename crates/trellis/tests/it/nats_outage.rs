@@ -603,3 +603,28 @@ async fn a_consumer_group_member_stays_joined_while_nats_is_down_and_gets_what_f
     );
     assert_eq!(Some(next_delivery().await), published, "the member gets it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trellis_stops_on_sigterm_while_nats_is_down() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let (_dir, mut trellis) = start_on(&nats);
+    let base = trellis.base_url().to_owned();
+    let client = reqwest::Client::new();
+    let stored = publish(&client, &base, "orders", "before", "1".to_owned())
+        .await
+        .expect("publish");
+    assert_eq!(stored.status(), 202);
+    blocking(|| nats.stop());
+    assert!(eventually(async || readyz(&client, &base).await == 503).await);
+    // `terminate` gives up (and fails) if the process has not exited in 30 s.
+    let status = blocking(|| trellis.terminate()).expect("trellis exits on SIGTERM");
+    // Nothing acknowledged waits to be sent, but the store could not confirm its close.
+    assert_eq!(status.code(), Some(1), "{}", trellis.stderr());
+    assert!(
+        trellis.stderr().contains("event store") || trellis.stderr().contains("NATS"),
+        "{}",
+        trellis.stderr()
+    );
+}
