@@ -628,3 +628,61 @@ async fn trellis_stops_on_sigterm_while_nats_is_down() {
         trellis.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_stream_answers_unavailable_while_nats_is_down_and_stays_usable() {
+    let Some(mut nats) = NatsServer::start() else {
+        return;
+    };
+    let (_dir, trellis) = start_on(&nats);
+    let base = trellis.base_url().to_owned();
+    let client = reqwest::Client::new();
+    let mut grpc = TrellisClient::connect(format!("http://{}", trellis.grpc_addr()))
+        .await
+        .expect("gRPC connect");
+    let (batches, outgoing) = mpsc::channel(8);
+    let mut answers = grpc
+        .publish_stream(ReceiverStream::new(outgoing))
+        .await
+        .expect("publish stream")
+        .into_inner();
+    let batch = |batch_id: u64, ids: &[&str]| PublishRequest {
+        batch_id,
+        topic: "orders".to_owned(),
+        events: ids.iter().map(|id| grpc_event(id)).collect(),
+    };
+    // Each event's result: its offset, or the code it failed with.
+    let mut answer = async || -> Vec<Result<u64, tonic::Code>> {
+        let response = tokio::time::timeout(Duration::from_secs(30), answers.message())
+            .await
+            .expect("an answer in time")
+            .expect("the stream stays healthy")
+            .expect("the stream stays open");
+        response
+            .results
+            .into_iter()
+            .map(|result| match result.result {
+                Some(event_result::Result::Stored(stored)) => Ok(stored.offset),
+                Some(event_result::Result::Error(error)) => Err(tonic::Code::from(error.code)),
+                None => Err(tonic::Code::Unknown),
+            })
+            .collect()
+    };
+    batches.send(batch(1, &["s1", "s2"])).await.expect("send");
+    assert_eq!(answer().await, vec![Ok(0), Ok(1)]);
+
+    blocking(|| nats.stop());
+    assert!(eventually(async || readyz(&client, &base).await == 503).await);
+    batches.send(batch(2, &["s3", "s4"])).await.expect("send");
+    assert_eq!(
+        answer().await,
+        vec![Err(tonic::Code::Unavailable), Err(tonic::Code::Unavailable)],
+        "each event of the batch fails with a transient code"
+    );
+
+    blocking(|| nats.restart());
+    assert!(eventually(async || readyz(&client, &base).await == 200).await);
+    // The same batch again, on the same stream, as a producer resends it.
+    batches.send(batch(3, &["s3", "s4"])).await.expect("send");
+    assert_eq!(answer().await, vec![Ok(2), Ok(3)]);
+}
