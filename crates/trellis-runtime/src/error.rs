@@ -15,6 +15,9 @@ use serde::Serialize;
 pub(crate) const MAX_ECHO_CHARS: usize = 128;
 /// No message is longer than this many characters.
 pub(crate) const MAX_MESSAGE_CHARS: usize = 1024;
+/// The `Retry-After` of every `503`: long enough that a client does not hammer a node whose
+/// event store is away, short enough that publishing resumes soon after it is back.
+pub(crate) const RETRY_AFTER_SECS: u32 = 1;
 
 /// An error answered to an API client. `code` is a stable machine-readable word; `message` tells a
 /// person what was wrong and how to fix it.
@@ -27,6 +30,8 @@ pub(crate) struct ApiError {
     pub index: Option<usize>,
     /// The request field at fault, as a dotted path (`delivery.backoff.multiplier`).
     pub field: Option<String>,
+    /// Seconds for the `Retry-After` header: set on every `503`, a state that passes.
+    pub retry_after: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -54,6 +59,7 @@ impl ApiError {
             attribute: None,
             index: None,
             field: None,
+            retry_after: (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECS),
         }
     }
 
@@ -71,6 +77,34 @@ impl ApiError {
 
     pub(crate) fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    /// The API's answer to a storage call that failed: `503` with `Retry-After` while the
+    /// event store is unavailable or closing, an internal error otherwise. Callers map the
+    /// errors that mean something to the request (no such topic, a truncated offset) first.
+    pub(crate) fn storage(context: &str, error: &trellis_storage::StorageError) -> ApiError {
+        use trellis_storage::StorageError;
+        match error {
+            StorageError::Unavailable(reason) => ApiError::unavailable(format!(
+                "the event store is unavailable ({reason}); {context} did not complete, try again shortly"
+            )),
+            StorageError::Closed => ApiError::unavailable(
+                "Trellis is shutting down; retry against another node or later",
+            ),
+            other => ApiError::internal(context, other),
+        }
+    }
+
+    /// `503` at once while the event store is known to be unreachable, so that a request does
+    /// not wait out a storage timeout to learn it.
+    pub(crate) fn check_available(store: &dyn trellis_storage::EventStore) -> Result<(), ApiError> {
+        if store.available() {
+            Ok(())
+        } else {
+            Err(ApiError::unavailable(
+                "the event store is unavailable (not connected); nothing was sent to it, try again shortly",
+            ))
+        }
     }
 
     /// A failure inside Trellis. The cause is logged in full; the client gets a short sentence.
@@ -111,7 +145,13 @@ impl IntoResponse for ApiError {
             index: self.index,
             field: field.as_deref(),
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -197,7 +237,32 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_ECHO_CHARS, MAX_MESSAGE_CHARS, bounded};
+    use super::{ApiError, MAX_ECHO_CHARS, MAX_MESSAGE_CHARS, RETRY_AFTER_SECS, bounded};
+    use axum::response::IntoResponse;
+    use trellis_storage::StorageError;
+
+    #[test]
+    fn an_unavailable_store_is_a_503_with_retry_after_and_other_failures_are_not() {
+        let unavailable = ApiError::storage(
+            "listing topics",
+            &StorageError::Unavailable("timed out".to_owned()),
+        )
+        .into_response();
+        assert_eq!(unavailable.status(), 503);
+        assert_eq!(
+            unavailable
+                .headers()
+                .get("retry-after")
+                .map(|v| v.as_bytes()),
+            Some(RETRY_AFTER_SECS.to_string().as_bytes())
+        );
+        let failed =
+            ApiError::storage("listing topics", &StorageError::EmptyAppend).into_response();
+        assert_eq!(failed.status(), 500);
+        assert!(failed.headers().get("retry-after").is_none());
+        let refused = ApiError::bad_request("invalid_event", "no").into_response();
+        assert!(refused.headers().get("retry-after").is_none());
+    }
 
     #[test]
     fn short_messages_and_short_echoes_are_kept_whole() {

@@ -22,6 +22,7 @@ pub(crate) const DEDUP_ENTRIES: &str = "trellis_dedup_remembered_ids";
 pub(crate) const DEDUP_MEMORY: &str = "trellis_dedup_memory_bytes";
 pub(crate) const LOG_SIZE: &str = "trellis_log_size_bytes";
 pub(crate) const TOPIC_NEXT_OFFSET: &str = "trellis_topic_next_offset";
+pub(crate) const STORAGE_AVAILABLE: &str = "trellis_storage_available";
 
 // Publish latency spans an in-memory append (tens of µs) to fsync queues under load (tens of ms).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -123,11 +124,22 @@ fn describe() {
         TOPIC_NEXT_OFFSET,
         "The offset the next event of the topic will get."
     );
+    metrics::describe_gauge!(
+        STORAGE_AVAILABLE,
+        "1 while the event store can be reached, 0 while it cannot (publishes then answer 503 \
+         and deliveries wait)."
+    );
 }
 
 /// Refreshes per-topic gauges and the deduplication gauges from the event store's own
 /// bookkeeping, just before a scrape.
 pub(crate) async fn refresh_gauges(store: &dyn EventStore) {
+    let available = store.available();
+    metrics::gauge!(STORAGE_AVAILABLE).set(f64::from(u8::from(available)));
+    if !available {
+        // Asking would only wait out the store's timeout; the topic gauges keep their values.
+        return;
+    }
     match store.list_topics().await {
         Ok(topics) => {
             for topic in topics {

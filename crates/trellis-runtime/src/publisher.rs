@@ -141,6 +141,13 @@ impl Publisher {
             // An error means the previous batch ended without appending: the turn is ours.
             let _ = after.await;
         }
+        // Known to be unreachable: answer at once rather than wait out the store's timeout,
+        // and send nothing that a reconnecting client might deliver later.
+        if !self.topics.store().available() {
+            return Err(ApiError::unavailable(
+                "the event store is unavailable (not connected); these events were not stored. Send them again with the same ids shortly",
+            ));
+        }
         let topic = self.topics.for_publish(topic_name).await?;
         let sizes: Vec<u64> = events
             .iter()
@@ -206,8 +213,11 @@ async fn append(
             StorageError::Closed => {
                 ApiError::unavailable("Trellis is shutting down; nothing was stored")
             }
+            // The store may have taken some or all of the events before it failed (a remote
+            // one can store what it was sent after it stopped answering), so the client is told
+            // what is safe, not what cannot be known.
             StorageError::Unavailable(reason) => ApiError::unavailable(format!(
-                "the event store is unavailable ({reason}); nothing was stored"
+                "the event store is unavailable ({reason}); the events may or may not have been stored. Send them again with the same ids: that is safe, as an event already stored is answered as a duplicate with its first offset"
             )),
             other => ApiError::internal("storing events", &other),
         })

@@ -290,7 +290,7 @@ impl TopicRegistry {
                 store
                     .delete_topic(name)
                     .await
-                    .map_err(|error| ApiError::internal("deleting a topic", &error))?;
+                    .map_err(|error| ApiError::storage("deleting a topic", &error))?;
                 meta.delete(&kv.key)
                     .await
                     .map_err(|error| ApiError::internal("deleting topic settings", &error))?;
@@ -300,12 +300,12 @@ impl TopicRegistry {
             let topic = store
                 .get_or_create_topic(name, settings.clone())
                 .await
-                .map_err(|error| ApiError::internal("opening a topic", &error))?;
+                .map_err(|error| ApiError::storage("opening a topic", &error))?;
             if record.settings.is_some() {
                 topic
                     .configure(settings)
                     .await
-                    .map_err(|error| ApiError::internal("configuring a topic", &error))?;
+                    .map_err(|error| ApiError::storage("configuring a topic", &error))?;
             }
             topics.insert(name.to_owned(), (topic, record.incarnation));
         }
@@ -313,7 +313,7 @@ impl TopicRegistry {
         let listed = store
             .list_topics()
             .await
-            .map_err(|error| ApiError::internal("listing topics", &error))?;
+            .map_err(|error| ApiError::storage("listing topics", &error))?;
         for info in listed {
             if topics.contains_key(&info.name) {
                 continue;
@@ -321,7 +321,7 @@ impl TopicRegistry {
             let topic = store
                 .topic(&info.name)
                 .await
-                .map_err(|error| ApiError::internal("opening a topic", &error))?;
+                .map_err(|error| ApiError::storage("opening a topic", &error))?;
             if let Some(topic) = topic {
                 topics.insert(info.name, (topic, Incarnation::legacy()));
             }
@@ -361,7 +361,7 @@ impl TopicRegistry {
             .store
             .list_topics()
             .await
-            .map_err(|error| ApiError::internal("listing topics", &error))?;
+            .map_err(|error| ApiError::storage("listing topics", &error))?;
         let topics = self
             .topics
             .read()
@@ -449,7 +449,7 @@ impl TopicRegistry {
         self.store
             .get_or_create_topic(name, settings)
             .await
-            .map_err(|error| ApiError::internal("creating a topic", &error))
+            .map_err(|error| ApiError::storage("creating a topic", &error))
     }
 
     /// The topic to append a validated publish to, created with the defaults if auto-creation is
@@ -545,7 +545,7 @@ impl TopicRegistry {
         topic
             .configure(settings.to_storage())
             .await
-            .map_err(|error| ApiError::internal("configuring a topic", &error))?;
+            .map_err(|error| ApiError::storage("configuring a topic", &error))?;
         if outcome == PutOutcome::Created {
             self.set_current(name, Some((Arc::clone(&topic), incarnation)));
         }
@@ -576,7 +576,7 @@ impl TopicRegistry {
         self.store
             .delete_topic(name)
             .await
-            .map_err(|error| ApiError::internal("deleting a topic", &error))?;
+            .map_err(|error| ApiError::storage("deleting a topic", &error))?;
         self.meta
             .delete(&topic_key(name))
             .await
@@ -591,7 +591,7 @@ pub(crate) async fn info_of(
 ) -> Result<TopicInfo, ApiError> {
     topic.info().await.map_err(|error| match error {
         StorageError::NoSuchTopic(name) => no_such_topic(&name),
-        other => ApiError::internal("reading a topic's state", &other),
+        other => ApiError::storage("reading a topic's state", &other),
     })
 }
 

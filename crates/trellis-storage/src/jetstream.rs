@@ -50,7 +50,12 @@
 //! **Waiting** does not poll: [`TopicStore::wait_for`] subscribes to the stream-deleted advisory,
 //! checks the stream's last sequence, and otherwise creates an ephemeral push consumer (no acks)
 //! that starts at the awaited sequence; its first delivery means the record is stored. The
-//! consumer is deleted afterwards, or by the server once its inbox loses interest.
+//! consumer is deleted afterwards, or by the server once its inbox loses interest. The server
+//! starts a consumer asked to start past the stream's end at its next record, so a wait for an
+//! offset beyond the next one takes headers only and asks the stream after each delivery. A
+//! wait ends
+//! with `Unavailable` when the connection is lost (or is down when it starts), since the
+//! server may forget its consumer meanwhile; the caller waits again once it is back.
 //!
 //! **Retention** is the server's (`max_age`, `max_bytes`); `enforce_retention` does nothing.
 //! A deleted topic is a deleted stream; a topic created again under its name is a new stream,
@@ -160,6 +165,9 @@ struct Shared {
     options: JetStreamOptions,
     closed: AtomicBool,
     closed_tx: tokio::sync::watch::Sender<bool>,
+    /// Counts the connection's losses, so that a waiter learns of one: what it waits on may
+    /// have been lost with the connection (its consumer, its subscription's interest).
+    disconnects: Arc<tokio::sync::watch::Sender<u64>>,
     /// Held while a batch is being published, so that batches keep their submission order.
     submit: tokio::sync::Mutex<()>,
 }
@@ -374,6 +382,14 @@ impl JetStreamStore {
             // Without a cap the client keeps reconnecting; with one it would give up for good
             // and leave Trellis unavailable until restarted.
             .max_reconnects(None);
+        let disconnects = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let counter = Arc::clone(&disconnects);
+        connect = connect.event_callback(move |event| {
+            if matches!(event, async_nats::Event::Disconnected) {
+                counter.send_modify(|losses| *losses = losses.wrapping_add(1));
+            }
+            std::future::ready(())
+        });
         if let Some(path) = &options.credentials_file {
             connect = connect.credentials_file(path).await.map_err(|error| {
                 StorageError::InvalidOptions(format!(
@@ -407,6 +423,7 @@ impl JetStreamStore {
                 options,
                 closed: AtomicBool::new(false),
                 closed_tx,
+                disconnects,
                 submit: tokio::sync::Mutex::new(()),
             }),
         })
@@ -499,7 +516,20 @@ impl EventStore for JetStreamStore {
         let _publishing = self.shared.submit.lock().await;
         self.shared.closed.store(true, Ordering::Release);
         self.shared.closed_tx.send_replace(true);
-        self.shared.client.flush().await.map_err(unavailable)
+        // A flush waits for the connection, for ever while the server is away; what it would
+        // send then was never acknowledged, so shutdown does not wait for it.
+        if !self.available() {
+            return Err(StorageError::Unavailable(
+                "not connected to NATS; what was not acknowledged is not sent".to_owned(),
+            ));
+        }
+        let timeout = self.shared.options.request_timeout;
+        match tokio::time::timeout(timeout, self.shared.client.flush()).await {
+            Ok(flushed) => flushed.map_err(unavailable),
+            Err(_) => Err(StorageError::Unavailable(format!(
+                "the flush was not confirmed within {timeout:?}"
+            ))),
+        }
     }
 
     fn available(&self) -> bool {
@@ -685,6 +715,12 @@ impl TopicStore for JetStreamTopic {
     async fn wait_for(&self, offset: u64) -> Result<(), StorageError> {
         self.shared.check_open()?;
         let mut closed = self.shared.closed_tx.subscribe();
+        // Subscribed first, so a loss from here on is seen; a waiter that outlived one could
+        // wait for ever on a consumer the server forgot meanwhile.
+        let mut disconnects = self.shared.disconnects.subscribe();
+        if self.shared.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(StorageError::Unavailable("not connected".to_owned()));
+        }
         let client = &self.shared.client;
         // Subscribed before the stream is looked at, so a deletion in between is not missed.
         let mut deleted = client
@@ -694,9 +730,14 @@ impl TopicStore for JetStreamTopic {
         let inbox = client.new_inbox();
         let mut delivered = client.subscribe(inbox.clone()).await.map_err(unavailable)?;
         let stream = self.shared.stream(&self.name).await?;
-        if stream.cached_info().state.last_sequence > offset {
+        let last_sequence = stream.cached_info().state.last_sequence;
+        if last_sequence > offset {
             return Ok(());
         }
+        // The server starts a consumer asked to start past the stream's end at its next record,
+        // so for an offset beyond the next one a delivery proves nothing by itself: the stream is
+        // asked each time, and the consumer sends headers only.
+        let beyond_next = offset > last_sequence;
         let created = stream
             .create_consumer(consumer::push::Config {
                 deliver_subject: inbox,
@@ -705,6 +746,7 @@ impl TopicStore for JetStreamTopic {
                 },
                 ack_policy: consumer::AckPolicy::None,
                 inactive_threshold: Duration::from_secs(30),
+                headers_only: beyond_next,
                 ..Default::default()
             })
             .await;
@@ -717,15 +759,33 @@ impl TopicStore for JetStreamTopic {
             }
         };
         let consumer_name = consumer.cached_info().name.clone();
-        let answer = tokio::select! {
-            message = delivered.next() => match message {
-                Some(_) => Ok(()),
-                None => Err(StorageError::Unavailable("the connection closed".to_owned())),
-            },
-            _ = deleted.next() => Err(StorageError::NoSuchTopic(self.name.clone())),
-            _ = closed.wait_for(|closed| *closed) => Err(StorageError::Closed),
+        let answer = loop {
+            let woken = tokio::select! {
+                message = delivered.next() => match message {
+                    Some(_) => None,
+                    None => Some(Err(StorageError::Unavailable("the connection closed".to_owned()))),
+                },
+                _ = deleted.next() => Some(Err(StorageError::NoSuchTopic(self.name.clone()))),
+                _ = closed.wait_for(|closed| *closed) => Some(Err(StorageError::Closed)),
+                _ = disconnects.changed() => Some(Err(StorageError::Unavailable(
+                    "the connection was lost while waiting for a record".to_owned(),
+                ))),
+            };
+            match woken {
+                Some(answer) => break answer,
+                None if !beyond_next => break Ok(()),
+                None => match self.shared.stream(&self.name).await {
+                    Ok(now) if now.cached_info().state.last_sequence > offset => break Ok(()),
+                    Ok(_) => {}
+                    Err(error) => break Err(error),
+                },
+            }
         };
-        if !matches!(answer, Err(StorageError::NoSuchTopic(_))) {
+        // Not after a lost connection either: the call would wait out its timeout first.
+        if !matches!(
+            answer,
+            Err(StorageError::NoSuchTopic(_) | StorageError::Unavailable(_))
+        ) {
             // Best effort: the server removes it anyway once the inbox has no interest.
             if let Err(error) = stream.delete_consumer(&consumer_name).await {
                 tracing::debug!(%error, topic = %self.name, "deleting a wait_for consumer failed");

@@ -10,6 +10,8 @@
 //!   that cursor, and split its events).
 //! - Memory is bounded by the members' windows: reading pauses while no member has room, and an
 //!   event waiting for redelivery is one a member held.
+//! - An unavailable event store pauses reading, not the group: members stay joined, acks are
+//!   taken and committed, and reading goes on by itself once the store is back.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -26,11 +28,11 @@ use trellis_cloudevents::CloudEvent;
 use trellis_delivery::offsets::OffsetTracker;
 use trellis_meta::MetadataStore;
 use trellis_proto::v1::{self, SubscribeResponse, subscribe_response};
-use trellis_storage::{Record, StorageError};
+use trellis_storage::{EventStore, Record, StorageError};
 
 use super::{group_offset_key, shutting_down, stored_offset};
 use crate::error::error_chain;
-use crate::event_store::TopicHandle;
+use crate::event_store::{NOT_CONNECTED, StorageWait, TopicHandle};
 use crate::topics::Incarnation;
 
 /// How often a coordinator stores its committed offset.
@@ -69,6 +71,8 @@ pub(crate) enum Start {
 #[derive(Debug, Clone)]
 pub(crate) struct JoinSpec {
     pub(crate) topic: TopicHandle,
+    /// The store the topic lives in, asked whether it can be reached before a retry.
+    pub(crate) store: Arc<dyn EventStore>,
     /// The topic's incarnation: the group's stored offset counts only in it.
     pub(crate) incarnation: Incarnation,
     pub(crate) group: String,
@@ -300,6 +304,8 @@ struct Waiting {
 
 struct Coordinator {
     topic: TopicHandle,
+    store: Arc<dyn EventStore>,
+    storage: StorageWait,
     incarnation: Incarnation,
     meta: Arc<dyn MetadataStore>,
     /// `None`: progress is not kept (an unnamed broadcast member).
@@ -385,6 +391,12 @@ impl Coordinator {
         ];
         let coordinator = Coordinator {
             topic: spec.topic.clone(),
+            store: Arc::clone(&spec.store),
+            storage: StorageWait::new(format!(
+                "consumer group {:?} of topic {:?}",
+                spec.group,
+                spec.topic.name()
+            )),
             incarnation: spec.incarnation.clone(),
             meta,
             offset_key,
@@ -417,10 +429,12 @@ impl Coordinator {
         // A read runs to its end even when other work wakes the loop meanwhile, so a busy
         // stream of acks cannot starve reading.
         let mut reading: Option<ReadFuture> = None;
+        // Set while the event store is unavailable: no read starts before then.
+        let mut storage_retry: Option<Instant> = None;
         loop {
             self.deliver_waiting();
             let room: usize = self.members.values().map(Member::room).sum();
-            if reading.is_none() && room > 0 && self.waiting.is_empty() {
+            if reading.is_none() && storage_retry.is_none() && room > 0 && self.waiting.is_empty() {
                 reading = Some(Box::pin(read_from(
                     self.topic.clone(),
                     self.position,
@@ -453,10 +467,24 @@ impl Coordinator {
                 Some(ack) = self.acks.recv() => self.ack(&ack.offsets),
                 () = sleep_until(next_deadline), if next_deadline.is_some() => self.expire(),
                 _ = commit_tick.tick() => self.commit().await,
+                () = sleep_until(storage_retry), if storage_retry.is_some() => {
+                    // Tried again only once the store says it can be reached.
+                    storage_retry = if self.store.available() {
+                        None
+                    } else {
+                        Some(Instant::now() + self.storage.failed(NOT_CONNECTED))
+                    };
+                }
                 read = poll_read(&mut reading), if reading.is_some() => {
                     reading = None;
+                    if !matches!(read, Err(StorageError::Unavailable(_))) && self.storage.waiting() {
+                        self.storage.succeeded();
+                    }
                     match read {
                         Ok(records) => self.take(records),
+                        Err(StorageError::Unavailable(reason)) => {
+                            storage_retry = Some(Instant::now() + self.storage.failed(&reason));
+                        }
                         Err(StorageError::OffsetTruncated { first_offset, .. }) => {
                             tracing::warn!(
                                 message = "A consumer group fell behind retention; it skips the deleted events.",

@@ -76,6 +76,7 @@ pub(super) async fn subscribe(
     };
     let spec = JoinSpec {
         topic,
+        store: Arc::clone(service.topics.store()),
         incarnation,
         group: subscription.group,
         broadcast,

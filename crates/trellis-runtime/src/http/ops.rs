@@ -14,10 +14,16 @@ pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready while serving; 503 once shutdown has begun so load balancers stop sending.
+/// Ready while serving; 503 with the reason once shutdown has begun, or while the event store
+/// is unreachable (publishes would only fail), so load balancers send elsewhere meanwhile.
 pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &'static str) {
     if state.shutting_down.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
+    } else if !state.topics.store().available() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the event store is unavailable\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }

@@ -19,6 +19,8 @@ pub(crate) async fn create(
 ) -> Response {
     let res = async {
         let body = json_body(&body)?;
+        // A new subscription reads its topic's offsets: refused at once while that cannot be.
+        ApiError::check_available(state.topics.store().as_ref())?;
         state.subscriptions.create(&body).await
     }
     .await;
@@ -85,10 +87,11 @@ pub(crate) async fn redrive(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Response {
-    respond(
-        state.subscriptions.redrive(&name).await,
-        StatusCode::ACCEPTED,
-    )
+    let res = match ApiError::check_available(state.topics.store().as_ref()) {
+        Ok(()) => state.subscriptions.redrive(&name).await,
+        Err(error) => Err(error),
+    };
+    respond(res, StatusCode::ACCEPTED)
 }
 
 fn json_body(body: &[u8]) -> Result<Value, ApiError> {

@@ -78,6 +78,7 @@ pub(crate) struct TopicList {
 }
 
 pub(crate) async fn list(State(state): State<Arc<AppState>>) -> Result<Json<TopicList>, ApiError> {
+    ApiError::check_available(state.topics.store().as_ref())?;
     let topics = state
         .topics
         .list()
@@ -106,6 +107,7 @@ pub(crate) async fn get(
     Path(name): Path<String>,
 ) -> Result<Json<TopicView>, ApiError> {
     let topic = state.topics.get(&name)?;
+    ApiError::check_available(state.topics.store().as_ref())?;
     Ok(Json(view(&state, topic.as_ref()).await?))
 }
 
@@ -125,6 +127,7 @@ pub(crate) async fn put(
             )
         })?
     };
+    ApiError::check_available(state.topics.store().as_ref())?;
     let (outcome, topic) = state.topics.put(&name, &patch).await?;
     let status = match outcome {
         PutOutcome::Created => StatusCode::CREATED,
@@ -155,6 +158,7 @@ pub(crate) async fn delete(
             ),
         )
     })?;
+    ApiError::check_available(state.topics.store().as_ref())?;
     state
         .subscriptions
         .delete_topic(&name, query.force, async {
@@ -191,6 +195,7 @@ pub(crate) async fn read_events(
         )
     })?;
     let topic = state.topics.get(&name)?;
+    ApiError::check_available(state.topics.store().as_ref())?;
     let limit = query.limit.unwrap_or(DEFAULT_READ_LIMIT);
     if limit == 0 || limit > MAX_READ_LIMIT {
         return Err(ApiError::bad_request(
@@ -212,8 +217,7 @@ pub(crate) async fn read_events(
                 format!("offset {offset} was removed by retention; the oldest stored offset is {first_offset}"),
             ),
             StorageError::NoSuchTopic(name) => ApiError::not_found("topic_not_found", format!("topic {name:?} does not exist")),
-            StorageError::Unavailable(reason) => ApiError::unavailable(format!("the event store is unavailable ({reason}); try again")),
-            other => ApiError::internal("reading events", &other),
+            other => ApiError::storage("reading events", &other),
         })?;
     let records = page.records;
     let damage_headers = page.damaged.as_ref().map(damage_headers);

@@ -20,9 +20,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::{CloudEvent, ExtensionValue};
 use trellis_delivery::report::DeliveryFailure;
-use trellis_storage::AppendRecord;
+use trellis_storage::{AppendRecord, DedupKey, StorageError};
 
 use crate::error::error_chain;
+use crate::event_store::{NOT_CONNECTED, StorageWait};
 use crate::topics::TopicRegistry;
 
 /// Where a subscription's dead letters go: a topic looked up (or created) when one is written,
@@ -38,50 +39,92 @@ const RETRY: Duration = Duration::from_millis(500);
 
 impl DeadLetterTarget {
     /// Appends `event`, retrying until it is durable; `false` if `stop` came first (the record
-    /// then stays uncommitted and is delivered again after a restart).
+    /// then stays uncommitted and is delivered again after a restart). While the event store
+    /// is unavailable it waits for it, telling `show` why (and `None` once it is back).
     pub(crate) async fn append(
         &self,
         subscription: &str,
         event: &CloudEvent,
         stop: &CancellationToken,
+        show: &(dyn Fn(Option<String>) + Send + Sync),
     ) -> bool {
-        self.append_all(subscription, std::slice::from_ref(event), stop)
+        self.append_all(subscription, std::slice::from_ref(event), stop, show)
             .await
     }
 
-    /// `append` for several events in one all-or-nothing append.
+    /// `append` for several events in one append.
     pub(crate) async fn append_all(
         &self,
         subscription: &str,
         events: &[CloudEvent],
         stop: &CancellationToken,
+        show: &(dyn Fn(Option<String>) + Send + Sync),
     ) -> bool {
-        // Without a dedup key: a dead letter repeats its original's (source, id), and every
-        // failure of it is worth keeping.
+        // Not the dedup key of the original's (source, id), which every failure of the event
+        // repeats and each is worth keeping: a random key of its own, kept across the retries
+        // below, so that a retry of an append that failed as unavailable but was stored anyway
+        // (a remote store can store what it was sent after it stopped answering) is answered as
+        // a duplicate instead of being stored twice.
+        let base = uuid::Uuid::new_v4().as_u128();
         let records: Vec<AppendRecord> = events
             .iter()
-            .map(|event| AppendRecord::new(event.to_stored()))
+            .zip(0u128..)
+            .map(|(event, n)| {
+                AppendRecord::with_key(event.to_stored(), DedupKey(base.wrapping_add(n)))
+            })
             .collect();
+        let mut storage =
+            StorageWait::new(format!("dead letters of subscription {subscription:?}"));
         loop {
-            let appended = match self.topics.for_subscription(&self.topic_name).await {
-                Ok((topic, _)) => topic
-                    .append(records.clone())
-                    .await
-                    .map_err(|error| error_chain(&error)),
-                Err(error) => Err(error.message),
+            let unavailable = if self.topics.store().available() {
+                let appended = match self.topics.for_subscription(&self.topic_name).await {
+                    Ok((topic, _)) => {
+                        topic
+                            .append(records.clone())
+                            .await
+                            .map_err(|error| match error {
+                                StorageError::Unavailable(reason) => (true, reason),
+                                other => (false, error_chain(&other)),
+                            })
+                    }
+                    Err(error) => Err((
+                        error.status == http::StatusCode::SERVICE_UNAVAILABLE,
+                        error.message,
+                    )),
+                };
+                match appended {
+                    Ok(_) => {
+                        if storage.waiting() {
+                            storage.succeeded();
+                            show(None);
+                        }
+                        return true;
+                    }
+                    Err((true, reason)) => Some(reason),
+                    Err((false, message)) => {
+                        tracing::error!(
+                            message = "Writing a dead letter failed; retrying.",
+                            subscription,
+                            topic = %self.topic_name,
+                            error = %message
+                        );
+                        None
+                    }
+                }
+            } else {
+                Some(NOT_CONNECTED.to_owned())
             };
-            match appended {
-                Ok(_) => return true,
-                Err(message) => tracing::error!(
-                    message = "Writing a dead letter failed; retrying.",
-                    subscription,
-                    topic = %self.topic_name,
-                    error = %message
-                ),
-            }
+            let delay = match unavailable {
+                Some(reason) => {
+                    let delay = storage.failed(&reason);
+                    show(Some(reason));
+                    delay
+                }
+                None => RETRY,
+            };
             tokio::select! {
                 () = stop.cancelled() => return false,
-                () = tokio::time::sleep(RETRY) => {}
+                () = tokio::time::sleep(delay) => {}
             }
         }
     }

@@ -11,6 +11,10 @@
 //! - A damaged record never stops delivery: it is dead-lettered as a marker
 //!   (`trellisfailure: damaged`) and committed past. A read error the dispatcher cannot go past
 //!   shows as `state: stopped` with its reason until a resume (or pause) retries.
+//! - An unavailable event store never stops delivery: the dispatcher shows
+//!   `state: waiting_for_storage`, tries again with growing waits (up to 2 s), and goes on by
+//!   itself once the store answers. Records in flight meanwhile end as usual; a failed one
+//!   waits for the store to be dead-lettered. No failed store call moves the committed offset.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,10 +29,11 @@ use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::offsets::OffsetTracker;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport};
 use trellis_meta::MetadataStore;
-use trellis_storage::{DamagedRange, StorageError};
+use trellis_storage::{DamagedRange, EventStore, StorageError};
 
 use super::dead_letter::DeadLetterTarget;
 use crate::error::error_chain;
+use crate::event_store::{NOT_CONNECTED, StorageWait, until_available};
 
 /// What the engine's callbacks tell the dispatcher.
 pub(crate) enum Outcome {
@@ -59,6 +64,9 @@ pub(crate) struct DispatcherStats {
     /// Why the dispatcher stopped reading, while it waits to be resumed.
     // std Mutex: held only to set, clear or clone the reason.
     pub(crate) stopped: std::sync::Mutex<Option<String>>,
+    /// Why the subscription waits for the event store, while it cannot be reached.
+    // std Mutex: held only to set, clear or clone the reason.
+    pub(crate) storage: std::sync::Mutex<Option<String>>,
 }
 
 impl DispatcherStats {
@@ -67,6 +75,24 @@ impl DispatcherStats {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    pub(crate) fn storage_reason(&self) -> Option<String> {
+        self.storage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Shows (or clears, with `None`) that the subscription waits for the event store, and why.
+    pub(crate) fn set_waiting_for_storage(&self, reason: Option<String>) {
+        let shown = reason.map(|reason| {
+            format!("the event store is unavailable ({reason}); delivery waits and goes on by itself once it is back")
+        });
+        *self
+            .storage
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = shown;
     }
 }
 
@@ -84,6 +110,8 @@ pub(crate) enum Ended {
 pub(crate) struct Dispatcher {
     pub(crate) name: String,
     pub(crate) topic: crate::event_store::TopicHandle,
+    /// The store the topic lives in, asked whether it can be reached before a retry.
+    pub(crate) store: Arc<dyn EventStore>,
     /// The committed offset is stored with it (see `stored_offset.rs`).
     pub(crate) incarnation: crate::topics::Incarnation,
     /// Created on first use with the default topic settings.
@@ -131,6 +159,9 @@ impl Dispatcher {
         // Reading failed in a way the dispatcher cannot go past; a resume (or pause) retries.
         let mut stopped = false;
         let mut topic_deleted = false;
+        let mut storage = StorageWait::new(format!("subscription {:?}", self.name));
+        // Set while the event store is unavailable: nothing is read before then.
+        let mut storage_retry: Option<tokio::time::Instant> = None;
         'run: loop {
             let paused = *self.paused.borrow();
             // Records tracked and not ended, batched or in flight: the memory bound.
@@ -143,8 +174,13 @@ impl Dispatcher {
             // Read in batches: refilling one slot at a time would read the log once per
             // delivery. Read when a good share of the slots is free, or nothing is in flight.
             let worth_reading = room >= (self.max_in_flight / 4).max(1) || tracker.in_flight() == 0;
-            if !paused && !stopped && room > 0 && worth_reading {
-                match self.read(next, room).await {
+            if !paused && !stopped && storage_retry.is_none() && room > 0 && worth_reading {
+                let read = self.read(next, room).await;
+                if !matches!(read, Err(StorageError::Unavailable(_))) && storage.waiting() {
+                    storage.succeeded();
+                    self.stats.set_waiting_for_storage(None);
+                }
+                match read {
                     Ok(records) if records.is_empty() => caught_up = true,
                     Ok(records) => {
                         for record in records {
@@ -177,6 +213,9 @@ impl Dispatcher {
                         topic_deleted = true;
                         break;
                     }
+                    Err(StorageError::Unavailable(reason)) => {
+                        storage_retry = Some(self.wait_for_storage(&mut storage, reason));
+                    }
                     Err(error) => {
                         let reason = error_chain(&error);
                         tracing::error!(message = "Reading the topic failed; the subscription stops until it is resumed.", subscription = %self.name, offset = next, error = %reason);
@@ -201,7 +240,21 @@ impl Dispatcher {
                     // and no task's end needs a wake-up of its own.
                     while deliveries.try_join_next().is_some() {}
                 }
-                _ = self.topic.wait_for(next), if caught_up => {}
+                waited = self.topic.wait_for(next), if caught_up => {
+                    if let Err(StorageError::Unavailable(reason)) = waited {
+                        storage_retry = Some(self.wait_for_storage(&mut storage, reason));
+                    }
+                }
+                () = sleep_until(storage_retry), if storage_retry.is_some() => {
+                    // Tried again only once the store says it can be reached.
+                    storage_retry = if self.store.available() {
+                        None
+                    } else if paused {
+                        Some(tokio::time::Instant::now() + storage.failed(NOT_CONNECTED))
+                    } else {
+                        Some(self.wait_for_storage(&mut storage, NOT_CONNECTED.to_owned()))
+                    };
+                }
                 () = pending.due(), if !pending.records.is_empty() => {
                     self.send_batch(std::mem::take(&mut pending.records), &mut deliveries);
                 }
@@ -210,11 +263,24 @@ impl Dispatcher {
                         stopped = false;
                         self.set_stopped(None);
                     }
+                    // Paused, nothing reads to clear it; resumed, the next read sets it again
+                    // if the store is still away.
+                    self.stats.set_waiting_for_storage(None);
                 }
                 // A paused subscription reads nothing, so it learns of a delete here.
-                gone = self.topic.wait_for(u64::MAX), if paused => {
-                    topic_deleted = matches!(gone, Err(StorageError::NoSuchTopic(_)));
-                    break;
+                gone = self.topic.wait_for(u64::MAX), if paused && storage_retry.is_none() => {
+                    match gone {
+                        // Not a reason to end: wait as a reading dispatcher would, but keep
+                        // showing `paused`, which no read would clear.
+                        Err(StorageError::Unavailable(reason)) => {
+                            storage_retry =
+                                Some(tokio::time::Instant::now() + storage.failed(&reason));
+                        }
+                        gone => {
+                            topic_deleted = matches!(gone, Err(StorageError::NoSuchTopic(_)));
+                            break;
+                        }
+                    }
                 }
                 _ = commit_tick.tick() => {
                     while deliveries.try_join_next().is_some() {}
@@ -239,6 +305,13 @@ impl Dispatcher {
         }
         self.persist(tracker.committable(), persisted).await;
         Ended::Stopped
+    }
+
+    /// Shows that the store is unavailable and returns when to try again.
+    fn wait_for_storage(&self, storage: &mut StorageWait, reason: String) -> tokio::time::Instant {
+        let delay = storage.failed(&reason);
+        self.stats.set_waiting_for_storage(Some(reason));
+        tokio::time::Instant::now() + delay
     }
 
     /// Shows (or clears) why the dispatcher stopped, in the status and a gauge.
@@ -280,9 +353,10 @@ impl Dispatcher {
                     )
                 })
                 .collect();
+            let show = |reason| self.stats.set_waiting_for_storage(reason);
             if !self
                 .dead_letter
-                .append_all(&self.name, &markers, &self.stop)
+                .append_all(&self.name, &markers, &self.stop, &show)
                 .await
             {
                 return false;
@@ -381,27 +455,28 @@ impl Dispatcher {
     }
 
     /// Appends the failed record to the dead-letter topic, retrying until it is durable;
-    /// `false` if the dispatcher was stopped first (the record then stays uncommitted).
+    /// `false` if the dispatcher was stopped first (the record then stays uncommitted). Both
+    /// the read of the record and the append wait out an unavailable store.
     async fn dead_letter(&self, failure: &DeliveryFailure) -> bool {
-        match self.dead_letter_event(failure).await {
+        let offset = failure.context.offset;
+        let mut storage = StorageWait::new(format!("subscription {:?}", self.name));
+        let show = |reason| self.stats.set_waiting_for_storage(reason);
+        let Some(read) =
+            until_available(self.store.as_ref(), &mut storage, &self.stop, &show, || {
+                self.read(offset, 1)
+            })
+            .await
+        else {
+            return false;
+        };
+        match dead_letter_event(read.ok(), offset, &self.name, failure) {
             Some(event) => {
                 self.dead_letter
-                    .append(&self.name, &event, &self.stop)
+                    .append(&self.name, &event, &self.stop, &show)
                     .await
             }
             None => true,
         }
-    }
-
-    /// The original event with extensions saying why it was dead-lettered, or `None` if the
-    /// record cannot be read back (see `dispatch`).
-    async fn dead_letter_event(&self, failure: &DeliveryFailure) -> Option<CloudEvent> {
-        let offset = failure.context.offset;
-        let records = self.read(offset, 1).await.ok()?;
-        let record = records.into_iter().find(|record| record.offset == offset)?;
-        let mut event = CloudEvent::from_stored(&record.payload).ok()?;
-        super::dead_letter::annotate(&mut event, &self.name, failure);
-        Some(event)
     }
 
     async fn read(
@@ -435,5 +510,28 @@ impl Dispatcher {
                 persisted
             }
         }
+    }
+}
+
+/// The original event with extensions saying why it was dead-lettered, or `None` if the record
+/// cannot be read back (see `Dispatcher::dispatch`).
+fn dead_letter_event(
+    records: Option<Vec<trellis_storage::Record>>,
+    offset: u64,
+    subscription: &str,
+    failure: &DeliveryFailure,
+) -> Option<CloudEvent> {
+    let record = records?
+        .into_iter()
+        .find(|record| record.offset == offset)?;
+    let mut event = CloudEvent::from_stored(&record.payload).ok()?;
+    super::dead_letter::annotate(&mut event, subscription, failure);
+    Some(event)
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

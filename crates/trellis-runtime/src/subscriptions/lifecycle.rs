@@ -11,12 +11,13 @@ use tokio_util::sync::CancellationToken;
 use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::Engine;
 use trellis_meta::MetadataStore;
+use trellis_storage::EventStore;
 
 use super::dead_letter::DeadLetterTarget;
 use super::dispatcher::{Dispatcher, DispatcherStats, Ended, Outcome};
 use super::spec::Start;
 use crate::error::error_chain;
-use crate::event_store::TopicHandle;
+use crate::event_store::{StorageWait, TopicHandle, until_available};
 use crate::topics::{Incarnation, TopicRegistry};
 
 /// 1 while a subscription waits for its topic to exist, so a stranded one can be alerted on.
@@ -112,6 +113,7 @@ impl Supervisor {
                 return;
             };
             let Some(from) = start_offset(
+                (topics.store().as_ref(), &stats),
                 meta.as_ref(),
                 &offset_key,
                 &topic,
@@ -127,6 +129,7 @@ impl Supervisor {
             let dispatcher = Dispatcher {
                 name: name.clone(),
                 topic,
+                store: Arc::clone(topics.store()),
                 incarnation,
                 dead_letter: dead_letter.clone(),
                 meta: Arc::clone(&meta),
@@ -187,7 +190,10 @@ async fn wait_for_topic(
 /// Where to read `topic` from: the stored offset if it counts in this incarnation, the
 /// beginning if it counts in another, the subscription's `start` if none is stored. A new start
 /// is stored at once, so a restart before the first commit keeps it. `None` if stopped first.
+/// An unavailable event store (the first of `storage`) is waited for, and shown in the
+/// status (the second) meanwhile.
 async fn start_offset(
+    storage: (&dyn EventStore, &DispatcherStats),
     meta: &dyn MetadataStore,
     key: &str,
     topic: &TopicHandle,
@@ -195,8 +201,12 @@ async fn start_offset(
     start: Start,
     stop: &CancellationToken,
 ) -> Option<u64> {
+    let (store, dispatcher) = storage;
+    let mut storage = StorageWait::new(format!("subscription at {key}"));
+    let show = |reason| dispatcher.set_waiting_for_storage(reason);
     loop {
-        let stats = match topic.info().await {
+        let info = until_available(store, &mut storage, stop, &show, || topic.info()).await?;
+        let stats = match info {
             Ok(stats) => stats,
             Err(error) => {
                 tracing::warn!(message = "Reading a subscription's topic failed; retrying.", key, error = %error_chain(&error));

@@ -82,9 +82,11 @@ pub(crate) struct SubscriptionStatus {
     /// Events published but not yet ended for this subscription.
     pub(crate) lag: u64,
     /// `running`, `paused`, `waiting_for_topic` (its topic was deleted or does not exist yet;
-    /// it reads the next incarnation from its beginning) or `stopped` (it cannot go on).
+    /// it reads the next incarnation from its beginning), `waiting_for_storage` (the event
+    /// store cannot be reached; it goes on by itself once it can) or `stopped` (it cannot go
+    /// on).
     pub(crate) state: &'static str,
-    /// Why, for `waiting_for_topic` and `stopped`.
+    /// Why, for `waiting_for_topic`, `waiting_for_storage` and `stopped`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) reason: Option<String>,
     pub(crate) paused: bool,
@@ -510,8 +512,11 @@ impl SubscriptionRegistry {
         } = running.engine.status();
         let committed = running.stats.committed.load(Ordering::Relaxed);
         let waiting = running.lifecycle.waiting_reason();
+        let storage = running.stats.storage_reason();
+        // Asking an unreachable store would only wait out its timeout.
+        let reachable = self.topics.store().available();
         let next = match (&waiting, self.topics.handle(&running.spec.topic)) {
-            (None, Some(topic)) => topic
+            (None, Some(topic)) if reachable => topic
                 .info()
                 .await
                 .map_or(committed, |info| info.next_offset),
@@ -519,11 +524,12 @@ impl SubscriptionRegistry {
         };
         // Reading failed in a way the dispatcher cannot go past (a resume retries).
         let stopped = running.stats.stopped_reason();
-        let state = match (&stopped, &waiting, running.spec.paused) {
-            (Some(_), _, _) => "stopped",
-            (None, Some(_), _) => "waiting_for_topic",
-            (None, None, true) => "paused",
-            (None, None, false) => "running",
+        let state = match (&stopped, &waiting, &storage, running.spec.paused) {
+            (Some(_), _, _, _) => "stopped",
+            (None, Some(_), _, _) => "waiting_for_topic",
+            (None, None, Some(_), _) => "waiting_for_storage",
+            (None, None, None, true) => "paused",
+            (None, None, None, false) => "running",
         };
         SubscriptionStatus {
             delivered,
@@ -533,7 +539,7 @@ impl SubscriptionRegistry {
             committed_offset: committed,
             lag: next.saturating_sub(committed),
             state,
-            reason: stopped.or(waiting),
+            reason: stopped.or(waiting).or(storage),
             paused: running.spec.paused,
             urls: targets,
             redrive: running.redrive.view(),

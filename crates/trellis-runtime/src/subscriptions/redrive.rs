@@ -7,6 +7,8 @@
 //!
 //! The cursor (`/redrive/<name>`) moves only over the contiguous prefix of redriven records that
 //! ended, as the dispatcher's committed offset does, so a crash mid-redrive repeats, never skips.
+//! An unavailable event store pauses the redrive (reads and dead letters wait for it); it goes
+//! on by itself once the store is back.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,6 +26,7 @@ use trellis_storage::StorageError;
 use super::dead_letter::DeadLetterTarget;
 use super::dispatcher::Outcome;
 use crate::error::error_chain;
+use crate::event_store::{StorageWait, until_available};
 
 /// Redriven records out at once.
 const MAX_IN_FLIGHT: usize = 64;
@@ -86,13 +89,10 @@ impl Redrive {
         loop {
             let room = MAX_IN_FLIGHT.saturating_sub(deliveries.len());
             if next < self.to && room > 0 {
-                let records = match crate::event_store::read_records(
-                    self.dead_letters.as_ref(),
-                    next,
-                    room,
-                )
-                .await
-                {
+                let Some(read) = self.read(next, room).await else {
+                    break;
+                };
+                let records = match read {
                     Ok(records) => records,
                     Err(StorageError::Damaged { range, .. }) => {
                         // Damaged dead letters cannot be redriven: say so and go past them.
@@ -184,16 +184,21 @@ impl Redrive {
         self.stats.running.store(false, Ordering::Relaxed);
     }
 
-    /// `None` when the dead-letter topic cannot be read; the redrive then stops where it is.
-    async fn read(&self, from: u64, max_records: usize) -> Option<Vec<trellis_storage::Record>> {
-        match crate::event_store::read_records(self.dead_letters.as_ref(), from, max_records).await
-        {
-            Ok(records) => Some(records),
-            Err(error) => {
-                tracing::error!(message = "Reading dead letters failed; the redrive stops.", subscription = %self.name, error = %error_chain(&error));
-                None
-            }
-        }
+    /// Reads dead letters, waiting out an unavailable store; `None` if stopped first.
+    async fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+    ) -> Option<Result<Vec<trellis_storage::Record>, StorageError>> {
+        let mut storage = StorageWait::new(format!("redrive of subscription {:?}", self.name));
+        until_available(
+            self.dead_letter.topics.store().as_ref(),
+            &mut storage,
+            &self.stop,
+            &|_| {},
+            || crate::event_store::read_records(self.dead_letters.as_ref(), from, max_records),
+        )
+        .await
     }
 
     /// Appends the record to the dead-letter topic again, with why it failed this time but its
@@ -204,7 +209,14 @@ impl Redrive {
         failure: &trellis_delivery::report::DeliveryFailure,
         origin: Origin,
     ) -> bool {
-        let records = self.read(offset, 1).await.unwrap_or_default();
+        let records = match self.read(offset, 1).await {
+            None => return false,
+            Some(Ok(records)) => records,
+            Some(Err(error)) => {
+                tracing::error!(message = "Reading a dead letter to dead-letter it again failed; it is skipped.", subscription = %self.name, offset, error = %error_chain(&error));
+                Vec::new()
+            }
+        };
         let Some(record) = records.into_iter().find(|record| record.offset == offset) else {
             return true;
         };
@@ -217,7 +229,7 @@ impl Redrive {
             event.extensions.insert(key, value);
         }
         self.dead_letter
-            .append(&self.name, &event, &self.stop)
+            .append(&self.name, &event, &self.stop, &|_| {})
             .await
     }
 

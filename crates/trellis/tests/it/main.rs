@@ -10,6 +10,7 @@ mod delivery_faults;
 mod delivery_scenarios;
 mod delivery_tls;
 mod grpc;
+mod nats_outage;
 mod publish_cli;
 mod subscriptions;
 mod topic_delete;
