@@ -385,8 +385,18 @@ impl JetStreamStore {
         let disconnects = Arc::new(tokio::sync::watch::Sender::new(0u64));
         let counter = Arc::clone(&disconnects);
         connect = connect.event_callback(move |event| {
-            if matches!(event, async_nats::Event::Disconnected) {
-                counter.send_modify(|losses| *losses = losses.wrapping_add(1));
+            match event {
+                async_nats::Event::Disconnected => {
+                    // Said once per loss, here: the client's own lines are filtered to warn.
+                    tracing::warn!(
+                        message = "Lost the connection to NATS; storage calls fail as unavailable until it is back."
+                    );
+                    counter.send_modify(|losses| *losses = losses.wrapping_add(1));
+                }
+                async_nats::Event::Connected => {
+                    tracing::info!(message = "Connected to NATS.");
+                }
+                _ => {}
             }
             std::future::ready(())
         });

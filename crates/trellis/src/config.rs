@@ -159,6 +159,19 @@ pub(crate) enum StorageBackend {
 }
 
 impl StorageBackend {
+    /// Where events are stored, fit for a log line or an error: user names and passwords in the
+    /// URLs are shown as `***`.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            StorageBackend::Embedded => "embedded".to_owned(),
+            StorageBackend::Nats { urls, .. } => urls
+                .split(',')
+                .map(|url| redact_user_info(url.trim()))
+                .collect::<Vec<_>>()
+                .join(","),
+        }
+    }
+
     fn resolve(args: &ServeArgs, file: &FileStorage) -> anyhow::Result<StorageBackend> {
         let url = args
             .storage
@@ -420,6 +433,17 @@ impl Settings {
             runtime,
             log_resources,
         })
+    }
+}
+
+/// `scheme://user:password@host` as `scheme://***@host`.
+fn redact_user_info(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 

@@ -84,7 +84,7 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
         "trellis listening on http://{local_addr} grpc://{grpc_addr} (data dir {})",
         data_dir.display()
     );
-    tracing::info!(message = "Trellis started.", http = %local_addr, grpc = %grpc_addr, data_dir = %data_dir.display());
+    tracing::info!(message = "Trellis started.", http = %local_addr, grpc = %grpc_addr, data_dir = %data_dir.display(), storage = %settings.storage.describe());
 
     let shutdown = CancellationToken::new();
     let event_store = Arc::clone(&store);
@@ -156,15 +156,16 @@ async fn open_event_store(settings: &Settings) -> anyhow::Result<Arc<dyn EventSt
             options.tls_ca_file = tls_ca.clone();
             options.replicas = *replicas;
             options.dedup_window = settings.runtime.dedup_window;
-            let store = JetStreamStore::connect(options)
-                .await
-                .map_err(|error| anyhow::anyhow!("cannot use NATS JetStream at {urls}: {error}"))?;
+            let cannot_use = |error| {
+                anyhow::anyhow!(
+                    "cannot use NATS JetStream at {}: {error}",
+                    settings.storage.describe()
+                )
+            };
+            let store = JetStreamStore::connect(options).await.map_err(cannot_use)?;
             // Connecting is not enough: a server without JetStream enabled accepts the
             // connection and fails every call.
-            store
-                .list_topics()
-                .await
-                .map_err(|error| anyhow::anyhow!("cannot use NATS JetStream at {urls}: {error}"))?;
+            store.list_topics().await.map_err(cannot_use)?;
             Ok(Arc::new(store))
         }
     }

@@ -335,3 +335,18 @@ fn storage_that_is_neither_embedded_nor_nats_is_refused_by_name() {
         .to_string();
     assert!(message.contains("storage.nats_replicas"), "{message}");
 }
+
+#[test]
+fn storage_urls_are_described_without_their_passwords() {
+    let settings = Settings::resolve(&args(&[
+        "--storage",
+        "nats://trellis:s3cret@10.0.0.1:4222,tls://token@10.0.0.2:4222,nats://10.0.0.3:4222",
+    ]))
+    .expect("resolves");
+    let described = settings.storage.describe();
+    assert_eq!(
+        described,
+        "nats://***@10.0.0.1:4222,tls://***@10.0.0.2:4222,nats://10.0.0.3:4222"
+    );
+    assert_eq!(StorageBackend::Embedded.describe(), "embedded");
+}
