@@ -24,6 +24,9 @@
 //! the stream's duplicate window is the store's dedup window (capped at `max_age`, which the server
 //! requires), so a retry is stored once whichever client sends it. A duplicate's PubAck carries
 //! the first copy's sequence, which is the answer. Records without a key are never duplicates.
+//! A zero window turns deduplication off: no record carries a `Nats-Msg-Id` (the server would
+//! read a zero duplicate window as its default of two minutes). The server's smallest window is
+//! 100 ms, so [`JetStreamStore::connect`] refuses a shorter one that is not zero.
 //!
 //! **Batches are not atomic** (JetStream 2.9 has no batch publish). A batch's records are
 //! published in order on one connection, each acknowledged on its own; batches submitted through
@@ -76,6 +79,8 @@ const DESCRIPTION_MARK: &str = "trellis topic";
 const READ_AHEAD: usize = 16;
 /// Room for the headers of a record (`Nats-Msg-Id`, `Nats-Expected-Stream`) in `max_payload`.
 const HEADER_ALLOWANCE: usize = 512;
+/// The shortest duplicate window the server accepts.
+const MIN_DEDUP_WINDOW: Duration = Duration::from_millis(100);
 
 /// How to reach JetStream and how to lay topics out on it.
 #[derive(Debug, Clone)]
@@ -341,6 +346,13 @@ impl JetStreamStore {
     /// Once connected, the client reconnects by itself for as long as the store lives.
     pub async fn connect(options: JetStreamOptions) -> Result<JetStreamStore, StorageError> {
         let servers = parse_servers(&options.url)?;
+        if !options.dedup_window.is_zero() && options.dedup_window < MIN_DEDUP_WINDOW {
+            return Err(StorageError::InvalidOptions(format!(
+                "a dedup window of {:?} is shorter than JetStream's shortest ({MIN_DEDUP_WINDOW:?}); \
+                 set 0 to turn deduplication off, or at least {MIN_DEDUP_WINDOW:?}",
+                options.dedup_window
+            )));
+        }
         let mut connect = async_nats::ConnectOptions::new()
             .connection_timeout(options.request_timeout)
             .request_timeout(Some(options.request_timeout))
@@ -557,10 +569,11 @@ impl TopicStore for JetStreamTopic {
             }
             Ok::<_, StorageError>(outcomes)
         });
+        let deduplicate = !self.shared.options.dedup_window.is_zero();
         for record in records {
             let mut headers = HeaderMap::new();
             headers.insert(header::NATS_EXPECTED_STREAM, self.stream.as_str());
-            if let Some(key) = record.dedup_key {
+            if let Some(key) = record.dedup_key.filter(|_| deduplicate) {
                 headers.insert(header::NATS_MESSAGE_ID, format!("{:032x}", key.0).as_str());
             }
             let published = self
