@@ -48,9 +48,9 @@
 //! (plus those 16 messages) in memory.
 //!
 //! **Waiting** does not poll: [`TopicStore::wait_for`] subscribes to the stream-deleted advisory,
-//! checks the stream's last sequence, and otherwise creates an ephemeral push consumer (no acks)
-//! that starts at the awaited sequence; its first delivery means the record is stored. The
-//! consumer is deleted afterwards, or by the server once its inbox loses interest.
+//! checks the stream's last sequence, and otherwise creates an ephemeral push consumer (no acks,
+//! kept in memory) that starts at the awaited sequence; its first delivery means the record is
+//! stored. The consumer is deleted afterwards, or by the server once its inbox loses interest.
 //!
 //! **Retention** is the server's (`max_age`, `max_bytes`); `enforce_retention` does nothing.
 //! A deleted topic is a deleted stream; a topic created again under its name is a new stream,
@@ -687,6 +687,9 @@ impl TopicStore for JetStreamTopic {
                     start_sequence: offset.saturating_add(1),
                 },
                 ack_policy: consumer::AckPolicy::None,
+                // It lives for one wait and keeps no state worth keeping; in the server's files
+                // every wait would cost a disk write, which made waiting readers slow to start.
+                memory_storage: true,
                 inactive_threshold: Duration::from_secs(30),
                 ..Default::default()
             })
