@@ -13,6 +13,9 @@
 //!
 //! **Settings.** `retention_age` is the stream's `max_age`, `retention_bytes` its `max_bytes`
 //! (discard old); storage is always file, replicas come from [`JetStreamOptions::replicas`].
+//! The server's shortest `max_age` is 100 ms: a shorter age is given to it as 100 ms (retention
+//! allows removing older records, it does not promise to) and kept in the description, so that
+//! it reads back as set.
 //! `durability` and `segment_bytes` have no JetStream counterpart: they are kept in the stream's
 //! description so that they read back as set. **Durability on 2.9:** an acknowledged append
 //! means the stream's leader (with R3, a quorum of its replicas) has written it to its store
@@ -81,6 +84,8 @@ const READ_AHEAD: usize = 16;
 const HEADER_ALLOWANCE: usize = 512;
 /// The shortest duplicate window the server accepts.
 const MIN_DEDUP_WINDOW: Duration = Duration::from_millis(100);
+/// The shortest `max_age` the server accepts.
+const MIN_MAX_AGE: Duration = Duration::from_millis(100);
 
 /// How to reach JetStream and how to lay topics out on it.
 #[derive(Debug, Clone)]
@@ -185,7 +190,10 @@ impl Shared {
 
     fn config(&self, topic: &str, settings: &TopicSettings) -> stream::Config {
         let name = stream_name(topic);
-        let max_age = settings.retention_age.unwrap_or(Duration::ZERO);
+        let max_age = match settings.retention_age {
+            Some(age) if !age.is_zero() => age.max(MIN_MAX_AGE),
+            _ => Duration::ZERO,
+        };
         let duplicate_window = if max_age.is_zero() {
             self.options.dedup_window
         } else {
@@ -227,10 +235,15 @@ fn describe(topic: &str, settings: &TopicSettings) -> String {
         Durability::Never => "never".to_owned(),
         Durability::Interval(every) => format!("interval:{}", every.as_millis()),
     };
-    format!(
+    let mut description = format!(
         "{DESCRIPTION_MARK} {topic}; durability={durability}; segment_bytes={}",
         settings.segment_bytes
-    )
+    );
+    // Only an age the stream's max_age cannot hold; otherwise max_age is the one truth.
+    if let Some(age) = settings.retention_age.filter(|age| *age < MIN_MAX_AGE) {
+        description.push_str(&format!("; retention_age_ns={}", age.as_nanos()));
+    }
+    description
 }
 
 /// The settings of a stream made by [`Shared::config`]; `None` if it is not a Trellis topic.
@@ -239,6 +252,7 @@ fn settings_of(config: &stream::Config) -> Option<TopicSettings> {
     let rest = description.strip_prefix(DESCRIPTION_MARK)?;
     let mut durability = None;
     let mut segment_bytes = None;
+    let mut retention_age = None;
     for part in rest.split(';').skip(1) {
         let (key, value) = part.trim().split_once('=')?;
         match key {
@@ -252,13 +266,15 @@ fn settings_of(config: &stream::Config) -> Option<TopicSettings> {
                 });
             }
             "segment_bytes" => segment_bytes = Some(value.parse().ok()?),
+            "retention_age_ns" => retention_age = Some(Duration::from_nanos(value.parse().ok()?)),
             _ => {}
         }
     }
     Some(TopicSettings {
         durability: durability?,
         segment_bytes: segment_bytes?,
-        retention_age: (!config.max_age.is_zero()).then_some(config.max_age),
+        retention_age: retention_age
+            .or_else(|| (!config.max_age.is_zero()).then_some(config.max_age)),
         retention_bytes: u64::try_from(config.max_bytes).ok(),
     })
 }
