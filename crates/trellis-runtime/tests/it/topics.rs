@@ -38,6 +38,35 @@ async fn put_creates_then_updates_a_topic(#[case] backend: Backend) {
     server.stop().await;
 }
 
+/// Retention allows removing events older than `retention_ms`; it does not promise to. A very
+/// short one is a valid setting on every backend, and reads back as set.
+#[apply(backends)]
+#[tokio::test]
+async fn a_retention_under_100_ms_is_accepted_and_reads_back_as_set(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
+    let created = server
+        .put("/v1/topics/brief", r#"{"retention_ms": 50}"#)
+        .await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    assert_eq!(created.1["settings"]["retention_ms"], 50);
+    assert_eq!(server.publish_binary("brief", "1", "x").await.0, 202);
+    let updated = server
+        .put("/v1/topics/brief", r#"{"retention_ms": 1}"#)
+        .await;
+    assert_eq!(updated.0, 200, "{}", updated.1);
+    assert_eq!(
+        server.get("/v1/topics/brief").await.1["settings"]["retention_ms"],
+        1
+    );
+    let longer = server
+        .put("/v1/topics/brief", r#"{"retention_ms": 60000}"#)
+        .await;
+    assert_eq!(longer.1["settings"]["retention_ms"], 60000, "{}", longer.1);
+    server.stop().await;
+}
+
 #[apply(backends)]
 #[tokio::test]
 async fn put_refuses_bad_settings_naming_the_field(#[case] backend: Backend) {
