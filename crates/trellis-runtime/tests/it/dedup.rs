@@ -1,15 +1,15 @@
 //! Duplicate detection on publish: an event whose `(source, id)` its topic stored within the
 //! window is answered with the first offset and `"duplicate": true`, and not stored again.
 
+use std::time::Duration;
+
 use rstest::rstest;
 use rstest_reuse::apply;
-use std::time::Duration;
-use trellis_test_support::{Backend, backends};
-
 use serde_json::json;
 use trellis_runtime::RuntimeConfig;
+use trellis_test_support::{Backend, backends};
 
-use crate::support::{BATCH, Server, Site, event, per_backend};
+use crate::support::{BATCH, Server, Site, event, per_backend, server, server_with};
 
 async fn n_events(server: &Server, topic: &str) -> usize {
     let (status, events) = server
@@ -22,10 +22,9 @@ async fn n_events(server: &Server, topic: &str) -> usize {
 #[apply(backends)]
 #[tokio::test]
 async fn the_same_event_twice_is_stored_once(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
+    let Some((_site, server)) = server(backend).await else {
         return;
     };
-    let server = site.start(RuntimeConfig::default()).await;
     let first = server.publish_binary("orders", "a-1", "hello").await;
     assert_eq!(first.0, 202, "{}", first.1);
     assert_eq!(first.1, json!({"events": [{"id": "a-1", "offset": 0}]}));
@@ -47,10 +46,9 @@ async fn the_same_event_twice_is_stored_once(#[case] backend: Backend) {
 #[apply(backends)]
 #[tokio::test]
 async fn duplicates_inside_a_batch_and_against_the_topic_are_flagged(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
+    let Some((_site, server)) = server(backend).await else {
         return;
     };
-    let server = site.start(RuntimeConfig::default()).await;
     server.publish_binary("t", "old", "x").await;
     let batch = json!([event("new-1"), event("old"), event("new-1"), event("new-2")]);
     let (status, body) = server
@@ -73,10 +71,9 @@ async fn duplicates_inside_a_batch_and_against_the_topic_are_flagged(#[case] bac
 #[apply(backends)]
 #[tokio::test]
 async fn concurrent_publishes_of_one_event_store_it_once(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
+    let Some((_site, server)) = server(backend).await else {
         return;
     };
-    let server = site.start(RuntimeConfig::default()).await;
     let publishes = (0..16).map(|_| server.publish_binary("race", "same", "x"));
     let answers = futures::future::join_all(publishes).await;
     let mut n_stored = 0;
@@ -116,15 +113,14 @@ async fn a_duplicate_is_recognised_after_a_restart(#[case] backend: Backend) {
 #[apply(backends)]
 #[tokio::test]
 async fn outside_the_window_an_event_is_stored_again(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
-        return;
-    };
     // JetStream's shortest duplicate window.
     let config = RuntimeConfig {
         dedup_window: Duration::from_millis(100),
         ..RuntimeConfig::default()
     };
-    let server = site.start(config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
     server.publish_binary("t", "a-1", "x").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let again = server.publish_binary("t", "a-1", "x").await;
@@ -135,14 +131,13 @@ async fn outside_the_window_an_event_is_stored_again(#[case] backend: Backend) {
 #[apply(backends)]
 #[tokio::test]
 async fn a_zero_window_turns_deduplication_off(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
-        return;
-    };
     let config = RuntimeConfig {
         dedup_window: Duration::ZERO,
         ..RuntimeConfig::default()
     };
-    let server = site.start(config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
     server.publish_binary("t", "a-1", "x").await;
     let again = server.publish_binary("t", "a-1", "x").await;
     assert_eq!(again.1, json!({"events": [{"id": "a-1", "offset": 1}]}));
@@ -152,10 +147,9 @@ async fn a_zero_window_turns_deduplication_off(#[case] backend: Backend) {
 #[apply(backends)]
 #[tokio::test]
 async fn a_deleted_topic_forgets_its_events(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
+    let Some((_site, server)) = server(backend).await else {
         return;
     };
-    let server = site.start(RuntimeConfig::default()).await;
     server.publish_binary("t", "a-0", "x").await;
     server.publish_binary("t", "a-1", "x").await;
     let (status, _) = server.delete("/v1/topics/t").await;
@@ -168,10 +162,9 @@ async fn a_deleted_topic_forgets_its_events(#[case] backend: Backend) {
 #[apply(backends)]
 #[tokio::test]
 async fn duplicates_are_counted_in_metrics(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
+    let Some((_site, server)) = server(backend).await else {
         return;
     };
-    let server = site.start(RuntimeConfig::default()).await;
     let topic = per_backend("metered-dups", backend);
     server.publish_binary(&topic, "a-1", "x").await;
     server.publish_binary(&topic, "a-1", "x").await;

@@ -1,12 +1,11 @@
 //! The gRPC API through a real tonic client: publishing (unary and streams, per-event errors,
 //! duplicates) and consumer groups (clustering, broadcast, redelivery, committed offsets).
 
-use rstest::rstest;
-use rstest_reuse::apply;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-use trellis_test_support::{Backend, backends};
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
@@ -16,6 +15,7 @@ use trellis_proto::v1::{
     subscribe_request, subscribe_response,
 };
 use trellis_runtime::RuntimeConfig;
+use trellis_test_support::{Backend, backends};
 
 use crate::support::{PATIENCE, Server, Site, grpc_event, server, server_with};
 
@@ -142,14 +142,13 @@ async fn a_bad_topic_name_is_invalid_argument(#[case] backend: Backend) {
 #[apply(backends)]
 #[tokio::test]
 async fn a_topic_beyond_max_topics_is_failed_precondition(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
-        return;
-    };
     let config = RuntimeConfig {
         max_topics: 1,
         ..RuntimeConfig::default()
     };
-    let server = site.start(config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
     assert_eq!(
         stored(&publish(&server, "first", &["a"]).await, 0),
         (0, false)

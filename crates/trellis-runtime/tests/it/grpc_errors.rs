@@ -2,11 +2,10 @@
 //! echoed input cut short so the status fits the header it travels in, and the event limits
 //! of HTTP publishing.
 
+use std::time::Duration;
+
 use rstest::rstest;
 use rstest_reuse::apply;
-use std::time::Duration;
-use trellis_test_support::{Backend, backends};
-
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -18,6 +17,7 @@ use trellis_proto::v1::{
     CloudEvent, PublishRequest, SubscribeRequest, Subscription, event_result, subscribe_request,
 };
 use trellis_runtime::RuntimeConfig;
+use trellis_test_support::{Backend, backends};
 
 use crate::support::{PATIENCE, grpc_event, server, server_with};
 

@@ -2,18 +2,16 @@
 
 use rstest::rstest;
 use rstest_reuse::apply;
-use trellis_runtime::RuntimeConfig;
 use trellis_test_support::{Backend, backends};
 
-use crate::support::{Site, assert_error, per_backend};
+use crate::support::{assert_error, per_backend, server};
 
 #[apply(backends)]
 #[tokio::test]
 async fn health_and_readiness_answer_200(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
+    let Some((_site, server)) = server(backend).await else {
         return;
     };
-    let server = site.start(RuntimeConfig::default()).await;
     let health = server
         .client
         .get(server.url("/healthz"))
@@ -34,10 +32,9 @@ async fn health_and_readiness_answer_200(#[case] backend: Backend) {
 #[apply(backends)]
 #[tokio::test]
 async fn metrics_expose_publish_and_log_figures(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
+    let Some((_site, server)) = server(backend).await else {
         return;
     };
-    let server = site.start(RuntimeConfig::default()).await;
     let topic = per_backend("metered", backend);
     server.publish_binary(&topic, "1", "x").await;
     let text = server.metrics().await;
@@ -65,10 +62,9 @@ async fn metrics_expose_publish_and_log_figures(#[case] backend: Backend) {
 #[apply(backends)]
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json_errors(#[case] backend: Backend) {
-    let Some(site) = Site::new(backend) else {
+    let Some((_site, server)) = server(backend).await else {
         return;
     };
-    let server = site.start(RuntimeConfig::default()).await;
     assert_error(&server.get("/v2/nothing").await, 404, "not_found");
     assert_error(
         &server.delete("/v1/topics").await,
