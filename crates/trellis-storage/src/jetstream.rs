@@ -44,7 +44,11 @@
 //!
 //! A topic is created only if its stream does not exist yet; two stores creating the same topic
 //! at once with the same settings may both succeed (the server accepts an identical create). A
-//! handle to a deleted topic works on a topic created again under its name.
+//! handle belongs to the stream it was made for, known by the stream's creation time: once that
+//! stream is deleted, info, reads, waits and settings through the handle fail with `NoSuchTopic`,
+//! also after a stream of the same name is created again. Appends are not checked (that would
+//! cost a request per append): through a handle kept across a delete and a re-create they reach
+//! the new stream.
 //!
 //! **Reads** get one message per request from the stream's sequence range (`STREAM.MSG.GET`,
 //! which 2.9 serves without `allow_direct`), 16 requests in flight, holding at most one page
@@ -218,12 +222,14 @@ impl Shared {
         }
     }
 
-    fn handle(self: &Arc<Self>, topic: &str) -> Arc<dyn TopicStore> {
+    /// A handle on the stream `info` describes.
+    fn handle(self: &Arc<Self>, topic: &str, info: &stream::Info) -> Arc<dyn TopicStore> {
         let stream = stream_name(topic);
         Arc::new(JetStreamTopic {
             name: topic.to_owned(),
             subject: subject_of(&stream),
             stream,
+            created: info.created.unix_timestamp_nanos(),
             shared: Arc::clone(self),
         })
     }
@@ -429,12 +435,13 @@ impl EventStore for JetStreamStore {
             Err(StorageError::NoSuchTopic(_)) => {}
             Err(other) => return Err(other),
         }
-        self.shared
+        let stream = self
+            .shared
             .context
             .create_stream(self.shared.config(name, &settings))
             .await
             .map_err(|error| create_stream_error(name, error))?;
-        Ok(self.shared.handle(name))
+        Ok(self.shared.handle(name, stream.cached_info()))
     }
 
     async fn get_or_create_topic(
@@ -444,7 +451,10 @@ impl EventStore for JetStreamStore {
     ) -> Result<Arc<dyn TopicStore>, StorageError> {
         match self.create_topic(name, settings).await {
             Ok(topic) => Ok(topic),
-            Err(StorageError::TopicExists(_)) => Ok(self.shared.handle(name)),
+            Err(StorageError::TopicExists(_)) => {
+                let stream = self.shared.stream(name).await?;
+                Ok(self.shared.handle(name, stream.cached_info()))
+            }
             Err(other) => Err(other),
         }
     }
@@ -454,7 +464,7 @@ impl EventStore for JetStreamStore {
             return Ok(None);
         }
         match self.shared.stream(name).await {
-            Ok(_) => Ok(Some(self.shared.handle(name))),
+            Ok(stream) => Ok(Some(self.shared.handle(name, stream.cached_info()))),
             Err(StorageError::NoSuchTopic(_)) => Ok(None),
             Err(other) => Err(other),
         }
@@ -513,10 +523,23 @@ struct JetStreamTopic {
     name: String,
     stream: String,
     subject: String,
+    /// When the handle's stream was created (ns since the epoch): a stream created again under
+    /// the name is another topic.
+    created: i128,
     shared: Arc<Shared>,
 }
 
 impl JetStreamTopic {
+    /// The handle's stream; `NoSuchTopic` once it is deleted, even if another took its name.
+    async fn own_stream(&self) -> Result<stream::Stream, StorageError> {
+        let stream = self.shared.stream(&self.name).await?;
+        if stream.cached_info().created.unix_timestamp_nanos() == self.created {
+            Ok(stream)
+        } else {
+            Err(StorageError::NoSuchTopic(self.name.clone()))
+        }
+    }
+
     fn check_sizes(&self, records: &[AppendRecord]) -> Result<(), StorageError> {
         if records.is_empty() {
             return Err(StorageError::EmptyAppend);
@@ -544,12 +567,13 @@ impl TopicStore for JetStreamTopic {
     }
 
     async fn info(&self) -> Result<TopicInfo, StorageError> {
-        let stream = self.shared.stream(&self.name).await?;
+        let stream = self.own_stream().await?;
         Ok(topic_info(&self.name, stream.cached_info()))
     }
 
     async fn configure(&self, settings: TopicSettings) -> Result<(), StorageError> {
         self.shared.check_open()?;
+        self.own_stream().await?;
         self.shared
             .context
             .update_stream(self.shared.config(&self.name, &settings))
@@ -621,7 +645,7 @@ impl TopicStore for JetStreamTopic {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<ReadPage, StorageError> {
-        let stream = self.shared.stream(&self.name).await?;
+        let stream = self.own_stream().await?;
         let info = topic_info(&self.name, stream.cached_info());
         if from >= info.next_offset || max_records == 0 {
             return Ok(ReadPage::default());
@@ -692,7 +716,7 @@ impl TopicStore for JetStreamTopic {
             .map_err(unavailable)?;
         let inbox = client.new_inbox();
         let mut delivered = client.subscribe(inbox.clone()).await.map_err(unavailable)?;
-        let stream = self.shared.stream(&self.name).await?;
+        let stream = self.own_stream().await?;
         if stream.cached_info().state.last_sequence > offset {
             return Ok(());
         }
@@ -714,7 +738,7 @@ impl TopicStore for JetStreamTopic {
             Ok(consumer) => consumer,
             // The stream may have been deleted or the store closed since it was looked at.
             Err(error) => {
-                self.shared.stream(&self.name).await?;
+                self.own_stream().await?;
                 return Err(unavailable(error));
             }
         };
