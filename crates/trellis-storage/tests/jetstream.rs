@@ -127,6 +127,37 @@ async fn a_dedup_window_shorter_than_jetstreams_shortest_is_refused() {
     }
 }
 
+/// A handle knows its stream by the stream's creation time, which the server keeps across a
+/// restart: a handle made before one still works after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_outlives_a_server_restart() {
+    let Some(mut server) = Server::start() else {
+        return;
+    };
+    let store = server.store().await;
+    let topic = store
+        .create_topic("jetstream.restarted", TopicSettings::default())
+        .await
+        .expect("create");
+    topic
+        .append(vec![AppendRecord::new("kept")])
+        .await
+        .expect("append");
+    server.nats.restart();
+    // The client reconnects by itself; until then the store is unavailable.
+    let mut answer = topic.read(0, 10, usize::MAX).await;
+    for _ in 0..200 {
+        if !matches!(answer, Err(StorageError::Unavailable(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answer = topic.read(0, 10, usize::MAX).await;
+    }
+    let page = answer.expect("a read through the old handle");
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].payload, "kept");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_batch_stores_only_what_is_missing() {
     let Some(server) = Server::start() else {
