@@ -336,6 +336,22 @@ pub async fn delete_and_recreate(store: &dyn EventStore) {
     );
 
     let new = create(store, name, fast()).await;
+    // A handle stays with its topic: the one created again under the name is another.
+    let answer = old.read(0, 10, usize::MAX).await;
+    assert!(
+        matches!(answer, Err(StorageError::NoSuchTopic(_))),
+        "reading through an old handle fails after the topic is created again, got {answer:?}"
+    );
+    let answer = old.info().await;
+    assert!(
+        matches!(answer, Err(StorageError::NoSuchTopic(_))),
+        "an old handle's info fails after the topic is created again, got {answer:?}"
+    );
+    let answer = tokio::time::timeout(Duration::from_secs(10), old.wait_for(3)).await;
+    assert!(
+        matches!(answer, Ok(Err(StorageError::NoSuchTopic(_)))),
+        "waiting through an old handle fails after the topic is created again, got {answer:?}"
+    );
     let info = new.info().await.expect("info");
     assert_eq!(
         (info.first_offset, info.next_offset),

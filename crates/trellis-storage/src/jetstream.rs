@@ -13,6 +13,9 @@
 //!
 //! **Settings.** `retention_age` is the stream's `max_age`, `retention_bytes` its `max_bytes`
 //! (discard old); storage is always file, replicas come from [`JetStreamOptions::replicas`].
+//! The server's shortest `max_age` is 100 ms: a shorter age is given to it as 100 ms (retention
+//! allows removing older records, it does not promise to) and kept in the description, so that
+//! it reads back as set.
 //! `durability` and `segment_bytes` have no JetStream counterpart: they are kept in the stream's
 //! description so that they read back as set. **Durability on 2.9:** an acknowledged append
 //! means the stream's leader (with R3, a quorum of its replicas) has written it to its store
@@ -23,8 +26,10 @@
 //! **Deduplication.** A record with a key is published with `Nats-Msg-Id` = the key in hex, and
 //! the stream's duplicate window is the store's dedup window (capped at `max_age`, which the server
 //! requires), so a retry is stored once whichever client sends it. A duplicate's PubAck carries
-//! the first copy's sequence, which is the answer. Records without a key are never duplicates,
-//! and with a zero dedup window no record carries a message id.
+//! the first copy's sequence, which is the answer. Records without a key are never duplicates.
+//! A zero window turns deduplication off: no record carries a `Nats-Msg-Id` (the server would
+//! read a zero duplicate window as its default of two minutes). The server's smallest window is
+//! 100 ms, so [`JetStreamStore::connect`] refuses a shorter one that is not zero.
 //!
 //! **Batches are not atomic** (JetStream 2.9 has no batch publish). A batch's records are
 //! published in order on one connection, each acknowledged on its own; batches submitted through
@@ -41,21 +46,25 @@
 //!
 //! A topic is created only if its stream does not exist yet; two stores creating the same topic
 //! at once with the same settings may both succeed (the server accepts an identical create). A
-//! handle to a deleted topic works on a topic created again under its name.
+//! handle belongs to the stream it was made for, known by the stream's creation time: once that
+//! stream is deleted, info, reads, waits and settings through the handle fail with `NoSuchTopic`,
+//! also after a stream of the same name is created again. Appends are not checked (that would
+//! cost a request per append): through a handle kept across a delete and a re-create they reach
+//! the new stream.
 //!
 //! **Reads** get one message per request from the stream's sequence range (`STREAM.MSG.GET`,
 //! which 2.9 serves without `allow_direct`), 16 requests in flight, holding at most one page
 //! (plus those 16 messages) in memory.
 //!
 //! **Waiting** does not poll: [`TopicStore::wait_for`] subscribes to the stream-deleted advisory,
-//! checks the stream's last sequence, and otherwise creates an ephemeral push consumer (no acks)
-//! that starts at the awaited sequence; its first delivery means the record is stored. The
-//! consumer is deleted afterwards, or by the server once its inbox loses interest. The server
-//! starts a consumer asked to start past the stream's end at its next record, so a wait for an
-//! offset beyond the next one takes headers only and asks the stream after each delivery. A
-//! wait ends
-//! with `Unavailable` when the connection is lost (or is down when it starts), since the
-//! server may forget its consumer meanwhile; the caller waits again once it is back.
+//! checks the stream's last sequence, and otherwise creates an ephemeral push consumer (no acks,
+//! kept in memory) that starts at the awaited sequence; its first delivery means the record is
+//! stored. The consumer is deleted afterwards, or by the server once its inbox loses interest.
+//! The server starts a consumer asked to start past the stream's end at its next record, so a
+//! wait for an offset beyond the next one takes headers only and asks the stream after each
+//! delivery. A wait ends with `Unavailable` when the connection is lost (or is down when it
+//! starts), since the server may forget its consumer meanwhile; the caller waits again once it
+//! is back.
 //!
 //! **Retention** is the server's (`max_age`, `max_bytes`); `enforce_retention` does nothing.
 //! A deleted topic is a deleted stream; a topic created again under its name is a new stream,
@@ -84,6 +93,10 @@ const DESCRIPTION_MARK: &str = "trellis topic";
 const READ_AHEAD: usize = 16;
 /// Room for the headers of a record (`Nats-Msg-Id`, `Nats-Expected-Stream`) in `max_payload`.
 const HEADER_ALLOWANCE: usize = 512;
+/// The shortest duplicate window the server accepts.
+const MIN_DEDUP_WINDOW: Duration = Duration::from_millis(100);
+/// The shortest `max_age` the server accepts.
+const MIN_MAX_AGE: Duration = Duration::from_millis(100);
 
 /// How to reach JetStream and how to lay topics out on it.
 #[derive(Debug, Clone)]
@@ -191,7 +204,10 @@ impl Shared {
 
     fn config(&self, topic: &str, settings: &TopicSettings) -> stream::Config {
         let name = stream_name(topic);
-        let max_age = settings.retention_age.unwrap_or(Duration::ZERO);
+        let max_age = match settings.retention_age {
+            Some(age) if !age.is_zero() => age.max(MIN_MAX_AGE),
+            _ => Duration::ZERO,
+        };
         let duplicate_window = if max_age.is_zero() {
             self.options.dedup_window
         } else {
@@ -216,12 +232,14 @@ impl Shared {
         }
     }
 
-    fn handle(self: &Arc<Self>, topic: &str) -> Arc<dyn TopicStore> {
+    /// A handle on the stream `info` describes.
+    fn handle(self: &Arc<Self>, topic: &str, info: &stream::Info) -> Arc<dyn TopicStore> {
         let stream = stream_name(topic);
         Arc::new(JetStreamTopic {
             name: topic.to_owned(),
             subject: subject_of(&stream),
             stream,
+            created: info.created.unix_timestamp_nanos(),
             shared: Arc::clone(self),
         })
     }
@@ -233,29 +251,46 @@ fn describe(topic: &str, settings: &TopicSettings) -> String {
         Durability::Never => "never".to_owned(),
         Durability::Interval(every) => format!("interval:{}", every.as_millis()),
     };
-    format!(
+    let mut description = format!(
         "{DESCRIPTION_MARK} {topic}; durability={durability}; segment_bytes={}",
         settings.segment_bytes
-    )
+    );
+    // Only an age the stream's max_age cannot hold; otherwise max_age is the one truth.
+    if let Some(age) = settings.retention_age.filter(|age| *age < MIN_MAX_AGE) {
+        description.push_str(&format!("; retention_age_ns={}", age.as_nanos()));
+    }
+    description
 }
 
 /// The settings of a stream made by [`Shared::config`]; `None` if it is not a Trellis topic.
 fn settings_of(config: &stream::Config) -> Option<TopicSettings> {
-    let (durability, segment_bytes) = parse_description(config.description.as_deref()?)?;
+    let described = parse_description(config.description.as_deref()?)?;
     Some(TopicSettings {
-        durability,
-        segment_bytes,
-        retention_age: (!config.max_age.is_zero()).then_some(config.max_age),
+        durability: described.durability,
+        segment_bytes: described.segment_bytes,
+        retention_age: described
+            .retention_age
+            .or_else(|| (!config.max_age.is_zero()).then_some(config.max_age)),
         retention_bytes: u64::try_from(config.max_bytes).ok(),
     })
 }
 
-/// The settings [`describe`] keeps in a stream's description. The description is whatever the
-/// server holds, which anyone with access to the stream can change: it is untrusted input.
-fn parse_description(description: &str) -> Option<(Durability, u64)> {
+/// What [`describe`] keeps in a stream's description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Described {
+    durability: Durability,
+    segment_bytes: u64,
+    /// Only an age shorter than the stream's `max_age` can hold.
+    retention_age: Option<Duration>,
+}
+
+/// Reads back what [`describe`] wrote. The description is whatever the server holds, which
+/// anyone with access to the stream can change: it is untrusted input.
+fn parse_description(description: &str) -> Option<Described> {
     let rest = description.strip_prefix(DESCRIPTION_MARK)?;
     let mut durability = None;
     let mut segment_bytes = None;
+    let mut retention_age = None;
     for part in rest.split(';').skip(1) {
         let (key, value) = part.trim().split_once('=')?;
         match key {
@@ -269,25 +304,35 @@ fn parse_description(description: &str) -> Option<(Durability, u64)> {
                 });
             }
             "segment_bytes" => segment_bytes = Some(value.parse().ok()?),
+            "retention_age_ns" => retention_age = Some(Duration::from_nanos(value.parse().ok()?)),
             _ => {}
         }
     }
-    Some((durability?, segment_bytes?))
+    Some(Described {
+        durability: durability?,
+        segment_bytes: segment_bytes?,
+        retention_age,
+    })
 }
 
 /// For the fuzz target: parses an arbitrary description, and checks that what parses describes
 /// itself again unchanged (so settings read back are the settings written).
 #[doc(hidden)]
 pub fn fuzz_stream_description(description: &str) {
-    if let Some((durability, segment_bytes)) = parse_description(description) {
+    if let Some(described) = parse_description(description) {
         let settings = TopicSettings {
-            durability,
-            segment_bytes,
+            durability: described.durability,
+            segment_bytes: described.segment_bytes,
+            retention_age: described.retention_age,
             ..TopicSettings::default()
         };
         assert_eq!(
             parse_description(&describe("t", &settings)),
-            Some((durability, segment_bytes)),
+            Some(Described {
+                // An age the stream's max_age holds is not written into the description.
+                retention_age: described.retention_age.filter(|age| *age < MIN_MAX_AGE),
+                ..described
+            }),
             "a parsed description must round-trip"
         );
     }
@@ -376,6 +421,13 @@ impl JetStreamStore {
     /// Once connected, the client reconnects by itself for as long as the store lives.
     pub async fn connect(options: JetStreamOptions) -> Result<JetStreamStore, StorageError> {
         let servers = parse_servers(&options.url)?;
+        if !options.dedup_window.is_zero() && options.dedup_window < MIN_DEDUP_WINDOW {
+            return Err(StorageError::InvalidOptions(format!(
+                "a dedup window of {:?} is shorter than JetStream's shortest ({MIN_DEDUP_WINDOW:?}); \
+                 set 0 to turn deduplication off, or at least {MIN_DEDUP_WINDOW:?}",
+                options.dedup_window
+            )));
+        }
         let mut connect = async_nats::ConnectOptions::new()
             .connection_timeout(options.request_timeout)
             .request_timeout(Some(options.request_timeout))
@@ -455,12 +507,13 @@ impl EventStore for JetStreamStore {
             Err(StorageError::NoSuchTopic(_)) => {}
             Err(other) => return Err(other),
         }
-        self.shared
+        let stream = self
+            .shared
             .context
             .create_stream(self.shared.config(name, &settings))
             .await
             .map_err(|error| create_stream_error(name, error))?;
-        Ok(self.shared.handle(name))
+        Ok(self.shared.handle(name, stream.cached_info()))
     }
 
     async fn get_or_create_topic(
@@ -470,7 +523,10 @@ impl EventStore for JetStreamStore {
     ) -> Result<Arc<dyn TopicStore>, StorageError> {
         match self.create_topic(name, settings).await {
             Ok(topic) => Ok(topic),
-            Err(StorageError::TopicExists(_)) => Ok(self.shared.handle(name)),
+            Err(StorageError::TopicExists(_)) => {
+                let stream = self.shared.stream(name).await?;
+                Ok(self.shared.handle(name, stream.cached_info()))
+            }
             Err(other) => Err(other),
         }
     }
@@ -480,7 +536,7 @@ impl EventStore for JetStreamStore {
             return Ok(None);
         }
         match self.shared.stream(name).await {
-            Ok(_) => Ok(Some(self.shared.handle(name))),
+            Ok(stream) => Ok(Some(self.shared.handle(name, stream.cached_info()))),
             Err(StorageError::NoSuchTopic(_)) => Ok(None),
             Err(other) => Err(other),
         }
@@ -552,10 +608,23 @@ struct JetStreamTopic {
     name: String,
     stream: String,
     subject: String,
+    /// When the handle's stream was created (ns since the epoch): a stream created again under
+    /// the name is another topic.
+    created: i128,
     shared: Arc<Shared>,
 }
 
 impl JetStreamTopic {
+    /// The handle's stream; `NoSuchTopic` once it is deleted, even if another took its name.
+    async fn own_stream(&self) -> Result<stream::Stream, StorageError> {
+        let stream = self.shared.stream(&self.name).await?;
+        if stream.cached_info().created.unix_timestamp_nanos() == self.created {
+            Ok(stream)
+        } else {
+            Err(StorageError::NoSuchTopic(self.name.clone()))
+        }
+    }
+
     fn check_sizes(&self, records: &[AppendRecord]) -> Result<(), StorageError> {
         if records.is_empty() {
             return Err(StorageError::EmptyAppend);
@@ -583,12 +652,13 @@ impl TopicStore for JetStreamTopic {
     }
 
     async fn info(&self) -> Result<TopicInfo, StorageError> {
-        let stream = self.shared.stream(&self.name).await?;
+        let stream = self.own_stream().await?;
         Ok(topic_info(&self.name, stream.cached_info()))
     }
 
     async fn configure(&self, settings: TopicSettings) -> Result<(), StorageError> {
         self.shared.check_open()?;
+        self.own_stream().await?;
         self.shared
             .context
             .update_stream(self.shared.config(&self.name, &settings))
@@ -624,13 +694,11 @@ impl TopicStore for JetStreamTopic {
             }
             Ok::<_, StorageError>(outcomes)
         });
+        let deduplicate = !self.shared.options.dedup_window.is_zero();
         for record in records {
             let mut headers = HeaderMap::new();
             headers.insert(header::NATS_EXPECTED_STREAM, self.stream.as_str());
-            // A zero window turns deduplication off, as on the embedded log; without a message
-            // id the server does not apply its own default window either.
-            let dedup_on = !self.shared.options.dedup_window.is_zero();
-            if let Some(key) = record.dedup_key.filter(|_| dedup_on) {
+            if let Some(key) = record.dedup_key.filter(|_| deduplicate) {
                 headers.insert(header::NATS_MESSAGE_ID, format!("{:032x}", key.0).as_str());
             }
             let published = self
@@ -662,7 +730,7 @@ impl TopicStore for JetStreamTopic {
         max_records: usize,
         max_bytes: usize,
     ) -> Result<ReadPage, StorageError> {
-        let stream = self.shared.stream(&self.name).await?;
+        let stream = self.own_stream().await?;
         let info = topic_info(&self.name, stream.cached_info());
         if from >= info.next_offset || max_records == 0 {
             return Ok(ReadPage::default());
@@ -739,7 +807,7 @@ impl TopicStore for JetStreamTopic {
             .map_err(unavailable)?;
         let inbox = client.new_inbox();
         let mut delivered = client.subscribe(inbox.clone()).await.map_err(unavailable)?;
-        let stream = self.shared.stream(&self.name).await?;
+        let stream = self.own_stream().await?;
         let last_sequence = stream.cached_info().state.last_sequence;
         if last_sequence > offset {
             return Ok(());
@@ -755,6 +823,9 @@ impl TopicStore for JetStreamTopic {
                     start_sequence: offset.saturating_add(1),
                 },
                 ack_policy: consumer::AckPolicy::None,
+                // It lives for one wait and keeps no state worth keeping; in the server's files
+                // every wait would cost a disk write, which made waiting readers slow to start.
+                memory_storage: true,
                 inactive_threshold: Duration::from_secs(30),
                 headers_only: beyond_next,
                 ..Default::default()
@@ -764,7 +835,7 @@ impl TopicStore for JetStreamTopic {
             Ok(consumer) => consumer,
             // The stream may have been deleted or the store closed since it was looked at.
             Err(error) => {
-                self.shared.stream(&self.name).await?;
+                self.own_stream().await?;
                 return Err(unavailable(error));
             }
         };

@@ -93,6 +93,72 @@ fn topic_names_map_to_stream_names_and_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zero_dedup_window_turns_deduplication_off() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let mut options = server.options();
+    options.dedup_window = Duration::ZERO;
+    let store = JetStreamStore::connect(options).await.expect("connect");
+    let topic = store
+        .create_topic("jetstream.no-dedup", TopicSettings::default())
+        .await
+        .expect("create");
+    let outcomes = topic
+        .append(vec![conformance::keyed(1, "a"), conformance::keyed(1, "a")])
+        .await
+        .expect("append");
+    assert_eq!(
+        outcomes,
+        vec![AppendOutcome::Stored(0), AppendOutcome::Stored(1)]
+    );
+}
+
+#[tokio::test]
+async fn a_dedup_window_shorter_than_jetstreams_shortest_is_refused() {
+    // Refused before any server is reached: the server would refuse every topic's stream.
+    let mut options = JetStreamOptions::new("nats://127.0.0.1:1");
+    options.dedup_window = Duration::from_millis(50);
+    match JetStreamStore::connect(options).await {
+        Err(StorageError::InvalidOptions(message)) => {
+            assert!(message.contains("100ms"), "{message}");
+        }
+        other => panic!("expected InvalidOptions, got {other:?}"),
+    }
+}
+
+/// A handle knows its stream by the stream's creation time, which the server keeps across a
+/// restart: a handle made before one still works after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_outlives_a_server_restart() {
+    let Some(mut server) = Server::start() else {
+        return;
+    };
+    let store = server.store().await;
+    let topic = store
+        .create_topic("jetstream.restarted", TopicSettings::default())
+        .await
+        .expect("create");
+    topic
+        .append(vec![AppendRecord::new("kept")])
+        .await
+        .expect("append");
+    server.nats.restart();
+    // The client reconnects by itself; until then the store is unavailable.
+    let mut answer = topic.read(0, 10, usize::MAX).await;
+    for _ in 0..200 {
+        if !matches!(answer, Err(StorageError::Unavailable(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answer = topic.read(0, 10, usize::MAX).await;
+    }
+    let page = answer.expect("a read through the old handle");
+    assert_eq!(page.records.len(), 1);
+    assert_eq!(page.records[0].payload, "kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resent_batch_stores_only_what_is_missing() {
     let Some(server) = Server::start() else {
         return;

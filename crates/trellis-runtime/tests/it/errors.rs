@@ -2,8 +2,11 @@
 //! and echoed input is cut short. Also the bounds on what an event may hold (attribute sizes,
 //! JSON nesting depth).
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use serde_json::{Value, json};
 use trellis_runtime::RuntimeConfig;
+use trellis_test_support::{Backend, backends};
 
 use crate::support::{
     BATCH, STRUCTURED, Server, assert_error, event, json_of, server, server_with,
@@ -14,9 +17,12 @@ fn oversized_body() -> String {
     format!("{{\"name\":\"{}\"}}", "x".repeat(1024 * 1024 + 1))
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn oversized_admin_bodies_are_refused_with_413_json() {
-    let (_dir, server) = server().await;
+async fn oversized_admin_bodies_are_refused_with_413_json(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let client = &server.client;
     let requests = [
         client.put(server.url("/v1/topics/x")),
@@ -39,9 +45,12 @@ async fn oversized_admin_bodies_are_refused_with_413_json() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_path_segment_that_is_not_utf8_is_refused_with_400_json() {
-    let (_dir, server) = server().await;
+async fn a_path_segment_that_is_not_utf8_is_refused_with_400_json(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     for path in [
         "/v1/topics/%FF",
         "/v1/topics/%C3%28/events",
@@ -58,9 +67,12 @@ async fn a_path_segment_that_is_not_utf8_is_refused_with_400_json() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn echoed_input_is_cut_short_in_every_message() {
-    let (_dir, server) = server().await;
+async fn echoed_input_is_cut_short_in_every_message(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let long_name = "\u{e9}".repeat(10_000);
     let encoded: String = long_name
         .bytes()
@@ -150,9 +162,12 @@ async fn publish_binary_with(server: &Server, headers: &[(&str, &str)]) -> (u16,
     .await
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_body_in_any_content_encoding_but_identity_is_refused_with_415() {
-    let (_dir, server) = server().await;
+async fn a_body_in_any_content_encoding_but_identity_is_refused_with_415(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     for encoding in ["gzip", "br", "identity, gzip", "x-custom"] {
         let res = publish_binary_with(
             &server,
@@ -188,9 +203,12 @@ async fn a_body_in_any_content_encoding_but_identity_is_refused_with_415() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_repeated_content_type_is_refused_with_400() {
-    let (_dir, server) = server().await;
+async fn a_repeated_content_type_is_refused_with_400(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let res = publish_binary_with(
         &server,
         &[
@@ -215,9 +233,12 @@ async fn a_repeated_content_type_is_refused_with_400() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn attributes_over_4_kib_are_refused_naming_the_attribute() {
-    let (_dir, server) = server().await;
+async fn attributes_over_4_kib_are_refused_naming_the_attribute(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let long = "i".repeat(4097);
     for (name, value) in [("id", &long), ("source", &long), ("myext", &long)] {
         let mut body = event("1");
@@ -261,9 +282,12 @@ fn nested(depth: usize) -> String {
     format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn json_data_is_limited_to_64_levels_by_default() {
-    let (_dir, server) = server().await;
+async fn json_data_is_limited_to_64_levels_by_default(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let body = |depth: usize| {
         let mut body = event("1");
         body["data"] = serde_json::from_str(&nested(depth)).expect("valid JSON");
@@ -292,13 +316,16 @@ async fn json_data_is_limited_to_64_levels_by_default() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn the_json_depth_limit_is_configurable_and_holds_in_every_mode() {
+async fn the_json_depth_limit_is_configurable_and_holds_in_every_mode(#[case] backend: Backend) {
     let config = RuntimeConfig {
         max_json_depth: 3,
         ..RuntimeConfig::default()
     };
-    let (_dir, server) = server_with(config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
     let mut shallow = event("1");
     shallow["data"] = json!({"a": [[1]]});
     let mut deep = event("2");

@@ -4,6 +4,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Streaming};
@@ -13,8 +15,9 @@ use trellis_proto::v1::{
     subscribe_request, subscribe_response,
 };
 use trellis_runtime::RuntimeConfig;
+use trellis_test_support::{Backend, backends};
 
-use crate::support::{PATIENCE, Server, grpc_event, server, server_with};
+use crate::support::{PATIENCE, Server, Site, grpc_event, server, server_with};
 
 fn event(id: &str) -> CloudEvent {
     grpc_event(id, "text/plain", &format!("data of {id}"))
@@ -53,9 +56,12 @@ async fn publish(server: &Server, topic: &str, ids: &[&str]) -> PublishResponse 
         .into_inner()
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn unary_publish_stores_a_batch_readable_over_http() {
-    let (_dir, server) = server().await;
+async fn unary_publish_stores_a_batch_readable_over_http(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let response = publish(&server, "orders", &["a", "b"]).await;
     assert_eq!(response.batch_id, 1);
     assert_eq!(stored(&response, 0), (0, false));
@@ -68,9 +74,14 @@ async fn unary_publish_stores_a_batch_readable_over_http() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn an_invalid_event_fails_alone_and_the_rest_of_its_batch_is_stored() {
-    let (_dir, server) = server().await;
+async fn an_invalid_event_fails_alone_and_the_rest_of_its_batch_is_stored(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let mut request = batch(7, "t", &["a", "b", "c"]);
     request.events[1].r#type.clear();
     let response = server
@@ -88,13 +99,16 @@ async fn an_invalid_event_fails_alone_and_the_rest_of_its_batch_is_stored() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn an_oversized_event_fails_with_failed_precondition() {
+async fn an_oversized_event_fails_with_failed_precondition(#[case] backend: Backend) {
     let config = RuntimeConfig {
         max_event_bytes: 1024,
         ..RuntimeConfig::default()
     };
-    let (_dir, server) = server_with(config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
     let mut request = batch(1, "t", &["small", "big"]);
     request.events[1].data = Some(cloud_event::Data::BinaryData(vec![7; 4096].into()));
     let response = server
@@ -109,9 +123,12 @@ async fn an_oversized_event_fails_with_failed_precondition() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_bad_topic_name_is_invalid_argument() {
-    let (_dir, server) = server().await;
+async fn a_bad_topic_name_is_invalid_argument(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let status = server
         .grpc_client()
         .await
@@ -122,14 +139,16 @@ async fn a_bad_topic_name_is_invalid_argument() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_topic_beyond_max_topics_is_failed_precondition() {
-    let dir = tempfile::tempdir().expect("temp dir");
+async fn a_topic_beyond_max_topics_is_failed_precondition(#[case] backend: Backend) {
     let config = RuntimeConfig {
         max_topics: 1,
         ..RuntimeConfig::default()
     };
-    let server = Server::start(dir.path(), config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
     assert_eq!(
         stored(&publish(&server, "first", &["a"]).await, 0),
         (0, false)
@@ -150,9 +169,12 @@ async fn a_topic_beyond_max_topics_is_failed_precondition() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn duplicates_are_flagged_with_the_first_offset() {
-    let (_dir, server) = server().await;
+async fn duplicates_are_flagged_with_the_first_offset(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     publish(&server, "t", &["a"]).await;
     let again = publish(&server, "t", &["b", "a"]).await;
     assert_eq!(stored(&again, 0), (1, false));
@@ -173,9 +195,14 @@ async fn duplicates_are_flagged_with_the_first_offset() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_publish_stream_answers_every_batch_in_flight_once_and_stores_them_in_order() {
-    let (_dir, server) = server().await;
+async fn a_publish_stream_answers_every_batch_in_flight_once_and_stores_them_in_order(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let (requests, outgoing) = mpsc::channel(64);
     let mut answers = server
         .grpc_client()
@@ -301,9 +328,12 @@ async fn publish_n(server: &Server, topic: &str, n: usize) {
     publish(server, topic, &ids).await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn clustering_splits_events_between_members_and_each_is_acked_once() {
-    let (_dir, server) = server().await;
+async fn clustering_splits_events_between_members_and_each_is_acked_once(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     publish_n(&server, "split", 20).await;
     let window = Subscription {
         max_unacked: 5,
@@ -349,9 +379,12 @@ async fn clustering_splits_events_between_members_and_each_is_acked_once() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn an_unacked_event_is_delivered_again_after_the_ack_timeout() {
-    let (_dir, server) = server().await;
+async fn an_unacked_event_is_delivered_again_after_the_ack_timeout(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     publish_n(&server, "slow", 1).await;
     let mut member = join(
         &server,
@@ -369,9 +402,12 @@ async fn an_unacked_event_is_delivered_again_after_the_ack_timeout() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn events_a_member_held_go_to_another_when_it_leaves() {
-    let (_dir, server) = server().await;
+async fn events_a_member_held_go_to_another_when_it_leaves(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     publish_n(&server, "leave", 3).await;
     let mut leaving = join(&server, subscription("leave", "g", GroupMode::Clustering)).await;
     for offset in 0..3 {
@@ -390,9 +426,12 @@ async fn events_a_member_held_go_to_another_when_it_leaves() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn broadcast_gives_every_member_every_event() {
-    let (_dir, server) = server().await;
+async fn broadcast_gives_every_member_every_event(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     publish_n(&server, "fanout", 5).await;
     let mut one = join(&server, subscription("fanout", "g", GroupMode::Broadcast)).await;
     let mut two = join(
@@ -414,10 +453,13 @@ async fn broadcast_gives_every_member_every_event() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_groups_committed_offset_survives_a_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+async fn a_groups_committed_offset_survives_a_restart(#[case] backend: Backend) {
+    let Some(site) = Site::new(backend) else {
+        return;
+    };
+    let server = site.start(RuntimeConfig::default()).await;
     publish_n(&server, "durable", 5).await;
     let mut member = join(&server, subscription("durable", "g", GroupMode::Clustering)).await;
     let mut offsets = Vec::new();
@@ -431,7 +473,7 @@ async fn a_groups_committed_offset_survives_a_restart() {
     while member.deliveries.message().await.ok().flatten().is_some() {}
     server.stop().await;
 
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let server = site.start(RuntimeConfig::default()).await;
     let mut member = join(&server, subscription("durable", "g", GroupMode::Clustering)).await;
     assert_eq!(member.from_offset, 3);
     let delivery = member.delivery().await;
@@ -439,9 +481,12 @@ async fn a_groups_committed_offset_survives_a_restart() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn the_first_subscribe_request_must_be_a_subscription() {
-    let (_dir, server) = server().await;
+async fn the_first_subscribe_request_must_be_a_subscription(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let (requests, outgoing) = mpsc::channel(4);
     requests
         .send(SubscribeRequest {
@@ -459,9 +504,12 @@ async fn the_first_subscribe_request_must_be_a_subscription() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn subscribe_streams_end_with_unavailable_at_shutdown() {
-    let (_dir, server) = server().await;
+async fn subscribe_streams_end_with_unavailable_at_shutdown(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let mut member = join(&server, subscription("quiet", "g", GroupMode::Clustering)).await;
     let stopping = tokio::spawn(server.stop());
     let status = loop {
@@ -479,13 +527,18 @@ async fn subscribe_streams_end_with_unavailable_at_shutdown() {
     stopping.await.expect("stopped");
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_stream_with_one_batch_in_flight_at_most_still_answers_them_all() {
+async fn a_stream_with_one_batch_in_flight_at_most_still_answers_them_all(
+    #[case] backend: Backend,
+) {
     let config = RuntimeConfig {
         grpc_max_batches_in_flight: 1,
         ..RuntimeConfig::default()
     };
-    let (_dir, server) = server_with(config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
     let (requests, outgoing) = mpsc::channel(64);
     for batch_id in 0..10u64 {
         let id = format!("one-{batch_id}");
@@ -516,10 +569,13 @@ async fn a_stream_with_one_batch_in_flight_at_most_still_answers_them_all() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_named_broadcast_member_resumes_its_own_cursor_after_a_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+async fn a_named_broadcast_member_resumes_its_own_cursor_after_a_restart(#[case] backend: Backend) {
+    let Some(site) = Site::new(backend) else {
+        return;
+    };
+    let server = site.start(RuntimeConfig::default()).await;
     publish_n(&server, "fan", 3).await;
     let named = Subscription {
         member: "alice".to_owned(),
@@ -534,7 +590,7 @@ async fn a_named_broadcast_member_resumes_its_own_cursor_after_a_restart() {
     while alice.deliveries.message().await.ok().flatten().is_some() {}
     server.stop().await;
 
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let server = site.start(RuntimeConfig::default()).await;
     let alice = join(&server, named).await;
     assert_eq!(alice.from_offset, 3);
     // An unnamed member of the same group is not held back by alice's cursor.
@@ -544,9 +600,14 @@ async fn a_named_broadcast_member_resumes_its_own_cursor_after_a_restart() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_second_subscription_on_one_stream_ends_it_with_invalid_argument() {
-    let (_dir, server) = server().await;
+async fn a_second_subscription_on_one_stream_ends_it_with_invalid_argument(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let mut member = join(&server, subscription("twice", "g", GroupMode::Clustering)).await;
     member
         .acks
@@ -567,9 +628,12 @@ async fn a_second_subscription_on_one_stream_ends_it_with_invalid_argument() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn events_acked_before_a_clean_leave_go_to_nobody_again() {
-    let (_dir, server) = server().await;
+async fn events_acked_before_a_clean_leave_go_to_nobody_again(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     publish_n(&server, "acked", 3).await;
     // The acks and the leave can reach the group in one wake-up; the acked events must not go
     // to anyone again. A few rounds, as the timing is up to the scheduler.
@@ -613,10 +677,14 @@ async fn events_acked_before_a_clean_leave_go_to_nobody_again() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_topic_a_group_reads_is_deleted_only_when_forced_and_the_group_starts_the_new_one_at_zero()
- {
-    let (_dir, server) = server().await;
+async fn a_topic_a_group_reads_is_deleted_only_when_forced_and_the_group_starts_the_new_one_at_zero(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     publish_n(&server, "grouped", 3).await;
     let mut member = join(&server, subscription("grouped", "g", GroupMode::Clustering)).await;
     for _ in 0..3 {
@@ -666,9 +734,12 @@ async fn a_topic_a_group_reads_is_deleted_only_when_forced_and_the_group_starts_
 
 /// Each module describes its own metrics; `/metrics` shows the help text of every family, from
 /// the publish core, the listeners, the subscriptions and the consumer groups alike.
+#[apply(backends)]
 #[tokio::test]
-async fn metrics_carry_the_help_text_of_every_module() {
-    let (_dir, server) = server().await;
+async fn metrics_carry_the_help_text_of_every_module(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     publish_n(&server, "described", 1).await;
     let (code, body) = server
         .post(

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
@@ -15,6 +17,7 @@ use trellis_proto::v1::{
     CloudEvent, PublishRequest, SubscribeRequest, Subscription, event_result, subscribe_request,
 };
 use trellis_runtime::RuntimeConfig;
+use trellis_test_support::{Backend, backends};
 
 use crate::support::{PATIENCE, grpc_event, server, server_with};
 
@@ -37,9 +40,14 @@ fn long_names() -> [String; 3] {
     ]
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_10000_character_topic_name_is_invalid_argument_with_the_name_cut_short() {
-    let (_dir, server) = server().await;
+async fn a_10000_character_topic_name_is_invalid_argument_with_the_name_cut_short(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let mut client = server.grpc_client().await;
     for name in long_names() {
         let status = client
@@ -74,9 +82,14 @@ async fn a_10000_character_topic_name_is_invalid_argument_with_the_name_cut_shor
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn the_sdk_treats_a_10000_character_topic_name_as_permanent_and_does_not_retry() {
-    let (_dir, server) = server().await;
+async fn the_sdk_treats_a_10000_character_topic_name_as_permanent_and_does_not_retry(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let name = "\u{e9}".repeat(10_000);
 
     let producer = Producer::new(
@@ -134,9 +147,14 @@ fn small_messages() -> RuntimeConfig {
     }
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_message_over_the_size_limit_is_out_of_range_on_calls_and_streams() {
-    let (_dir, server) = server_with(small_messages()).await;
+async fn a_message_over_the_size_limit_is_out_of_range_on_calls_and_streams(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server_with(backend, small_messages()).await else {
+        return;
+    };
     let mut client = server.grpc_client().await;
     let oversized = || {
         batch(
@@ -179,9 +197,14 @@ async fn a_message_over_the_size_limit_is_out_of_range_on_calls_and_streams() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn events_over_the_limits_fail_alone_with_invalid_argument_naming_the_attribute() {
-    let (_dir, server) = server().await;
+async fn events_over_the_limits_fail_alone_with_invalid_argument_naming_the_attribute(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
     let very_deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
     let response = server

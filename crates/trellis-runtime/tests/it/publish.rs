@@ -1,13 +1,21 @@
 //! `POST /v1/topics/{topic}/events` in every content mode, and every way it refuses a request.
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use serde_json::json;
 use trellis_runtime::RuntimeConfig;
+use trellis_test_support::{Backend, backends};
 
 use crate::support::{BATCH, STRUCTURED, assert_error, event, server, server_with};
 
+#[apply(backends)]
 #[tokio::test]
-async fn binary_mode_publish_is_acknowledged_with_dense_offsets_and_readable() {
-    let (_dir, server) = server().await;
+async fn binary_mode_publish_is_acknowledged_with_dense_offsets_and_readable(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let first = server.publish_binary("orders", "a-1", "hello").await;
     assert_eq!(first.0, 202, "{}", first.1);
     assert_eq!(first.1, json!({"events": [{"id": "a-1", "offset": 0}]}));
@@ -25,9 +33,12 @@ async fn binary_mode_publish_is_acknowledged_with_dense_offsets_and_readable() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn binary_mode_keeps_extensions_and_binary_data() {
-    let (_dir, server) = server().await;
+async fn binary_mode_keeps_extensions_and_binary_data(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let response = server
         .client
         .post(server.url("/v1/topics/t/events"))
@@ -49,9 +60,12 @@ async fn binary_mode_keeps_extensions_and_binary_data() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn structured_mode_publish_is_acknowledged() {
-    let (_dir, server) = server().await;
+async fn structured_mode_publish_is_acknowledged(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let res = server
         .post("/v1/topics/t/events", STRUCTURED, event("s-1").to_string())
         .await;
@@ -62,9 +76,12 @@ async fn structured_mode_publish_is_acknowledged() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn batch_publish_gets_one_offset_per_event_in_order() {
-    let (_dir, server) = server().await;
+async fn batch_publish_gets_one_offset_per_event_in_order(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let batch = json!([event("b-1"), event("b-2"), event("b-3")]);
     let res = server
         .post("/v1/topics/t/events", BATCH, batch.to_string())
@@ -77,9 +94,12 @@ async fn batch_publish_gets_one_offset_per_event_in_order() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_batch_with_one_bad_event_stores_nothing_and_names_its_index() {
-    let (_dir, server) = server().await;
+async fn a_batch_with_one_bad_event_stores_nothing_and_names_its_index(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     server.publish_binary("t", "before", "x").await;
     let mut bad = event("b-2");
     bad["time"] = json!("yesterday");
@@ -96,9 +116,12 @@ async fn a_batch_with_one_bad_event_stores_nothing_and_names_its_index() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn invalid_events_are_refused_naming_the_attribute() {
-    let (_dir, server) = server().await;
+async fn invalid_events_are_refused_naming_the_attribute(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let cases = [
         (
             json!({"specversion": "1.0", "source": "/s", "type": "t"}),
@@ -153,9 +176,12 @@ async fn invalid_events_are_refused_naming_the_attribute() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn binary_mode_without_required_headers_is_refused() {
-    let (_dir, server) = server().await;
+async fn binary_mode_without_required_headers_is_refused(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let response = server
         .client
         .post(server.url("/v1/topics/t/events"))
@@ -172,9 +198,12 @@ async fn binary_mode_without_required_headers_is_refused() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn unknown_content_types_are_refused_with_415() {
-    let (_dir, server) = server().await;
+async fn unknown_content_types_are_refused_with_415(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let res = server
         .post(
             "/v1/topics/t/events",
@@ -198,15 +227,18 @@ async fn unknown_content_types_are_refused_with_415() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn oversized_events_and_batches_are_refused_with_413() {
+async fn oversized_events_and_batches_are_refused_with_413(#[case] backend: Backend) {
     let config = RuntimeConfig {
         max_event_bytes: 2048,
         max_batch_bytes: 8192,
         max_batch_events: 3,
         ..RuntimeConfig::default()
     };
-    let (_dir, server) = server_with(config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
 
     let big = "x".repeat(4096);
     let res = server.publish_binary("t", "big", &big).await;
@@ -254,9 +286,12 @@ async fn oversized_events_and_batches_are_refused_with_413() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn invalid_topic_names_say_which_characters_are_allowed() {
-    let (_dir, server) = server().await;
+async fn invalid_topic_names_say_which_characters_are_allowed(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let too_long = "t".repeat(250);
     for name in ["bad%20name", "a*b", "a:b", too_long.as_str()] {
         let res = server.publish_binary(name, "1", "x").await;
@@ -269,13 +304,16 @@ async fn invalid_topic_names_say_which_characters_are_allowed() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn without_auto_create_an_unknown_topic_is_404() {
+async fn without_auto_create_an_unknown_topic_is_404(#[case] backend: Backend) {
     let config = RuntimeConfig {
         auto_create_topics: false,
         ..RuntimeConfig::default()
     };
-    let (_dir, server) = server_with(config).await;
+    let Some((_site, server)) = server_with(backend, config).await else {
+        return;
+    };
     let res = server.publish_binary("nope", "1", "x").await;
     assert_error(&res, 404, "topic_not_found");
     assert_eq!(server.put("/v1/topics/nope", "").await.0, 201);
@@ -283,9 +321,12 @@ async fn without_auto_create_an_unknown_topic_is_404() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn concurrent_publishes_get_unique_dense_offsets() {
-    let (_dir, server) = server().await;
+async fn concurrent_publishes_get_unique_dense_offsets(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let server = std::sync::Arc::new(server);
     let mut tasks = Vec::new();
     for task_idx in 0..16 {

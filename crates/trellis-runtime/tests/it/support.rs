@@ -1,7 +1,9 @@
-//! Starts and stops an in-process runtime for a test, and the requests and events the test
-//! modules share.
+//! Starts and stops an in-process runtime for a test, on the embedded log or on JetStream, and
+//! the requests and events the test modules share.
 
+use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -9,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use trellis_meta::EmbeddedStore;
 use trellis_proto::v1;
 use trellis_runtime::{RuntimeConfig, ServeError};
-use trellis_storage::{EmbeddedOptions, EventStore};
+use trellis_storage::{EmbeddedOptions, EventStore, JetStreamOptions, JetStreamStore};
+use trellis_test_support::{Backend, NatsServer};
 
 pub(crate) const STRUCTURED: &str = "application/cloudevents+json";
 pub(crate) const BATCH: &str = "application/cloudevents-batch+json";
@@ -17,16 +20,84 @@ pub(crate) const BATCH: &str = "application/cloudevents-batch+json";
 /// A guard against a hung gRPC call or stream, not a timing assertion.
 pub(crate) const PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
 
-/// A fresh runtime with default settings on a temp dir; keep both alive for the test's length.
-pub(crate) async fn server() -> (tempfile::TempDir, Server) {
-    server_with(RuntimeConfig::default()).await
+/// How long a JetStream request may take before the store says `Unavailable`: short, so that a
+/// test on a lost server fails in seconds rather than hangs, yet far above a loopback round trip.
+const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a test's runtime keeps its state, for as long as the test lasts: a temp dir (the
+/// metadata store, and the log on the embedded backend) and, on JetStream, a nats-server of the
+/// test's own. Runtimes started one after the other on one site see each other's events, as a
+/// restarted `trellis serve` would.
+pub(crate) struct Site {
+    dir: tempfile::TempDir,
+    /// Set on JetStream: the site's events live there.
+    nats: Option<NatsServer>,
 }
 
-/// A fresh runtime with `config` on a temp dir; keep both alive for the test's length.
-pub(crate) async fn server_with(config: RuntimeConfig) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), config).await;
-    (dir, server)
+impl Site {
+    /// A fresh site on `backend`; `None` when JetStream is asked for but nats-server is not
+    /// installed (it says so on stderr), and the test then skips by returning.
+    pub(crate) fn new(backend: Backend) -> Option<Site> {
+        let nats = match backend {
+            Backend::Embedded => None,
+            Backend::JetStream => Some(NatsServer::start()?),
+        };
+        Some(Site {
+            dir: tempfile::tempdir().expect("temp dir"),
+            nats,
+        })
+    }
+
+    /// The data dir: the metadata store is `meta.redb` in it.
+    pub(crate) fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A runtime with `config` on this site.
+    pub(crate) async fn start(&self, config: RuntimeConfig) -> Server {
+        let store = self.event_store(&config).await;
+        Server::start_on(store, self.path(), config).await
+    }
+
+    /// The event store a `trellis serve` with `config` would open on this site.
+    async fn event_store(&self, config: &RuntimeConfig) -> Arc<dyn EventStore> {
+        match &self.nats {
+            Some(nats) => {
+                let mut options = JetStreamOptions::new(nats.url());
+                options.dedup_window = config.dedup_window;
+                options.request_timeout = NATS_REQUEST_TIMEOUT;
+                Arc::new(
+                    JetStreamStore::connect(options)
+                        .await
+                        .expect("connect to the test's nats-server"),
+                )
+            }
+            None => {
+                let mut options = EmbeddedOptions::new(self.path().join("log"));
+                options.default_settings = config.default_topic.to_storage();
+                options.dedup_window = config.dedup_window;
+                options.dedup_max_entries = config.dedup_max_entries;
+                options.key_of = Some(trellis_runtime::stored_event_key_of());
+                Arc::new(
+                    trellis_storage::EmbeddedStore::open(options).expect("open the event store"),
+                )
+            }
+        }
+    }
+}
+
+/// A fresh runtime with default settings on `backend`; keep both alive for the test's length.
+/// `None`: the backend cannot run here, and the test skips.
+pub(crate) async fn server(backend: Backend) -> Option<(Site, Server)> {
+    server_with(backend, RuntimeConfig::default()).await
+}
+
+/// A fresh runtime with `config` on `backend`; keep both alive for the test's length.
+/// `None`: the backend cannot run here, and the test skips.
+pub(crate) async fn server_with(backend: Backend, config: RuntimeConfig) -> Option<(Site, Server)> {
+    let site = Site::new(backend)?;
+    let server = site.start(config).await;
+    Some((site, server))
 }
 
 pub(crate) struct Server {
@@ -39,14 +110,8 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub(crate) async fn start(dir: &std::path::Path, config: RuntimeConfig) -> Server {
-        let mut options = EmbeddedOptions::new(dir.join("log"));
-        options.default_settings = config.default_topic.to_storage();
-        options.dedup_window = config.dedup_window;
-        options.dedup_max_entries = config.dedup_max_entries;
-        options.key_of = Some(trellis_runtime::stored_event_key_of());
-        let store: Arc<dyn EventStore> =
-            Arc::new(trellis_storage::EmbeddedStore::open(options).expect("open the event store"));
+    /// A runtime over `store`, its metadata in `dir`.
+    async fn start_on(store: Arc<dyn EventStore>, dir: &Path, config: RuntimeConfig) -> Server {
         let meta = EmbeddedStore::open(&dir.join("meta.redb")).expect("open metadata store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -222,5 +287,15 @@ pub(crate) fn grpc_event(id: &str, datacontenttype: &str, data: &str) -> v1::Clo
             },
         )]),
         data: Some(v1::cloud_event::Data::TextData(data.to_owned())),
+    }
+}
+
+/// `name`, made distinct per backend. The metrics recorder is process-wide and the two cases of
+/// a test run at the same time, so a name that becomes a metric label (a topic, a subscription)
+/// must differ between them for each case to read its own series.
+pub(crate) fn per_backend(name: &str, backend: Backend) -> String {
+    match backend {
+        Backend::Embedded => format!("{name}-embedded"),
+        Backend::JetStream => format!("{name}-jetstream"),
     }
 }

@@ -4,10 +4,13 @@
 
 use std::time::{Duration, Instant};
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use serde_json::{Value, json};
 use trellis_runtime::RuntimeConfig;
+use trellis_test_support::{Backend, backends};
 
-use crate::support::{Server, assert_error, server};
+use crate::support::{Server, Site, assert_error, per_backend, server};
 
 /// A sink nobody answers at: these tests look at offsets and states, not deliveries.
 const SINK: &str = "http://127.0.0.1:9/hook";
@@ -82,16 +85,23 @@ async fn reaches_state(server: &Server, name: &str, state: &str) -> bool {
 }
 
 /// The metadata store of a stopped runtime's data dir, to rewrite what it left.
-fn open_meta(dir: &tempfile::TempDir) -> trellis_meta::EmbeddedStore {
-    trellis_meta::EmbeddedStore::open(&dir.path().join("meta.redb")).expect("open metadata store")
+fn open_meta(site: &Site) -> trellis_meta::EmbeddedStore {
+    trellis_meta::EmbeddedStore::open(&site.path().join("meta.redb")).expect("open metadata store")
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wait() {
-    let (_dir, server) = server().await;
+async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wait(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
+    // Its gauge is read below, and the gauges of both cases share one recorder.
+    let reader = per_backend("reader", backend);
     subscribe_ok(
         &server,
-        json!({"name": "reader", "topic": "orders", "sink": {"urls": [SINK]}}),
+        json!({"name": reader, "topic": "orders", "sink": {"urls": [SINK]}}),
     )
     .await;
     subscribe_ok(
@@ -111,7 +121,10 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
         409,
         "topic_in_use",
     );
-    assert!(message.contains("\"reader\" (its topic)"), "{message}");
+    assert!(
+        message.contains(&format!("\"{reader}\" (its topic)")),
+        "{message}"
+    );
     assert!(
         message.contains("\"other\" (its dead_letter_topic)"),
         "{message}"
@@ -130,20 +143,22 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
         404,
         "topic_not_found",
     );
-    let waiting = status(&server, "reader").await;
-    assert_eq!(waiting["state"], "waiting_for_topic", "{waiting}");
+    // The subscription hears of the deletion from its store a moment after the answer.
+    assert!(
+        reaches_state(&server, &reader, "waiting_for_topic").await,
+        "{}",
+        status(&server, &reader).await
+    );
+    let waiting = status(&server, &reader).await;
     assert!(
         waiting["reason"]
             .as_str()
             .is_some_and(|reason| reason.contains("deleted")),
         "{waiting}"
     );
-    assert!(
-        server
-            .metrics()
-            .await
-            .contains("trellis_subscription_waiting_for_topic{subscription=\"reader\"} 1")
-    );
+    assert!(server.metrics().await.contains(&format!(
+        "trellis_subscription_waiting_for_topic{{subscription=\"{reader}\"}} 1"
+    )));
     // The subscription does not bring the topic back by itself.
     assert_error(
         &server.get("/v1/topics/orders").await,
@@ -155,31 +170,33 @@ async fn a_topic_in_use_is_not_deleted_unless_forced_and_then_its_subscribers_wa
     assert_eq!(code, 201, "{created}");
     assert_ne!(created["incarnation"], first_incarnation.as_str());
     assert!(
-        reaches_state(&server, "reader", "running").await,
+        reaches_state(&server, &reader, "running").await,
         "the subscription runs again once the topic exists"
     );
-    assert!(status(&server, "reader").await.get("reason").is_none());
-    assert!(
-        server
-            .metrics()
-            .await
-            .contains("trellis_subscription_waiting_for_topic{subscription=\"reader\"} 0")
-    );
+    assert!(status(&server, &reader).await.get("reason").is_none());
+    assert!(server.metrics().await.contains(&format!(
+        "trellis_subscription_waiting_for_topic{{subscription=\"{reader}\"}} 0"
+    )));
     server.stop().await;
 }
 
 /// The stale-offset finding: a subscription's committed offset outlived its topic and was
 /// applied, after a restart, to the topic created again under the same name.
+#[apply(backends)]
 #[tokio::test]
-async fn an_offset_of_a_deleted_topic_is_not_applied_to_the_next_one_after_a_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+async fn an_offset_of_a_deleted_topic_is_not_applied_to_the_next_one_after_a_restart(
+    #[case] backend: Backend,
+) {
+    let Some(site) = Site::new(backend) else {
+        return;
+    };
+    let server = site.start(RuntimeConfig::default()).await;
     reader_after_five_events(&server).await;
     assert_eq!(status(&server, "reader").await["committed_offset"], 5);
     assert_eq!(server.delete("/v1/topics/orders?force=true").await.0, 204);
     server.stop().await;
 
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let server = site.start(RuntimeConfig::default()).await;
     let waiting = status(&server, "reader").await;
     assert_eq!(waiting["state"], "waiting_for_topic", "{waiting}");
     assert_error(
@@ -201,15 +218,18 @@ async fn an_offset_of_a_deleted_topic_is_not_applied_to_the_next_one_after_a_res
     server.stop().await;
 
     // Its offset in the new incarnation is its own again after another restart.
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let server = site.start(RuntimeConfig::default()).await;
     assert!(reaches_state(&server, "reader", "running").await);
     assert_eq!(status(&server, "reader").await["lag"], 2);
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn dead_letter_cycles_are_refused_naming_the_cycle() {
-    let (_dir, server) = server().await;
+async fn dead_letter_cycles_are_refused_naming_the_cycle(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     let sub = |name: &str, topic: &str, dead_letters: &str| json!({"name": name, "topic": topic, "dead_letter_topic": dead_letters, "sink": {"urls": [SINK]}});
     assert_eq!(subscribe(&server, sub("a", "t1", "t2")).await.0, 201);
     let message = assert_error(
@@ -240,10 +260,15 @@ async fn dead_letter_cycles_are_refused_naming_the_cycle() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn deleted_subscriptions_leave_no_series_on_metrics() {
-    let (_dir, server) = server().await;
-    let names: Vec<String> = (0..200).map(|n| format!("churn-{n}")).collect();
+async fn deleted_subscriptions_leave_no_series_on_metrics(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
+    // The recorder is shared with the other case, which churns at the same time.
+    let prefix = per_backend("churn", backend);
+    let names: Vec<String> = (0..200).map(|n| format!("{prefix}-{n}")).collect();
     for name in &names {
         subscribe_ok(
             &server,
@@ -253,7 +278,7 @@ async fn deleted_subscriptions_leave_no_series_on_metrics() {
     }
     let per_subscription = |text: &str| {
         text.lines()
-            .filter(|line| line.contains("subscription=\"churn-"))
+            .filter(|line| line.contains(&format!("subscription=\"{prefix}-")))
             .count()
     };
     let live = server.metrics().await;
@@ -284,50 +309,63 @@ async fn deleted_subscriptions_leave_no_series_on_metrics() {
 /// A data dir from before incarnations: a topic with no record in the metadata store (made by a
 /// publish) and a committed offset stored as bare decimal. Both are the legacy incarnation, so
 /// the offset still applies; once the topic is deleted and created again it no longer does.
+#[apply(backends)]
 #[tokio::test]
-async fn a_data_dir_without_incarnations_keeps_its_offsets_until_the_topic_is_re_created() {
+async fn a_data_dir_without_incarnations_keeps_its_offsets_until_the_topic_is_re_created(
+    #[case] backend: Backend,
+) {
     use trellis_meta::MetadataStore as _;
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let Some(site) = Site::new(backend) else {
+        return;
+    };
+    let server = site.start(RuntimeConfig::default()).await;
     reader_after_five_events(&server).await;
     server.stop().await;
     {
         // Rewritten into the older shape.
-        let meta = open_meta(&dir);
+        let meta = open_meta(&site);
         meta.delete("/topics/orders").await.expect("delete");
         meta.put("/offsets/reader", bytes::Bytes::from_static(b"3"))
             .await
             .expect("put");
     }
 
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let server = site.start(RuntimeConfig::default()).await;
     let (_, topic) = server.get("/v1/topics/orders").await;
     assert_eq!(topic["incarnation"], "", "{topic}");
+    // The status shows the stored offset once the dispatcher has loaded it, a moment after
+    // the state says running.
+    let committed = async |offset: u64| {
+        eventually(async || status(&server, "reader").await["committed_offset"] == offset).await
+    };
     assert!(reaches_state(&server, "reader", "running").await);
-    assert_eq!(status(&server, "reader").await["committed_offset"], 3);
+    assert!(committed(3).await, "{}", status(&server, "reader").await);
 
     assert_eq!(server.delete("/v1/topics/orders?force=true").await.0, 204);
     let (code, created) = server.put("/v1/topics/orders", "").await;
     assert_eq!(code, 201, "{created}");
     assert_ne!(created["incarnation"], "");
     assert!(reaches_state(&server, "reader", "running").await);
-    assert_eq!(status(&server, "reader").await["committed_offset"], 0);
+    assert!(committed(0).await, "{}", status(&server, "reader").await);
     server.stop().await;
 }
 
 /// A delete cut short by a crash (its record marked, its files still there) is finished at the
 /// next start: the old events never come back under a new incarnation.
+#[apply(backends)]
 #[tokio::test]
-async fn a_delete_cut_short_is_finished_at_the_next_start() {
+async fn a_delete_cut_short_is_finished_at_the_next_start(#[case] backend: Backend) {
     use trellis_meta::MetadataStore as _;
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let Some(site) = Site::new(backend) else {
+        return;
+    };
+    let server = site.start(RuntimeConfig::default()).await;
     assert_eq!(server.publish_binary("orders", "e-0", "x").await.0, 202);
     server.stop().await;
     {
-        let meta = open_meta(&dir);
+        let meta = open_meta(&site);
         let stored = meta
             .get("/topics/orders")
             .await
@@ -342,7 +380,7 @@ async fn a_delete_cut_short_is_finished_at_the_next_start() {
         .await
         .expect("put");
     }
-    let server = Server::start(dir.path(), RuntimeConfig::default()).await;
+    let server = site.start(RuntimeConfig::default()).await;
     assert_error(
         &server.get("/v1/topics/orders").await,
         404,
@@ -355,9 +393,14 @@ async fn a_delete_cut_short_is_finished_at_the_next_start() {
 
 /// A redrive's cursor counts in the dead-letter topic it was stored for: after that topic is
 /// deleted and created again, the next redrive starts at its offset 0.
+#[apply(backends)]
 #[tokio::test]
-async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
-    let (_dir, server) = server().await;
+async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic(
+    #[case] backend: Backend,
+) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     subscribe_ok(
         &server,
         json!({
@@ -389,9 +432,12 @@ async fn a_redrive_cursor_is_not_applied_to_a_re_created_dead_letter_topic() {
     server.stop().await;
 }
 
+#[apply(backends)]
 #[tokio::test]
-async fn a_paused_subscription_also_shows_that_its_topic_was_deleted() {
-    let (_dir, server) = server().await;
+async fn a_paused_subscription_also_shows_that_its_topic_was_deleted(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
     subscribe_ok(
         &server,
         json!({"name": "resting", "topic": "quiet", "sink": {"urls": [SINK]}}),

@@ -16,11 +16,17 @@ proptest! {
         topic in "[A-Za-z0-9._-]{1,40}",
         durability in durability(),
         segment_bytes in any::<u64>(),
+        retention_age in proptest::option::of(any::<u64>().prop_map(Duration::from_nanos)),
     ) {
-        let settings = TopicSettings { durability, segment_bytes, ..TopicSettings::default() };
+        let settings = TopicSettings { durability, segment_bytes, retention_age, ..TopicSettings::default() };
         prop_assert_eq!(
             parse_description(&describe(&topic, &settings)),
-            Some((durability, segment_bytes))
+            Some(Described {
+                durability,
+                segment_bytes,
+                // Only an age too short for the stream's max_age is kept in the description.
+                retention_age: retention_age.filter(|age| *age < MIN_MAX_AGE),
+            })
         );
     }
 
