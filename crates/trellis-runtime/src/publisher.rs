@@ -219,6 +219,11 @@ async fn append(
             StorageError::Unavailable(reason) => ApiError::unavailable(format!(
                 "the event store is unavailable ({reason}); the events may or may not have been stored. Send them again with the same ids: that is safe, as an event already stored is answered as a duplicate with its first offset"
             )),
+            // Within max_event_bytes but over what the backend takes (JetStream's max_payload):
+            // the limit is the operator's to align, the answer the same as for max_event_bytes.
+            StorageError::RecordTooLarge { size, max } => ApiError::too_large(format!(
+                "an event takes {size} bytes as stored, more than the event store accepts ({max} bytes); nothing was stored"
+            )),
             other => ApiError::internal("storing events", &other),
         })
 }

@@ -6,7 +6,6 @@
 //! instead, so CI never passes by skipping.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -19,6 +18,8 @@ use nix::unistd::Pid;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// The line nats-server logs once it accepts clients, JetStream enabled by then.
 const READY_LINE: &str = "Server is ready";
+/// What nats-server logs before the address it listens on.
+const LISTENING_LINE: &str = "Listening for client connections on ";
 
 /// A running nats-server; killed (SIGKILL) when dropped.
 pub struct NatsServer {
@@ -43,14 +44,12 @@ impl NatsServer {
             eprintln!("SKIPPED: nats-server is not installed (apt-get install nats-server)");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
         let temp = tempfile::tempdir().expect("tempdir");
         let mut server = NatsServer {
             child: None,
-            port,
+            // The server picks its own free port at the first start (`-p -1`) and says which:
+            // a port found free here and passed on could be taken by another test meanwhile.
+            port: 0,
             store_dir: temp.path().join("store"),
             _temp: temp,
         };
@@ -92,16 +91,16 @@ impl NatsServer {
         }
     }
 
+    /// Starts nats-server on `self.port` (any free port while it is 0) and waits until it is
+    /// ready, learning its port from its log.
     fn spawn(&mut self) {
+        let port = if self.port == 0 {
+            "-1".to_owned()
+        } else {
+            self.port.to_string()
+        };
         let mut child = Command::new("nats-server")
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(&self.store_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -112,9 +111,16 @@ impl NatsServer {
         if let Some(pipe) = child.stderr.take() {
             std::thread::spawn(move || {
                 let mut lines = BufReader::new(pipe).lines();
+                let mut port = None;
                 for line in lines.by_ref().map_while(Result::ok) {
+                    if let Some((_, address)) = line.split_once(LISTENING_LINE) {
+                        port = address
+                            .trim()
+                            .rsplit_once(':')
+                            .and_then(|(_, port)| port.parse::<u16>().ok());
+                    }
                     if line.contains(READY_LINE) {
-                        let _ = ready_tx.send(());
+                        let _ = ready_tx.send(port);
                         break;
                     }
                 }
@@ -123,9 +129,16 @@ impl NatsServer {
             });
         }
         self.child = Some(child);
-        if ready_rx.recv_timeout(READY_TIMEOUT).is_err() {
-            self.kill();
-            panic!("nats-server did not become ready on port {}", self.port);
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Some(port)) => self.port = port,
+            Ok(None) => {
+                self.kill();
+                panic!("nats-server said it is ready but not on which port");
+            }
+            Err(_) => {
+                self.kill();
+                panic!("nats-server did not become ready (port {port})");
+            }
         }
     }
 }

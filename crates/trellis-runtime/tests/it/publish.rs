@@ -353,3 +353,30 @@ async fn concurrent_publishes_get_unique_dense_offsets(#[case] backend: Backend)
         server.stop().await;
     }
 }
+
+/// An event within `max_event_bytes` that the event store cannot take (on JetStream, over the
+/// server's `max_payload` once the stored attributes and headers are counted) is a 413 that
+/// names the store's limit, never a 500; the embedded log takes it.
+#[apply(backends)]
+#[tokio::test]
+async fn an_event_over_the_stores_own_limit_is_refused_with_413(#[case] backend: Backend) {
+    let Some((_site, server)) = server(backend).await else {
+        return;
+    };
+    // Just under the default max_event_bytes (1 MiB) with its attributes.
+    let data = "z".repeat(1024 * 1024 - 400);
+    let res = server.publish_binary("t", "near-limit", &data).await;
+    match backend {
+        Backend::Embedded => assert_eq!(res.0, 202, "{}", res.1),
+        Backend::JetStream => {
+            let message = assert_error(&res, 413, "payload_too_large");
+            assert!(message.contains("event store accepts"), "{message}");
+        }
+    }
+    let res = server.publish_binary("t", "small", "fits").await;
+    assert_eq!(
+        res.0, 202,
+        "the topic takes events after the refusal: {}",
+        res.1
+    );
+}
