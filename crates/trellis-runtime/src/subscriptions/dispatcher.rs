@@ -17,7 +17,7 @@
 //!   waits for the store to be dead-lettered. No failed store call moves the committed offset.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -58,6 +58,9 @@ impl DeliveryCallbacks for ToDispatcher {
 #[derive(Debug, Default)]
 pub(crate) struct DispatcherStats {
     pub(crate) committed: AtomicU64,
+    /// Whether `committed` holds the offset read from the metadata store, rather than the 0 it
+    /// starts at: until then the status says `starting`, not a wrong offset and lag.
+    pub(crate) offset_loaded: AtomicBool,
     pub(crate) dead_lettered: AtomicU64,
     /// The next offset to read.
     pub(crate) position: AtomicU64,
@@ -153,6 +156,7 @@ impl Dispatcher {
         let mut deliveries = JoinSet::new();
         let mut persisted = self.start;
         self.stats.committed.store(self.start, Ordering::Relaxed);
+        self.stats.offset_loaded.store(true, Ordering::Release);
         let mut commit_tick = tokio::time::interval(self.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = Pending::default();

@@ -147,6 +147,10 @@ impl Supervisor {
             match dispatcher.run().await {
                 Ended::Stopped => return,
                 Ended::TopicDeleted(back) => {
+                    // The next topic's offset is loaded afresh.
+                    stats
+                        .offset_loaded
+                        .store(false, std::sync::atomic::Ordering::Release);
                     tracing::warn!(
                         message = "The subscription's topic was deleted; it waits for the topic to be created again and will read it from its beginning.",
                         subscription = %name,

@@ -524,12 +524,14 @@ impl SubscriptionRegistry {
         };
         // Reading failed in a way the dispatcher cannot go past (a resume retries).
         let stopped = running.stats.stopped_reason();
-        let state = match (&stopped, &waiting, &storage, running.spec.paused) {
-            (Some(_), _, _, _) => "stopped",
-            (None, Some(_), _, _) => "waiting_for_topic",
-            (None, None, Some(_), _) => "waiting_for_storage",
-            (None, None, None, true) => "paused",
-            (None, None, None, false) => "running",
+        let loaded = running.stats.offset_loaded.load(Ordering::Acquire);
+        let state = match (&stopped, &waiting, &storage, loaded, running.spec.paused) {
+            (Some(_), _, _, _, _) => "stopped",
+            (None, Some(_), _, _, _) => "waiting_for_topic",
+            (None, None, Some(_), _, _) => "waiting_for_storage",
+            (None, None, None, false, _) => "starting",
+            (None, None, None, true, true) => "paused",
+            (None, None, None, true, false) => "running",
         };
         SubscriptionStatus {
             delivered,
