@@ -230,7 +230,7 @@ async fn verify(base: &str, acked: &Acked, round: usize, backend: Backend, from:
     }
     // All-or-nothing batches: a batch's events are either all stored or none. Not on JetStream,
     // which has no atomic batch: a batch the kill cut may be partly stored (and was not
-    // acknowledged), as the README's API section says.
+    // acknowledged), as the README's storage section says.
     if backend == Backend::JetStream {
         return next_offset;
     }
