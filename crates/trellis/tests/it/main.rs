@@ -109,8 +109,12 @@ impl Node {
     }
 
     /// Another `trellis serve` with a temp and data dir of its own, keeping its events where
-    /// this one does (on the same nats-server, which this node keeps running).
+    /// this JetStream node does (on the same nats-server, which this node keeps running).
     pub(crate) fn beside(&self) -> Node {
+        assert!(
+            self.args.iter().any(|arg| arg == "--storage"),
+            "only nodes on JetStream can share their events"
+        );
         let dir = tempfile::tempdir().expect("temp dir");
         let data_dir = dir.path().join("data");
         let process = launch(&data_dir, &self.args);
