@@ -246,9 +246,10 @@ fn sigterm_under_load_keeps_every_acknowledged_event(#[case] backend: Backend) {
     let base = process.base_url().to_owned();
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let n_acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = (0..8)
         .map(|client_idx| {
-            let (base, stop) = (base.clone(), stop.clone());
+            let (base, stop, n_acked) = (base.clone(), stop.clone(), n_acked.clone());
             runtime.spawn(async move {
                 let client = reqwest::Client::new();
                 let mut acked = Vec::new();
@@ -262,6 +263,7 @@ fn sigterm_under_load_keeps_every_acknowledged_event(#[case] backend: Backend) {
                         Ok(response) if response.status().as_u16() == 202 => {
                             let body: serde_json::Value = response.json().await.expect("ack body");
                             acked.push((body["events"][0]["offset"].as_u64().expect("offset"), id));
+                            n_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         // Refused while draining, or the connection closed: not acknowledged.
                         _ => break,
@@ -271,7 +273,14 @@ fn sigterm_under_load_keeps_every_acknowledged_event(#[case] backend: Backend) {
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    // Under load: once a good number of publishes were acknowledged, however slowly the
+    // machine runs (a fixed pause found too few on a busy one).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while n_acked.load(std::sync::atomic::Ordering::Relaxed) < 100
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let status = process.terminate().expect("terminate");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(
