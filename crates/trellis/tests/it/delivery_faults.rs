@@ -164,8 +164,15 @@ async fn secrets_never_reach_the_logs(#[case] backend: Backend) {
         .await
         .expect("body");
 
+    // Log lines reach stderr a moment after they are written.
+    assert!(
+        wait_until(Duration::from_secs(20), async || process
+            .stderr()
+            .contains("Attempt ended."))
+        .await,
+        "debug logs were captured"
+    );
     let logs = process.stderr();
-    assert!(logs.contains("Attempt ended."), "debug logs were captured");
     let listed = reqwest::get(format!("{base}/v1/subscriptions"))
         .await
         .expect("list")

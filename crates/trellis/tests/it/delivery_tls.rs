@@ -161,7 +161,13 @@ async fn an_untrusted_https_certificate_is_named_in_the_log_and_the_dead_letter(
     assert!(!reason.contains("cannot connect"), "{reason}");
     assert!(receiver.ids().is_empty(), "no request got past TLS");
 
-    // The operator reading the log learns the same for that delivery.
+    // The operator reading the log learns the same for that delivery. Log lines reach stderr a
+    // moment after they are written, which may be after the dead letter is readable.
+    let failed_line = |log: &str| {
+        log.lines()
+            .any(|line| line.contains("Delivery failed.") && line.contains("tls-1"))
+    };
+    eventually(async || failed_line(&process.stderr())).await;
     let log = process.stderr();
     let line = log
         .lines()
