@@ -196,11 +196,17 @@ pub async fn wait_for_next_record(store: &dyn EventStore) {
         .expect("join")
         .expect("wait_for");
 
+    // A record stored before the awaited one does not end the wait. The pauses give a backend
+    // that waits through its server time to set the wait up, and to wake it wrongly.
     let waiting = Arc::clone(&topic);
     let gone = tokio::spawn(async move { waiting.wait_for(100).await });
-    for _ in 0..10 {
-        tokio::task::yield_now().await;
-    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    append(&*topic, vec![plain("third")]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !gone.is_finished(),
+        "wait_for(100) waits for record 100, not for the next record"
+    );
     assert!(
         store
             .delete_topic("conformance.wait")

@@ -1,8 +1,13 @@
 //! `trellis serve` start-up, configuration and shutdown, seen from outside the process.
+//!
+//! Shutdown keeps what was acknowledged on every backend; the checks of flags, files and
+//! addresses at start-up come before any storage is opened and run once.
 
-use trellis_test_support::{TrellisProcess, run_to_end};
+use rstest::rstest;
+use rstest_reuse::apply;
+use trellis_test_support::{Backend, TrellisProcess, backends, run_to_end};
 
-use crate::{bin, publish};
+use crate::{bin, publish, start_on, start_with_args_on};
 
 /// Start-up failures print exactly one line on stderr and exit non-zero, never a panic.
 #[track_caller]
@@ -108,23 +113,23 @@ fn dedup_max_entries_of_zero_is_one_clear_line() {
     );
 }
 
-#[test]
-fn a_data_dir_in_use_is_refused() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let _first = TrellisProcess::start(bin(), dir.path(), &[]).expect("first starts");
-    assert_one_line_failure(
-        &[
-            "serve",
-            "--data-dir",
-            dir.path().to_str().expect("utf-8"),
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ],
-        &[],
-        "in use by another trellis process",
-    );
+/// On JetStream too: the data dir holds the metadata, which two processes must not share.
+#[apply(backends)]
+fn a_data_dir_in_use_is_refused(#[case] backend: Backend) {
+    let Some(first) = start_on(backend) else {
+        return;
+    };
+    let mut args = vec![
+        "serve",
+        "--data-dir",
+        first.data_dir().to_str().expect("utf-8"),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--grpc-addr",
+        "127.0.0.1:0",
+    ];
+    args.extend(first.args().iter().map(String::as_str));
+    assert_one_line_failure(&args, &[], "in use by another trellis process");
 }
 
 #[test]
@@ -161,10 +166,11 @@ fn the_environment_overrides_the_file_and_flags_override_the_environment() {
     );
 }
 
-#[test]
-fn sigterm_finishes_in_flight_work_and_exits_zero() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("start");
+#[apply(backends)]
+fn sigterm_finishes_in_flight_work_and_exits_zero(#[case] backend: Backend) {
+    let Some(mut process) = start_on(backend) else {
+        return;
+    };
     let base = process.base_url().to_owned();
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let acked = runtime.block_on(async {
@@ -187,7 +193,7 @@ fn sigterm_finishes_in_flight_work_and_exits_zero() {
     );
     assert!(!process.stderr().contains("panicked"));
 
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("restart");
+    process.restart();
     let base = process.base_url().to_owned();
     let next = runtime.block_on(async {
         let topic: serde_json::Value = reqwest::get(format!("{base}/v1/topics/t"))
@@ -201,10 +207,11 @@ fn sigterm_finishes_in_flight_work_and_exits_zero() {
     assert_eq!(next, Some(acked));
 }
 
-#[test]
-fn sigint_exits_zero() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("start");
+#[apply(backends)]
+fn sigint_exits_zero(#[case] backend: Backend) {
+    let Some(mut process) = start_on(backend) else {
+        return;
+    };
     let status = process.interrupt().expect("interrupt");
     assert!(
         status.success(),
@@ -213,11 +220,12 @@ fn sigint_exits_zero() {
     );
 }
 
-#[test]
-fn json_logs_are_one_object_per_line() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut process =
-        TrellisProcess::start(bin(), dir.path(), &["--log-format", "json"]).expect("start");
+/// On JetStream too, where the NATS client's own logs pass through the same subscriber.
+#[apply(backends)]
+fn json_logs_are_one_object_per_line(#[case] backend: Backend) {
+    let Some(mut process) = start_with_args_on(backend, &["--log-format", "json"]) else {
+        return;
+    };
     process.terminate().expect("terminate");
     let stderr = process.stderr();
     assert!(stderr.lines().count() >= 2, "{stderr}");
@@ -230,16 +238,18 @@ fn json_logs_are_one_object_per_line() {
 /// SIGTERM in the middle of concurrent publishing: Trellis exits 0, and every event that got a
 /// 202 before it stopped is there after a restart. A request it could not finish must fail
 /// visibly (an error or a non-202), never succeed and then vanish.
-#[test]
-fn sigterm_under_load_keeps_every_acknowledged_event() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("start");
+#[apply(backends)]
+fn sigterm_under_load_keeps_every_acknowledged_event(#[case] backend: Backend) {
+    let Some(mut process) = start_on(backend) else {
+        return;
+    };
     let base = process.base_url().to_owned();
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let n_acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let clients: Vec<_> = (0..8)
         .map(|client_idx| {
-            let (base, stop) = (base.clone(), stop.clone());
+            let (base, stop, n_acked) = (base.clone(), stop.clone(), n_acked.clone());
             runtime.spawn(async move {
                 let client = reqwest::Client::new();
                 let mut acked = Vec::new();
@@ -253,6 +263,7 @@ fn sigterm_under_load_keeps_every_acknowledged_event() {
                         Ok(response) if response.status().as_u16() == 202 => {
                             let body: serde_json::Value = response.json().await.expect("ack body");
                             acked.push((body["events"][0]["offset"].as_u64().expect("offset"), id));
+                            n_acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         // Refused while draining, or the connection closed: not acknowledged.
                         _ => break,
@@ -262,7 +273,14 @@ fn sigterm_under_load_keeps_every_acknowledged_event() {
             })
         })
         .collect();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    // Under load: once a good number of publishes were acknowledged, however slowly the
+    // machine runs (a fixed pause found too few on a busy one).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while n_acked.load(std::sync::atomic::Ordering::Relaxed) < 100
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let status = process.terminate().expect("terminate");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(
@@ -283,7 +301,7 @@ fn sigterm_under_load_keeps_every_acknowledged_event() {
         acked.len()
     );
 
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("restart");
+    process.restart();
     let base = process.base_url().to_owned();
     let stored: Vec<serde_json::Value> = runtime.block_on(async {
         let mut stored = Vec::new();

@@ -1,12 +1,19 @@
 //! `trellis subscriptions ...` as a user runs it: the real binary as a child process, talking to
 //! a real `trellis serve` on 127.0.0.1:0. Failures must be one line on stderr and a non-zero
 //! exit, never a panic.
+//!
+//! Creating a subscription reads its topic (start position, lag), so those tests run on every
+//! backend; the lookups, the validation and the CLI's own checks never reach event storage and
+//! run once.
 
 use std::process::{Command, Stdio};
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use serde_json::{Value, json};
+use trellis_test_support::{Backend, backends};
 
-use crate::{Run, bin, run_trellis, start};
+use crate::{Run, bin, run_trellis, start, start_on};
 
 /// Runs `trellis subscriptions ARGS... --server SERVER` with `stdin` as its input.
 fn run_with_stdin(server: &str, args: &[&str], stdin: &str) -> Run {
@@ -90,9 +97,11 @@ fn create_audit(server: &str) -> Run {
     )
 }
 
-#[test]
-fn create_list_get_and_delete_round_trip() {
-    let (_dir, process) = start();
+#[apply(backends)]
+fn create_list_get_and_delete_round_trip(#[case] backend: Backend) {
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     let server = process.base_url();
 
     let created = create_audit(server);
@@ -149,11 +158,13 @@ fn create_list_get_and_delete_round_trip() {
     assert_eq!(listed.stdout.lines().count(), 1, "{}", listed.stdout);
 }
 
-#[test]
-fn no_header_value_is_ever_shown() {
+#[apply(backends)]
+fn no_header_value_is_ever_shown(#[case] backend: Backend) {
     // A name cannot tell which header carries a credential: every value is hidden, by the API
     // (`GET /v1/subscriptions/{name}`, the list, the create answer) and so by the CLI.
-    let (_dir, process) = start();
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     let server = process.base_url();
     let values = [
         "jwt-value-eyJhbGciOi",
@@ -204,9 +215,11 @@ fn no_header_value_is_ever_shown() {
     assert!(shown.stdout.contains("X-Session=***"), "{}", shown.stdout);
 }
 
-#[test]
-fn create_reads_the_body_from_stdin() {
-    let (_dir, process) = start();
+#[apply(backends)]
+fn create_reads_the_body_from_stdin(#[case] backend: Backend) {
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     let server = process.base_url();
     let body = json!({
         "name": "billing", "topic": "invoices",
@@ -223,9 +236,11 @@ fn create_reads_the_body_from_stdin() {
     assert_eq!(created.json()["delivery"]["max_attempts"], 3);
 }
 
-#[test]
-fn a_duplicate_is_one_line_saying_it_exists() {
-    let (_dir, process) = start();
+#[apply(backends)]
+fn a_duplicate_is_one_line_saying_it_exists(#[case] backend: Backend) {
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     let server = process.base_url();
     create_audit(server).assert_success();
 

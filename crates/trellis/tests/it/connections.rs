@@ -2,14 +2,19 @@
 //! requests at shutdown, a second signal, the connection limit, running out of file descriptors
 //! and the timeouts. Everything here speaks raw TCP, so nothing in a client library can hide
 //! what the server does.
+//!
+//! Shutdown and the requests that publish or subscribe run on every backend; the limits and
+//! timeouts of the listeners and the parsing of requests never reach event storage and run once.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use trellis_test_support::TrellisProcess;
+use rstest::rstest;
+use rstest_reuse::apply;
+use trellis_test_support::{Backend, TrellisProcess, backends};
 
-use crate::{bin, start_with_config};
+use crate::{bin, start_with_args_on, start_with_config, start_with_config_on};
 
 /// How long a test waits for something the server should do within a second or two.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -136,12 +141,11 @@ fn read_ids(addr: &str, topic: &str) -> String {
     get(addr, &format!("/v1/topics/{topic}/events?from=0&limit=100")).unwrap_or_default()
 }
 
-#[test]
-fn half_sent_requests_hold_shutdown_no_longer_than_the_shutdown_timeout() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
-    let mut process = TrellisProcess::start(bin(), &data, &["--shutdown-timeout-ms", "1000"])
-        .expect("trellis starts");
+#[apply(backends)]
+fn half_sent_requests_hold_shutdown_no_longer_than_the_shutdown_timeout(#[case] backend: Backend) {
+    let Some(mut process) = start_with_args_on(backend, &["--shutdown-timeout-ms", "1000"]) else {
+        return;
+    };
     let http = addr(&process);
     for id in ["before-1", "before-2", "before-3"] {
         assert!(publish_text(&http, "kept", id).starts_with("HTTP/1.1 202"));
@@ -165,20 +169,20 @@ fn half_sent_requests_hold_shutdown_no_longer_than_the_shutdown_timeout() {
         "{log}"
     );
 
-    let process = TrellisProcess::start(bin(), &data, &[]).expect("trellis restarts");
+    process.restart();
     let events = read_ids(&addr(&process), "kept");
     for id in ["before-1", "before-2", "before-3"] {
         assert!(events.contains(id), "{id} missing after restart: {events}");
     }
 }
 
-#[test]
-fn a_second_signal_stops_at_once_with_the_log_flushed() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("data");
+#[apply(backends)]
+fn a_second_signal_stops_at_once_with_the_log_flushed(#[case] backend: Backend) {
     // A drain far longer than `terminate` waits: only the second signal can end it in time.
-    let mut process = TrellisProcess::start(bin(), &data, &["--shutdown-timeout-ms", "600000"])
-        .expect("trellis starts");
+    let Some(mut process) = start_with_args_on(backend, &["--shutdown-timeout-ms", "600000"])
+    else {
+        return;
+    };
     let http = addr(&process);
     assert!(publish_text(&http, "kept", "before-second").starts_with("HTTP/1.1 202"));
     let _held = stalled_clients(&process);
@@ -199,7 +203,7 @@ fn a_second_signal_stops_at_once_with_the_log_flushed() {
     let log = process.stderr();
     assert!(log.contains("Second signal: stopping now"), "{log}");
 
-    let process = TrellisProcess::start(bin(), &data, &[]).expect("trellis restarts");
+    process.restart();
     let events = read_ids(&addr(&process), "kept");
     assert!(events.contains("before-second"), "{events}");
 }
@@ -313,13 +317,15 @@ fn header_body_and_idle_timeouts_close_the_sockets() {
     }
 }
 
-#[test]
-fn a_request_that_takes_its_time_within_the_timeouts_is_served() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let process = start_with_config(
-        dir.path(),
+#[apply(backends)]
+fn a_request_that_takes_its_time_within_the_timeouts_is_served(#[case] backend: Backend) {
+    let Some(process) = start_with_config_on(
+        backend,
+        tempfile::tempdir().expect("temp dir"),
         "[http]\nheader_read_timeout_ms = 2000\nbody_read_timeout_ms = 2000\n",
-    );
+    ) else {
+        return;
+    };
     let mut stream = connect(&addr(&process));
     let head = b"POST /v1/topics/slow/events HTTP/1.1\r\nHost: trellis\r\nConnection: close\r\n\
                  ce-specversion: 1.0\r\nce-id: slow-1\r\nce-source: /t\r\nce-type: t\r\n\
@@ -388,13 +394,18 @@ fn requests_hyper_cannot_parse_are_answered_with_json() {
     assert_eq!(json["error"], "malformed_request", "{json}");
 }
 
-#[test]
-fn a_quiet_subscribe_stream_keeps_its_connection_past_the_idle_timeout() {
+#[apply(backends)]
+fn a_quiet_subscribe_stream_keeps_its_connection_past_the_idle_timeout(#[case] backend: Backend) {
     use trellis_proto::v1::subscribe_response;
     use trellis_proto::v1::trellis_client::TrellisClient;
 
-    let dir = tempfile::tempdir().expect("temp dir");
-    let process = start_with_config(dir.path(), "[grpc]\nidle_timeout_ms = 200\n");
+    let Some(process) = start_with_config_on(
+        backend,
+        tempfile::tempdir().expect("temp dir"),
+        "[grpc]\nidle_timeout_ms = 200\n",
+    ) else {
+        return;
+    };
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
     runtime.block_on(async {
         let (requests, outgoing) = tokio::sync::mpsc::channel(8);

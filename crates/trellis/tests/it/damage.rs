@@ -3,6 +3,9 @@
 //! stays readable at its offset, reads say where the damage is, the next publish gets offset
 //! 1000, a subscription delivers every intact event and dead-letters a marker for the damaged
 //! one, and a consumer group goes past it.
+//!
+//! Embedded only: these tests damage the embedded log's files in the data dir. JetStream keeps
+//! its store in the nats-server, out of Trellis' reach, and checks it there.
 
 use std::path::{Path, PathBuf};
 

@@ -5,10 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use serde_json::{Value, json};
-use trellis_test_support::{ReceivedRequest, Receiver, Reply, TrellisProcess};
+use trellis_test_support::{Backend, ReceivedRequest, Receiver, Reply, backends};
 
-use crate::{bin, publish};
+use crate::{publish, start_on};
 
 /// How a scenario's receiver answers its n-th request.
 type Script = fn(usize, &ReceivedRequest) -> Reply;
@@ -102,10 +104,12 @@ async fn get(url: &str) -> Value {
         .expect("json")
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn every_way_a_webhook_answers_ends_each_record_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("trellis starts");
+async fn every_way_a_webhook_answers_ends_each_record_once(#[case] backend: Backend) {
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     let base = process.base_url().to_owned();
     let client = reqwest::Client::new();
     let delivery = json!({

@@ -4,6 +4,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
@@ -12,9 +14,9 @@ use trellis_proto::v1::{
     Ack, CloudEvent, GroupMode, PublishRequest, StartPosition, SubscribeRequest, Subscription,
     cloud_event, event_result, subscribe_request, subscribe_response,
 };
-use trellis_test_support::TrellisProcess;
+use trellis_test_support::{Backend, TrellisProcess, backends};
 
-use crate::bin;
+use crate::start_on;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -39,8 +41,8 @@ async fn client(process: &TrellisProcess) -> TrellisClient<Channel> {
         .expect("gRPC connect")
 }
 
-/// (offset, duplicate) of each event.
-async fn publish(process: &TrellisProcess, ids: &[&str]) -> Vec<(u64, bool)> {
+/// Publishes events `ids` (source `/trellis-tests`) to `orders`; (offset, duplicate) of each.
+pub(crate) async fn publish(process: &TrellisProcess, ids: &[&str]) -> Vec<(u64, bool)> {
     let response = client(process)
         .await
         .publish(PublishRequest {
@@ -120,12 +122,12 @@ pub(crate) async fn consume(process: &TrellisProcess, n: usize) -> (u64, Vec<u64
     (from.expect("Subscribed came first"), offsets)
 }
 
-#[test]
-fn duplicates_and_group_offsets_survive_a_restart() {
-    let dir = tempfile::tempdir().expect("temp dir");
+#[apply(backends)]
+fn duplicates_and_group_offsets_survive_a_restart(#[case] backend: Backend) {
     let runtime = tokio::runtime::Runtime::new().expect("tokio");
-
-    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("starts");
+    let Some(mut process) = start_on(backend) else {
+        return;
+    };
     runtime.block_on(async {
         assert_eq!(
             publish(&process, &["a", "b", "c"]).await,
@@ -136,7 +138,7 @@ fn duplicates_and_group_offsets_survive_a_restart() {
     let status = process.terminate().expect("stops");
     assert!(status.success(), "{}", process.stderr());
 
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("restarts");
+    process.restart();
     runtime.block_on(async {
         assert_eq!(
             publish(&process, &["b", "d"]).await,

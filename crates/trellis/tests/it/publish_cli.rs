@@ -3,10 +3,12 @@
 
 use std::process::{Command, Stdio};
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use serde_json::Value;
-use trellis_test_support::TrellisProcess;
+use trellis_test_support::{Backend, TrellisProcess, backends};
 
-use crate::{Run, bin, run_trellis, start};
+use crate::{Run, bin, run_trellis, start_on};
 
 impl Run {
     #[track_caller]
@@ -96,9 +98,11 @@ const EVENT_A: &str =
     r#"{"specversion":"1.0","id":"a-1","source":"/tests","type":"t","data":{"n":1}}"#;
 const EVENT_B: &str = r#"{"specversion":"1.0","id":"b-2","source":"/tests","type":"t"}"#;
 
-#[test]
-fn lines_of_stdin_become_events() {
-    let (_dir, process) = start();
+#[apply(backends)]
+fn lines_of_stdin_become_events(#[case] backend: Backend) {
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     let stdin = format!("{EVENT_A}\nhello world\n\n{EVENT_B}\n");
     let run = publish(&process, "t", &[], &stdin);
     run.assert_code(0);
@@ -116,9 +120,11 @@ fn lines_of_stdin_become_events() {
     assert_eq!(events[2]["id"], "b-2");
 }
 
-#[test]
-fn an_invalid_event_fails_alone_and_the_run_exits_1() {
-    let (_dir, process) = start();
+#[apply(backends)]
+fn an_invalid_event_fails_alone_and_the_run_exits_1(#[case] backend: Backend) {
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     let invalid = r#"{"specversion":"1.0","id":"","source":"/tests","type":"t"}"#;
     let stdin = format!("{EVENT_A}\n{invalid}\n{EVENT_B}\n");
     let run = publish(&process, "t", &[], &stdin);
@@ -140,9 +146,11 @@ fn an_invalid_event_fails_alone_and_the_run_exits_1() {
     assert_eq!(ids(&stored_events(&process, "t")), ["a-1", "b-2"]);
 }
 
-#[test]
-fn generated_load_is_stored_in_full() {
-    let (_dir, process) = start();
+#[apply(backends)]
+fn generated_load_is_stored_in_full(#[case] backend: Backend) {
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     let run = trellis(
         &[
             "publish",
@@ -171,9 +179,11 @@ fn generated_load_is_stored_in_full() {
     assert_eq!(events[0]["data"].as_str().map(str::len), Some(100));
 }
 
-#[test]
-fn subscribe_prints_and_acks_so_the_group_goes_on_from_there() {
-    let (_dir, process) = start();
+#[apply(backends)]
+fn subscribe_prints_and_acks_so_the_group_goes_on_from_there(#[case] backend: Backend) {
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     publish(
         &process,
         "t",
@@ -249,11 +259,13 @@ fn an_unreachable_server_is_one_line_and_exit_1() {
     assert!(run.stderr.contains(&endpoint), "{}", run.stderr);
 }
 
-#[test]
-fn a_closed_stdout_ends_subscribe_quietly_without_acking() {
+#[apply(backends)]
+fn a_closed_stdout_ends_subscribe_quietly_without_acking(#[case] backend: Backend) {
     use std::io::BufRead;
 
-    let (_dir, process) = start();
+    let Some(process) = start_on(backend) else {
+        return;
+    };
     publish(&process, "t", &[], EVENT_A).assert_code(0);
     let mut child = Command::new(bin())
         .args([

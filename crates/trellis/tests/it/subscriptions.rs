@@ -1,18 +1,21 @@
 //! Subscriptions end to end: `trellis serve` as a child process delivering to receivers on
-//! loopback, checked through the API a user would use.
+//! loopback, checked through the API a user would use, on every backend (but the refusal of
+//! denied addresses, which ends in the request's validation).
 
 use std::time::Duration;
 
+use rstest::rstest;
+use rstest_reuse::apply;
 use serde_json::{Value, json};
-use trellis_test_support::{DENIED_ADDRESS_SPELLINGS, Receiver, Reply, TrellisProcess};
+use trellis_test_support::{Backend, DENIED_ADDRESS_SPELLINGS, Receiver, Reply, backends};
 
-use crate::{bin, eventually, publish, start_with_config};
+use crate::{Node, eventually, publish, start_on, start_with_config};
 
-/// [`crate::start`] and the server's base URL; keep the first two alive for the test's length.
-fn start() -> (tempfile::TempDir, TrellisProcess, String) {
-    let (dir, process) = crate::start();
-    let base = process.base_url().to_owned();
-    (dir, process, base)
+/// [`crate::start_on`] and the server's base URL; keep the node alive for the test's length.
+fn start(backend: Backend) -> Option<(Node, String)> {
+    let node = start_on(backend)?;
+    let base = node.base_url().to_owned();
+    Some((node, base))
 }
 
 fn client() -> reqwest::Client {
@@ -52,10 +55,13 @@ async fn status(base: &str, name: &str) -> Value {
     get_json(&format!("{base}/v1/subscriptions/{name}")).await["status"].clone()
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn published_events_reach_the_webhook_and_the_offset_is_committed() {
+async fn published_events_reach_the_webhook_and_the_offset_is_committed(#[case] backend: Backend) {
     let receiver = Receiver::answering(200).await.expect("test step");
-    let (_dir, _process, base) = start();
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
 
     let created = create(
         &base,
@@ -146,11 +152,14 @@ async fn published_events_reach_the_webhook_and_the_offset_is_committed() {
     );
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn two_subscriptions_on_one_topic_each_get_every_event() {
+async fn two_subscriptions_on_one_topic_each_get_every_event(#[case] backend: Backend) {
     let first = Receiver::answering(200).await.expect("test step");
     let second = Receiver::answering(204).await.expect("test step");
-    let (_dir, _process, base) = start();
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
     for (name, receiver) in [("one", &first), ("two", &second)] {
         let response = create(
             &base,
@@ -167,10 +176,13 @@ async fn two_subscriptions_on_one_topic_each_get_every_event() {
     assert!(eventually(async || first.n_requests() == 5 && second.n_requests() == 5).await);
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_record_that_fails_for_good_goes_to_the_dead_letter_topic() {
+async fn a_record_that_fails_for_good_goes_to_the_dead_letter_topic(#[case] backend: Backend) {
     let receiver = Receiver::answering(400).await.expect("test step");
-    let (_dir, _process, base) = start();
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
     let response = create(&base, json!({"name": "billing", "topic": "invoices", "sink": {"urls": [receiver.url("/")]}, "delivery": fast_delivery()})).await;
     assert_eq!(response.status(), 201);
     publish(&client(), &base, "invoices", "inv-1", "due".to_owned())
@@ -191,11 +203,13 @@ async fn a_record_that_fails_for_good_goes_to_the_dead_letter_topic() {
     assert_eq!(status(&base, "billing").await["dead_lettered"], 1);
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn subscriptions_and_their_offsets_survive_a_restart() {
+async fn subscriptions_and_their_offsets_survive_a_restart(#[case] backend: Backend) {
     let receiver = Receiver::answering(200).await.expect("test step");
-    let dir = tempfile::tempdir().expect("test step");
-    let mut process = TrellisProcess::start(bin(), dir.path(), &[]).expect("test step");
+    let Some(mut process) = start_on(backend) else {
+        return;
+    };
     let base = process.base_url().to_owned();
     create(
         &base,
@@ -209,7 +223,7 @@ async fn subscriptions_and_their_offsets_survive_a_restart() {
     let exit = process.terminate().expect("test step");
     assert!(exit.success());
 
-    let process = TrellisProcess::start(bin(), dir.path(), &[]).expect("test step");
+    process.restart();
     let base = process.base_url().to_owned();
     let listed = get_json(&format!("{base}/v1/subscriptions")).await;
     assert_eq!(listed["subscriptions"][0]["name"], "audit");
@@ -229,9 +243,12 @@ async fn subscriptions_and_their_offsets_survive_a_restart() {
     );
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_requests_name_the_field_and_duplicates_conflict() {
-    let (_dir, _process, base) = start();
+async fn bad_requests_name_the_field_and_duplicates_conflict(#[case] backend: Backend) {
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
     let sink = json!({"urls": ["http://127.0.0.1:9/hook"]});
 
     let response = create(&base, json!({"name": "a", "topic": "t", "sink": sink, "delivery": {"backoff": {"multiplier": 0.5}}})).await;
@@ -317,10 +334,13 @@ async fn every_spelling_of_a_denied_address_is_refused_at_creation() {
     assert_eq!(response.status(), 201);
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_paused_subscription_holds_events_until_resumed() {
+async fn a_paused_subscription_holds_events_until_resumed(#[case] backend: Backend) {
     let receiver = Receiver::answering(200).await.expect("test step");
-    let (_dir, _process, base) = start();
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
     create(
         &base,
         json!({"name": "s", "topic": "t", "sink": {"urls": [receiver.url("/")]}}),
@@ -347,12 +367,15 @@ async fn a_paused_subscription_holds_events_until_resumed() {
     assert!(eventually(async || receiver.n_requests() == 1).await);
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failing_webhook_recovers_without_losing_records() {
+async fn a_failing_webhook_recovers_without_losing_records(#[case] backend: Backend) {
     let receiver = Receiver::start(|index, _| Reply::Status(if index < 4 { 503 } else { 200 }))
         .await
         .expect("test step");
-    let (_dir, _process, base) = start();
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
     let delivery = json!({"max_attempts": 10, "backoff": {"initial_ms": 10, "max_ms": 50}});
     create(&base, json!({"name": "s", "topic": "t", "sink": {"urls": [receiver.url("/")]}, "delivery": delivery})).await;
     for n in 0..10 {
@@ -374,10 +397,13 @@ async fn a_failing_webhook_recovers_without_losing_records() {
     assert_eq!(ids.len(), 10);
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn a_redrive_delivers_dead_letters_again() {
+async fn a_redrive_delivers_dead_letters_again(#[case] backend: Backend) {
     let receiver = Receiver::answering(400).await.expect("test step");
-    let (_dir, _process, base) = start();
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
     create(
         &base,
         json!({"name": "s", "topic": "t", "sink": {"urls": [receiver.url("/")]}}),
@@ -423,10 +449,13 @@ async fn a_redrive_delivers_dead_letters_again() {
     );
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn batch_mode_sends_several_events_per_request() {
+async fn batch_mode_sends_several_events_per_request(#[case] backend: Backend) {
     let receiver = Receiver::answering(200).await.expect("test step");
-    let (_dir, _process, base) = start();
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
     let created = create(
         &base,
         json!({
@@ -466,8 +495,9 @@ async fn batch_mode_sends_several_events_per_request() {
     assert_eq!(ids, expected);
 }
 
+#[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
-async fn the_webhook_handshake_is_required_and_its_rate_is_kept() {
+async fn the_webhook_handshake_is_required_and_its_rate_is_kept(#[case] backend: Backend) {
     let receiver = Receiver::start(|_, request| {
         if request.method == "OPTIONS"
             && request.header("webhook-request-origin") == Some("trellis")
@@ -486,7 +516,9 @@ async fn the_webhook_handshake_is_required_and_its_rate_is_kept() {
     .await
     .expect("test step");
     let refusing = Receiver::answering(405).await.expect("test step");
-    let (_dir, _process, base) = start();
+    let Some((_node, base)) = start(backend) else {
+        return;
+    };
 
     let refused = create(
         &base,
