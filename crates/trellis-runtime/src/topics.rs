@@ -493,9 +493,26 @@ impl TopicRegistry {
         self.current(name).ok_or_else(|| no_such_topic(name))
     }
 
-    pub(crate) fn get(&self, name: &str) -> Result<TopicHandle, ApiError> {
+    /// The topic, also one that another node made in a shared event store since this one
+    /// started (it is adopted, as topics without a record are at start-up).
+    pub(crate) async fn get(&self, name: &str) -> Result<TopicHandle, ApiError> {
         validate_name(name)?;
-        self.handle(name).ok_or_else(|| no_such_topic(name))
+        if let Some(topic) = self.handle(name) {
+            return Ok(topic);
+        }
+        let _admin = self.admin.lock().await;
+        if let Some(topic) = self.handle(name) {
+            return Ok(topic);
+        }
+        ApiError::check_available(self.store.as_ref())?;
+        let topic = self
+            .store
+            .topic(name)
+            .await
+            .map_err(|error| ApiError::storage("opening a topic", &error))?
+            .ok_or_else(|| no_such_topic(name))?;
+        self.set_current(name, Some((Arc::clone(&topic), Incarnation::legacy())));
+        Ok(topic)
     }
 
     /// Creates a topic or changes its settings.

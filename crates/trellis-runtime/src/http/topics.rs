@@ -106,7 +106,7 @@ pub(crate) async fn get(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
 ) -> Result<Json<TopicView>, ApiError> {
-    let topic = state.topics.get(&name)?;
+    let topic = state.topics.get(&name).await?;
     ApiError::check_available(state.topics.store().as_ref())?;
     Ok(Json(view(&state, topic.as_ref()).await?))
 }
@@ -194,7 +194,7 @@ pub(crate) async fn read_events(
             ),
         )
     })?;
-    let topic = state.topics.get(&name)?;
+    let topic = state.topics.get(&name).await?;
     ApiError::check_available(state.topics.store().as_ref())?;
     let limit = query.limit.unwrap_or(DEFAULT_READ_LIMIT);
     if limit == 0 || limit > MAX_READ_LIMIT {

@@ -358,7 +358,7 @@ impl SubscriptionRegistry {
         force: bool,
         other_users: impl Future<Output = Vec<String>>,
     ) -> Result<(), ApiError> {
-        self.topics.get(name)?;
+        self.topics.get(name).await?;
         let running = self.running.lock().await;
         let mut users: Vec<String> = running
             .values()

@@ -2,8 +2,8 @@
 //! no metadata yet): the events live in JetStream, so what one stored the other serves, and a
 //! retry that reaches the other is answered as the duplicate it is, with the first copy's offset.
 //!
-//! Each node learns the topics at start and those it creates itself (topic metadata is per node
-//! until it is shared), so the second node starts once the first has created the topic.
+//! The second node starts before the topic exists: a topic another node created in the shared
+//! store is found on first use.
 
 use serde_json::{Value, json};
 use trellis_test_support::Backend;
@@ -33,6 +33,8 @@ async fn an_event_published_through_one_node_is_read_and_deduplicated_through_th
     };
     let one = first.base_url();
     let client = reqwest::Client::new();
+    let second = first.beside();
+    let two = second.base_url();
 
     let stored = ack(
         publish(&client, one, "orders", "order-1", "first".to_owned())
@@ -41,9 +43,6 @@ async fn an_event_published_through_one_node_is_read_and_deduplicated_through_th
     )
     .await;
     assert_eq!(stored, json!({"id": "order-1", "offset": 0}));
-
-    let second = first.beside();
-    let two = second.base_url();
 
     let page = read(&client, two, 0).await;
     assert_eq!(page.len(), 1, "{page:?}");
