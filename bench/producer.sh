@@ -102,6 +102,9 @@ start_trellis() {
   local data=$1 log_file=$2 line=""
   shift 2
   mkdir -p "$data"
+  # The background shell truncates the file only once it runs, so the loop below could read the
+  # previous server's addresses first: the file goes before the server starts.
+  rm -f "$WORK_DIR/trellis.out"
   "$BIN/trellis" serve --data-dir "$data" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 "$@" \
     >"$WORK_DIR/trellis.out" 2>"$log_file" &
   TRELLIS_PID=$!
