@@ -19,7 +19,8 @@
 #
 # Exits 1 if any target fails. Env overrides: EVENTS (300000), CONCURRENCY (64), DURATION and
 # WARMUP for the ceiling (10, 2), LATENCY_RATE (1000), LATENCY_DURATION (10), PENDING (1000000),
-# BATCH (1000). Load generator, Trellis and receiver share this machine's cores, so compare
+# BATCH (1000), TRELLIS_BIN (a `trellis` binary to measure instead of the one built, e.g. an
+# older build to compare against). Load generator, Trellis and receiver share this machine's cores, so compare
 # figures within one run. Linux only: RSS comes from /proc/<pid>/status.
 set -euo pipefail
 
@@ -45,6 +46,7 @@ MAX_PENDING_RSS_MIB=100
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
+TRELLIS=${TRELLIS_BIN:-$BIN/trellis}
 WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/trellis-delivery-bench.XXXXXX")
 RECEIVER_PID=""
 TRELLIS_PID=""
@@ -52,13 +54,6 @@ REPORTED=""
 
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
-
-# CPU time a process has used so far (user + system), in clock ticks. The fields are counted
-# after the `)` that ends the command name, which may itself hold spaces.
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
-# Microseconds of CPU per unit: ticks $1, units $2.
-us_per() { awk -v ticks="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0) ? ticks * 1e6 / hz / n : 0 }'; }
 
 # Runs `curl "${@:3}"` with the answer's body in file $2, and fails the run, showing the body,
 # unless it answers status $1.
@@ -92,7 +87,7 @@ start_trellis() {
   mkdir -p "$data"
   # `--fsync always` is the default; saying so keeps a TRELLIS_FSYNC in the environment out of
   # the result. Delivery itself does not fsync per record; this matters for the publishes.
-  "$BIN/trellis" serve --data-dir "$data" --http-addr "127.0.0.1:$port" \
+  "$TRELLIS" serve --data-dir "$data" --http-addr "127.0.0.1:$port" \
     --grpc-addr 127.0.0.1:0 --fsync always "$@" >"$log_file" 2>&1 &
   TRELLIS_PID=$!
   wait_for_status "$trellis_url/readyz" 200 30 "$TRELLIS_PID" ||

@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # Shell helpers shared by the benchmark scripts: logging, process control, ports, /proc readings.
 # Sourced, not run. The script sets WORK_DIR, RECEIVER_PID, TRELLIS_PID and REPORTED before
-# sourcing; `cleanup` stops whatever they name and removes WORK_DIR on exit, unless KEEP_WORK_DIR
-# is set (to read the logs of a run that went wrong).
+# sourcing (and NATS_PID, if it starts nats-server with `start_nats`); `cleanup` stops whatever
+# they name and removes WORK_DIR on exit, unless KEEP_WORK_DIR is set (to read the logs of a run
+# that went wrong).
 
 log() { printf '==> %s\n' "$*" >&2; }
 die() {
@@ -39,6 +40,8 @@ cleanup() {
   local rc=$?
   if [[ -n $RECEIVER_PID ]]; then stop_process "$RECEIVER_PID" 5; fi
   if [[ -n $TRELLIS_PID ]]; then stop_process "$TRELLIS_PID" 10; fi
+  # After trellis, which may still be flushing to it.
+  if [[ -n ${NATS_PID:-} ]]; then stop_process "$NATS_PID" 10; fi
   # A failed target is reported in the table; the log helps only when the run itself broke.
   if ((rc != 0)) && [[ -z $REPORTED && -s $WORK_DIR/trellis.log ]]; then
     printf -- '--- last lines of the trellis log ---\n' >&2
@@ -97,3 +100,38 @@ median() {
 # Float arithmetic and comparisons, which bash lacks.
 calc() { awk "BEGIN { printf \"%.1f\", $1 }"; }
 verdict() { awk "BEGIN { exit !($1) }" && echo PASS || echo FAIL; }
+
+# CPU time a process has used so far (user + system), in clock ticks. The fields are counted
+# after the `)` that ends the command name, which may itself hold spaces.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'; }
+# Microseconds of CPU per unit: ticks $1, units $2.
+us_per() { awk -v ticks="$1" -v n="$2" -v hz="$CLK_TCK" 'BEGIN { printf "%.1f", (n > 0) ? ticks * 1e6 / hz / n : 0 }'; }
+
+# Installs nats-server from apt where it is missing (Debian 12 packages 2.9).
+ensure_nats_server() {
+  command -v nats-server >/dev/null && return 0
+  log "installing nats-server from apt"
+  local sudo_cmd=""
+  [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nats-server
+}
+
+# Starts `nats-server -js` on a free loopback port with its store in $1, its log in $2; sets
+# NATS_PID and nats_url once it accepts connections. `cleanup` stops it.
+start_nats() {
+  local store=$1 log_file=$2 port
+  port=$(free_port)
+  mkdir -p "$store"
+  nats-server -js -sd "$store" -a 127.0.0.1 -p "$port" >"$log_file" 2>&1 &
+  NATS_PID=$!
+  # shellcheck disable=SC2034 # read by the sourcing script
+  nats_url="nats://127.0.0.1:$port"
+  for _ in {1..200}; do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    is_running "$NATS_PID" || die "nats-server exited: $(tail -n 5 "$log_file")"
+    sleep 0.05
+  done
+  die "nats-server did not accept connections on port $port within 10 s"
+}

@@ -25,9 +25,17 @@
 #    `--fsync never` to compare like with like.
 # Then prints a table with ratios and PASS/FAIL per target.
 #
+# With STORAGE=jetstream it compares instead, in ROUNDS rounds whose order rotates: the SDK
+# producer into `trellis serve` on the embedded log, the same into `trellis serve --storage
+# nats://...`, and raw JetStream publishing (`trellis-nats-pub`) with IN_FLIGHT x BATCH acks
+# outstanding, all on one nats-server started here (see bench/producer-jetstream.sh). Targets:
+# the SDK through Trellis on JetStream >= 50 % of raw JetStream, the embedded log ahead of raw
+# JetStream (medians of the rounds' ratios), peak RSS of `trellis serve` on JetStream < 150 MiB.
+#
 # Exits 1 if a target fails. Env overrides: COUNT (200000), RESET_PCT (10), RESET_FIRST (1),
-# JITTER_MS (20), ROUNDS (5), BATCH (500), HTTP_CONNECTIONS (8), IN_FLIGHT (12). Everything
-# shares this machine's cores, so compare figures within one run. Linux only.
+# JITTER_MS (20), ROUNDS (5), BATCH (500), HTTP_CONNECTIONS (8), IN_FLIGHT (12), STORAGE
+# (embedded or jetstream). Everything shares this machine's cores, so compare figures within one
+# run. Linux only.
 set -euo pipefail
 
 COUNT=${COUNT:-200000}
@@ -49,10 +57,21 @@ ROUNDS=${ROUNDS:-5}
 # harsher than 10 %: one of its two connections or more is reset.
 RESET_FIRST=${RESET_FIRST:-1}
 SIZE=1024
+STORAGE=${STORAGE:-embedded}
+case $STORAGE in
+  embedded | jetstream) ;;
+  *)
+    echo "error: STORAGE must be embedded or jetstream, not $STORAGE" >&2
+    exit 2
+    ;;
+esac
 
 # Targets, from the producer issue.
 MIN_FAULTY_RATIO_PCT=80
 MAX_RSS_OVERHEAD_PCT=2
+# Targets of the JetStream mode, from the JetStream issue.
+MIN_JETSTREAM_RATIO_PCT=50
+MAX_TRELLIS_RSS_MIB=150
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
@@ -67,19 +86,12 @@ NATS_PID=""
 source "$ROOT/bench/lib.sh"
 stop_extras() {
   if [[ -n $PROXY_PID ]]; then kill "$PROXY_PID" 2>/dev/null || true; fi
-  if [[ -n $NATS_PID ]]; then kill "$NATS_PID" 2>/dev/null || true; fi
 }
 # cleanup reads the exit status first, so it is handed on past stop_extras; errexit is off first,
 # or handing it on with `(exit $rc)` would end the trap there and leave trellis running.
 trap 'rc=$?; set +e; stop_extras; (exit $rc); cleanup' EXIT
 
-if ! command -v nats-server >/dev/null; then
-  log "installing nats-server from apt"
-  sudo_cmd=""
-  [[ $(id -u) -eq 0 ]] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq nats-server
-fi
+ensure_nats_server
 
 log "building release binaries"
 (cd "$ROOT" && cargo build --release --quiet -p trellis -p trellis-bench)
@@ -90,6 +102,9 @@ start_trellis() {
   local data=$1 log_file=$2 line=""
   shift 2
   mkdir -p "$data"
+  # The background shell truncates the file only once it runs, so the loop below could read the
+  # previous server's addresses first: the file goes before the server starts.
+  rm -f "$WORK_DIR/trellis.out"
   "$BIN/trellis" serve --data-dir "$data" --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 "$@" \
     >"$WORK_DIR/trellis.out" 2>"$log_file" &
   TRELLIS_PID=$!
@@ -160,6 +175,12 @@ run() {
   [[ $stored == "$COUNT" ]] || die "run $1 stored $stored events, not $COUNT"
 }
 
+if [[ $STORAGE == jetstream ]]; then
+  # It ends the run with its own exit code.
+  # shellcheck source=bench/producer-jetstream.sh
+  source "$ROOT/bench/producer-jetstream.sh"
+fi
+
 direct_run() { run "direct-$1"; }
 clean_run() { run "clean-$1" --delay-ms 0; }
 faulty_run() {
@@ -207,16 +228,10 @@ produce "$grpc_addr" nosync nosync
 stop_trellis
 
 log "NATS JetStream: file-backed stream, $COUNT messages, $((IN_FLIGHT * BATCH)) acks outstanding"
-nats_port=$(free_port)
-nats-server -js -sd "$WORK_DIR/nats" -a 127.0.0.1 -p "$nats_port" >"$WORK_DIR/nats.log" 2>&1 &
-NATS_PID=$!
-for _ in {1..100}; do
-  (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
-  sleep 0.05
-done
-"$BIN/trellis-nats-pub" --url "nats://127.0.0.1:$nats_port" --count "$COUNT" --size "$SIZE" \
+start_nats "$WORK_DIR/nats" "$WORK_DIR/nats.log"
+"$BIN/trellis-nats-pub" --url "$nats_url" --count "$COUNT" --size "$SIZE" \
   --window $((IN_FLIGHT * BATCH)) --json >"$WORK_DIR/nats.json"
-kill "$NATS_PID" 2>/dev/null || true
+stop_process "$NATS_PID" 10
 NATS_PID=""
 
 f() { json_field "$WORK_DIR/$1.json" "$2"; }

@@ -10,8 +10,18 @@
 # 5. Diagnostic: the peak-rate run again with `--fsync never` on a fresh data dir, to tell the cost
 #    of durability from the rest. Then prints a table with PASS/FAIL per target.
 #
+# With STORAGE=jetstream it compares instead, in ROUNDS rounds (3) whose order rotates: raw NATS
+# JetStream publishing (`trellis-nats-pub`, CONNECTIONS acks outstanding, the same 1 KiB
+# payload), `trellis serve` on the embedded log and `trellis serve --storage nats://...` on the
+# same nats-server (started here on a free loopback port, its store in the work dir), both
+# driven by `trellis-loadgen` as above; then the same two with `wrk` (unless WRK=0 or wrk is not
+# installed). It prints the ratios to raw JetStream (medians of the rounds' ratios; the issue's
+# ratio targets are the SDK producer's, judged by producer.sh) and the CPU per event of each
+# process. Targets: peak RSS of `trellis serve` on JetStream < 150 MiB, no failed publish.
+#
 # Exits 1 if any target fails. Env overrides: DURATION (measured seconds, 10), WARMUP (seconds,
-# 2), CONNECTIONS (64), TRELLIS_BIN (a `trellis` binary to measure instead of the one built, e.g.
+# 2), CONNECTIONS (64), STORAGE (embedded or jetstream), ROUNDS (3, jetstream mode), WRK (1),
+# TRELLIS_BIN (a `trellis` binary to measure instead of the one built, e.g.
 # an older build to compare against). Load generator and server share this machine's cores, so compare rates
 # within one run, not across machines. Linux only: RSS comes from /proc/<pid>/status.
 set -euo pipefail
@@ -19,14 +29,28 @@ set -euo pipefail
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
 CONNECTIONS=${CONNECTIONS:-64}
+STORAGE=${STORAGE:-embedded}
+ROUNDS=${ROUNDS:-3}
+WRK=${WRK:-1}
 BODY_SIZE=1024
 TOPIC_PATH=/v1/topics/t/events
+case $STORAGE in
+  embedded | jetstream) ;;
+  *)
+    echo "error: STORAGE must be embedded or jetstream, not $STORAGE" >&2
+    exit 2
+    ;;
+esac
 
 # Targets, from the benchmark issue.
 MIN_RATIO_PCT=50
 MAX_HALF_PEAK_P99_MS=10
 MAX_IDLE_RSS_MIB=30
 MAX_PEAK_RSS_MIB=150
+# The JetStream issue's ratio targets, which it sets for the SDK producer (producer.sh); the
+# JetStream mode prints them beside its ratios.
+MIN_JETSTREAM_RATIO_PCT=50
+MIN_EMBEDDED_OVER_RAW_PCT=100
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release
@@ -34,6 +58,7 @@ TRELLIS=${TRELLIS_BIN:-$BIN/trellis}
 WORK_DIR=$(mktemp -d "${TMPDIR:-/tmp}/trellis-bench.XXXXXX")
 RECEIVER_PID=""
 TRELLIS_PID=""
+NATS_PID=""
 REPORTED=""
 
 # shellcheck source=bench/lib.sh
@@ -55,6 +80,29 @@ loadgen() {
 log "building release binaries"
 (cd "$ROOT" && cargo build --release --quiet -p trellis -p trellis-bench)
 
+# Starts `trellis serve` with fsync policy $1 on a fresh data dir $2, further args passed on;
+# sets TRELLIS_PID and trellis_url once it answers /readyz.
+start_trellis() {
+  local fsync=$1 data=$2 port
+  shift 2
+  port=$(free_port)
+  trellis_url="http://127.0.0.1:$port"
+  mkdir -p "$data"
+  # The policy is always given explicitly, so a TRELLIS_FSYNC in the environment cannot turn this
+  # into a benchmark of something else. gRPC is not measured: any free port will do.
+  "$TRELLIS" serve --data-dir "$data" --http-addr "127.0.0.1:$port" \
+    --grpc-addr 127.0.0.1:0 --fsync "$fsync" "$@" >"$WORK_DIR/trellis.log" 2>&1 &
+  TRELLIS_PID=$!
+  wait_for_status "$trellis_url/readyz" 200 30 "$TRELLIS_PID" ||
+    die "trellis serve did not answer 200 on /readyz within 30 s"
+}
+
+if [[ $STORAGE == jetstream ]]; then
+  # It ends the run with its own exit code.
+  # shellcheck source=bench/publish-jetstream.sh
+  source "$ROOT/bench/publish-jetstream.sh"
+fi
+
 log "ceiling: trellis-bench-receiver, $CONNECTIONS connections, ${BODY_SIZE}-byte bodies"
 "$BIN/trellis-bench-receiver" --addr 127.0.0.1:0 >"$WORK_DIR/receiver.out" 2>&1 &
 RECEIVER_PID=$!
@@ -69,22 +117,6 @@ done
 loadgen "http://$receiver_addr$TOPIC_PATH" "$WORK_DIR/baseline.json"
 stop_process "$RECEIVER_PID" 5
 RECEIVER_PID=""
-
-# Starts `trellis serve` with fsync policy $1 on a fresh data dir $2; sets TRELLIS_PID and
-# trellis_url once it answers /readyz.
-start_trellis() {
-  local fsync=$1 data=$2 port
-  port=$(free_port)
-  trellis_url="http://127.0.0.1:$port"
-  mkdir -p "$data"
-  # The policy is always given explicitly, so a TRELLIS_FSYNC in the environment cannot turn this
-  # into a benchmark of something else. gRPC is not measured: any free port will do.
-  "$TRELLIS" serve --data-dir "$data" --http-addr "127.0.0.1:$port" \
-    --grpc-addr 127.0.0.1:0 --fsync "$fsync" >"$WORK_DIR/trellis.log" 2>&1 &
-  TRELLIS_PID=$!
-  wait_for_status "$trellis_url/readyz" 200 30 "$TRELLIS_PID" ||
-    die "trellis serve did not answer 200 on /readyz within 30 s"
-}
 
 log "trellis serve, data in $WORK_DIR/data"
 start_trellis always "$WORK_DIR/data"
