@@ -20,7 +20,8 @@ use crate::start_on;
 
 const PATIENCE: Duration = Duration::from_secs(20);
 
-fn event(id: &str) -> CloudEvent {
+/// A binary-data CloudEvent whose data is its id, as the gRPC tests publish them.
+pub(crate) fn event(id: &str) -> CloudEvent {
     CloudEvent {
         id: id.to_owned(),
         source: "/trellis-tests".to_owned(),

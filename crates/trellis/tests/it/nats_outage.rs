@@ -13,8 +13,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use trellis_proto::v1::trellis_client::TrellisClient;
 use trellis_proto::v1::{
-    Ack, CloudEvent, PublishRequest, SubscribeRequest, cloud_event, event_result,
-    subscribe_request, subscribe_response,
+    Ack, PublishRequest, SubscribeRequest, event_result, subscribe_request, subscribe_response,
 };
 use trellis_test_support::{NatsServer, Receiver, TrellisProcess};
 
@@ -76,17 +75,6 @@ async fn assert_unavailable(response: reqwest::Response, what: &str) {
     );
 }
 
-fn grpc_event(id: &str) -> CloudEvent {
-    CloudEvent {
-        id: id.to_owned(),
-        source: "/trellis-tests".to_owned(),
-        spec_version: "1.0".to_owned(),
-        r#type: "dev.trellis.test".to_owned(),
-        attributes: HashMap::new(),
-        data: Some(cloud_event::Data::BinaryData(id.as_bytes().to_vec().into())),
-    }
-}
-
 /// A gRPC `Publish` of one event: its offset, or the status code it failed with.
 async fn grpc_publish(process: &TrellisProcess, topic: &str, id: &str) -> Result<u64, tonic::Code> {
     let mut client = TrellisClient::connect(format!("http://{}", process.grpc_addr()))
@@ -96,7 +84,7 @@ async fn grpc_publish(process: &TrellisProcess, topic: &str, id: &str) -> Result
         .publish(PublishRequest {
             batch_id: 1,
             topic: topic.to_owned(),
-            events: vec![grpc_event(id)],
+            events: vec![crate::grpc::event(id)],
         })
         .await
         .map_err(|status| status.code())?
@@ -649,7 +637,7 @@ async fn a_publish_stream_answers_unavailable_while_nats_is_down_and_stays_usabl
     let batch = |batch_id: u64, ids: &[&str]| PublishRequest {
         batch_id,
         topic: "orders".to_owned(),
-        events: ids.iter().map(|id| grpc_event(id)).collect(),
+        events: ids.iter().map(|id| crate::grpc::event(id)).collect(),
     };
     // Each event's result: its offset, or the code it failed with.
     let mut answer = async || -> Vec<Result<u64, tonic::Code>> {
