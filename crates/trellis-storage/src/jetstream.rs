@@ -130,6 +130,13 @@ impl JetStreamOptions {
     }
 }
 
+/// A user name or password as written in a URL, percent-decoded.
+fn decoded(text: &str) -> String {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
 /// The server addresses of a comma-separated URL list.
 fn parse_servers(urls: &str) -> Result<Vec<async_nats::ServerAddr>, StorageError> {
     urls.split(',')
@@ -470,6 +477,14 @@ impl JetStreamStore {
             connect = connect
                 .add_root_certificates(path.clone())
                 .require_tls(true);
+        }
+        // The client does not read a user and password from the URLs itself.
+        if let Some(server) = servers.iter().find(|server| server.has_user_pass()) {
+            let user = decoded(server.username().unwrap_or_default());
+            connect = match server.password() {
+                Some(password) => connect.user_and_password(user, decoded(password)),
+                None => connect.token(user),
+            };
         }
         let client = connect.connect(servers).await.map_err(unavailable)?;
         let context = jetstream::ContextBuilder::new()

@@ -25,6 +25,8 @@ const LISTENING_LINE: &str = "Listening for client connections on ";
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
+    /// Options beyond the defaults (TLS, a user), kept for restarts.
+    extra_args: Vec<String>,
     store_dir: PathBuf,
     _temp: tempfile::TempDir,
 }
@@ -36,6 +38,12 @@ impl NatsServer {
     /// # Panics
     /// When nats-server is required but missing, or does not become ready.
     pub fn start() -> Option<NatsServer> {
+        NatsServer::start_with_args(&[])
+    }
+
+    /// Like [`NatsServer::start`], with more nats-server options, e.g. `--tls`, `--tlscert FILE`,
+    /// `--tlskey FILE`, or `--user U --pass P`.
+    pub fn start_with_args(extra_args: &[&str]) -> Option<NatsServer> {
         if !installed() {
             assert!(
                 std::env::var_os("TRELLIS_REQUIRE_NATS").is_none(),
@@ -50,6 +58,7 @@ impl NatsServer {
             // The server picks its own free port at the first start (`-p -1`) and says which:
             // a port found free here and passed on could be taken by another test meanwhile.
             port: 0,
+            extra_args: extra_args.iter().map(|arg| (*arg).to_owned()).collect(),
             store_dir: temp.path().join("store"),
             _temp: temp,
         };
@@ -102,6 +111,7 @@ impl NatsServer {
         let mut child = Command::new("nats-server")
             .args(["-a", "127.0.0.1", "-p", &port, "-js", "-sd"])
             .arg(&self.store_dir)
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

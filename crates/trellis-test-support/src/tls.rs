@@ -9,6 +9,9 @@ use std::sync::Arc;
 pub struct TestTls {
     pub ca_pem: String,
     pub server: Arc<rustls::ServerConfig>,
+    /// The server certificate and its key in PEM, for servers that read files (nats-server).
+    pub cert_pem: String,
+    pub key_pem: String,
 }
 
 impl TestTls {
@@ -42,6 +45,8 @@ impl TestTls {
         TestTls {
             ca_pem: ca.pem(),
             server: Arc::new(server),
+            cert_pem: certificate.pem(),
+            key_pem: key.serialize_pem(),
         }
     }
 }

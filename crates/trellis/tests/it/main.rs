@@ -17,6 +17,7 @@ mod delivery_faults;
 mod delivery_scenarios;
 mod delivery_tls;
 mod grpc;
+mod nats_access;
 mod nats_outage;
 mod publish_cli;
 mod subscriptions;
