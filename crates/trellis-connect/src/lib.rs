@@ -9,6 +9,19 @@
 //!   contiguous acknowledged prefix of a partition is committable), persisted in the metadata
 //!   store.
 
+pub mod callback;
+pub mod cloudevents;
+pub mod config;
+pub mod error;
 pub mod position;
+pub mod record;
+pub mod sink;
+pub mod source;
 
+pub use callback::{Completion, SendCallback, SendError, SendExceptionContext, SendResult};
+pub use config::{ConfigError, ConnectorConfig};
+pub use error::ConnectorError;
 pub use position::{Offset, Partition, Position};
+pub use record::ConnectRecord;
+pub use sink::{Sink, SinkContext};
+pub use source::{Source, SourceContext};
