@@ -204,7 +204,12 @@ fn data_for(bytes: &Bytes, datacontenttype: Option<&str>) -> Option<Data> {
     let is_json = essence.as_deref().is_some_and(|essence| {
         essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
     });
-    if is_json && let Ok(raw) = serde_json::from_slice::<Box<serde_json::value::RawValue>>(bytes) {
+    // The parser drops whitespace around the value; such data stays binary so its bytes
+    // come back exactly.
+    if is_json
+        && let Ok(raw) = serde_json::from_slice::<Box<serde_json::value::RawValue>>(bytes)
+        && raw.get().len() == bytes.len()
+    {
         return Some(Data::Json(raw));
     }
     let is_text = essence
