@@ -165,15 +165,12 @@ impl Completion {
         let Some(armed) = self.armed.take() else {
             return (0..parts).map(|_| Completion::none()).collect();
         };
+        let (record_id, position) = (armed.record_id.clone(), armed.position.clone());
         let whole = Completion { armed: Some(armed) };
         if parts == 0 {
             whole.succeed(None);
             return Vec::new();
         }
-        let (record_id, position) = match &whole.armed {
-            Some(armed) => (armed.record_id.clone(), armed.position.clone()),
-            None => return Vec::new(),
-        };
         let join = Arc::new(Join {
             state: Mutex::new(JoinState {
                 remaining: parts,

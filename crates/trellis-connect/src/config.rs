@@ -174,6 +174,16 @@ impl ConnectorConfig {
     }
 }
 
+/// The redacted JSON object, for log lines.
+impl fmt::Display for ConnectorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match serde_json::to_string(&self.redacted()) {
+            Ok(json) => f.write_str(&json),
+            Err(_) => f.write_str("{}"),
+        }
+    }
+}
+
 impl fmt::Debug for ConnectorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map().entries(self.redacted().0.iter()).finish()
@@ -189,8 +199,9 @@ pub fn is_secret_key(key: &str) -> bool {
         .filter(|c| *c != '-' && *c != '_')
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    const SECRET_WORDS: [&str; 8] = [
+    const SECRET_WORDS: [&str; 9] = [
         "secret",
+        "accesskey",
         "password",
         "passwd",
         "token",
@@ -309,6 +320,8 @@ mod tests {
         assert!(shown.contains(r#""signing_secret":"***""#), "{shown}");
         assert!(shown.contains("https://example.com"), "{shown}");
         assert!(!format!("{config:?}").contains("t0ps3cret"));
+        assert!(!config.to_string().contains("t0ps3cret"));
+        assert!(config.to_string().contains(r#""path":"/var/log/app.log""#));
         // The config itself keeps the secret for the connector to use.
         assert_eq!(config.get_str("http.auth.Bearer-Token"), Ok("t0ps3cret"));
     }

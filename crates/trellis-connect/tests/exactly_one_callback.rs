@@ -188,3 +188,17 @@ fn a_split_reports_once_when_its_last_part_ends_with_the_first_failure() {
         vec!["delivery failed: first".to_owned()]
     );
 }
+
+/// Sinks finish records from their own tasks, and workers hold connectors as trait objects.
+#[test]
+fn records_and_completions_move_between_tasks_and_connectors_are_objects() {
+    fn send_and_sync<T: Send + Sync + 'static>() {}
+    send_and_sync::<ConnectRecord>();
+    send_and_sync::<Completion>();
+    fn objects(
+        _: Option<Box<dyn trellis_connect::Source>>,
+        _: Option<Box<dyn trellis_connect::Sink>>,
+    ) {
+    }
+    objects(None, None);
+}
