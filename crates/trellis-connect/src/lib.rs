@@ -1,14 +1,40 @@
 //! The connector API: how data moves between Trellis and the systems around it.
 //!
+//! **Invariant:** every record that has a callback ends in exactly one call, `on_success` or
+//! `on_exception`, on every path. [`Completion`] is consumed by the call that reports; dropping
+//! it unreported reports [`SendError::Dropped`]; it cannot be cloned, and a cloned record carries
+//! no callback, so a copy cannot report for the original; [`Completion::split`] turns one
+//! obligation into parts whose last one reports the whole. A record's failure goes to its
+//! callback, never into the connector's `Result`, so one record cannot stop a connector.
+//!
 //! - `position`: where a record came from in its source system (a partition and an offset), the
 //!   unit offsets are committed in.
-//! - The record and the connector traits (`ConnectRecord` with its send callback, `Source`,
-//!   `Sink`) and the mapping between records and CloudEvents.
+//! - `record` and `callback`: [`ConnectRecord`] (id, timestamp, data, position, extensions) and
+//!   its send callback, [`SendCallback`] with `on_success(SendResult)` and
+//!   `on_exception(SendExceptionContext)`, called through a [`Completion`] handle.
+//! - `source` and `sink`: the [`Source`] and [`Sink`] traits, object safe, with runnable
+//!   in-memory examples; `error`: [`ConnectorError`], a connector's failure as a whole.
+//! - `config`: [`ConnectorConfig`], string keys to JSON values, with typed getters whose
+//!   [`ConfigError`] names the key and what it should hold, and redaction of secrets.
+//! - `cloudevents`: the mapping between records and CloudEvents, both ways, with its table.
 //! - `offsets`: the offset writer (one flush at a time; a second `begin_flush` is refused with a
 //!   warning, never a crash), the offset reader, and submitted-record tracking (only the
 //!   contiguous acknowledged prefix of a partition is committable), persisted in the metadata
 //!   store.
 
+pub mod callback;
+pub mod cloudevents;
+pub mod config;
+pub mod error;
 pub mod position;
+pub mod record;
+pub mod sink;
+pub mod source;
 
+pub use callback::{Completion, SendCallback, SendError, SendExceptionContext, SendResult};
+pub use config::{ConfigError, ConnectorConfig};
+pub use error::ConnectorError;
 pub use position::{Offset, Partition, Position};
+pub use record::ConnectRecord;
+pub use sink::{Sink, SinkContext};
+pub use source::{Source, SourceContext};
