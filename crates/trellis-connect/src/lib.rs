@@ -9,6 +9,8 @@
 //!   contiguous acknowledged prefix of a partition is committable), persisted in the metadata
 //!   store.
 
+pub mod offsets;
 pub mod position;
 
+pub use offsets::{OffsetReader, OffsetStore, OffsetWriter, SubmittedRecords};
 pub use position::{Offset, Partition, Position};
