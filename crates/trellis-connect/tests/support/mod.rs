@@ -21,7 +21,10 @@ pub(crate) struct FaultyStore {
     fail_puts: AtomicBool,
     /// `true` while puts may proceed; `false` holds every put until it turns `true` again.
     open: watch::Sender<bool>,
+    /// When set, only puts whose value contains these bytes are held.
+    held_only: std::sync::Mutex<Option<Vec<u8>>>,
     puts_started: AtomicU64,
+    puts_finished: AtomicU64,
     _dir: TempDir,
 }
 
@@ -33,7 +36,9 @@ impl FaultyStore {
             inner,
             fail_puts: AtomicBool::new(false),
             open: watch::Sender::new(true),
+            held_only: std::sync::Mutex::new(None),
             puts_started: AtomicU64::new(0),
+            puts_finished: AtomicU64::new(0),
             _dir: dir,
         })
     }
@@ -44,11 +49,23 @@ impl FaultyStore {
 
     /// Makes every put from now on wait until `release`.
     pub(crate) fn hold(&self) {
+        *self.held_only.lock().expect("held_only") = None;
+        self.open.send_replace(false);
+    }
+
+    /// Makes only the puts whose value contains `needle` wait until `release`.
+    pub(crate) fn hold_values_containing(&self, needle: &str) {
+        *self.held_only.lock().expect("held_only") = Some(needle.as_bytes().to_vec());
         self.open.send_replace(false);
     }
 
     pub(crate) fn release(&self) {
         self.open.send_replace(true);
+    }
+
+    /// How many puts have ended (written or failed in the real store).
+    pub(crate) fn puts_finished(&self) -> u64 {
+        self.puts_finished.load(Ordering::SeqCst)
     }
 
     /// How many puts have reached the store wrapper (held ones included).
@@ -72,10 +89,18 @@ impl MetadataStore for FaultyStore {
         if self.fail_puts.load(Ordering::SeqCst) {
             return Err(MetaError::Unavailable(Box::new(Injected)));
         }
-        let mut open = self.open.subscribe();
-        // The sender lives as long as the store, so this only ends when the gate opens.
-        let _ = open.wait_for(|open| *open).await;
-        self.inner.put(key, value).await
+        let held = match &*self.held_only.lock().expect("held_only") {
+            Some(needle) => value.windows(needle.len()).any(|w| w == needle.as_slice()),
+            None => true,
+        };
+        if held {
+            let mut open = self.open.subscribe();
+            // The sender lives as long as the store, so this only ends when the gate opens.
+            let _ = open.wait_for(|open| *open).await;
+        }
+        let written = self.inner.put(key, value).await;
+        self.puts_finished.fetch_add(1, Ordering::SeqCst);
+        written
     }
 
     async fn delete(&self, key: &str) -> Result<bool, MetaError> {
