@@ -30,7 +30,7 @@
 //! Metrics, labelled by `connector`: `trellis_connector_offset_commits_total`,
 //! `trellis_connector_offset_commit_failures_total` (store errors and timeouts),
 //! `trellis_connector_offset_commit_seconds` (histogram of each write, whatever its outcome) and
-//! `trellis_connector_begin_flush_refused_total`.
+//! `trellis_connector_begin_flush_refused_total`; [`describe_metrics`] describes them.
 
 pub mod reader;
 pub mod store;
@@ -59,27 +59,52 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
+/// Describes the offset metrics to the installed recorder; the runtime calls it once, next to
+/// its own `describe`.
+pub fn describe_metrics() {
+    metrics::describe();
+}
+
 mod metrics {
     use std::time::Duration;
 
+    pub(super) const COMMITS: &str = "trellis_connector_offset_commits_total";
+    pub(super) const COMMIT_FAILURES: &str = "trellis_connector_offset_commit_failures_total";
+    pub(super) const COMMIT_SECONDS: &str = "trellis_connector_offset_commit_seconds";
+    pub(super) const BEGIN_FLUSH_REFUSED: &str = "trellis_connector_begin_flush_refused_total";
+
+    pub(super) fn describe() {
+        ::metrics::describe_counter!(COMMITS, "Offset flushes persisted, per connector.");
+        ::metrics::describe_counter!(
+            COMMIT_FAILURES,
+            "Offset flushes that failed or timed out, per connector; their offsets are retried."
+        );
+        ::metrics::describe_histogram!(
+            COMMIT_SECONDS,
+            ::metrics::Unit::Seconds,
+            "Time to persist an offset flush, whatever its outcome, per connector."
+        );
+        ::metrics::describe_counter!(
+            BEGIN_FLUSH_REFUSED,
+            "Offset flushes refused because one was in progress, per connector."
+        );
+    }
+
     pub(super) fn commit(connector: &str, elapsed: Duration) {
         let connector = connector.to_owned();
-        ::metrics::counter!("trellis_connector_offset_commits_total", "connector" => connector.clone())
-            .increment(1);
-        ::metrics::histogram!("trellis_connector_offset_commit_seconds", "connector" => connector)
+        ::metrics::counter!(COMMITS, "connector" => connector.clone()).increment(1);
+        ::metrics::histogram!(COMMIT_SECONDS, "connector" => connector)
             .record(elapsed.as_secs_f64());
     }
 
     pub(super) fn commit_failure(connector: &str, elapsed: Duration) {
         let connector = connector.to_owned();
-        ::metrics::counter!("trellis_connector_offset_commit_failures_total", "connector" => connector.clone())
-            .increment(1);
-        ::metrics::histogram!("trellis_connector_offset_commit_seconds", "connector" => connector)
+        ::metrics::counter!(COMMIT_FAILURES, "connector" => connector.clone()).increment(1);
+        ::metrics::histogram!(COMMIT_SECONDS, "connector" => connector)
             .record(elapsed.as_secs_f64());
     }
 
     pub(super) fn begin_flush_refused(connector: &str) {
-        ::metrics::counter!("trellis_connector_begin_flush_refused_total", "connector" => connector.to_owned())
-            .increment(1);
+        ::metrics::counter!(BEGIN_FLUSH_REFUSED, "connector" => connector.to_owned()).increment(1);
     }
 }
