@@ -194,3 +194,35 @@ fn without_a_runtime_do_flush_gives_up_and_keeps_the_offsets() {
     assert!(!writer.is_flushing());
     assert_eq!(writer.unflushed().get(&p("a")), Some(&Offset(3)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_staging_and_flushing_lose_no_offset() {
+    let faulty = FaultyStore::new();
+    let store = OffsetStore::new(faulty.clone(), "c");
+    let writer = OffsetWriter::new(store.clone(), LONG);
+    const WRITERS: usize = 4;
+    const WRITES: u64 = 2_000;
+    let stagers: Vec<_> = (0..WRITERS)
+        .map(|i| {
+            let writer = writer.clone();
+            std::thread::spawn(move || {
+                for offset in 1..=WRITES {
+                    writer.write_offset(p(&format!("p{i}")), Offset(offset));
+                }
+            })
+        })
+        .collect();
+    // Flush while the threads stage; refusals and empty rounds are expected along the way.
+    while stagers.iter().any(|stager| !stager.is_finished()) {
+        writer.commit().await;
+        tokio::task::yield_now().await;
+    }
+    for stager in stagers {
+        stager.join().expect("stager");
+    }
+    while !matches!(writer.commit().await, FlushOutcome::NothingStaged) {}
+    let committed = store.read_all().await.expect("read");
+    for i in 0..WRITERS {
+        assert_eq!(committed.get(&p(&format!("p{i}"))), Some(&Offset(WRITES)));
+    }
+}
