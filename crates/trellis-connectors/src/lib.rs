@@ -1,0 +1,9 @@
+//! Trellis' built-in connectors, each a [`trellis_connect::Source`] or [`trellis_connect::Sink`]:
+//!
+//! - `file_source`: tails a file line by line; the position is the byte offset after a line.
+//! - `file_sink`: appends one JSON event per line, with an fsync policy.
+//! - `http_source`: a webhook receiver that answers once each record is durably published.
+
+pub mod file_sink;
+pub mod file_source;
+pub mod http_source;
