@@ -24,7 +24,8 @@
 //!   old file is read to its end (a partial last line there is emitted, since nothing will
 //!   complete it), then the new file is read from offset 0.
 //! - **Truncation.** When the file is shorter than the position, reading starts again at 0
-//!   with a warning.
+//!   with a warning. (A file truncated and then written past the position between two polls
+//!   cannot be told from one that grew, as with `tail -F`.)
 //! - **Resume.** `start` seeks to the committed offset of `path`. A committed offset past the
 //!   end of the file, or one not right after a `\n`, means the file was replaced or truncated
 //!   while the source was down: reading starts at 0 with a warning. (A file rotated while the
