@@ -12,7 +12,11 @@
 //! byte offset right after the line's `\n`), so committing it means "resume after this line".
 //! Its id is `file-<path hash>-<device>-<inode>-<offset>-<line hash>`: a re-read of the same
 //! line after a crash yields the same id and the runtime drops the duplicate, while a line
-//! written at the same offset after a truncation (other content) gets another id.
+//! written at the same offset after a truncation (other content) gets another id. (The same
+//! content at the same offset of the same file after a truncation gets the same id, and is
+//! dropped as a duplicate if the runtime still remembers the first one.)
+//!
+//! A `\r` before the `\n` stays in the data; the bytes need not be UTF-8.
 //!
 //! - **Partial lines.** Bytes after the last `\n` wait until their newline arrives.
 //! - **Long lines.** A line longer than `max_line_bytes` is not dropped: its first
@@ -359,5 +363,19 @@ impl Source for FileSource {
     async fn stop(&mut self) -> Result<(), ConnectorError> {
         self.open = None;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fnv1a;
+
+    /// Ids persist across versions (a re-read after an upgrade must still deduplicate), so
+    /// the hash is pinned to the published FNV-1a test vectors.
+    #[test]
+    fn the_id_hash_is_fnv1a_64() {
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
     }
 }

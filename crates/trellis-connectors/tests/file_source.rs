@@ -222,3 +222,36 @@ async fn config_errors_name_the_key() {
         .expect_err("a string");
     assert!(error.to_string().contains("`max_line_bytes`"), "{error}");
 }
+
+#[tokio::test]
+async fn lines_written_in_pieces_of_any_size_come_out_whole_and_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("app.log");
+    let expected: Vec<String> = (0..300)
+        .map(|i| format!("line {i} {}", "z".repeat(i * 37 % 300)))
+        .collect();
+    let text: String = expected.iter().map(|line| format!("{line}\n")).collect();
+    let mut source = source_at(&path, None).await;
+    let mut records = Vec::new();
+    // A fixed pseudo-random sequence of piece sizes, 1 to 4000 bytes, splitting lines anywhere.
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut at = 0;
+    while at < text.len() {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let size = usize::try_from(seed >> 33).expect("fits") % 4000 + 1;
+        let end = (at + size).min(text.len());
+        append(&path, &text[at..end]);
+        at = end;
+        records.extend(source.poll().await.expect("poll"));
+    }
+    let rest = expected.len() - records.len();
+    records.extend(poll_records(&mut source, rest).await);
+    assert_eq!(lines(&records), expected);
+    let mut end = 0;
+    for (record, line) in records.iter().zip(&expected) {
+        end += line.len() as u64 + 1;
+        assert_eq!(record.position.offset.0, end);
+    }
+}
