@@ -13,13 +13,16 @@
 //! `/connectors/<name>`, type `trellis.connector.record` unless the record says otherwise) in
 //! the JSON event format, one per line. A batch is written with one `write`; each record's
 //! callback reports success only once its line is written, and under `always` only once it is
-//! fsynced too. Under `interval` a write is fsynced when the last fsync is older than the
-//! interval, and at `stop`; under `never` the system decides (and a crash of the machine may
+//! fsynced too. Under `interval` a background task fsyncs lines written since the last
+//! fsync every interval (a write also fsyncs at once when the last fsync is older than the
+//! interval), and `stop` fsyncs what is left; under `never` the system decides (and a crash of the machine may
 //! lose lines already reported). A record that cannot become an event fails as
 //! [`SendError::Rejected`]; an I/O error fails every record of its batch as
 //! [`SendError::Delivery`] (some of their lines may be in the file: delivery is at least once)
 //! and the next batch opens the file again.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -39,7 +42,7 @@ pub const DEFAULT_EVENT_TYPE: &str = "trellis.connector.record";
 pub enum FsyncPolicy {
     /// After every batch, before its records succeed.
     Always,
-    /// At most this long after a write.
+    /// Within about this long after a write, by a background task.
     Interval(Duration),
     /// Never by the sink.
     Never,
@@ -51,8 +54,41 @@ pub struct FileSink {
     settings: Option<Settings>,
     file: Option<File>,
     last_sync: Option<Instant>,
-    /// Whether lines were written since the last fsync.
-    unsynced: bool,
+    /// Whether lines were written since the last fsync; shared with the syncer task.
+    unsynced: Arc<AtomicBool>,
+    syncer: Option<Syncer>,
+}
+
+/// The task that fsyncs an idle file under `interval`; stopped when dropped.
+#[derive(Debug)]
+struct Syncer(tokio::task::JoinHandle<()>);
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Syncer {
+    fn spawn(path: String, interval: Duration, unsynced: Arc<AtomicBool>) -> Syncer {
+        Syncer(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                if !unsynced.swap(false, Ordering::AcqRel) {
+                    continue;
+                }
+                // An fsync through any handle of the file flushes all its written data.
+                let synced = match OpenOptions::new().append(true).open(&path).await {
+                    Ok(file) => file.sync_data().await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = synced {
+                    tracing::warn!(path, %error, "fsync of the file failed, trying again");
+                    unsynced.store(true, Ordering::Release);
+                }
+            }
+        }))
+    }
 }
 
 #[derive(Debug)]
@@ -92,7 +128,7 @@ impl FileSink {
         };
         file.write_all(bytes).await?;
         file.flush().await?;
-        self.unsynced = true;
+        self.unsynced.store(true, Ordering::Release);
         let due = match fsync {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(interval) => self
@@ -108,10 +144,12 @@ impl FileSink {
 
     async fn sync(&mut self) -> std::io::Result<()> {
         if let Some(file) = self.file.as_mut()
-            && self.unsynced
+            && self.unsynced.swap(false, Ordering::AcqRel)
         {
-            file.sync_data().await?;
-            self.unsynced = false;
+            if let Err(error) = file.sync_data().await {
+                self.unsynced.store(true, Ordering::Release);
+                return Err(error);
+            }
             self.last_sync = Some(Instant::now());
         }
         Ok(())
@@ -149,6 +187,12 @@ impl Sink for FileSink {
         let fsync = fsync_policy(&context)?;
         // Open now, so a path that cannot be written fails the start, not every record.
         self.file = Some(Self::open(&path).await?);
+        self.syncer = match fsync {
+            FsyncPolicy::Interval(interval) => {
+                Some(Syncer::spawn(path.clone(), interval, self.unsynced.clone()))
+            }
+            FsyncPolicy::Always | FsyncPolicy::Never => None,
+        };
         self.settings = Some(Settings {
             path,
             fsync,
@@ -158,7 +202,7 @@ impl Sink for FileSink {
             },
         });
         self.last_sync = Some(Instant::now());
-        self.unsynced = false;
+        self.unsynced.store(false, Ordering::Release);
         Ok(())
     }
 
@@ -212,6 +256,7 @@ impl Sink for FileSink {
 
     async fn stop(&mut self) -> Result<(), ConnectorError> {
         let never = self.fsync_policy() == Some(FsyncPolicy::Never);
+        self.syncer = None;
         if !never {
             self.sync().await?;
         }
