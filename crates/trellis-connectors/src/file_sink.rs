@@ -8,9 +8,7 @@
 //! | `fsync` | no | `interval` | `always`, `interval` or `never` |
 //! | `fsync_interval_ms` | no | 1000 (1..=3600000) | with `interval`: the longest time written lines go without an fsync |
 //!
-//! Each record becomes the event of
-//! [`to_cloud_event`](trellis_connect::cloudevents::to_cloud_event) (source
-//! `/connectors/<name>`, type `trellis.connector.record` unless the record says otherwise) in
+//! Each record becomes the event of [`to_cloud_event`] (source `/connectors/<name>`, type `trellis.connector.record` unless the record says otherwise) in
 //! the JSON event format, one per line. A batch is written with one `write`; each record's
 //! callback reports success only once its line is written, and under `always` only once it is
 //! fsynced too. Under `interval` a background task fsyncs lines written since the last
