@@ -6,18 +6,18 @@
 //! |---|---|---|---|
 //! | `path` | yes | | the file to append to; created if missing |
 //! | `fsync` | no | `interval` | `always`, `interval` or `never` |
-//! | `fsync_interval_ms` | no | 1000 (1..=3600000) | with `interval`: the longest time written lines go without an fsync |
+//! | `fsync_interval_ms` | no | 1000 (1..=3600000) | with `interval`: how often written lines are fsynced |
 //!
-//! Each record becomes the event of [`to_cloud_event`] (source `/connectors/<name>`, type `trellis.connector.record` unless the record says otherwise) in
-//! the JSON event format, one per line. A batch is written with one `write`; each record's
-//! callback reports success only once its line is written, and under `always` only once it is
-//! fsynced too. Under `interval` a background task fsyncs lines written since the last
-//! fsync every interval (a write also fsyncs at once when the last fsync is older than the
-//! interval), and `stop` fsyncs what is left; under `never` the system decides (and a crash of the machine may
-//! lose lines already reported). A record that cannot become an event fails as
-//! [`SendError::Rejected`]; an I/O error fails every record of its batch as
-//! [`SendError::Delivery`] (some of their lines may be in the file: delivery is at least once)
-//! and the next batch opens the file again.
+//! Each record becomes the event of [`to_cloud_event`] (source `/connectors/<name>`, type
+//! `trellis.connector.record` unless the record says otherwise) in the JSON event format, one per
+//! line. A batch is written with one `write`; each record's callback reports success only once its
+//! line is written, and under `always` only once it is fsynced too. Under `interval` a background
+//! task fsyncs lines written since the last fsync every interval (a write also fsyncs at once when
+//! the last fsync is older than the interval), and `stop` fsyncs what is left; under `never` the
+//! system decides (and a crash of the machine may lose lines already reported). A record that
+//! cannot become an event fails as [`SendError::Rejected`]; an I/O error fails every record of its
+//! batch as [`SendError::Delivery`] (some of their lines may be in the file: delivery is at least
+//! once) and the next batch opens the file again.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
