@@ -108,7 +108,10 @@ pub trait Source: Send {
 
     /// The next records, in order within each partition. Returns within about a second even
     /// when there is nothing new (an empty batch), so the worker can commit and stop in time.
-    /// The records come without callbacks; the worker attaches its own.
+    /// A record may come with a callback of the source's own (the HTTP source answers the
+    /// request that carried it from there): the worker then ends that record's completion with
+    /// the publish's outcome and never replaces it (a replaced callback reports `Dropped`). A
+    /// record without one gets the worker's.
     async fn poll(&mut self) -> Result<Vec<ConnectRecord>, ConnectorError>;
 
     /// Told once for each record whose publish is durable. The default does nothing.
