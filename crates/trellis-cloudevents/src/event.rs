@@ -183,7 +183,7 @@ pub fn shown(value: &str) -> Cow<'_, str> {
 
 /// Is `name` one of the context attributes CloudEvents 1.0 defines, or a JSON member that holds
 /// the data? Extensions may not take these names.
-pub(crate) fn is_reserved_name(name: &str) -> bool {
+pub fn is_reserved_name(name: &str) -> bool {
     matches!(
         name,
         "specversion"

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 pub use depth::json_depth;
-pub use event::shown;
+pub use event::{is_reserved_name, shown};
 pub use limits::EventLimits;
 pub use stored::{StoredError, stored_source_and_id, stored_to_structured_json};
 

@@ -153,7 +153,7 @@ pub fn valid_extension_name(key: &str) -> String {
         .filter(char::is_ascii_alphanumeric)
         .map(|c| c.to_ascii_lowercase())
         .collect();
-    if name.is_empty() || is_attribute_name(&name) {
+    if name.is_empty() || trellis_cloudevents::is_reserved_name(&name) {
         format!("x{name}")
     } else {
         name
@@ -171,22 +171,6 @@ fn unique_name(name: String, taken: &BTreeMap<String, ExtensionValue>) -> String
         .map(|n| format!("{name}{n}"))
         .find(|candidate| !reserved(candidate))
         .unwrap_or(name)
-}
-
-fn is_attribute_name(name: &str) -> bool {
-    matches!(
-        name,
-        "specversion"
-            | "id"
-            | "source"
-            | "type"
-            | "datacontenttype"
-            | "dataschema"
-            | "subject"
-            | "time"
-            | "data"
-            | "database64"
-    )
 }
 
 fn data_for(bytes: &Bytes, datacontenttype: Option<&str>) -> Option<Data> {
