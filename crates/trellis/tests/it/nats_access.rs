@@ -5,8 +5,8 @@ use trellis_test_support::{NatsServer, TestTls, TrellisProcess, run_to_end};
 
 use crate::{bin, publish};
 
-/// `trellis serve --storage URL EXTRA...` run to its end: its exit code and stderr.
-fn serve_until_exit(url: &str, extra: &[&str]) -> (Option<i32>, String) {
+/// `trellis serve --storage URL EXTRA...` run to its end: its exit code, stdout and stderr.
+pub(crate) fn serve_until_exit(url: &str, extra: &[&str]) -> (Option<i32>, String, String) {
     let dir = tempfile::tempdir().expect("temp dir");
     let data_dir = dir.path().to_str().expect("utf-8 path");
     let mut args = vec![
@@ -21,8 +21,8 @@ fn serve_until_exit(url: &str, extra: &[&str]) -> (Option<i32>, String) {
         url,
     ];
     args.extend_from_slice(extra);
-    let (status, _, stderr) = run_to_end(bin(), &args, &[]).expect("trellis runs");
-    (status.code(), stderr)
+    let (status, stdout, stderr) = run_to_end(bin(), &args, &[]).expect("trellis runs");
+    (status.code(), stdout, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -44,13 +44,13 @@ async fn nats_over_tls_is_reached_with_its_ca_and_refused_without_it() {
     let url = format!("tls://127.0.0.1:{}", nats.port());
 
     // Without the CA the server's certificate is not trusted: one line, exit 1.
-    let (code, stderr) = serve_until_exit(&url, &[]);
+    let (code, _, stderr) = serve_until_exit(&url, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("cannot use NATS JetStream"), "{stderr}");
 
     // A CA file that does not exist is named.
-    let (code, stderr) = serve_until_exit(&url, &["--nats-tls-ca", "/nonexistent/ca.pem"]);
+    let (code, _, stderr) = serve_until_exit(&url, &["--nats-tls-ca", "/nonexistent/ca.pem"]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("/nonexistent/ca.pem"), "{stderr}");
 
@@ -92,7 +92,7 @@ async fn a_user_and_password_in_the_url_are_used_and_never_shown() {
     };
     // The wrong password: refused at start, the URL shown without it.
     let wrong = format!("nats://trellis:wrong-{PASSWORD}@127.0.0.1:{}", nats.port());
-    let (code, stderr) = serve_until_exit(&wrong, &[]);
+    let (code, _, stderr) = serve_until_exit(&wrong, &[]);
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         !stderr.contains(PASSWORD),

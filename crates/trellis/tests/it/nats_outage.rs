@@ -139,27 +139,9 @@ fn an_unreachable_nats_at_start_is_one_line_on_stderr_and_a_failed_exit() {
         .and_then(|listener| listener.local_addr())
         .expect("a free port")
         .port();
-    let dir = tempfile::tempdir().expect("temp dir");
     let url = format!("nats://127.0.0.1:{port}");
-    let data_dir = dir.path().to_str().expect("utf-8 path");
-    let (status, stdout, stderr) = trellis_test_support::run_to_end(
-        bin(),
-        &[
-            "serve",
-            "--data-dir",
-            data_dir,
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--storage",
-            &url,
-        ],
-        &[],
-    )
-    .expect("trellis runs");
-    assert!(!status.success(), "{status:?}");
-    assert_eq!(status.code(), Some(1), "an exit code, not a signal");
+    let (code, stdout, stderr) = crate::nats_access::serve_until_exit(&url, &[]);
+    assert_eq!(code, Some(1), "an exit code, not a signal: {stderr}");
     assert!(
         !stdout.contains("listening"),
         "it never says it listens: {stdout}"
