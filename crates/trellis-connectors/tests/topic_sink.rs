@@ -2,71 +2,15 @@
 
 use std::sync::{Arc, Mutex};
 
-use serde_json::Value;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use trellis_connect::{
     ConnectRecord, ConnectorConfig, ConnectorError, Position, SendCallback, SendExceptionContext,
     SendResult, Sink, SinkContext,
 };
 use trellis_connectors::topic_sink::TopicSink;
 
-/// A runtime on the embedded log in a temp dir.
-struct Far {
-    _dir: tempfile::TempDir,
-    base: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), trellis_runtime::ServeError>>,
-}
+use far::Far;
 
-impl Far {
-    async fn start() -> Far {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let mut options = trellis_storage::EmbeddedOptions::new(dir.path().join("log"));
-        options.key_of = Some(trellis_runtime::stored_event_key_of());
-        let store = Arc::new(trellis_storage::EmbeddedStore::open(options).expect("event store"));
-        let meta =
-            trellis_meta::EmbeddedStore::open(&dir.path().join("meta.redb")).expect("meta store");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("local addr"));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(trellis_runtime::serve(
-            listener,
-            store,
-            Arc::new(meta),
-            trellis_runtime::RuntimeConfig::default(),
-            shutdown.clone(),
-        ));
-        Far {
-            _dir: dir,
-            base,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn events(&self, topic: &str) -> Vec<Value> {
-        let response = reqwest::get(format!(
-            "{}/v1/topics/{topic}/events?from=0&limit=1000",
-            self.base
-        ))
-        .await
-        .expect("read events");
-        assert_eq!(response.status().as_u16(), 200);
-        let page: Value = response.json().await.expect("json");
-        page.as_array().cloned().unwrap_or_default()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task
-            .await
-            .expect("serve task")
-            .expect("serve ends cleanly");
-    }
-}
+mod far;
 
 #[derive(Default)]
 struct Outcomes(Mutex<Vec<(String, Option<bool>)>>);
