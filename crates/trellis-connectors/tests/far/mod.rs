@@ -16,6 +16,10 @@ pub(crate) struct Far {
 
 impl Far {
     pub(crate) async fn start() -> Far {
+        Far::start_with(trellis_runtime::RuntimeConfig::default()).await
+    }
+
+    pub(crate) async fn start_with(config: trellis_runtime::RuntimeConfig) -> Far {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut options = trellis_storage::EmbeddedOptions::new(dir.path().join("log"));
         options.key_of = Some(trellis_runtime::stored_event_key_of());
@@ -31,7 +35,7 @@ impl Far {
             listener,
             store,
             Arc::new(meta),
-            trellis_runtime::RuntimeConfig::default(),
+            config,
             shutdown.clone(),
         ));
         Far {
