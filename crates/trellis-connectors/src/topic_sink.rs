@@ -6,7 +6,7 @@
 //! the far side's deduplication and stored once. Outcomes:
 //! - `202`: every record succeeds (an entry flagged `duplicate` was stored before, a success);
 //! - another `4xx`: the far side refuses the batch and will again, so every record fails as
-//!   [`SendError::Rejected`] (final);
+//!   [`SendError::Rejected`] (final); `408` and `429` say "later" and count as a `5xx`;
 //! - a `5xx`, a timeout or a connection error: `put` returns an error and the records end as
 //!   [`SendError::Dropped`], which is not final, so they are read and sent again.
 //!
@@ -131,7 +131,9 @@ impl Sink for TopicSink {
         // The far side's JSON error, shortened: it goes into each record's failure.
         let text = response.text().await.unwrap_or_default();
         let detail: String = text.chars().take(512).collect();
-        if status.is_client_error() {
+        // 408 and 429 say "later", not "never".
+        let retriable = matches!(status.as_u16(), 408 | 429);
+        if status.is_client_error() && !retriable {
             tracing::warn!(topic = %state.topic, %status, "the far Trellis rejected a batch");
             for record in sendable {
                 record.fail(
