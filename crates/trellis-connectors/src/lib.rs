@@ -3,7 +3,11 @@
 //! - `file_source`: tails a file line by line; the position is the byte offset after a line.
 //! - `file_sink`: appends one JSON event per line, with an fsync policy.
 //! - `http_source`: a webhook receiver that answers once each record is durably published.
+//! - `topic_sink`: publishes batches into a topic of another Trellis over HTTP, keeping event ids.
+//! - `topic_source`: reads a topic of another Trellis over HTTP; the position is the far offset.
 
 pub mod file_sink;
 pub mod file_source;
 pub mod http_source;
+pub mod topic_sink;
+pub mod topic_source;
