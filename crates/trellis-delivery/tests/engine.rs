@@ -14,7 +14,7 @@ use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::guard::AddressGuard;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport, FailureClass};
 use trellis_delivery::tls::WebhookTls;
-use trellis_test_support::{DENIED_ADDRESS_SPELLINGS, Receiver, Reply};
+use trellis_test_support::{DENIED_ADDRESS_SPELLINGS, HttpsReceiver, Receiver, Reply};
 
 #[derive(Default)]
 struct Outcomes {
@@ -690,97 +690,29 @@ async fn a_failed_batch_fails_every_record_in_it() {
     );
 }
 
-/// An `https` receiver on loopback whose certificate, for `localhost`, a throwaway CA signed.
-struct HttpsReceiver {
-    port: u16,
-    ca_file: tempfile::NamedTempFile,
-    /// The `Host` and `ce-id` of each request.
-    requests: Arc<Mutex<Vec<(String, String)>>>,
-    accept_task: tokio::task::JoinHandle<()>,
-}
-
-impl HttpsReceiver {
-    async fn start() -> HttpsReceiver {
-        let tls = trellis_test_support::TestTls::for_hosts(&["localhost"]);
-        let mut ca_file = tempfile::NamedTempFile::new().expect("CA file");
-        std::io::Write::write_all(&mut ca_file, tls.ca_pem.as_bytes()).expect("write CA file");
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("local address").port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&requests);
-        let accept_task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                let seen = Arc::clone(&seen);
-                tokio::spawn(async move {
-                    // A client that does not trust the certificate ends here.
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(
-                        move |request: http::Request<hyper::body::Incoming>| {
-                            let header = |name: &str| {
-                                request
-                                    .headers()
-                                    .get(name)
-                                    .and_then(|value| value.to_str().ok())
-                                    .unwrap_or_default()
-                                    .to_owned()
-                            };
-                            seen.lock()
-                                .expect("requests lock")
-                                .push((header("host"), header("ce-id")));
-                            async {
-                                Ok::<_, std::convert::Infallible>(http::Response::new(
-                                    http_body_util::Empty::<Bytes>::new(),
-                                ))
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        HttpsReceiver {
-            port,
-            ca_file,
-            requests,
-            accept_task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://localhost:{}/hook", self.port)
-    }
-
-    fn requests(&self) -> Vec<(String, String)> {
-        self.requests.lock().expect("requests lock").clone()
-    }
-}
-
-impl Drop for HttpsReceiver {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-    }
+/// The receiver's CA in a file, as `webhook_ca_file` takes it.
+fn ca_file(receiver: &HttpsReceiver) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("CA file");
+    std::io::Write::write_all(&mut file, receiver.ca_pem.as_bytes()).expect("write CA file");
+    file
 }
 
 #[tokio::test]
 async fn an_https_receiver_is_reached_when_its_ca_is_trusted() {
-    let receiver = HttpsReceiver::start().await;
-    let tls = WebhookTls::new(Some(receiver.ca_file.path())).expect("CA file");
-    let (engine, outcomes) =
-        engine_trusting(&sink(&[receiver.url()], json!({})), &fast(json!({})), &tls);
+    let receiver = HttpsReceiver::start(&["localhost"]).await;
+    let ca_file = ca_file(&receiver);
+    let tls = WebhookTls::new(Some(ca_file.path())).expect("CA file");
+    let (engine, outcomes) = engine_trusting(
+        &sink(&[receiver.url("localhost")], json!({})),
+        &fast(json!({})),
+        &tls,
+    );
     engine.deliver(record(30)).await;
     engine.deliver(record(31)).await;
 
     outcomes.assert_one_callback_each(&[30, 31]);
     assert_eq!(outcomes.delivered().len(), 2, "{:?}", outcomes.failed());
-    let host = format!("localhost:{}", receiver.port);
+    let host = format!("localhost:{}", receiver.port());
     assert_eq!(
         receiver.requests(),
         [
@@ -792,8 +724,11 @@ async fn an_https_receiver_is_reached_when_its_ca_is_trusted() {
 
 #[tokio::test]
 async fn an_https_receiver_with_an_untrusted_certificate_gets_nothing() {
-    let receiver = HttpsReceiver::start().await;
-    let (engine, outcomes) = engine(&sink(&[receiver.url()], json!({})), &fast(json!({})));
+    let receiver = HttpsReceiver::start(&["localhost"]).await;
+    let (engine, outcomes) = engine(
+        &sink(&[receiver.url("localhost")], json!({})),
+        &fast(json!({})),
+    );
     engine.deliver(record(32)).await;
 
     outcomes.assert_one_callback_each(&[32]);
@@ -838,9 +773,10 @@ async fn an_https_receiver_with_an_untrusted_certificate_gets_nothing() {
 #[tokio::test]
 async fn an_https_receiver_whose_certificate_names_another_host_is_told_apart() {
     // The CA is trusted, but the certificate is for `localhost`, not 127.0.0.1.
-    let receiver = HttpsReceiver::start().await;
-    let tls = WebhookTls::new(Some(receiver.ca_file.path())).expect("CA file");
-    let url = format!("https://127.0.0.1:{}/hook", receiver.port);
+    let receiver = HttpsReceiver::start(&["localhost"]).await;
+    let ca_file = ca_file(&receiver);
+    let tls = WebhookTls::new(Some(ca_file.path())).expect("CA file");
+    let url = format!("https://127.0.0.1:{}/hook", receiver.port());
     let (engine, outcomes) = engine_trusting(
         &sink(&[url], json!({})),
         &fast(json!({"max_attempts": 1})),

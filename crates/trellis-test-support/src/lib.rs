@@ -14,7 +14,7 @@ pub use fault_proxy::{ConnectionFault, FaultProxy, FaultStats, Faults};
 pub use nats::NatsServer;
 pub use receiver::{ReceivedRequest, Receiver, Reply};
 pub use spellings::DENIED_ADDRESS_SPELLINGS;
-pub use tls::TestTls;
+pub use tls::{HttpsReceiver, TestTls};
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;

@@ -2,89 +2,17 @@
 //! the log and the dead letter, and trusting its CA through `[delivery] webhook_ca_file` lets
 //! the same delivery through.
 
-use std::sync::{Arc, Mutex};
-
-use bytes::Bytes;
 use serde_json::{Value, json};
 
 use rstest::rstest;
 use rstest_reuse::apply;
-use trellis_test_support::{Backend, backends};
+use trellis_test_support::{Backend, HttpsReceiver, backends};
 
 use crate::{eventually, publish, start_on, start_with_config_on};
 
-/// An `https` receiver on loopback whose certificate (for `localhost` and 127.0.0.1) a
-/// throwaway CA signed, so the system's roots do not trust it.
-struct HttpsReceiver {
-    port: u16,
-    ca_pem: String,
-    /// The `ce-id` of each request that got past the TLS handshake.
-    ids: Arc<Mutex<Vec<String>>>,
-    accept_task: tokio::task::JoinHandle<()>,
-}
-
-impl HttpsReceiver {
-    async fn start() -> HttpsReceiver {
-        let tls = trellis_test_support::TestTls::for_hosts(&["localhost", "127.0.0.1"]);
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let port = listener.local_addr().expect("local address").port();
-        let ids = Arc::new(Mutex::new(Vec::new()));
-        let seen = Arc::clone(&ids);
-        let accept_task = tokio::spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let acceptor = acceptor.clone();
-                let seen = Arc::clone(&seen);
-                tokio::spawn(async move {
-                    // A client that does not trust the certificate ends here.
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(
-                        move |request: hyper::Request<hyper::body::Incoming>| {
-                            let id = request
-                                .headers()
-                                .get("ce-id")
-                                .and_then(|value| value.to_str().ok())
-                                .unwrap_or_default()
-                                .to_owned();
-                            seen.lock().expect("requests lock").push(id);
-                            async {
-                                Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                    http_body_util::Empty::<Bytes>::new(),
-                                ))
-                            }
-                        },
-                    );
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        HttpsReceiver {
-            port,
-            ca_pem: tls.ca_pem,
-            ids,
-            accept_task,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("https://127.0.0.1:{}/hook", self.port)
-    }
-
-    fn ids(&self) -> Vec<String> {
-        self.ids.lock().expect("requests lock").clone()
-    }
-}
-
-impl Drop for HttpsReceiver {
-    fn drop(&mut self) {
-        self.accept_task.abort();
-    }
+/// The `ce-id` of each request that got past the TLS handshake.
+fn ids(receiver: &HttpsReceiver) -> Vec<String> {
+    receiver.requests().into_iter().map(|(_, id)| id).collect()
 }
 
 /// Creates subscription `name` on topic `t` to `url`, with a budget that dead-letters in
@@ -128,13 +56,13 @@ async fn dead_letters(client: &reqwest::Client, base: &str, name: &str) -> Vec<V
 async fn an_untrusted_https_certificate_is_named_in_the_log_and_the_dead_letter(
     #[case] backend: Backend,
 ) {
-    let receiver = HttpsReceiver::start().await;
+    let receiver = HttpsReceiver::start(&["localhost", "127.0.0.1"]).await;
     let Some(process) = start_on(backend) else {
         return;
     };
     let base = process.base_url().to_owned();
     let client = reqwest::Client::new();
-    subscribe(&client, &base, "hooks", receiver.url()).await;
+    subscribe(&client, &base, "hooks", receiver.url("127.0.0.1")).await;
     let published = publish(&client, &base, "t", "tls-1", "x".to_owned())
         .await
         .expect("publish");
@@ -159,7 +87,7 @@ async fn an_untrusted_https_certificate_is_named_in_the_log_and_the_dead_letter(
         "{reason}"
     );
     assert!(!reason.contains("cannot connect"), "{reason}");
-    assert!(receiver.ids().is_empty(), "no request got past TLS");
+    assert!(ids(&receiver).is_empty(), "no request got past TLS");
 
     // The operator reading the log learns the same for that delivery. Log lines reach stderr a
     // moment after they are written, which may be after the dead letter is readable.
@@ -183,7 +111,7 @@ async fn an_untrusted_https_certificate_is_named_in_the_log_and_the_dead_letter(
 #[apply(backends)]
 #[tokio::test(flavor = "multi_thread")]
 async fn a_webhook_ca_file_lets_the_https_delivery_through(#[case] backend: Backend) {
-    let receiver = HttpsReceiver::start().await;
+    let receiver = HttpsReceiver::start(&["localhost", "127.0.0.1"]).await;
     let dir = tempfile::tempdir().expect("temp dir");
     let ca_file = dir.path().join("receiver-ca.pem");
     std::fs::write(&ca_file, &receiver.ca_pem).expect("write CA file");
@@ -193,17 +121,17 @@ async fn a_webhook_ca_file_lets_the_https_delivery_through(#[case] backend: Back
     };
     let base = process.base_url().to_owned();
     let client = reqwest::Client::new();
-    subscribe(&client, &base, "hooks", receiver.url()).await;
+    subscribe(&client, &base, "hooks", receiver.url("127.0.0.1")).await;
     let published = publish(&client, &base, "t", "tls-1", "x".to_owned())
         .await
         .expect("publish");
     assert_eq!(published.status(), 202);
 
     assert!(
-        eventually(async || !receiver.ids().is_empty()).await,
+        eventually(async || !ids(&receiver).is_empty()).await,
         "the receiver gets the event; log: {}",
         process.stderr()
     );
-    assert_eq!(receiver.ids(), ["tls-1"]);
+    assert_eq!(ids(&receiver), ["tls-1"]);
     assert!(dead_letters(&client, &base, "hooks").await.is_empty());
 }
