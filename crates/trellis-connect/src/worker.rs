@@ -682,9 +682,16 @@ impl Pump {
     /// running is refused by the writer with a warning, and these offsets go with the next.
     fn commit_in_background(&self) {
         self.writer.write_offsets(self.submitted.take_committable());
-        if self.writer.begin_flush() {
-            // Dropping the handle does not stop the flush; it completes or cancels itself.
-            drop(self.writer.do_flush());
+        if self.writer.begin_flush()
+            && let Some(pending) = self.writer.do_flush()
+        {
+            // Awaited apart, so a slow flush never holds up the pump; the writer warns of a
+            // failure itself.
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                let outcome = pending.await;
+                tracing::debug!(connector = %name, ?outcome, "offset flush ended");
+            });
         }
     }
 

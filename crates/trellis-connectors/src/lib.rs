@@ -7,10 +7,13 @@
 //! - `topic_source`: reads a topic of another Trellis over HTTP; the position is the far offset.
 //! - `plugins`: the catalog of the classes above (and `http-sink`, which the runtime builds),
 //!   making a connector by class and checking a config without side effects.
+//! - `standalone`: one connector per process against a runtime's HTTP API, offsets in a local
+//!   file.
 
 pub mod file_sink;
 pub mod file_source;
 pub mod http_source;
 pub mod plugins;
+pub mod standalone;
 pub mod topic_sink;
 pub mod topic_source;
