@@ -154,7 +154,7 @@ impl SourceWorker {
 
     /// Where records that fail for good go under `errors.tolerance = all`, started with
     /// `config`. A dead letter is the record with the extensions `trellisconnector`,
-    /// `trellisfailure` (`rejected` or `retries_exhausted`) and `trellisreason`.
+    /// `trellisfailure` (`non_retriable` or `retries_exhausted`) and `trellisreason`.
     pub fn with_dead_letters(
         mut self,
         sink: Box<dyn Sink>,
@@ -638,7 +638,7 @@ impl Pump {
                 if exhausted {
                     "retries_exhausted"
                 } else {
-                    "rejected"
+                    "non_retriable"
                 },
             )
             .with_extension("trellisreason", why.chars().take(1024).collect::<String>());
