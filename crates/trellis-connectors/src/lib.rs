@@ -2,6 +2,7 @@
 //!
 //! - `file_source`: tails a file line by line; the position is the byte offset after a line.
 //! - `file_sink`: appends one JSON event per line, with an fsync policy.
+//! - `http_sink`: the delivery engine as a sink, for a standalone `http-sink`.
 //! - `http_source`: a webhook receiver that answers once each record is durably published.
 //! - `topic_sink`: publishes batches into a topic of another Trellis over HTTP, keeping event ids.
 //! - `topic_source`: reads a topic of another Trellis over HTTP; the position is the far offset.
@@ -12,6 +13,7 @@
 
 pub mod file_sink;
 pub mod file_source;
+pub mod http_sink;
 pub mod http_source;
 pub mod plugins;
 pub mod standalone;

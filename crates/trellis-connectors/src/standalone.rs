@@ -10,7 +10,9 @@
 //!   fail for good are published into `dead_letter_topic` (default `<name>.dlq`) of the runtime.
 //!   The offset's partition names the runtime's URL and topic, so pointing the connector at
 //!   another URL starts it afresh.
-//! - `http-sink` runs on the delivery engine inside `trellis serve` and is refused here.
+//! - `http-sink` runs the same way, its sink being the delivery engine in this process
+//!   ([`HttpSink`]: the same `sink` and `delivery` settings as a webhook subscription, with the
+//!   runtime's default address deny list and the system's trusted roots).
 //!
 //! Offsets live in an embedded metadata store (redb) at `offsets_file`, through the same
 //! `OffsetStore` as inside the runtime; the file is locked while the connector runs, so two
@@ -26,6 +28,11 @@ use trellis_connect::{
     ConfigError, ConnectorConfig, Role, SourceWorker, Tolerance, WorkerFailed, WorkerSettings,
 };
 
+use trellis_connect::Sink;
+use trellis_delivery::guard::AddressGuard;
+use trellis_delivery::tls::WebhookTls;
+
+use crate::http_sink::{self, HttpSink};
 use crate::plugins::{self, HTTP_SINK, Kind};
 use crate::topic_sink::{TopicSink, base_url};
 use crate::topic_source::TopicSource;
@@ -41,11 +48,10 @@ pub enum StandaloneError {
     InvalidName,
     #[error("--url must be the runtime's http:// or https:// base URL")]
     InvalidUrl,
-    #[error(
-        "the http-sink connector runs on the delivery engine of `trellis serve`; create it there \
-         (POST /v1/connectors) instead of running it standalone"
-    )]
-    NeedsServe,
+    #[error("the connector class {0} cannot run standalone")]
+    NotStandalone(String),
+    #[error("the HTTP sink's TLS roots cannot be loaded")]
+    Tls(#[source] trellis_delivery::tls::TlsError),
     #[error("cannot open the offsets file {path}")]
     Offsets {
         path: PathBuf,
@@ -65,7 +71,7 @@ impl StandaloneError {
             StandaloneError::Config(_)
                 | StandaloneError::InvalidName
                 | StandaloneError::InvalidUrl
-                | StandaloneError::NeedsServe
+                | StandaloneError::NotStandalone(_)
         )
     }
 }
@@ -88,7 +94,8 @@ pub fn check(
         .map_err(|_| StandaloneError::InvalidUrl)?;
     let plugin = plugins::check(config)?;
     if plugin.class == HTTP_SINK {
-        return Err(StandaloneError::NeedsServe);
+        // The catalog leaves these to whoever runs the engine: here, this process.
+        http_sink::specs(config)?;
     }
     Ok(plugin)
 }
@@ -115,7 +122,7 @@ pub async fn run(
     let worker = match plugin.kind {
         Kind::Source => {
             let Some(source) = plugins::new_source(plugin.class) else {
-                return Err(StandaloneError::NeedsServe);
+                return Err(StandaloneError::NotStandalone(plugin.class.to_owned()));
             };
             let defaults = event_defaults(name, &config)?;
             let publish = ConnectorConfig::new()
@@ -134,8 +141,15 @@ pub async fn run(
             .with_destination_config(publish)
         }
         Kind::Sink => {
-            let Some(sink) = plugins::new_sink(plugin.class) else {
-                return Err(StandaloneError::NeedsServe);
+            let sink: Box<dyn Sink> = if plugin.class == HTTP_SINK {
+                let guard = AddressGuard::new(AddressGuard::default_deny_list());
+                let tls = WebhookTls::new(None).map_err(StandaloneError::Tls)?;
+                Box::new(HttpSink::new(Arc::new(guard), tls))
+            } else {
+                match plugins::new_sink(plugin.class) {
+                    Some(sink) => sink,
+                    None => return Err(StandaloneError::NotStandalone(plugin.class.to_owned())),
+                }
             };
             let mut read = ConnectorConfig::new()
                 .with("url", runtime_url)

@@ -170,7 +170,12 @@ async fn what_cannot_run_standalone_is_refused_before_anything_starts() {
     let offsets = dir.path().join("x.offsets");
     let cases = [
         (
-            json!({"connector.class": "http-sink", "topic": "t", "sink": {"url": "http://127.0.0.1:9"}}),
+            json!({"connector.class": "http-sink", "topic": "t", "sink": {"urls": []}}),
+            "http://127.0.0.1:1",
+            "x",
+        ),
+        (
+            json!({"connector.class": "http-sink", "topic": "t", "sink": {"urls": ["http://127.0.0.1:9"]}, "delivery": {"max_attempts": 0}}),
             "http://127.0.0.1:1",
             "x",
         ),
@@ -203,4 +208,86 @@ async fn what_cannot_run_standalone_is_refused_before_anything_starts() {
         assert!(error.is_config(), "{value}: {error}");
     }
     assert!(!offsets.exists(), "no offsets file was made");
+}
+
+/// The HTTP sink on the delivery engine in the connector's process: an intermittent receiver
+/// still gets every event (the engine retries), a 400 dead-letters its event, and a restart
+/// delivers only what came after the committed offset.
+#[tokio::test]
+async fn a_standalone_http_sink_delivers_through_the_engine_and_resumes() {
+    use trellis_test_support::{Receiver, Reply};
+    let far = Far::start().await;
+    let receiver = Receiver::start(|index, request| {
+        if request.header("ce-id") == Some("bad") {
+            Reply::Status(400)
+        } else if index % 3 == 0 {
+            Reply::Status(503)
+        } else {
+            Reply::Status(200)
+        }
+    })
+    .await
+    .expect("receiver");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let offsets = dir.path().join("hook.offsets");
+    let sink = config(json!({
+        "connector.class": "http-sink",
+        "topic": "orders",
+        "sink": {"urls": [receiver.url("/hook")]},
+        "delivery": {"max_attempts": 10, "backoff": {"initial_ms": 1, "max_ms": 5}, "retry_after_max_ms": 0},
+        "errors.tolerance": "all",
+    }));
+    let delivered = |receiver: &Receiver| -> Vec<String> {
+        // The 200 answers, by event id, in the order they came.
+        receiver
+            .requests()
+            .iter()
+            .enumerate()
+            .filter(|(index, request)| request.header("ce-id") != Some("bad") && index % 3 != 0)
+            .filter_map(|(_, request)| request.header("ce-id").map(str::to_owned))
+            .collect()
+    };
+    far.publish("orders", &["a", "bad", "b", "c"]).await;
+    let (stop, task) = spawn("hook", sink.clone(), &far, &offsets);
+    until("a, b and c delivered and bad dead-lettered", async || {
+        let mut got = delivered(&receiver);
+        got.sort();
+        got == ["a", "b", "c"] && topic_events(&far, "hook.dlq").await.len() == 1
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("task").expect("a clean stop");
+    let letters = topic_events(&far, "hook.dlq").await;
+    assert_eq!(letters[0]["id"], "bad");
+    assert_eq!(letters[0]["trellisfailure"], "non_retriable");
+    let request = receiver
+        .requests()
+        .into_iter()
+        .find(|request| request.header("ce-id") == Some("a"))
+        .expect("a request for a");
+    assert_eq!(request.header("ce-source"), Some("/far"));
+    assert_eq!(
+        request.header("ce-connectoffset"),
+        None,
+        "positions stay inside"
+    );
+
+    far.publish("orders", &["d"]).await;
+    let before = receiver.n_requests();
+    let (stop, task) = spawn("hook", sink, &far, &offsets);
+    until("d delivered", async || {
+        delivered(&receiver).contains(&"d".to_owned())
+    })
+    .await;
+    stop.cancel();
+    task.await.expect("task").expect("a clean stop");
+    let again: Vec<Option<String>> = receiver.requests()[before..]
+        .iter()
+        .map(|request| request.header("ce-id").map(str::to_owned))
+        .collect();
+    assert!(
+        again.iter().all(|id| id.as_deref() == Some("d")),
+        "after the restart only d is delivered: {again:?}"
+    );
+    far.stop().await;
 }

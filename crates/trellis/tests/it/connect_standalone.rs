@@ -224,14 +224,16 @@ fn a_config_error_names_the_key_and_exits_2() {
         "nothing was started"
     );
 
+    // The HTTP sink's `sink` object is checked as a subscription's, before anything starts.
     let http_sink = dir.path().join("sink.yaml");
     std::fs::write(
         &http_sink,
-        "name: out\nconfig:\n  connector.class: http-sink\n  topic: lines\n  sink: {url: 'http://127.0.0.1:9'}\n",
+        "name: out\nconfig:\n  connector.class: http-sink\n  topic: lines\n  sink: {urls: ['ftp://127.0.0.1:9']}\n",
     )
     .expect("write");
     let http_sink = http_sink.display().to_string();
     let run = run_trellis(&["connect", "run", &http_sink], "TRELLIS_SERVER", "");
     assert_eq!(run.code, Some(2), "{}", run.stderr);
-    assert!(run.stderr.contains("trellis serve"), "{}", run.stderr);
+    assert!(run.stderr.contains("`sink`"), "{}", run.stderr);
+    assert!(run.stderr.contains("sink.urls[0]"), "{}", run.stderr);
 }
