@@ -63,7 +63,8 @@ fn run_connector(args: ConnectRunArgs) -> anyhow::Result<()> {
             signal(SignalKind::interrupt()).context("cannot install a SIGINT handler")?;
         tracing::info!(
             connector = %file.name,
-            url = %args.url,
+            // A URL may carry credentials (`user:password@`, a token in the query).
+            url = %trellis_delivery::redact::redact_url(&args.url),
             offsets = %offsets.display(),
             "running connector standalone"
         );
