@@ -554,7 +554,7 @@ impl HttpError {
     /// The answer for a record that ended without being published.
     fn from_send(cause: &SendError) -> HttpError {
         match cause {
-            SendError::Dropped | SendError::Cancelled => {
+            SendError::Dropped | SendError::Cancelled | SendError::Retriable(_) => {
                 HttpError::unavailable("not_published", format!("{cause}; retry later"))
             }
             SendError::Rejected(_) => HttpError::new(
