@@ -61,7 +61,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::{
     ErrorPolicy, Start, Tolerance, WorkerSettings, common_config_keys, dead_letter_topic,
-    event_defaults, sink_config_keys, source_config_keys,
+    event_defaults, sink_config_keys, source_config_keys, start, topic,
 };
 pub use status::{WorkerCounters, WorkerState, WorkerStatus};
 

@@ -58,6 +58,8 @@ struct Script {
     n: u64,
     bad: Option<u64>,
     heard: Arc<Heard>,
+    /// Records after this offset wait until the gate opens.
+    gate: Option<(u64, watch::Receiver<bool>)>,
 }
 
 impl Script {
@@ -67,6 +69,7 @@ impl Script {
             n,
             bad,
             heard,
+            gate: None,
         }
     }
 }
@@ -92,7 +95,11 @@ impl Source for Script {
     }
 
     async fn poll(&mut self) -> Result<Vec<ConnectRecord>, ConnectorError> {
-        if self.records.is_empty() {
+        let held = match (&self.gate, self.records.front()) {
+            (Some((after, gate)), Some(next)) => next.position.offset.0 > *after && !*gate.borrow(),
+            _ => false,
+        };
+        if self.records.is_empty() || held {
             tokio::time::sleep(Duration::from_millis(50)).await;
             return Ok(Vec::new());
         }
@@ -464,10 +471,13 @@ async fn commits_during_a_slow_flush_are_refused_and_land_on_the_next_cycle() {
     let gated = Gated::new();
     let offsets = OffsetStore::new(gated.clone(), "seed-002");
     gated.open.send_replace(false);
+    let (source_gate, gate) = watch::channel(false);
+    let mut script = Script::new(40, None, heard.clone());
+    script.gate = Some((20, gate));
     let worker = SourceWorker::new(
         "seed-002".to_owned(),
         config.clone(),
-        Box::new(Script::new(40, None, heard.clone())),
+        Box::new(script),
         Box::new(TopicSink::new()),
         offsets.clone(),
         settings(&config),
@@ -475,10 +485,16 @@ async fn commits_during_a_slow_flush_are_refused_and_land_on_the_next_cycle() {
     let status = worker.status();
     let stop = CancellationToken::new();
     let task = tokio::spawn(worker.run(stop.clone()));
+    until("the first 20 records", async || {
+        events(&far).await.len() == 20
+    })
+    .await;
     until("refused flushes", async || {
         status.offsets().begin_flush_refused >= 3
     })
     .await;
+    // The stuck flush holds at most offset 20; the rest arrive while it is stuck.
+    source_gate.send_replace(true);
     until(
         "every record published while the flush is stuck",
         async || events(&far).await.len() == 40,
@@ -490,14 +506,19 @@ async fn commits_during_a_slow_flush_are_refused_and_land_on_the_next_cycle() {
         0,
         "the first flush is still stuck"
     );
+    assert_eq!(
+        offsets.read(&Partition::new("p")).await.expect("read"),
+        None
+    );
     gated.open.send_replace(true);
     until("the last offset committed while running", async || {
         offsets.read(&Partition::new("p")).await.ok().flatten() == Some(Offset(40))
     })
     .await;
     assert_eq!(status.state(), WorkerState::Running);
+    // The stuck flush, then the one with the offsets that waited.
+    until("two commits", async || status.offsets().commits >= 2).await;
     stop.cancel();
     task.await.expect("worker task").expect("a clean stop");
-    assert!(status.offsets().commits >= 2);
     far.stop().await;
 }
