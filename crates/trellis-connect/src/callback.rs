@@ -66,13 +66,22 @@ pub enum SendError {
     /// again after a restart.
     #[error("the connector stopped before the record ended")]
     Cancelled,
+    /// The target could not take the record now (it is unavailable, overloaded or asked to
+    /// come back later); trying again may succeed, so a worker retries it within its retry
+    /// budget.
+    #[error("the target could not take the record now: {0}")]
+    Retriable(String),
 }
 
 impl SendError {
-    /// Whether retrying the record later may succeed: a record that was dropped or cancelled
-    /// is not final and must not be dead-lettered; it is read again after a restart.
+    /// Whether retrying the record cannot succeed. A record that was dropped, cancelled or
+    /// failed in a retriable way is not final: a worker retries it within its retry budget,
+    /// and must not dead-letter it before; it is read again after a restart.
     pub fn is_final(&self) -> bool {
-        !matches!(self, SendError::Dropped | SendError::Cancelled)
+        !matches!(
+            self,
+            SendError::Dropped | SendError::Cancelled | SendError::Retriable(_)
+        )
     }
 }
 

@@ -213,6 +213,73 @@ pub fn is_secret_key(key: &str) -> bool {
     SECRET_WORDS.iter().any(|word| name.contains(word)) || name == "authorization"
 }
 
+/// One key a connector takes, as the plugin catalog (`GET /v1/connector-plugins`) lists it.
+/// Serializes as `{"name","required","default","description","secret"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ConfigKey {
+    pub name: &'static str,
+    pub required: bool,
+    /// The default, as the user would write it; `None` when required or when the default is
+    /// derived (from the connector's name, say) and the description tells how.
+    pub default: Option<&'static str>,
+    pub description: &'static str,
+    /// Whether the value is redacted wherever a config is shown.
+    pub secret: bool,
+}
+
+impl ConfigKey {
+    /// An optional key with a default.
+    pub const fn optional(
+        name: &'static str,
+        default: Option<&'static str>,
+        description: &'static str,
+    ) -> ConfigKey {
+        ConfigKey {
+            name,
+            required: false,
+            default,
+            description,
+            secret: false,
+        }
+    }
+
+    /// A required key.
+    pub const fn required(name: &'static str, description: &'static str) -> ConfigKey {
+        ConfigKey {
+            name,
+            required: true,
+            default: None,
+            description,
+            secret: false,
+        }
+    }
+
+    /// The same key, marked secret.
+    pub const fn secret(mut self) -> ConfigKey {
+        self.secret = true;
+        self
+    }
+}
+
+/// Refuses the first key of `config` that none of `accepted` names: the error names the key
+/// and lists the accepted ones, in the order given.
+pub fn check_known_keys<'a>(
+    config: &ConnectorConfig,
+    accepted: impl IntoIterator<Item = &'a ConfigKey> + Clone,
+) -> Result<(), ConfigError> {
+    for key in config.keys() {
+        if !accepted.clone().into_iter().any(|known| known.name == key) {
+            let names: Vec<&str> = accepted.into_iter().map(|known| known.name).collect();
+            return Err(ConfigError::new(
+                key,
+                format!("absent: this connector takes only {}", names.join(", ")),
+            )
+            .found("an unknown key"));
+        }
+    }
+    Ok(())
+}
+
 fn redact_value(key: &str, value: &Value) -> Value {
     if is_secret_key(key) && !value.is_null() {
         return Value::String(REDACTED.to_owned());
@@ -324,6 +391,24 @@ mod tests {
         assert!(config.to_string().contains(r#""path":"/var/log/app.log""#));
         // The config itself keeps the secret for the connector to use.
         assert_eq!(config.get_str("http.auth.Bearer-Token"), Ok("t0ps3cret"));
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_the_keys_that_are_taken() {
+        const KEYS: [ConfigKey; 2] = [
+            ConfigKey::required("path", "the file"),
+            ConfigKey::optional("fsync", Some("interval"), "when to fsync"),
+        ];
+        let config = ConnectorConfig::new()
+            .with("path", "/x")
+            .with("pathh", "/y");
+        let error = check_known_keys(&config, &KEYS).expect_err("a typo");
+        assert_eq!(error.key, "pathh");
+        assert_eq!(
+            error.to_string(),
+            "config key `pathh` must be absent: this connector takes only path, fsync, got an unknown key"
+        );
+        assert!(check_known_keys(&ConnectorConfig::new().with("fsync", "never"), &KEYS).is_ok());
     }
 
     #[test]

@@ -21,6 +21,9 @@
 //!   warning, never a crash), the offset reader, and submitted-record tracking (only the
 //!   contiguous acknowledged prefix of a partition is committable), persisted in the metadata
 //!   store.
+//! - `worker`: [`SourceWorker`], the pump that runs a connector: a source into a destination
+//!   sink, with offsets committed from the acknowledged prefix, retries with backoff and the
+//!   error policy (`errors.tolerance`), and [`WorkerStatus`] for whoever shows it.
 
 pub mod callback;
 pub mod cloudevents;
@@ -31,12 +34,24 @@ pub mod position;
 pub mod record;
 pub mod sink;
 pub mod source;
+pub mod worker;
 
 pub use callback::{Completion, SendCallback, SendError, SendExceptionContext, SendResult};
-pub use config::{ConfigError, ConnectorConfig};
+pub use config::{ConfigError, ConfigKey, ConnectorConfig};
 pub use error::ConnectorError;
 pub use offsets::{OffsetReader, OffsetStore, OffsetWriter, SubmittedRecords};
 pub use position::{Offset, Partition, Position};
 pub use record::ConnectRecord;
 pub use sink::{Sink, SinkContext};
 pub use source::{Source, SourceContext};
+pub use worker::{
+    ErrorPolicy, Role, SourceWorker, Tolerance, WorkerFailed, WorkerSettings, WorkerState,
+    WorkerStatus,
+};
+
+/// Describes every connector metric (the offsets' and the workers') to the installed recorder;
+/// the runtime calls it once, next to its own.
+pub fn describe_metrics() {
+    offsets::describe_metrics();
+    worker::describe_metrics();
+}

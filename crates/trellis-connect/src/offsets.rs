@@ -45,7 +45,7 @@ pub use writer::{
 };
 
 /// Displays an error with its sources, for log lines.
-struct ErrorChain<'a>(&'a (dyn std::error::Error + 'static));
+pub(crate) struct ErrorChain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
 impl std::fmt::Display for ErrorChain<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -27,7 +27,10 @@ use async_trait::async_trait;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::AsyncWriteExt;
 use trellis_connect::cloudevents::{EventDefaults, to_cloud_event};
-use trellis_connect::{ConfigError, ConnectRecord, ConnectorError, SendError, Sink, SinkContext};
+use trellis_connect::{
+    ConfigError, ConfigKey, ConnectRecord, ConnectorConfig, ConnectorError, SendError, Sink,
+    SinkContext,
+};
 
 /// The default of `fsync_interval_ms`.
 pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 1000;
@@ -154,8 +157,32 @@ impl FileSink {
     }
 }
 
-fn fsync_policy(context: &SinkContext) -> Result<FsyncPolicy, ConfigError> {
-    let config = &context.config;
+/// The keys this connector takes besides the common ones.
+pub const CONFIG_KEYS: [ConfigKey; 3] = [
+    ConfigKey::required("path", "The file to append to; created if missing."),
+    ConfigKey::optional("fsync", Some("interval"), "always, interval or never."),
+    ConfigKey::optional(
+        "fsync_interval_ms",
+        Some("1000"),
+        "With fsync interval: how often written lines are fsynced (1 to 3600000).",
+    ),
+];
+
+/// Checks this connector's own keys without opening the file.
+pub fn check_config(config: &ConnectorConfig) -> Result<(), ConfigError> {
+    path(config)?;
+    fsync_policy(config).map(drop)
+}
+
+fn path(config: &ConnectorConfig) -> Result<String, ConfigError> {
+    let path = config.get_str("path")?;
+    if path.is_empty() {
+        return Err(ConfigError::new("path", "a file path").found("an empty string"));
+    }
+    Ok(path.to_owned())
+}
+
+fn fsync_policy(config: &ConnectorConfig) -> Result<FsyncPolicy, ConfigError> {
     let interval_ms = config.get_u64_in(
         "fsync_interval_ms",
         1,
@@ -176,13 +203,8 @@ fn fsync_policy(context: &SinkContext) -> Result<FsyncPolicy, ConfigError> {
 #[async_trait]
 impl Sink for FileSink {
     async fn start(&mut self, context: SinkContext) -> Result<(), ConnectorError> {
-        let path = context.config.get_str("path")?.to_owned();
-        if path.is_empty() {
-            return Err(ConfigError::new("path", "a file path")
-                .found("an empty string")
-                .into());
-        }
-        let fsync = fsync_policy(&context)?;
+        let path = path(&context.config)?;
+        let fsync = fsync_policy(&context.config)?;
         // Open now, so a path that cannot be written fails the start, not every record.
         self.file = Some(Self::open(&path).await?);
         self.syncer = match fsync {

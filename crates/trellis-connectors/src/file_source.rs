@@ -45,7 +45,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use trellis_connect::{ConnectRecord, ConnectorError, Partition, Position, Source, SourceContext};
+use trellis_connect::{
+    ConfigError, ConfigKey, ConnectRecord, ConnectorConfig, ConnectorError, Partition, Position,
+    Source, SourceContext,
+};
 
 /// The default and limits of `max_batch`.
 pub const DEFAULT_MAX_BATCH: u64 = 500;
@@ -292,7 +295,12 @@ impl OpenFile {
             self.identity.device, self.identity.inode
         );
         let truncated = self.line_len > data.len() as u64;
+        // A line of text reads back as text, not base64; other bytes stay binary data.
+        let text = std::str::from_utf8(&data).is_ok();
         let mut record = ConnectRecord::new(id, Position::new(path, end), Bytes::from(data));
+        if text {
+            record = record.with_extension("datacontenttype", "text/plain; charset=utf-8");
+        }
         if truncated {
             tracing::warn!(
                 path,
@@ -318,33 +326,55 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// The keys this connector takes besides the common ones.
+pub const CONFIG_KEYS: [ConfigKey; 3] = [
+    ConfigKey::required("path", "The file to tail; it need not exist yet."),
+    ConfigKey::optional(
+        "max_batch",
+        Some("500"),
+        "Most lines one poll returns (1 to 100000).",
+    ),
+    ConfigKey::optional(
+        "max_line_bytes",
+        Some("1048576"),
+        "Longest line kept whole (1 to 64 MiB); a longer one is cut and marked `truncated`.",
+    ),
+];
+
+/// Checks this connector's own keys without touching the file.
+pub fn check_config(config: &ConnectorConfig) -> Result<(), ConfigError> {
+    settings(config).map(drop)
+}
+
+fn settings(config: &ConnectorConfig) -> Result<Settings, ConfigError> {
+    let path = config.get_str("path")?.to_owned();
+    if path.is_empty() {
+        return Err(ConfigError::new("path", "a file path").found("an empty string"));
+    }
+    let max_batch = config.get_u64_in("max_batch", 1, MAX_BATCH_LIMIT, DEFAULT_MAX_BATCH)?;
+    let max_line_bytes = config.get_u64_in(
+        "max_line_bytes",
+        1,
+        MAX_LINE_BYTES_LIMIT,
+        DEFAULT_MAX_LINE_BYTES,
+    )?;
+    Ok(Settings {
+        path_hash: fnv1a(path.as_bytes()),
+        path,
+        // Both are bounded by the limits above, far below usize::MAX.
+        max_batch: usize::try_from(max_batch).unwrap_or(usize::MAX),
+        max_line_bytes: usize::try_from(max_line_bytes).unwrap_or(usize::MAX),
+    })
+}
+
 #[async_trait]
 impl Source for FileSource {
     async fn start(&mut self, context: SourceContext) -> Result<(), ConnectorError> {
-        let config = &context.config;
-        let path = config.get_str("path")?.to_owned();
-        if path.is_empty() {
-            return Err(trellis_connect::ConfigError::new("path", "a file path")
-                .found("an empty string")
-                .into());
-        }
-        let max_batch = config.get_u64_in("max_batch", 1, MAX_BATCH_LIMIT, DEFAULT_MAX_BATCH)?;
-        let max_line_bytes = config.get_u64_in(
-            "max_line_bytes",
-            1,
-            MAX_LINE_BYTES_LIMIT,
-            DEFAULT_MAX_LINE_BYTES,
-        )?;
+        let settings = settings(&context.config)?;
         self.resume_at = context
-            .committed_offset(&Partition::new(path.clone()))
+            .committed_offset(&Partition::new(settings.path.clone()))
             .map_or(0, |offset| offset.0);
-        self.settings = Some(Settings {
-            path_hash: fnv1a(path.as_bytes()),
-            path,
-            // Both are bounded by the limits above, far below usize::MAX.
-            max_batch: usize::try_from(max_batch).unwrap_or(usize::MAX),
-            max_line_bytes: usize::try_from(max_line_bytes).unwrap_or(usize::MAX),
-        });
+        self.settings = Some(settings);
         self.open = None;
         Ok(())
     }

@@ -57,21 +57,46 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use trellis_connect::cloudevents::from_cloud_event;
 use trellis_connect::{
-    ConfigError, ConnectRecord, ConnectorConfig, ConnectorError, Partition, Position, SendCallback,
-    SendError, SendExceptionContext, SendResult, Source, SourceContext,
+    ConfigError, ConfigKey, ConnectRecord, ConnectorConfig, ConnectorError, Partition, Position,
+    SendCallback, SendError, SendExceptionContext, SendResult, Source, SourceContext,
 };
 
 pub use signature::{GITHUB_SIGNATURE_HEADER, github_signature, verify_github_signature};
 
-/// The keys this connector reads.
-pub const CONFIG_KEYS: [&str; 6] = [
-    "listen",
-    "path",
-    "format",
-    "secret",
-    "queue_capacity",
-    "max_body_bytes",
+/// The keys this connector takes besides the common ones.
+pub const CONFIG_KEYS: [ConfigKey; 6] = [
+    ConfigKey::required(
+        "listen",
+        "The address and port to bind, such as 0.0.0.0:8080.",
+    ),
+    ConfigKey::optional("path", Some("/"), "The request path, starting with /."),
+    ConfigKey::optional(
+        "format",
+        Some("json"),
+        "json (any JSON body), cloudevents (any mode) or github (a GitHub webhook delivery).",
+    ),
+    ConfigKey::optional(
+        "secret",
+        None,
+        "The GitHub webhook secret; required with format github.",
+    )
+    .secret(),
+    ConfigKey::optional(
+        "queue_capacity",
+        Some("1000"),
+        "Records waiting to be polled before requests get 503 (1 to 1000000).",
+    ),
+    ConfigKey::optional(
+        "max_body_bytes",
+        Some("1048576"),
+        "The largest request body (1 to 64 MiB).",
+    ),
 ];
+
+/// Checks this connector's own keys without binding anything.
+pub fn check_config(config: &ConnectorConfig) -> Result<(), ConfigError> {
+    settings(config).map(drop)
+}
 
 /// Default `queue_capacity`.
 pub const DEFAULT_QUEUE_CAPACITY: u64 = 1000;
@@ -554,7 +579,7 @@ impl HttpError {
     /// The answer for a record that ended without being published.
     fn from_send(cause: &SendError) -> HttpError {
         match cause {
-            SendError::Dropped | SendError::Cancelled => {
+            SendError::Dropped | SendError::Cancelled | SendError::Retriable(_) => {
                 HttpError::unavailable("not_published", format!("{cause}; retry later"))
             }
             SendError::Rejected(_) => HttpError::new(

@@ -5,9 +5,12 @@
 //! - `http_source`: a webhook receiver that answers once each record is durably published.
 //! - `topic_sink`: publishes batches into a topic of another Trellis over HTTP, keeping event ids.
 //! - `topic_source`: reads a topic of another Trellis over HTTP; the position is the far offset.
+//! - `plugins`: the catalog of the classes above (and `http-sink`, which the runtime builds),
+//!   making a connector by class and checking a config without side effects.
 
 pub mod file_sink;
 pub mod file_source;
 pub mod http_source;
+pub mod plugins;
 pub mod topic_sink;
 pub mod topic_source;

@@ -10,14 +10,19 @@
 //! - a `5xx`, a timeout or a connection error: `put` returns an error and the records end as
 //!   [`SendError::Dropped`], which is not final, so they are read and sent again.
 //!
-//! Config keys: `url` (the far Trellis' base URL, required), `topic` (required), `timeout_ms`
-//! (per request, default 10000).
+//! Config keys ([`CONFIG_KEYS`]): `url` (the far Trellis' base URL, required), `remote_topic`
+//! (the far topic; default the connector's `topic`), `timeout_ms` (per request, default
+//! 10000). Records that set no CloudEvents `source` or `type` get `event.source` (default
+//! `/connectors/<name>`) and `event.type` (default `trellis.connector.<connector.class>`).
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use trellis_connect::cloudevents::{EventDefaults, to_cloud_event};
-use trellis_connect::{ConfigError, ConnectRecord, ConnectorError, SendError, Sink, SinkContext};
+use trellis_connect::worker::event_defaults;
+use trellis_connect::{
+    ConfigError, ConfigKey, ConnectRecord, ConnectorError, SendError, Sink, SinkContext,
+};
 
 const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 const MAX_TIMEOUT_MS: u64 = 600_000;
@@ -56,13 +61,43 @@ pub(crate) fn base_url(config: &trellis_connect::ConnectorConfig) -> Result<Stri
     }
 }
 
-/// The topic from `topic`: non-empty and safe in a URL path. The far side judges the rest.
+/// The far topic: `remote_topic`, else `topic`; non-empty and safe in a URL path. The far
+/// side judges the rest.
 pub(crate) fn topic_name(config: &trellis_connect::ConnectorConfig) -> Result<String, ConfigError> {
-    let topic = config.get_str("topic")?;
+    let key = if config.get_opt_str("remote_topic")?.is_some() {
+        "remote_topic"
+    } else {
+        "topic"
+    };
+    let topic = config.get_str(key)?;
     if topic.is_empty() || topic.contains(['/', '?', '#', '%', ' ']) {
-        return Err(ConfigError::new("topic", "a topic name").found(topic));
+        return Err(ConfigError::new(key, "a topic name").found(topic));
     }
     Ok(topic.to_owned())
+}
+
+/// The keys this connector takes besides the common ones.
+pub const CONFIG_KEYS: [ConfigKey; 3] = [
+    ConfigKey::required("url", "The far Trellis' base URL, http:// or https://."),
+    ConfigKey::optional(
+        "remote_topic",
+        None,
+        "The far topic to publish into; default the connector's topic.",
+    ),
+    ConfigKey::optional(
+        "timeout_ms",
+        Some("10000"),
+        "Timeout of each request to the far Trellis (1 to 600000).",
+    ),
+];
+
+/// Checks this connector's own keys without connecting anywhere.
+pub fn check_config(config: &trellis_connect::ConnectorConfig) -> Result<(), ConfigError> {
+    base_url(config)?;
+    topic_name(config)?;
+    config
+        .get_u64_in("timeout_ms", 1, MAX_TIMEOUT_MS, DEFAULT_TIMEOUT_MS)
+        .map(drop)
 }
 
 #[async_trait]
@@ -80,10 +115,7 @@ impl Sink for TopicSink {
             client,
             endpoint: format!("{url}/v1/topics/{topic}/events"),
             topic,
-            defaults: EventDefaults {
-                source: format!("/connectors/{}", context.name),
-                ty: "dev.trellis.connect.record".to_owned(),
-            },
+            defaults: event_defaults(&context.name, config)?,
         });
         Ok(())
     }

@@ -12,8 +12,10 @@
 //! the bridge, and the warning says how many. A far side that cannot be reached, or a topic
 //! that does not exist yet, gives empty polls (with a warning) until it can be read.
 //!
-//! Config keys: `url` (the far Trellis' base URL, required), `topic` (required), `max_batch`
-//! (events per poll, 1 to 1000, default 100).
+//! Config keys ([`CONFIG_KEYS`]): `url` (the far Trellis' base URL, required), `remote_topic`
+//! (the far topic; default the connector's `topic`), `max_batch` (events per poll, 1 to 1000,
+//! default 100), `start` (`earliest`, the default, or `latest`: where to begin without a
+//! committed offset; `latest` skips what the far topic held at the first start).
 
 use std::time::Duration;
 
@@ -21,7 +23,11 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use trellis_cloudevents::parse_batch;
 use trellis_connect::cloudevents::from_cloud_event;
-use trellis_connect::{ConnectRecord, ConnectorError, Partition, Position, Source, SourceContext};
+use trellis_connect::worker::{Start, start};
+use trellis_connect::{
+    ConfigError, ConfigKey, ConnectRecord, ConnectorError, Partition, Position, Source,
+    SourceContext,
+};
 
 use crate::topic_sink::{base_url, topic_name};
 
@@ -54,6 +60,7 @@ struct Started {
 #[derive(Deserialize)]
 struct TopicView {
     first_offset: u64,
+    next_offset: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -143,6 +150,24 @@ impl Started {
         Ok(Page::Events(records))
     }
 
+    /// The far topic's next offset, 0 while it does not exist.
+    async fn next_offset(&self) -> Result<u64, String> {
+        let response = self
+            .client
+            .get(&self.topic_url)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if response.status().as_u16() == 404 {
+            return Ok(0);
+        }
+        if !response.status().is_success() {
+            return Err(format!("{}", response.status()));
+        }
+        let view: TopicView = response.json().await.map_err(|e| e.to_string())?;
+        Ok(view.next_offset)
+    }
+
     async fn first_offset(&self) -> Result<u64, String> {
         let response = self
             .client
@@ -158,6 +183,32 @@ impl Started {
     }
 }
 
+/// The keys this connector takes besides the common ones.
+pub const CONFIG_KEYS: [ConfigKey; 4] = [
+    ConfigKey::required("url", "The far Trellis' base URL, http:// or https://."),
+    ConfigKey::optional(
+        "remote_topic",
+        None,
+        "The far topic to read; default the connector's topic.",
+    ),
+    ConfigKey::optional("max_batch", Some("100"), "Events per poll (1 to 1000)."),
+    ConfigKey::optional(
+        "start",
+        Some("earliest"),
+        "Where to begin without a committed offset: earliest or latest.",
+    ),
+];
+
+/// Checks this connector's own keys without connecting anywhere.
+pub fn check_config(config: &trellis_connect::ConnectorConfig) -> Result<(), ConfigError> {
+    base_url(config)?;
+    topic_name(config)?;
+    start(config)?;
+    config
+        .get_u64_in("max_batch", 1, MAX_BATCH_LIMIT, DEFAULT_MAX_BATCH)
+        .map(drop)
+}
+
 #[async_trait]
 impl Source for TopicSource {
     async fn start(&mut self, context: SourceContext) -> Result<(), ConnectorError> {
@@ -169,17 +220,26 @@ impl Source for TopicSource {
             .timeout(REQUEST_TIMEOUT)
             .build()
             .map_err(|e| ConnectorError::with_source("building the HTTP client", e))?;
+        let start = start(config)?;
         let partition = format!("{url}/{topic}");
-        let next = context
+        let committed = context
             .committed_offset(&Partition::new(partition.clone()))
-            .map_or(0, |offset| offset.0);
-        self.state = Some(Started {
+            .map(|offset| offset.0);
+        let mut state = Started {
             client,
             topic_url: format!("{url}/v1/topics/{topic}"),
             partition,
             max_batch,
-            next,
-        });
+            next: committed.unwrap_or(0),
+        };
+        if committed.is_none() && start == Start::Latest {
+            state.next = state.next_offset().await.map_err(|reason| {
+                ConnectorError::failed(format!(
+                    "cannot read where the far topic ends (start = latest): {reason}"
+                ))
+            })?;
+        }
+        self.state = Some(state);
         Ok(())
     }
 

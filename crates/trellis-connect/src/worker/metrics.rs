@@ -1,0 +1,37 @@
+//! The worker's record metrics, labelled by `connector` (a name the runtime bounds).
+
+pub(crate) const POLLED: &str = "trellis_connector_records_polled_total";
+pub(crate) const PUBLISHED: &str = "trellis_connector_records_published_total";
+pub(crate) const PUT: &str = "trellis_connector_records_put_total";
+pub(crate) const FAILED: &str = "trellis_connector_records_failed_total";
+pub(crate) const DEAD_LETTERED: &str = "trellis_connector_records_dead_lettered_total";
+
+/// Describes the worker's metrics to the installed recorder.
+pub(crate) fn describe() {
+    metrics::describe_counter!(
+        POLLED,
+        "Records polled from a connector's source, per connector."
+    );
+    metrics::describe_counter!(
+        PUBLISHED,
+        "Records a source connector published durably, per connector."
+    );
+    metrics::describe_counter!(
+        PUT,
+        "Records a sink connector put with success, per connector."
+    );
+    metrics::describe_counter!(
+        FAILED,
+        "Records that failed for good (skipped, dead-lettered or stopping the connector), per connector."
+    );
+    metrics::describe_counter!(
+        DEAD_LETTERED,
+        "Records a sink connector sent to its dead-letter topic, per connector."
+    );
+}
+
+pub(crate) fn count(name: &'static str, connector: &str, n: u64) {
+    if n > 0 {
+        metrics::counter!(name, "connector" => connector.to_owned()).increment(n);
+    }
+}
