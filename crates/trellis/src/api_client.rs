@@ -199,7 +199,7 @@ impl ApiResponse {
 
 /// The API's error `{"error","message"[,"field"|"attribute"]}` as `code: [field: ]message`.
 /// The field is left out when the message already starts with it, as the subscriptions API's
-/// messages do, or names it in backticks, as the connectors API's config errors do.
+/// messages do, or names its key in backticks, as the connectors API's config errors do.
 pub(crate) fn error_line(status: StatusCode, body: Option<&Value>) -> String {
     let text = |key: &str| body.and_then(|body| body.get(key)).and_then(Value::as_str);
     match (text("error"), text("message")) {
@@ -207,9 +207,7 @@ pub(crate) fn error_line(status: StatusCode, body: Option<&Value>) -> String {
             // The line goes to a terminal: keep it one line whatever the server wrote.
             let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
             match text("field").or_else(|| text("attribute")) {
-                Some(field)
-                    if !message.starts_with(field) && !message.contains(&format!("`{field}`")) =>
-                {
+                Some(field) if !message.starts_with(field) && !names_key(&message, field) => {
                     format!("{code}: {field}: {message}")
                 }
                 _ => format!("{code}: {message}"),
@@ -217,6 +215,13 @@ pub(crate) fn error_line(status: StatusCode, body: Option<&Value>) -> String {
         }
         _ => format!("the server answered {status}"),
     }
+}
+
+/// Whether `message` names the config key of `field` (`config.<key>`, or the key alone) in
+/// backticks, as the connectors API's config errors do.
+fn names_key(message: &str, field: &str) -> bool {
+    let key = field.strip_prefix("config.").unwrap_or(field);
+    message.contains(&format!("`{key}`"))
 }
 
 /// `name` as one path segment: everything but unreserved characters percent-encoded, and `.`
