@@ -86,6 +86,14 @@ impl Api {
         self.send(Method::GET, path, None).await
     }
 
+    /// A text answer's body (`/metrics`); empty on any error.
+    pub(crate) async fn get_text(&self, path: &str) -> String {
+        match self.client.get(format!("{}{path}", self.base)).send().await {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
     pub(crate) async fn create(&self, name: &str, config: Value) -> Answer {
         let body = json!({"name": name, "config": config});
         self.send(Method::POST, "/v1/connectors", Some(&body)).await

@@ -62,6 +62,18 @@ struct Kill {
     delivered: BTreeSet<usize>,
 }
 
+/// The sink's offset as last stored, from `/metrics`: an HTTP sink runs on a subscription's
+/// dispatcher, whose series carry `subscription="connector:<name>"`. 0 while there is none.
+async fn stored_progress(api: &Api) -> u64 {
+    let metrics = api.get_text("/metrics").await;
+    let series = "trellis_subscription_committed_offset{subscription=\"connector:hook\"} ";
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map_or(0, |value| value as u64)
+}
+
 /// The sink's committed topic offset as the metadata store holds it, read while the runtime is
 /// down (the contract's key, `{"offset":N,"incarnation":ID}`); 0 when none was stored yet.
 async fn stored_sink_offset(data_dir: &Path) -> u64 {
@@ -130,7 +142,7 @@ async fn file_to_http_through_five_sigkills_delivers_every_line(#[case] backend:
             for chunk in (0..LINES).collect::<Vec<_>>().chunks(10) {
                 let text: String = chunk.iter().map(|n| format!("{}\n", line(*n))).collect();
                 file.write_all(text.as_bytes()).expect("append");
-                std::thread::sleep(Duration::from_millis(15));
+                std::thread::sleep(Duration::from_millis(30));
             }
             writing.store(false, Ordering::Release);
         })
@@ -138,16 +150,21 @@ async fn file_to_http_through_five_sigkills_delivers_every_line(#[case] backend:
 
     let mut kills = Vec::new();
     for k in 1..=KILLS {
-        // Mid-stream: a share of the lines is through, the rest is on its way.
-        let threshold = k * LINES / (KILLS + 1);
+        // Mid-stream: a share of the lines is through the sink, the rest on its way. The kill
+        // waits for the sink to have stored that share (its committed-offset gauge is set as it
+        // stores), so that every run makes progress however fast kills follow restarts.
+        let threshold = (k * LINES / (KILLS + 1)) as u64;
+        // And past where this run started, so each run stores progress of its own.
+        let previous = kills.last().map_or(0, |kill: &Kill| kill.committed);
         let reached = wait_until(Duration::from_secs(60), async || {
-            deliveries(&receiver).len() >= threshold
+            let stored = stored_progress(&api).await;
+            stored >= threshold && stored > previous
         })
         .await;
         assert!(
             reached,
-            "kill {k}: {} of {threshold} lines delivered; stderr: {}",
-            deliveries(&receiver).len(),
+            "kill {k}: the sink's stored offset {} is short of {threshold}; stderr: {}",
+            stored_progress(&api).await,
             node.stderr()
         );
         node.kill();
@@ -220,10 +237,13 @@ async fn file_to_http_through_five_sigkills_delivers_every_line(#[case] backend:
         );
     }
     let bound: usize = in_flight.iter().map(BTreeSet::len).sum();
+    let stored: Vec<u64> = kills.iter().map(|kill| kill.committed).collect();
+    let seen: Vec<usize> = kills.iter().map(|kill| kill.delivered.len()).collect();
     let per_kill: Vec<usize> = in_flight.iter().map(BTreeSet::len).collect();
     println!(
         "{backend:?}: {LINES} lines, {KILLS} SIGKILLs: {duplicates} duplicate deliveries; \
-         in flight at each kill {per_kill:?} (sum {bound}); {} requests in all",
+         at the kills {seen:?} lines delivered, sink offsets stored {stored:?}, in flight \
+         {per_kill:?} (sum {bound}); {} requests in all",
         receiver.n_requests()
     );
     assert!(
