@@ -98,7 +98,19 @@ const CONFIG_ORDER: &[&str] = &["connector.class", "topic"];
 const STATUS_ORDER: &[&str] = &[
     "name", "type", "plugin", "state", "trace", "paused", "records", "offsets",
 ];
-const RECORDS_ORDER: &[&str] = &["polled", "published", "put", "failed", "dead_lettered"];
+const RECORDS_ORDER: &[&str] = &[
+    "polled",
+    "published",
+    "put",
+    "retried",
+    "skipped",
+    "failed",
+    "dead_lettered",
+    "committed_offset",
+    "offset_commits",
+    "offset_commit_failures",
+    "begin_flush_refused",
+];
 const OFFSETS_ORDER: &[&str] = &["commits", "commit_failures", "begin_flush_refused"];
 
 fn details_sections(key: &str) -> &'static [&'static str] {

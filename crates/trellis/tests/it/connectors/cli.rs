@@ -150,6 +150,31 @@ async fn the_cli_manages_a_connector_from_a_yaml_file() {
     std::io::Write::write_all(&mut file, b"gamma\n").expect("append");
     assert_eq!(api.wait_for_events("lines", 3).await.len(), 3);
 
+    // A new config through `update`: the connector restarts with it.
+    let updated_config = dir.path().join("tail-none.yaml");
+    std::fs::write(
+        &updated_config,
+        format!(
+            "connector.class: file-source\ntopic: lines\npath: {}\nerrors.tolerance: none\n",
+            input.display()
+        ),
+    )
+    .expect("write config");
+    let updated = run(
+        &server,
+        &[
+            "update",
+            "tail",
+            "--config",
+            updated_config.to_str().expect("utf-8"),
+            "--json",
+        ],
+    );
+    assert_eq!(json_of(&updated)["config"]["errors.tolerance"], "none");
+    api.wait_for_state("tail", "RUNNING")
+        .await
+        .expect("running");
+
     let plugins = run(&server, &["plugins"]);
     assert!(
         assert_success(&plugins).contains("http-sink"),
