@@ -289,7 +289,12 @@ async fn connectors_survive_a_restart_and_go_on(#[case] backend: Backend) {
     let committed = async |api: &Api| {
         api.get("/v1/connectors/tail/offsets").await.body["offsets"][0]["offset"].as_u64()
     };
-    crate::eventually(async || committed(&api).await == Some(14)).await;
+    let stored = crate::eventually(async || committed(&api).await == Some(14)).await;
+    assert!(
+        stored,
+        "the offset after three lines: {:?}",
+        committed(&api).await
+    );
 
     node.terminate().expect("graceful stop");
     node.restart();
