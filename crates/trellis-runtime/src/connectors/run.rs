@@ -6,13 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::EventLimits;
-use trellis_connect::cloudevents::EventDefaults;
-use trellis_connect::worker::{SourceWorker, Tolerance, WorkerSettings, WorkerStatus};
-use trellis_connect::{ConnectorConfig, OffsetStore, SinkContext};
+use trellis_connect::worker::{SourceWorker, Tolerance, WorkerSettings, WorkerStatus, settings};
+use trellis_connect::{OffsetStore, SinkContext};
 use trellis_connectors::plugins::{self, Kind};
 use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::Engine;
@@ -108,18 +106,8 @@ fn start_source(
 ) -> Result<Run, String> {
     let source = plugins::new_source(spec.plugin.class)
         .ok_or_else(|| format!("plugin {:?} is not a source", spec.plugin.class))?;
-    let defaults = EventDefaults {
-        source: string_or(
-            &spec.config,
-            "event.source",
-            &format!("/connectors/{}", spec.name),
-        ),
-        ty: string_or(
-            &spec.config,
-            "event.type",
-            &format!("trellis.connector.{}", spec.plugin.class),
-        ),
-    };
+    let defaults =
+        settings::event_defaults(&spec.name, &spec.config).map_err(|error| error.to_string())?;
     let destination = PublishSink {
         publisher: Arc::clone(&env.publisher),
         topic: spec.topic().to_owned(),
@@ -215,15 +203,12 @@ fn start_sink(
                 )
             }
         };
-    let start = match spec.config.get("start").and_then(Value::as_str) {
-        Some("latest") => Start::Latest,
-        _ => Start::Earliest,
+    let start = match settings::start(&spec.config).map_err(|error| error.to_string())? {
+        settings::Start::Earliest => Start::Earliest,
+        settings::Start::Latest => Start::Latest,
     };
-    let dead_letter_topic = string_or(
-        &spec.config,
-        "dead_letter_topic",
-        &format!("{}.dlq", spec.name),
-    );
+    let dead_letter_topic =
+        settings::dead_letter_topic(&spec.name, &spec.config).map_err(|error| error.to_string())?;
     let (paused_tx, paused) = watch::channel(false);
     let (_batch_tx, batch) = watch::channel(batch);
     let supervisor = Supervisor {
@@ -294,14 +279,6 @@ fn start_sink(
             last_error,
         },
     })
-}
-
-fn string_or(config: &ConnectorConfig, key: &str, default: &str) -> String {
-    config
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or(default)
-        .to_owned()
 }
 
 pub(crate) fn set(failure: &Failure, reason: Option<String>) {

@@ -2,8 +2,9 @@
 //! `paused` flag, secrets in clear) and as the API shows it (secrets redacted).
 
 use serde_json::{Map, Value};
+use trellis_connect::worker::settings;
 use trellis_connect::{ConfigError, ConnectorConfig};
-use trellis_connectors::plugins::{self, Plugin};
+use trellis_connectors::plugins::{self, Kind, Plugin};
 use trellis_delivery::config::{DeliverySpec, SinkSpec};
 
 use crate::error::ApiError;
@@ -85,6 +86,7 @@ impl ConnectorSpec {
             ))
         })?;
         plugins::check_config(plugin.class, &config).map_err(invalid)?;
+        check_topics(&name, plugin, &config)?;
         let http = if plugin.class == plugins::HTTP_SINK {
             Some(http_sink_spec(&config)?)
         } else {
@@ -154,6 +156,38 @@ impl ConnectorSpec {
         object.insert("config".to_owned(), self.redacted_config());
         Value::Object(object)
     }
+}
+
+/// The topic, and a sink's dead-letter topic, must be valid topic names, and apart: dead
+/// letters written to the topic read would come back for ever.
+fn check_topics(name: &str, plugin: &Plugin, config: &ConnectorConfig) -> Result<(), ApiError> {
+    let topic = settings::topic(config).map_err(invalid)?;
+    check_topic_name("topic", topic)?;
+    if plugin.kind == Kind::Sink {
+        let dead_letters = settings::dead_letter_topic(name, config).map_err(invalid)?;
+        check_topic_name("dead_letter_topic", &dead_letters)?;
+        if dead_letters == topic {
+            return Err(invalid(
+                ConfigError::new("dead_letter_topic", "another topic than `topic`")
+                    .found("the same topic: dead letters would be delivered again"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_topic_name(key: &str, name: &str) -> Result<(), ApiError> {
+    trellis_storage::validate_topic_name(name).map_err(|error| {
+        let message = match error {
+            trellis_storage::StorageError::InvalidTopicName { reason, .. } => reason.to_owned(),
+            other => other.to_string(),
+        };
+        ApiError::bad_request(
+            "invalid_connector",
+            format!("config key `{key}`: {message}"),
+        )
+        .with_field(format!("config.{key}"))
+    })
 }
 
 fn http_sink_spec(config: &ConnectorConfig) -> Result<HttpSinkSpec, ApiError> {
