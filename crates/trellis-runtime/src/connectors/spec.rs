@@ -17,6 +17,9 @@ pub(crate) struct ConnectorSpec {
     pub(crate) name: String,
     pub(crate) config: ConnectorConfig,
     pub(crate) paused: bool,
+    /// Why the connector stopped itself (a record that failed for good under
+    /// `errors.tolerance: none`, or a failed start): it is paused until a resume or restart.
+    pub(crate) failed: Option<String>,
     pub(crate) plugin: &'static Plugin,
     /// The delivery engine's settings, for the `http-sink` plugin.
     pub(crate) http: Option<HttpSinkSpec>,
@@ -96,6 +99,7 @@ impl ConnectorSpec {
             name,
             config,
             paused,
+            failed: None,
             plugin,
             http,
         })
@@ -112,7 +116,12 @@ impl ConnectorSpec {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let config = value.get("config").cloned().unwrap_or(Value::Null);
-        ConnectorSpec::new(name, config, paused).map_err(|error| error.message)
+        let mut spec = ConnectorSpec::new(name, config, paused).map_err(|error| error.message)?;
+        spec.failed = value
+            .get("failed")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(spec)
     }
 
     pub(crate) fn to_stored(&self) -> Value {
@@ -120,6 +129,7 @@ impl ConnectorSpec {
             "name": self.name,
             "config": self.config,
             "paused": self.paused,
+            "failed": self.failed,
         })
     }
 
