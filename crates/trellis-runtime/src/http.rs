@@ -99,6 +99,17 @@ pub(crate) fn router(state: AppState) -> Router {
         .with_state(Arc::new(state))
 }
 
+/// A JSON answer with `status`, or the error's.
+pub(crate) fn respond(
+    res: Result<serde_json::Value, ApiError>,
+    status: StatusCode,
+) -> axum::response::Response {
+    match res {
+        Ok(body) => (status, axum::Json(body)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found(
         "not_found",

@@ -18,7 +18,8 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use trellis_connect::{OffsetReader, OffsetStore};
 use trellis_connectors::plugins::{self, Kind};
@@ -34,8 +35,12 @@ const CONFIG_KEY_PREFIX: &str = "/connector-configs/";
 
 pub(crate) struct ConnectorRegistry {
     env: Env,
-    entries: Mutex<BTreeMap<String, Entry>>,
+    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
     tasks: TaskTracker,
+    /// Runs that failed report here, to be paused with their error stored.
+    failures: mpsc::UnboundedSender<run::Failed>,
+    /// Ends the task that stores failures.
+    stop: CancellationToken,
 }
 
 struct Entry {
@@ -43,16 +48,27 @@ struct Entry {
     /// `None` while paused, or failed to start.
     run: Option<Run>,
     failure: Failure,
+    /// Counts the runs, so a late report of an old run's failure changes nothing.
+    generation: u64,
 }
 
 impl ConnectorRegistry {
     /// Starts every stored connector that is not paused.
     pub(crate) async fn open(env: Env) -> Result<ConnectorRegistry, ApiError> {
+        let (failures, reports) = mpsc::unbounded_channel();
         let registry = ConnectorRegistry {
             env,
-            entries: Mutex::new(BTreeMap::new()),
+            entries: Arc::default(),
             tasks: TaskTracker::new(),
+            failures,
+            stop: CancellationToken::new(),
         };
+        registry.tasks.spawn(pause_failed(
+            Arc::clone(&registry.entries),
+            Arc::clone(&registry.env.meta),
+            reports,
+            registry.stop.clone(),
+        ));
         let stored = registry
             .env
             .meta
@@ -184,7 +200,7 @@ impl ConnectorRegistry {
     pub(crate) async fn resume(&self, name: &str) -> Result<Value, ApiError> {
         let mut entries = self.entries.lock().await;
         let entry = find_mut(&mut entries, name)?;
-        let failed = run::get(&entry.failure).is_some();
+        let failed = entry.spec.failed.is_some() || run::get(&entry.failure).is_some();
         if !entry.spec.paused && !failed {
             return Err(ApiError::new(
                 http::StatusCode::CONFLICT,
@@ -194,11 +210,12 @@ impl ConnectorRegistry {
         }
         let mut spec = entry.spec.clone();
         spec.paused = false;
+        spec.failed = None;
         self.store(&spec).await?;
         entry.spec = spec;
         stop(entry.run.take()).await;
         self.start(entry);
-        Ok(json!({"name": name, "state": "RUNNING"}))
+        Ok(json!({"name": name, "state": state(entry).0}))
     }
 
     pub(crate) async fn restart(&self, name: &str) -> Result<Value, ApiError> {
@@ -206,6 +223,14 @@ impl ConnectorRegistry {
         let entry = find_mut(&mut entries, name)?;
         stop(entry.run.take()).await;
         run::set(&entry.failure, None);
+        if entry.spec.failed.is_some() {
+            // A restart is how Kafka Connect starts a failed connector again.
+            let mut spec = entry.spec.clone();
+            spec.paused = false;
+            spec.failed = None;
+            self.store(&spec).await?;
+            entry.spec = spec;
+        }
         if !entry.spec.paused {
             self.start(entry);
         }
@@ -303,6 +328,7 @@ impl ConnectorRegistry {
 
     /// Stops every run; each commits its offsets.
     pub(crate) async fn shutdown(&self) {
+        self.stop.cancel();
         let entries = std::mem::take(&mut *self.entries.lock().await);
         for entry in entries.values() {
             if let Some(run) = &entry.run {
@@ -318,6 +344,7 @@ impl ConnectorRegistry {
             spec,
             run: None,
             failure: Arc::default(),
+            generation: 0,
         };
         if !entry.spec.paused {
             self.start(&mut entry);
@@ -327,7 +354,13 @@ impl ConnectorRegistry {
 
     /// Starts a run; a connector that cannot start shows `FAILED` with why.
     fn start(&self, entry: &mut Entry) {
-        match run::start(&self.env, &entry.spec, &entry.failure, &self.tasks) {
+        entry.generation += 1;
+        let report = run::Report {
+            failures: self.failures.clone(),
+            name: entry.spec.name.clone(),
+            generation: entry.generation,
+        };
+        match run::start(&self.env, &entry.spec, &entry.failure, report, &self.tasks) {
             Ok(run) => entry.run = Some(run),
             Err(reason) => {
                 tracing::error!(message = "A connector cannot start.", connector = %entry.spec.name, reason = %reason);
@@ -407,7 +440,7 @@ pub(crate) fn plugins_json() -> Value {
 
 /// The state word (Kafka Connect's) and why, when there is a why.
 fn state(entry: &Entry) -> (&'static str, Option<String>) {
-    if let Some(reason) = run::get(&entry.failure) {
+    if let Some(reason) = run::get(&entry.failure).or_else(|| entry.spec.failed.clone()) {
         return ("FAILED", Some(reason));
     }
     if entry.spec.paused {
@@ -518,6 +551,48 @@ fn status(entry: &Entry) -> Value {
         "paused": entry.spec.paused,
         "records": records,
     })
+}
+
+/// Pauses each connector whose run failed (`errors.tolerance: none`, or a failed start), with
+/// its error stored, so a restart of the runtime does not run into the same record again and
+/// the status shows why until a resume or restart.
+async fn pause_failed(
+    entries: Arc<Mutex<BTreeMap<String, Entry>>>,
+    meta: Arc<dyn trellis_meta::MetadataStore>,
+    mut reports: mpsc::UnboundedReceiver<run::Failed>,
+    stop: CancellationToken,
+) {
+    loop {
+        let failed = tokio::select! {
+            () = stop.cancelled() => return,
+            failed = reports.recv() => match failed {
+                Some(failed) => failed,
+                None => return,
+            },
+        };
+        let mut entries = entries.lock().await;
+        let Some(entry) = entries.get_mut(&failed.name) else {
+            continue;
+        };
+        if entry.generation != failed.generation {
+            continue;
+        }
+        entry.run = None;
+        let mut spec = entry.spec.clone();
+        spec.paused = true;
+        spec.failed = Some(failed.reason);
+        match encode(&spec) {
+            Ok(value) => {
+                if let Err(error) = meta.put(&config_key(&spec.name), value).await {
+                    tracing::warn!(message = "Storing a failed connector's pause failed; it shows as failed until the runtime restarts.", connector = %spec.name, error = %crate::error::error_chain(&error));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(message = "Encoding a failed connector failed.", connector = %spec.name, error = %error.message);
+            }
+        }
+        entry.spec = spec;
+    }
 }
 
 fn find<'a>(entries: &'a BTreeMap<String, Entry>, name: &str) -> Result<&'a Entry, ApiError> {

@@ -6,13 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::EventLimits;
-use trellis_connect::cloudevents::EventDefaults;
-use trellis_connect::worker::{SourceWorker, Tolerance, WorkerSettings, WorkerStatus};
-use trellis_connect::{ConnectorConfig, OffsetStore, SinkContext};
+use trellis_connect::worker::{SourceWorker, Tolerance, WorkerSettings, WorkerStatus, settings};
+use trellis_connect::{OffsetStore, SinkContext};
 use trellis_connectors::plugins::{self, Kind};
 use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::Engine;
@@ -77,24 +75,67 @@ pub(crate) struct Run {
 /// Why the last run ended by itself, shown as `FAILED` until the next start.
 pub(crate) type Failure = Arc<std::sync::Mutex<Option<String>>>;
 
+/// A run that ended by itself, told to the registry so it pauses the connector.
+pub(crate) struct Failed {
+    pub(crate) name: String,
+    pub(crate) generation: u64,
+    pub(crate) reason: String,
+}
+
+/// Where and as what a run reports its failure.
+pub(crate) struct Report {
+    pub(crate) failures: mpsc::UnboundedSender<Failed>,
+    pub(crate) name: String,
+    pub(crate) generation: u64,
+}
+
+impl Report {
+    fn failed(&self, failure: &Failure, reason: String) {
+        tracing::error!(message = "The connector failed; it is paused until it is resumed or restarted.", connector = %self.name, reason = %reason);
+        set(failure, Some(reason.clone()));
+        let _ = self.failures.send(Failed {
+            name: self.name.clone(),
+            generation: self.generation,
+            reason,
+        });
+    }
+}
+
 /// The metadata key of a sink connector's committed topic offset.
 pub(crate) fn topic_offset_key(name: &str) -> String {
     format!("/connectors/{name}/topic-offset")
 }
 
-/// Starts a run; its end (a failure) lands in `failure`.
+/// Starts a run; a failure that ends it lands in `failure` and goes to `report`.
 pub(crate) fn start(
     env: &Env,
     spec: &ConnectorSpec,
     failure: &Failure,
+    report: Report,
     tasks: &tokio_util::task::TaskTracker,
 ) -> Result<Run, String> {
     set(failure, None);
     let settings = WorkerSettings::from_config(&spec.config).map_err(|error| error.to_string())?;
     let stop = CancellationToken::new();
+    let ended = Ended {
+        failure: Arc::clone(failure),
+        report,
+    };
     match spec.plugin.kind {
-        Kind::Source => start_source(env, spec, settings, failure, tasks, stop),
-        Kind::Sink => start_sink(env, spec, &settings, failure, tasks, stop),
+        Kind::Source => start_source(env, spec, settings, ended, tasks, stop),
+        Kind::Sink => start_sink(env, spec, &settings, ended, tasks, stop),
+    }
+}
+
+/// How a run tells that it failed.
+struct Ended {
+    failure: Failure,
+    report: Report,
+}
+
+impl Ended {
+    fn failed(&self, reason: String) {
+        self.report.failed(&self.failure, reason);
     }
 }
 
@@ -102,24 +143,14 @@ fn start_source(
     env: &Env,
     spec: &ConnectorSpec,
     settings: WorkerSettings,
-    failure: &Failure,
+    ended: Ended,
     tasks: &tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> Result<Run, String> {
     let source = plugins::new_source(spec.plugin.class)
         .ok_or_else(|| format!("plugin {:?} is not a source", spec.plugin.class))?;
-    let defaults = EventDefaults {
-        source: string_or(
-            &spec.config,
-            "event.source",
-            &format!("/connectors/{}", spec.name),
-        ),
-        ty: string_or(
-            &spec.config,
-            "event.type",
-            &format!("trellis.connector.{}", spec.plugin.class),
-        ),
-    };
+    let defaults =
+        settings::event_defaults(&spec.name, &spec.config).map_err(|error| error.to_string())?;
     let destination = PublishSink {
         publisher: Arc::clone(&env.publisher),
         topic: spec.topic().to_owned(),
@@ -136,13 +167,10 @@ fn start_source(
         settings,
     );
     let status = worker.status();
-    let failure = Arc::clone(failure);
-    let name = spec.name.clone();
     let token = stop.clone();
     let done = tasks.spawn(async move {
         if let Err(failed) = worker.run(token).await {
-            tracing::error!(message = "The connector failed; it stays failed until it is resumed or restarted.", connector = %name, reason = %failed);
-            set(&failure, Some(failed.reason));
+            ended.failed(failed.reason);
         }
     });
     Ok(Run {
@@ -156,7 +184,7 @@ fn start_sink(
     env: &Env,
     spec: &ConnectorSpec,
     settings: &WorkerSettings,
-    failure: &Failure,
+    ended: Ended,
     tasks: &tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> Result<Run, String> {
@@ -215,15 +243,12 @@ fn start_sink(
                 )
             }
         };
-    let start = match spec.config.get("start").and_then(Value::as_str) {
-        Some("latest") => Start::Latest,
-        _ => Start::Earliest,
+    let start = match settings::start(&spec.config).map_err(|error| error.to_string())? {
+        settings::Start::Earliest => Start::Earliest,
+        settings::Start::Latest => Start::Latest,
     };
-    let dead_letter_topic = string_or(
-        &spec.config,
-        "dead_letter_topic",
-        &format!("{}.dlq", spec.name),
-    );
+    let dead_letter_topic =
+        settings::dead_letter_topic(&spec.name, &spec.config).map_err(|error| error.to_string())?;
     let (paused_tx, paused) = watch::channel(false);
     let (_batch_tx, batch) = watch::channel(batch);
     let supervisor = Supervisor {
@@ -248,7 +273,6 @@ fn start_sink(
         stats: Arc::clone(&stats),
         lifecycle: Arc::clone(&lifecycle),
     };
-    let failure = Arc::clone(failure);
     let name = spec.name.clone();
     let config = spec.config.clone();
     let token = stop.clone();
@@ -263,23 +287,20 @@ fn start_sink(
                     .start(SinkContext::new(name.clone(), config))
                     .await
                 {
-                    let reason = format!("the sink did not start: {}", error_chain(&error));
-                    tracing::error!(message = "The connector failed; it stays failed until it is resumed or restarted.", connector = %name, reason = %reason);
-                    set(&failure, Some(reason));
+                    ended.failed(format!("the sink did not start: {}", error_chain(&error)));
                     return;
                 }
                 Some(tokio::spawn(task.run(sink_stop.clone())))
             }
             None => None,
         };
-        let ended = supervisor.run().await;
+        let failed = supervisor.run().await;
         sink_stop.cancel();
         if let Some(sink_done) = sink_done {
             let _ = sink_done.await;
         }
-        if let Some(reason) = ended {
-            tracing::error!(message = "The connector failed; it stays failed until it is resumed or restarted.", connector = %name, reason = %reason);
-            set(&failure, Some(reason));
+        if let Some(reason) = failed {
+            ended.failed(reason);
         }
         drop(token);
     });
@@ -294,14 +315,6 @@ fn start_sink(
             last_error,
         },
     })
-}
-
-fn string_or(config: &ConnectorConfig, key: &str, default: &str) -> String {
-    config
-        .get(key)
-        .and_then(Value::as_str)
-        .unwrap_or(default)
-        .to_owned()
 }
 
 pub(crate) fn set(failure: &Failure, reason: Option<String>) {

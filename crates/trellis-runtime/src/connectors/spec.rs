@@ -2,8 +2,9 @@
 //! `paused` flag, secrets in clear) and as the API shows it (secrets redacted).
 
 use serde_json::{Map, Value};
+use trellis_connect::worker::settings;
 use trellis_connect::{ConfigError, ConnectorConfig};
-use trellis_connectors::plugins::{self, Plugin};
+use trellis_connectors::plugins::{self, Kind, Plugin};
 use trellis_delivery::config::{DeliverySpec, SinkSpec};
 
 use crate::error::ApiError;
@@ -16,6 +17,9 @@ pub(crate) struct ConnectorSpec {
     pub(crate) name: String,
     pub(crate) config: ConnectorConfig,
     pub(crate) paused: bool,
+    /// Why the connector stopped itself (a record that failed for good under
+    /// `errors.tolerance: none`, or a failed start): it is paused until a resume or restart.
+    pub(crate) failed: Option<String>,
     pub(crate) plugin: &'static Plugin,
     /// The delivery engine's settings, for the `http-sink` plugin.
     pub(crate) http: Option<HttpSinkSpec>,
@@ -85,6 +89,7 @@ impl ConnectorSpec {
             ))
         })?;
         plugins::check_config(plugin.class, &config).map_err(invalid)?;
+        check_topics(&name, plugin, &config)?;
         let http = if plugin.class == plugins::HTTP_SINK {
             Some(http_sink_spec(&config)?)
         } else {
@@ -94,6 +99,7 @@ impl ConnectorSpec {
             name,
             config,
             paused,
+            failed: None,
             plugin,
             http,
         })
@@ -110,7 +116,12 @@ impl ConnectorSpec {
             .and_then(Value::as_bool)
             .unwrap_or(false);
         let config = value.get("config").cloned().unwrap_or(Value::Null);
-        ConnectorSpec::new(name, config, paused).map_err(|error| error.message)
+        let mut spec = ConnectorSpec::new(name, config, paused).map_err(|error| error.message)?;
+        spec.failed = value
+            .get("failed")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok(spec)
     }
 
     pub(crate) fn to_stored(&self) -> Value {
@@ -118,6 +129,7 @@ impl ConnectorSpec {
             "name": self.name,
             "config": self.config,
             "paused": self.paused,
+            "failed": self.failed,
         })
     }
 
@@ -154,6 +166,38 @@ impl ConnectorSpec {
         object.insert("config".to_owned(), self.redacted_config());
         Value::Object(object)
     }
+}
+
+/// The topic, and a sink's dead-letter topic, must be valid topic names, and apart: dead
+/// letters written to the topic read would come back for ever.
+fn check_topics(name: &str, plugin: &Plugin, config: &ConnectorConfig) -> Result<(), ApiError> {
+    let topic = settings::topic(config).map_err(invalid)?;
+    check_topic_name("topic", topic)?;
+    if plugin.kind == Kind::Sink {
+        let dead_letters = settings::dead_letter_topic(name, config).map_err(invalid)?;
+        check_topic_name("dead_letter_topic", &dead_letters)?;
+        if dead_letters == topic {
+            return Err(invalid(
+                ConfigError::new("dead_letter_topic", "another topic than `topic`")
+                    .found("the same topic: dead letters would be delivered again"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_topic_name(key: &str, name: &str) -> Result<(), ApiError> {
+    trellis_storage::validate_topic_name(name).map_err(|error| {
+        let message = match error {
+            trellis_storage::StorageError::InvalidTopicName { reason, .. } => reason.to_owned(),
+            other => other.to_string(),
+        };
+        ApiError::bad_request(
+            "invalid_connector",
+            format!("config key `{key}`: {message}"),
+        )
+        .with_field(format!("config.{key}"))
+    })
 }
 
 fn http_sink_spec(config: &ConnectorConfig) -> Result<HttpSinkSpec, ApiError> {

@@ -217,10 +217,10 @@ async fn the_http_sink_delivers_through_the_delivery_engine(#[case] backend: Bac
 
 #[apply(backends)]
 #[tokio::test]
-async fn with_tolerance_none_a_failed_record_fails_the_connector_until_resumed(
+async fn with_tolerance_none_a_failed_record_pauses_the_connector_until_resumed(
     #[case] backend: Backend,
 ) {
-    let Some((_site, server)) = server_with(backend, config()).await else {
+    let Some((site, server)) = server_with(backend, config()).await else {
         return;
     };
     // 400 is not retried: the record fails for good at once.
@@ -236,13 +236,26 @@ async fn with_tolerance_none_a_failed_record_fails_the_connector_until_resumed(
     )
     .await;
     assert_eq!(created.0, 201, "{}", created.1);
-    let failed = eventually("FAILED", async || {
+    let failed = eventually("FAILED and paused", async || {
         let status = state(&server, &name).await;
-        (status["connector"]["state"] == "FAILED").then_some(status)
+        (status["connector"]["state"] == "FAILED" && status["paused"] == true).then_some(status)
     })
     .await;
     let trace = failed["connector"]["trace"].as_str().expect("a trace");
     assert!(trace.contains("failed for good"), "{trace}");
+
+    // The pause and its reason outlive the runtime: a restart does not run into the record again.
+    server.stop().await;
+    let requests = receiver.n_requests();
+    let server = site.start(config()).await;
+    let status = state(&server, &name).await;
+    assert_eq!(status["connector"]["state"], "FAILED", "{status}");
+    assert_eq!(status["connector"]["trace"], trace);
+    assert_eq!(
+        receiver.n_requests(),
+        requests,
+        "nothing delivered while paused"
+    );
     let (_, offsets) = server.get(&format!("/v1/connectors/{name}/offsets")).await;
     assert_eq!(
         offsets["offsets"][0]["offset"], 0,
@@ -425,5 +438,70 @@ async fn connector_requests_that_cannot_be_served_get_json_errors() {
     ] {
         assert!(classes.contains(&class), "{class} in {classes:?}");
     }
+    server.stop().await;
+}
+
+/// A sink that is not the HTTP sink runs behind the same dispatcher: a batch its target cannot
+/// take now is put again, with backoff, and nothing is lost or committed early.
+#[apply(backends)]
+#[tokio::test]
+async fn a_sink_whose_target_fails_for_a_while_loses_nothing(#[case] backend: Backend) {
+    let Some((_site, server)) = server_with(backend, config()).await else {
+        return;
+    };
+    // The far side of a topic sink: down for the first two batches, then taking them.
+    let far = Receiver::start(|n, _| {
+        if n < 2 {
+            Reply::Status(503)
+        } else {
+            Reply::Status(202)
+        }
+    })
+    .await
+    .expect("receiver");
+    let topic = per_backend("bridged", backend);
+    let name = per_backend("bridge", backend);
+    for n in 0..5 {
+        server.publish_binary(&topic, &format!("b{n}"), "x").await;
+    }
+    let created = create(
+        &server,
+        &name,
+        json!({
+            "connector.class": "topic-sink",
+            "topic": topic,
+            "url": far.url(""),
+            "remote_topic": "far",
+        }),
+    )
+    .await;
+    assert_eq!(created.0, 201, "{}", created.1);
+    let status = eventually("all five put", async || {
+        let status = state(&server, &name).await;
+        (status["records"]["put"] == 5).then_some(status)
+    })
+    .await;
+    assert_eq!(status["records"]["failed"], 0, "{status}");
+    let sent: Vec<Value> = far
+        .requests()
+        .iter()
+        .flat_map(|request| serde_json::from_slice::<Vec<Value>>(&request.body).expect("a batch"))
+        .collect();
+    for n in 0..5 {
+        let id = format!("b{n}");
+        assert!(
+            sent.iter()
+                .filter(|event| event["id"] == id.as_str())
+                .count()
+                >= 1,
+            "{id} sent"
+        );
+    }
+    assert!(far.n_requests() >= 3, "retried after the 503s");
+    eventually("the committed offset at 5", async || {
+        let (_, offsets) = server.get(&format!("/v1/connectors/{name}/offsets")).await;
+        (offsets["offsets"][0]["offset"] == 5).then_some(())
+    })
+    .await;
     server.stop().await;
 }
