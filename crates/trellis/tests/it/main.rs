@@ -11,6 +11,7 @@
 mod cli;
 mod cli_subscriptions;
 mod connections;
+mod connectors;
 mod crash;
 mod damage;
 mod delivery_faults;
