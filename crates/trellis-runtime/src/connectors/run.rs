@@ -30,8 +30,10 @@ use crate::topics::TopicRegistry;
 
 /// Records a sink connector may have read and not ended; reading waits beyond it.
 const SINK_MAX_IN_FLIGHT: usize = 1024;
-/// A sink's committed topic offset is stored this often (and at every stop), as a
-/// subscription's is, so a crash repeats at most this much delivered work.
+/// A sink's committed topic offset is stored this often (and at every stop) unless
+/// `offsets.commit.interval.ms` says otherwise, as a subscription's is, so a crash repeats at
+/// most this much delivered work. A source's default is longer: its re-read records are
+/// duplicates the publish core drops, a sink's are deliveries made twice.
 const SINK_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 /// Batches queued for a sink task beyond the one it is putting.
 const SINK_QUEUE: usize = 2;
@@ -194,7 +196,10 @@ fn start_sink(
     let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
     let counters = Arc::new(SinkCounters::default());
     let last_error = Arc::new(std::sync::Mutex::new(None));
-    let stats = Arc::new(DispatcherStats::default());
+    let stats = Arc::new(DispatcherStats {
+        commit_metrics: Some(super::metrics::commit_metrics(&spec.name)),
+        ..DispatcherStats::default()
+    });
     let lifecycle = Arc::new(Lifecycle::new(&label));
     let on_failure = match settings.errors.tolerance {
         Tolerance::None => OnFailure::Stop,
@@ -209,7 +214,10 @@ fn start_sink(
                     &http.delivery,
                     Arc::clone(&env.guard),
                     env.tls.clone(),
-                    Arc::new(ToDispatcher(outcomes_tx)),
+                    Arc::new(super::metrics::Counted::new(
+                        &spec.name,
+                        Arc::new(ToDispatcher(outcomes_tx)),
+                    )),
                 )
                 .map_err(|error| error.to_string())?;
                 (
@@ -266,7 +274,11 @@ fn start_sink(
         on_failure,
         outcomes,
         max_in_flight: SINK_MAX_IN_FLIGHT,
-        commit_interval: SINK_COMMIT_INTERVAL,
+        commit_interval: if spec.config.get("offsets.commit.interval.ms").is_some() {
+            settings.commit_interval
+        } else {
+            SINK_COMMIT_INTERVAL
+        },
         paused,
         batch,
         stop: stop.clone(),

@@ -109,6 +109,16 @@ pub(crate) struct DispatcherStats {
     /// Why the subscription waits for the event store, while it cannot be reached.
     // std Mutex: held only to set, clear or clone the reason.
     pub(crate) storage: std::sync::Mutex<Option<String>>,
+    /// Where a connector counts its offset commits; subscriptions have none.
+    pub(crate) commit_metrics: Option<CommitMetrics>,
+}
+
+/// A sink connector's offset commit series, as its owner labelled them.
+#[derive(Debug)]
+pub(crate) struct CommitMetrics {
+    pub(crate) commits: metrics::Counter,
+    pub(crate) failures: metrics::Counter,
+    pub(crate) seconds: metrics::Histogram,
 }
 
 impl DispatcherStats {
@@ -576,7 +586,16 @@ impl Dispatcher {
             return persisted;
         }
         let value = crate::stored_offset::encode(committable, &self.incarnation);
-        match self.meta.put(&self.offset_key, value).await {
+        let started = std::time::Instant::now();
+        let stored = self.meta.put(&self.offset_key, value).await;
+        if let Some(metrics) = &self.stats.commit_metrics {
+            metrics.seconds.record(started.elapsed().as_secs_f64());
+            match &stored {
+                Ok(_) => metrics.commits.increment(1),
+                Err(_) => metrics.failures.increment(1),
+            }
+        }
+        match stored {
             Ok(_) => committable,
             Err(error) => {
                 tracing::warn!(message = "Storing the committed offset failed; retrying at the next interval.", subscription = %self.name, error = %error_chain(&error));

@@ -31,7 +31,9 @@ use trellis_meta::{CasOutcome, Expect, MetadataStore};
 use crate::error::ApiError;
 use crate::topics::TopicRegistry;
 pub(crate) use dead_letter::DeadLetterTarget;
-pub(crate) use dispatcher::{Deliver, DispatcherStats, OnFailure, Outcome, ToDispatcher};
+pub(crate) use dispatcher::{
+    CommitMetrics, Deliver, DispatcherStats, OnFailure, Outcome, ToDispatcher,
+};
 pub(crate) use lifecycle::describe_metrics;
 pub(crate) use lifecycle::{Lifecycle, Supervisor};
 use redrive::RedriveStats;

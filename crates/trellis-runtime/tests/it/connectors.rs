@@ -212,6 +212,14 @@ async fn the_http_sink_delivers_through_the_delivery_engine(#[case] backend: Bac
     })
     .await;
     assert_eq!(status["connector"]["state"], "RUNNING");
+    let put = format!("trellis_connector_records_put_total{{connector=\"{name}\"}} 10");
+    let commits = format!("trellis_connector_offset_commits_total{{connector=\"{name}\"}}");
+    let metrics = eventually("the connector's series", async || {
+        let metrics = server.metrics().await;
+        (metrics.contains(&put) && metrics.contains(&commits)).then_some(metrics)
+    })
+    .await;
+    assert!(metrics.contains("trellis_connector_offset_commit_seconds"));
     server.stop().await;
 }
 
