@@ -295,7 +295,12 @@ impl OpenFile {
             self.identity.device, self.identity.inode
         );
         let truncated = self.line_len > data.len() as u64;
+        // A line of text reads back as text, not base64; other bytes stay binary data.
+        let text = std::str::from_utf8(&data).is_ok();
         let mut record = ConnectRecord::new(id, Position::new(path, end), Bytes::from(data));
+        if text {
+            record = record.with_extension("datacontenttype", "text/plain; charset=utf-8");
+        }
         if truncated {
             tracing::warn!(
                 path,

@@ -2,6 +2,7 @@
 
 mod body;
 mod checks;
+mod connectors;
 mod ops;
 mod publish;
 mod subscriptions;
@@ -13,7 +14,7 @@ use std::sync::atomic::AtomicBool;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::subscriptions::SubscriptionRegistry;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -35,6 +36,7 @@ pub(crate) struct AppState {
     pub publisher: Arc<Publisher>,
     /// Asked, before a topic is deleted, which consumer groups read it.
     pub groups: Arc<crate::grpc::GroupRegistry>,
+    pub connectors: Arc<crate::connectors::ConnectorRegistry>,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -70,16 +72,48 @@ pub(crate) fn router(state: AppState) -> Router {
             "/v1/subscriptions/{name}/redrive",
             post(subscriptions::redrive),
         )
+        .route(
+            "/v1/connectors",
+            post(connectors::create).get(connectors::list),
+        )
+        .route(
+            "/v1/connectors/{name}",
+            get(connectors::info).delete(connectors::delete),
+        )
+        .route(
+            "/v1/connectors/{name}/config",
+            get(connectors::config).put(connectors::put_config),
+        )
+        .route("/v1/connectors/{name}/status", get(connectors::status))
+        .route("/v1/connectors/{name}/pause", put(connectors::pause))
+        .route("/v1/connectors/{name}/resume", put(connectors::resume))
+        .route("/v1/connectors/{name}/restart", post(connectors::restart))
+        .route(
+            "/v1/connectors/{name}/offsets",
+            get(connectors::offsets).delete(connectors::delete_offsets),
+        )
+        .route("/v1/connector-plugins", get(connectors::plugins))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(checks::check_request))
         .with_state(Arc::new(state))
 }
 
+/// A JSON answer with `status`, or the error's.
+pub(crate) fn respond(
+    res: Result<serde_json::Value, ApiError>,
+    status: StatusCode,
+) -> axum::response::Response {
+    match res {
+        Ok(body) => (status, axum::Json(body)).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
 async fn not_found() -> ApiError {
     ApiError::not_found(
         "not_found",
-        "no such endpoint; the API lives under /v1/topics and /v1/subscriptions",
+        "no such endpoint; the API lives under /v1/topics, /v1/subscriptions, /v1/connectors and /v1/connector-plugins",
     )
 }
 

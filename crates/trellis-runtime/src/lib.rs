@@ -19,6 +19,7 @@
 //! stores opaque records and the metadata store is a trait: neither names its backend here.
 
 mod config;
+mod connectors;
 mod error;
 mod event_store;
 mod grpc;

@@ -12,6 +12,7 @@ use trellis_meta::MetadataStore;
 use trellis_storage::{EventStore, StorageError};
 
 use crate::config::RuntimeConfig;
+use crate::connectors::ConnectorRegistry;
 use crate::error::error_chain;
 use crate::grpc::{GroupRegistry, GrpcService};
 use crate::http::{AppState, router};
@@ -89,9 +90,26 @@ pub async fn serve_with_grpc(
     crate::grpc::describe_metrics();
     crate::net::describe_metrics();
     crate::subscriptions::describe_metrics();
+    crate::connectors::describe_metrics();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let publish_metrics = crate::metrics::PublishMetrics::new();
     let publisher = Arc::new(Publisher::new(topics.clone(), publish_metrics.clone()));
+    let connectors = Arc::new(
+        ConnectorRegistry::open(crate::connectors::Env {
+            meta: Arc::clone(&meta),
+            topics: topics.clone(),
+            publisher: Arc::clone(&publisher),
+            guard: Arc::new(AddressGuard::new(config.webhook_deny.clone())),
+            tls: match &config.webhook_tls {
+                Some(tls) => tls.clone(),
+                None => WebhookTls::new(None)?,
+            },
+            limits: config.event_limits(),
+            max_event_bytes: config.max_event_bytes,
+        })
+        .await
+        .map_err(|error| ServeError::Subscriptions(error.message))?,
+    );
     let groups = Arc::new(GroupRegistry::new(
         Arc::clone(&meta),
         shutdown.child_token(),
@@ -114,6 +132,7 @@ pub async fn serve_with_grpc(
         subscriptions: Arc::clone(&subscriptions),
         publisher: Arc::clone(&publisher),
         groups: Arc::clone(&groups),
+        connectors: Arc::clone(&connectors),
     };
 
     let tasks = TaskTracker::new();
@@ -154,7 +173,7 @@ pub async fn serve_with_grpc(
         &shutdown,
         config.shutdown_timeout,
         &listeners,
-        || subscriptions.running(),
+        || subscriptions.running() + connectors.running(),
     )
     .await;
     shutdown.cancel();
@@ -164,6 +183,8 @@ pub async fn serve_with_grpc(
     // from being flushed.
     let stopping = async {
         groups.shutdown().await;
+        // Source connectors publish until they stop: before the dispatchers and the store.
+        connectors.shutdown().await;
         subscriptions.shutdown().await;
         tasks.close();
         tasks.wait().await;

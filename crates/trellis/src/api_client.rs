@@ -82,6 +82,20 @@ impl ApiClient {
         self.send(Method::POST, path, Some(body)).await
     }
 
+    /// `POST` without a body (`restart`).
+    pub(crate) async fn post_empty(&self, path: &str) -> anyhow::Result<ApiResponse> {
+        self.send(Method::POST, path, None).await
+    }
+
+    /// `PUT` with a JSON body, or with none (`pause`, `resume`).
+    pub(crate) async fn put(
+        &self,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<ApiResponse> {
+        self.send(Method::PUT, path, body).await
+    }
+
     pub(crate) async fn delete(&self, path: &str) -> anyhow::Result<ApiResponse> {
         self.send(Method::DELETE, path, None).await
     }
@@ -183,16 +197,17 @@ impl ApiResponse {
     }
 }
 
-/// The API's error `{"error","message"[,"field"]}` as `code: [field: ]message`. The field is
-/// left out when the message already starts with it, as the subscriptions API's messages do.
+/// The API's error `{"error","message"[,"field"|"attribute"]}` as `code: [field: ]message`.
+/// The field is left out when the message already starts with it, as the subscriptions API's
+/// messages do, or names its key in backticks, as the connectors API's config errors do.
 pub(crate) fn error_line(status: StatusCode, body: Option<&Value>) -> String {
     let text = |key: &str| body.and_then(|body| body.get(key)).and_then(Value::as_str);
     match (text("error"), text("message")) {
         (Some(code), Some(message)) => {
             // The line goes to a terminal: keep it one line whatever the server wrote.
             let message = message.split_whitespace().collect::<Vec<_>>().join(" ");
-            match text("field") {
-                Some(field) if !message.starts_with(field) => {
+            match text("field").or_else(|| text("attribute")) {
+                Some(field) if !message.starts_with(field) && !names_key(&message, field) => {
                     format!("{code}: {field}: {message}")
                 }
                 _ => format!("{code}: {message}"),
@@ -200,6 +215,13 @@ pub(crate) fn error_line(status: StatusCode, body: Option<&Value>) -> String {
         }
         _ => format!("the server answered {status}"),
     }
+}
+
+/// Whether `message` names the config key of `field` (`config.<key>`, or the key alone) in
+/// backticks, as the connectors API's config errors do.
+fn names_key(message: &str, field: &str) -> bool {
+    let key = field.strip_prefix("config.").unwrap_or(field);
+    message.contains(&format!("`{key}`"))
 }
 
 /// `name` as one path segment: everything but unreserved characters percent-encoded, and `.`

@@ -27,6 +27,10 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// List, show, create and delete subscriptions through a running trellis's HTTP API.
     Subscriptions(SubscriptionsArgs),
+    /// List, show, create, pause, resume, restart and delete connectors through a running
+    /// trellis's HTTP API.
+    // Its arguments live beside their code in `connectors_cmd.rs`.
+    Connectors(crate::connectors_cmd::ConnectorsArgs),
     /// Publish CloudEvents to a topic over gRPC: lines of stdin, or generated load with --count.
     Publish(PublishArgs),
     /// Receive a consumer group's events over gRPC, print them as JSON lines and ack them.

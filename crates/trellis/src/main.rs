@@ -5,6 +5,7 @@ mod api_client;
 mod cli;
 mod config;
 mod connect_cmd;
+mod connectors_cmd;
 mod logging;
 mod publish_cmd;
 mod serve;
@@ -25,6 +26,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         cli::Command::Serve(args) => serve::run(args),
         cli::Command::Subscriptions(args) => subscriptions_cmd::run(args),
+        cli::Command::Connectors(args) => connectors_cmd::run(args),
         cli::Command::Publish(args) => publish_cmd::run(args),
         cli::Command::Subscribe(args) => subscribe_cmd::run(args),
         cli::Command::Connect(args) => connect_cmd::run(args),

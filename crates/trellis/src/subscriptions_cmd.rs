@@ -4,7 +4,7 @@
 //! (`render.rs`), or with `--json` as the API's JSON, pretty-printed. The server validates
 //! subscriptions; this side only builds the request body, so the rules live in one place.
 
-mod render;
+pub(crate) mod render;
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -133,7 +133,7 @@ fn body_from_flags(args: &CreateArgs) -> anyhow::Result<Value> {
     Ok(Value::Object(body))
 }
 
-fn pretty(answer: &Value) -> anyhow::Result<String> {
+pub(crate) fn pretty(answer: &Value) -> anyhow::Result<String> {
     let mut text = serde_json::to_string_pretty(answer).context("cannot format the answer")?;
     text.push('\n');
     Ok(text)
@@ -141,7 +141,7 @@ fn pretty(answer: &Value) -> anyhow::Result<String> {
 
 /// Writes to stdout. A closed pipe (`trellis subscriptions list | head -1`) is not an error:
 /// the reader has what it wanted.
-fn print(text: &str) -> anyhow::Result<()> {
+pub(crate) fn print(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(text.as_bytes())

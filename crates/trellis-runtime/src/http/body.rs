@@ -78,3 +78,13 @@ fn check_encoding(headers: &HeaderMap) -> Result<(), ApiError> {
     }
     Ok(())
 }
+
+/// An admin request's body as JSON, or `400 invalid_json` saying why not.
+pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        ApiError::bad_request(
+            "invalid_json",
+            format!("the request body is not valid JSON: {error}"),
+        )
+    })
+}

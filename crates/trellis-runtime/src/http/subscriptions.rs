@@ -3,15 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::http::AppState;
-use crate::http::body::AdminBody;
+use crate::http::body::{AdminBody, json_body};
+use crate::http::respond;
 
 pub(crate) async fn create(
     State(state): State<Arc<AppState>>,
@@ -92,20 +91,4 @@ pub(crate) async fn redrive(
         Err(error) => Err(error),
     };
     respond(res, StatusCode::ACCEPTED)
-}
-
-fn json_body(body: &[u8]) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|error| {
-        ApiError::bad_request(
-            "invalid_json",
-            format!("the request body is not valid JSON: {error}"),
-        )
-    })
-}
-
-fn respond(res: Result<Value, ApiError>, status: StatusCode) -> Response {
-    match res {
-        Ok(body) => (status, Json(body)).into_response(),
-        Err(error) => error.into_response(),
-    }
 }

@@ -143,7 +143,7 @@ pub(crate) struct DeleteQuery {
     force: bool,
 }
 
-/// Refused with 409 while subscriptions or consumer groups use the topic, unless `?force=true`.
+/// Refused with 409 while subscriptions, sink connectors or consumer groups use the topic, unless `?force=true`.
 pub(crate) async fn delete(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -163,10 +163,12 @@ pub(crate) async fn delete(
         .subscriptions
         .delete_topic(&name, query.force, async {
             let groups = state.groups.using_topic(&name).await;
-            groups
+            let mut users: Vec<String> = groups
                 .iter()
                 .map(|group| format!("consumer group {group:?}"))
-                .collect()
+                .collect();
+            users.extend(state.connectors.readers_of(&name).await);
+            users
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)

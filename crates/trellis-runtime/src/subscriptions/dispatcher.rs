@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -34,6 +35,44 @@ use trellis_storage::{DamagedRange, EventStore, StorageError};
 use super::dead_letter::DeadLetterTarget;
 use crate::error::error_chain;
 use crate::event_store::{NOT_CONNECTED, StorageWait, until_available};
+
+/// What a dispatcher hands its records to: a delivery engine (a webhook subscription's, or an
+/// HTTP sink connector's), or a connector's sink. Either way each handed record's outcome comes
+/// back as an [`Outcome`] on the dispatcher's channel, and the dispatcher knows nothing else of it.
+pub(crate) trait Deliver: Send + Sync + 'static {
+    fn deliver(&self, record: Record) -> BoxFuture<'static, ()>;
+    fn deliver_batch(&self, records: Vec<Record>) -> BoxFuture<'static, ()>;
+    /// Called once per commit interval.
+    fn close_idle_connections(&self) {}
+}
+
+impl Deliver for Engine {
+    fn deliver(&self, record: Record) -> BoxFuture<'static, ()> {
+        let engine = self.clone();
+        // Boxed anyway: a task keeps its future inline and copies it whole as it starts and
+        // ends, and a delivery's state (retries, timers, the exchange) is kilobytes.
+        Box::pin(async move { engine.deliver(record).await })
+    }
+
+    fn deliver_batch(&self, records: Vec<Record>) -> BoxFuture<'static, ()> {
+        let engine = self.clone();
+        Box::pin(async move { engine.deliver_batch(records).await })
+    }
+
+    fn close_idle_connections(&self) {
+        Engine::close_idle_connections(self);
+    }
+}
+
+/// What a record that failed for good does to its dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnFailure {
+    /// Dead-letter it and go on (subscriptions; connectors with `errors.tolerance: all`).
+    DeadLetter,
+    /// Stop the dispatcher with the failure as its reason, the record uncommitted (connectors
+    /// with `errors.tolerance: none`), so a restart delivers it again.
+    Stop,
+}
 
 /// What the engine's callbacks tell the dispatcher.
 pub(crate) enum Outcome {
@@ -70,6 +109,16 @@ pub(crate) struct DispatcherStats {
     /// Why the subscription waits for the event store, while it cannot be reached.
     // std Mutex: held only to set, clear or clone the reason.
     pub(crate) storage: std::sync::Mutex<Option<String>>,
+    /// Where a connector counts its offset commits; subscriptions have none.
+    pub(crate) commit_metrics: Option<CommitMetrics>,
+}
+
+/// A sink connector's offset commit series, as its owner labelled them.
+#[derive(Debug)]
+pub(crate) struct CommitMetrics {
+    pub(crate) commits: metrics::Counter,
+    pub(crate) failures: metrics::Counter,
+    pub(crate) seconds: metrics::Histogram,
 }
 
 impl DispatcherStats {
@@ -108,6 +157,8 @@ pub(crate) enum Ended {
     Stopped,
     /// The topic was deleted: the outcomes channel, to start again on its next incarnation.
     TopicDeleted(mpsc::UnboundedReceiver<Outcome>),
+    /// A record failed for good under [`OnFailure::Stop`]: why.
+    Failed(String),
 }
 
 pub(crate) struct Dispatcher {
@@ -121,7 +172,8 @@ pub(crate) struct Dispatcher {
     pub(crate) dead_letter: DeadLetterTarget,
     pub(crate) meta: Arc<dyn MetadataStore>,
     pub(crate) offset_key: String,
-    pub(crate) engine: Engine,
+    pub(crate) target: Arc<dyn Deliver>,
+    pub(crate) on_failure: OnFailure,
     pub(crate) outcomes: mpsc::UnboundedReceiver<Outcome>,
     pub(crate) start: u64,
     pub(crate) max_in_flight: usize,
@@ -131,6 +183,15 @@ pub(crate) struct Dispatcher {
     pub(crate) batch: watch::Receiver<Option<BatchSpec>>,
     pub(crate) stop: CancellationToken,
     pub(crate) stats: Arc<DispatcherStats>,
+}
+
+/// What settling an outcome did.
+enum Settled {
+    Go,
+    /// The dispatcher was stopped before a dead letter was durable.
+    Stopped,
+    /// A record failed for good under [`OnFailure::Stop`]: why.
+    Failed(String),
 }
 
 /// Records waiting to fill a batch, and when the batch goes out regardless.
@@ -166,6 +227,8 @@ impl Dispatcher {
         let mut storage = StorageWait::new(format!("subscription {:?}", self.name));
         // Set while the event store is unavailable: nothing is read before then.
         let mut storage_retry: Option<tokio::time::Instant> = None;
+        // Set when a record failed for good under `OnFailure::Stop`.
+        let mut failed: Option<String> = None;
         'run: loop {
             let paused = *self.paused.borrow();
             // Records tracked and not ended, batched or in flight: the memory bound.
@@ -234,8 +297,13 @@ impl Dispatcher {
                     // This one, and whatever else ended meanwhile, in the same wake-up.
                     let mut queued = Some(outcome);
                     while let Some(outcome) = queued {
-                        if !self.settle(outcome, &mut tracker).await {
-                            break 'run;
+                        match self.settle(outcome, &mut tracker).await {
+                            Settled::Go => {}
+                            Settled::Stopped => break 'run,
+                            Settled::Failed(reason) => {
+                                failed = Some(reason);
+                                break 'run;
+                            }
                         }
                         queued = self.outcomes.try_recv().ok();
                     }
@@ -288,7 +356,7 @@ impl Dispatcher {
                 }
                 _ = commit_tick.tick() => {
                     while deliveries.try_join_next().is_some() {}
-                    self.engine.close_idle_connections();
+                    self.target.close_idle_connections();
                     persisted = self.persist(tracker.committable(), persisted).await;
                     self.publish_gauges(tracker.committable()).await;
                 }
@@ -299,8 +367,12 @@ impl Dispatcher {
         deliveries.abort_all();
         while deliveries.join_next().await.is_some() {}
         while let Ok(outcome) = self.outcomes.try_recv() {
-            if !self.settle(outcome, &mut tracker).await {
-                break;
+            match self.settle(outcome, &mut tracker).await {
+                Settled::Go => {}
+                Settled::Stopped => break,
+                Settled::Failed(reason) => {
+                    failed = Some(reason);
+                }
             }
         }
         if topic_deleted {
@@ -308,7 +380,10 @@ impl Dispatcher {
             return Ended::TopicDeleted(self.outcomes);
         }
         self.persist(tracker.committable(), persisted).await;
-        Ended::Stopped
+        match failed {
+            Some(reason) => Ended::Failed(reason),
+            None => Ended::Stopped,
+        }
     }
 
     /// Shows that the store is unavailable and returns when to try again.
@@ -414,10 +489,7 @@ impl Dispatcher {
         let batch = self.batch.borrow().clone();
         match batch {
             None => {
-                let engine = self.engine.clone();
-                // Boxed: a task keeps its future inline and copies it whole as it starts and
-                // ends, and a delivery's state (retries, timers, the exchange) is kilobytes.
-                deliveries.spawn(Box::pin(async move { engine.deliver(record).await }));
+                deliveries.spawn(self.target.deliver(record));
             }
             Some(batch) => {
                 if pending.records.is_empty() {
@@ -434,18 +506,25 @@ impl Dispatcher {
     }
 
     fn send_batch(&self, records: Vec<Record>, deliveries: &mut JoinSet<()>) {
-        let engine = self.engine.clone();
-        deliveries.spawn(Box::pin(async move { engine.deliver_batch(records).await }));
+        deliveries.spawn(self.target.deliver_batch(records));
     }
 
-    /// Accounts for one ended record; `false` when the dispatcher was stopped meanwhile.
-    async fn settle(&mut self, outcome: Outcome, tracker: &mut OffsetTracker) -> bool {
+    /// Accounts for one ended record.
+    async fn settle(&mut self, outcome: Outcome, tracker: &mut OffsetTracker) -> Settled {
         let offset = match outcome {
             Outcome::Delivered(offset) => offset,
-            Outcome::Failed(failure) if !failure.class.is_final() => return true,
+            Outcome::Failed(failure) if !failure.class.is_final() => return Settled::Go,
+            Outcome::Failed(failure) if self.on_failure == OnFailure::Stop => {
+                let offset = failure.context.offset;
+                tracing::error!(message = "A record failed for good and errors.tolerance is none: stopping, the record uncommitted.", subscription = %self.name, offset, reason = %failure.reason);
+                return Settled::Failed(format!(
+                    "the record at offset {offset} of topic {:?} failed for good: {}",
+                    failure.context.topic, failure.reason
+                ));
+            }
             Outcome::Failed(failure) => {
                 if !self.dead_letter(&failure).await {
-                    return false;
+                    return Settled::Stopped;
                 }
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("trellis_subscription_dead_lettered_total", "subscription" => self.name.clone()).increment(1);
@@ -455,7 +534,7 @@ impl Dispatcher {
         if let Ok(Some(committable)) = tracker.complete(offset) {
             self.stats.committed.store(committable, Ordering::Relaxed);
         }
-        true
+        Settled::Go
     }
 
     /// Appends the failed record to the dead-letter topic, retrying until it is durable;
@@ -507,7 +586,16 @@ impl Dispatcher {
             return persisted;
         }
         let value = crate::stored_offset::encode(committable, &self.incarnation);
-        match self.meta.put(&self.offset_key, value).await {
+        let started = std::time::Instant::now();
+        let stored = self.meta.put(&self.offset_key, value).await;
+        if let Some(metrics) = &self.stats.commit_metrics {
+            metrics.seconds.record(started.elapsed().as_secs_f64());
+            match &stored {
+                Ok(_) => metrics.commits.increment(1),
+                Err(_) => metrics.failures.increment(1),
+            }
+        }
+        match stored {
             Ok(_) => committable,
             Err(error) => {
                 tracing::warn!(message = "Storing the committed offset failed; retrying at the next interval.", subscription = %self.name, error = %error_chain(&error));

@@ -9,12 +9,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use trellis_delivery::config::BatchSpec;
-use trellis_delivery::engine::Engine;
 use trellis_meta::MetadataStore;
 use trellis_storage::EventStore;
 
 use super::dead_letter::DeadLetterTarget;
-use super::dispatcher::{Dispatcher, DispatcherStats, Ended, Outcome};
+use super::dispatcher::{Deliver, Dispatcher, DispatcherStats, Ended, OnFailure, Outcome};
 use super::spec::Start;
 use crate::error::error_chain;
 use crate::event_store::{StorageWait, TopicHandle, until_available};
@@ -73,7 +72,8 @@ pub(crate) struct Supervisor {
     pub(crate) dead_letter: DeadLetterTarget,
     pub(crate) meta: Arc<dyn MetadataStore>,
     pub(crate) offset_key: String,
-    pub(crate) engine: Engine,
+    pub(crate) target: Arc<dyn Deliver>,
+    pub(crate) on_failure: OnFailure,
     pub(crate) outcomes: mpsc::UnboundedReceiver<Outcome>,
     pub(crate) max_in_flight: usize,
     pub(crate) commit_interval: Duration,
@@ -85,7 +85,9 @@ pub(crate) struct Supervisor {
 }
 
 impl Supervisor {
-    pub(crate) async fn run(self) {
+    /// Runs until stopped (`None`), or until a record fails for good under
+    /// [`OnFailure::Stop`] (`Some` with why).
+    pub(crate) async fn run(self) -> Option<String> {
         let Supervisor {
             name,
             topic_name,
@@ -94,7 +96,8 @@ impl Supervisor {
             dead_letter,
             meta,
             offset_key,
-            engine,
+            target,
+            on_failure,
             mut outcomes,
             max_in_flight,
             commit_interval,
@@ -107,12 +110,10 @@ impl Supervisor {
         let mut reason =
             format!("topic {topic_name:?} does not exist; waiting for it to be created");
         loop {
-            let Some((topic, incarnation)) =
-                wait_for_topic(&topics, &topic_name, &stop, &lifecycle, reason).await
-            else {
-                return;
-            };
-            let Some(from) = start_offset(
+            // `None` from either: stopped meanwhile.
+            let (topic, incarnation) =
+                wait_for_topic(&topics, &topic_name, &stop, &lifecycle, reason).await?;
+            let from = start_offset(
                 (topics.store().as_ref(), &stats),
                 meta.as_ref(),
                 &offset_key,
@@ -121,10 +122,7 @@ impl Supervisor {
                 start,
                 &stop,
             )
-            .await
-            else {
-                return;
-            };
+            .await?;
             lifecycle.set_waiting(None);
             let dispatcher = Dispatcher {
                 name: name.clone(),
@@ -134,7 +132,8 @@ impl Supervisor {
                 dead_letter: dead_letter.clone(),
                 meta: Arc::clone(&meta),
                 offset_key: offset_key.clone(),
-                engine: engine.clone(),
+                target: Arc::clone(&target),
+                on_failure,
                 outcomes,
                 start: from,
                 max_in_flight,
@@ -145,7 +144,8 @@ impl Supervisor {
                 stats: Arc::clone(&stats),
             };
             match dispatcher.run().await {
-                Ended::Stopped => return,
+                Ended::Stopped => return None,
+                Ended::Failed(reason) => return Some(reason),
                 Ended::TopicDeleted(back) => {
                     // The next topic's offset is loaded afresh.
                     stats

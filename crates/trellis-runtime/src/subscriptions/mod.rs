@@ -30,12 +30,15 @@ use trellis_meta::{CasOutcome, Expect, MetadataStore};
 
 use crate::error::ApiError;
 use crate::topics::TopicRegistry;
-use dead_letter::DeadLetterTarget;
-use dispatcher::{DispatcherStats, Outcome, ToDispatcher};
+pub(crate) use dead_letter::DeadLetterTarget;
+pub(crate) use dispatcher::{
+    CommitMetrics, Deliver, DispatcherStats, OnFailure, Outcome, ToDispatcher,
+};
 pub(crate) use lifecycle::describe_metrics;
-use lifecycle::{Lifecycle, Supervisor};
+pub(crate) use lifecycle::{Lifecycle, Supervisor};
 use redrive::RedriveStats;
-use spec::{Start, SubscriptionSpec, field_error, reject_unknown};
+pub(crate) use spec::Start;
+use spec::{SubscriptionSpec, field_error, reject_unknown};
 
 const SUBSCRIPTION_KEY_PREFIX: &str = "/subscriptions/";
 const OFFSET_KEY_PREFIX: &str = "/offsets/";
@@ -478,7 +481,8 @@ impl SubscriptionRegistry {
             dead_letter: self.dead_letter_target(&spec),
             meta: Arc::clone(&self.meta),
             offset_key: offset_key(&spec.name),
-            engine: engine.clone(),
+            target: Arc::new(engine.clone()),
+            on_failure: OnFailure::DeadLetter,
             outcomes,
             max_in_flight: MAX_IN_FLIGHT,
             commit_interval: COMMIT_INTERVAL,
@@ -488,7 +492,10 @@ impl SubscriptionRegistry {
             stats: Arc::clone(&stats),
             lifecycle: Arc::clone(&lifecycle),
         };
-        let done = self.tasks.spawn(supervisor.run());
+        let done = self.tasks.spawn(async move {
+            // Subscriptions dead-letter their failures: only a stop ends them.
+            let _ = supervisor.run().await;
+        });
         Running {
             spec,
             engine,

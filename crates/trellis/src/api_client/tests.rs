@@ -76,6 +76,21 @@ fn error_line_does_not_repeat_a_field_the_message_starts_with() {
 }
 
 #[test]
+fn error_line_names_a_config_key_once() {
+    let body = json!({"error": "invalid_connector", "message": "config key `path` must be a string", "attribute": "path"});
+    assert_eq!(
+        error_line(StatusCode::BAD_REQUEST, Some(&body)),
+        "invalid_connector: config key `path` must be a string"
+    );
+    let body =
+        json!({"error": "invalid_connector", "message": "must be a string", "attribute": "path"});
+    assert_eq!(
+        error_line(StatusCode::BAD_REQUEST, Some(&body)),
+        "invalid_connector: path: must be a string"
+    );
+}
+
+#[test]
 fn error_line_keeps_a_multi_line_message_on_one_line() {
     let body = json!({"error": "internal", "message": "storing\na subscription:  disk full"});
     assert_eq!(

@@ -30,13 +30,25 @@ pub(crate) fn subscription_details(subscription: &Value) -> String {
         Value::Object(object) => {
             let mut object = object.clone();
             hide_header_values(&mut object);
-            push_object(&mut lines, 0, &object, TOP_ORDER);
+            return key_value_view(&object, TOP_ORDER, section_order);
         }
         other => lines.push(Line::Text {
             depth: 0,
             text: inline(other),
         }),
     }
+    render_lines(&lines)
+}
+
+/// The key/value view of any API object: `order`'s keys first, objects at the top as indented
+/// sections ordered by `sections(key)`, deeper objects inline. Shared with `trellis connectors`.
+pub(crate) fn key_value_view(
+    object: &Map<String, Value>,
+    order: &[&str],
+    sections: fn(&str) -> &'static [&'static str],
+) -> String {
+    let mut lines = Vec::new();
+    push_object(&mut lines, 0, object, order, sections);
     render_lines(&lines)
 }
 
@@ -111,7 +123,13 @@ enum Line {
     Text { depth: usize, text: String },
 }
 
-fn push_object(lines: &mut Vec<Line>, depth: usize, object: &Map<String, Value>, order: &[&str]) {
+fn push_object(
+    lines: &mut Vec<Line>,
+    depth: usize,
+    object: &Map<String, Value>,
+    order: &[&str],
+    sections: fn(&str) -> &'static [&'static str],
+) {
     for key in ordered_keys(object, order) {
         let Some(value) = object.get(key) else {
             continue;
@@ -125,7 +143,7 @@ fn push_object(lines: &mut Vec<Line>, depth: usize, object: &Map<String, Value>,
             // Sections: only at the top, so the view stays two levels deep.
             Value::Object(section) if depth == 0 && !section.is_empty() => {
                 lines.push(field(String::new()));
-                push_object(lines, depth + 1, section, section_order(key));
+                push_object(lines, depth + 1, section, sections(key), sections);
             }
             // `status.urls`: one line per URL.
             Value::Array(items) if items.iter().any(Value::is_object) => {
@@ -211,7 +229,7 @@ fn target_line(target: &Value) -> String {
 }
 
 /// A value on one line: strings bare, `-` for nothing, lists with `, `, objects as `k=v k=v`.
-fn inline(value: &Value) -> String {
+pub(crate) fn inline(value: &Value) -> String {
     match value {
         Value::Null => "-".to_owned(),
         Value::String(text) => text.clone(),

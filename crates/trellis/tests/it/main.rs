@@ -12,6 +12,7 @@ mod cli;
 mod cli_subscriptions;
 mod connect_standalone;
 mod connections;
+mod connectors;
 mod crash;
 mod damage;
 mod delivery_faults;

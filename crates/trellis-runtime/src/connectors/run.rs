@@ -1,0 +1,340 @@
+//! One run of one connector: from its start to a stop (pause, restart, delete, shutdown) or a
+//! failure under `errors.tolerance: none`. A source runs as `trellis-connect`'s source worker
+//! publishing through the publish core; a sink runs on the subscription dispatcher, through the
+//! delivery engine (`http-sink`) or a sink task (the other plugins).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use trellis_cloudevents::EventLimits;
+use trellis_connect::worker::{SourceWorker, Tolerance, WorkerSettings, WorkerStatus, settings};
+use trellis_connect::{OffsetStore, SinkContext};
+use trellis_connectors::plugins::{self, Kind};
+use trellis_delivery::config::BatchSpec;
+use trellis_delivery::engine::Engine;
+use trellis_delivery::guard::AddressGuard;
+use trellis_delivery::tls::WebhookTls;
+use trellis_meta::MetadataStore;
+
+use super::publish_sink::PublishSink;
+use super::sink_deliver::{SinkCounters, SinkDeliver, SinkTask};
+use super::spec::ConnectorSpec;
+use crate::error::error_chain;
+use crate::publisher::Publisher;
+use crate::subscriptions::{
+    DeadLetterTarget, DispatcherStats, Lifecycle, OnFailure, Start, Supervisor, ToDispatcher,
+};
+use crate::topics::TopicRegistry;
+
+/// Records a sink connector may have read and not ended; reading waits beyond it.
+const SINK_MAX_IN_FLIGHT: usize = 1024;
+/// A sink's committed topic offset is stored this often (and at every stop) unless
+/// `offsets.commit.interval.ms` says otherwise, as a subscription's is, so a crash repeats at
+/// most this much delivered work. A source's default is longer: its re-read records are
+/// duplicates the publish core drops, a sink's are deliveries made twice.
+const SINK_COMMIT_INTERVAL: Duration = Duration::from_millis(500);
+/// Batches queued for a sink task beyond the one it is putting.
+const SINK_QUEUE: usize = 2;
+/// How a sink connector's dispatcher groups records for one `put`.
+const SINK_BATCH: BatchSpec = BatchSpec {
+    max_events: 500,
+    max_wait_ms: 20,
+};
+
+/// What a run needs from the runtime.
+#[derive(Clone)]
+pub(crate) struct Env {
+    pub(crate) meta: Arc<dyn MetadataStore>,
+    pub(crate) topics: TopicRegistry,
+    pub(crate) publisher: Arc<Publisher>,
+    pub(crate) guard: Arc<AddressGuard>,
+    pub(crate) tls: WebhookTls,
+    pub(crate) limits: EventLimits,
+    pub(crate) max_event_bytes: usize,
+}
+
+/// What the status shows of a run while it lasts.
+pub(crate) enum Progress {
+    Source(Arc<WorkerStatus>),
+    Sink {
+        stats: Arc<DispatcherStats>,
+        lifecycle: Arc<Lifecycle>,
+        counters: Arc<SinkCounters>,
+        /// The `http-sink`'s engine, whose figures stand for the counters.
+        engine: Option<Engine>,
+        last_error: Arc<std::sync::Mutex<Option<String>>>,
+    },
+}
+
+pub(crate) struct Run {
+    pub(crate) stop: CancellationToken,
+    pub(crate) done: tokio::task::JoinHandle<()>,
+    pub(crate) progress: Progress,
+}
+
+/// Why the last run ended by itself, shown as `FAILED` until the next start.
+pub(crate) type Failure = Arc<std::sync::Mutex<Option<String>>>;
+
+/// A run that ended by itself, told to the registry so it pauses the connector.
+pub(crate) struct Failed {
+    pub(crate) name: String,
+    pub(crate) generation: u64,
+    pub(crate) reason: String,
+}
+
+/// Where and as what a run reports its failure.
+pub(crate) struct Report {
+    pub(crate) failures: mpsc::UnboundedSender<Failed>,
+    pub(crate) name: String,
+    pub(crate) generation: u64,
+}
+
+impl Report {
+    fn failed(&self, failure: &Failure, reason: String) {
+        tracing::error!(message = "The connector failed; it is paused until it is resumed or restarted.", connector = %self.name, reason = %reason);
+        set(failure, Some(reason.clone()));
+        let _ = self.failures.send(Failed {
+            name: self.name.clone(),
+            generation: self.generation,
+            reason,
+        });
+    }
+}
+
+/// The metadata key of a sink connector's committed topic offset.
+pub(crate) fn topic_offset_key(name: &str) -> String {
+    format!("/connectors/{name}/topic-offset")
+}
+
+/// Starts a run; a failure that ends it lands in `failure` and goes to `report`.
+pub(crate) fn start(
+    env: &Env,
+    spec: &ConnectorSpec,
+    failure: &Failure,
+    report: Report,
+    tasks: &tokio_util::task::TaskTracker,
+) -> Result<Run, String> {
+    set(failure, None);
+    let settings = WorkerSettings::from_config(&spec.config).map_err(|error| error.to_string())?;
+    let stop = CancellationToken::new();
+    let ended = Ended {
+        failure: Arc::clone(failure),
+        report,
+    };
+    match spec.plugin.kind {
+        Kind::Source => start_source(env, spec, settings, ended, tasks, stop),
+        Kind::Sink => start_sink(env, spec, &settings, ended, tasks, stop),
+    }
+}
+
+/// How a run tells that it failed.
+struct Ended {
+    failure: Failure,
+    report: Report,
+}
+
+impl Ended {
+    fn failed(&self, reason: String) {
+        self.report.failed(&self.failure, reason);
+    }
+}
+
+fn start_source(
+    env: &Env,
+    spec: &ConnectorSpec,
+    settings: WorkerSettings,
+    ended: Ended,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+) -> Result<Run, String> {
+    let source = plugins::new_source(spec.plugin.class)
+        .ok_or_else(|| format!("plugin {:?} is not a source", spec.plugin.class))?;
+    let defaults =
+        settings::event_defaults(&spec.name, &spec.config).map_err(|error| error.to_string())?;
+    let destination = PublishSink {
+        publisher: Arc::clone(&env.publisher),
+        topic: spec.topic().to_owned(),
+        defaults,
+        limits: env.limits,
+        max_event_bytes: env.max_event_bytes,
+    };
+    let worker = SourceWorker::new(
+        spec.name.clone(),
+        spec.config.clone(),
+        source,
+        Box::new(destination),
+        OffsetStore::new(Arc::clone(&env.meta), spec.name.clone()),
+        settings,
+    );
+    let status = worker.status();
+    let token = stop.clone();
+    let done = tasks.spawn(async move {
+        if let Err(failed) = worker.run(token).await {
+            ended.failed(failed.reason);
+        }
+    });
+    Ok(Run {
+        stop,
+        done,
+        progress: Progress::Source(status),
+    })
+}
+
+fn start_sink(
+    env: &Env,
+    spec: &ConnectorSpec,
+    settings: &WorkerSettings,
+    ended: Ended,
+    tasks: &tokio_util::task::TaskTracker,
+    stop: CancellationToken,
+) -> Result<Run, String> {
+    // Names of subscriptions cannot hold ':', so no connector's dead letters, logs or
+    // series can be taken for a subscription's.
+    let label = format!("connector:{}", spec.name);
+    let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+    let counters = Arc::new(SinkCounters::default());
+    let last_error = Arc::new(std::sync::Mutex::new(None));
+    let stats = Arc::new(DispatcherStats {
+        commit_metrics: Some(super::metrics::commit_metrics(&spec.name)),
+        ..DispatcherStats::default()
+    });
+    let lifecycle = Arc::new(Lifecycle::new(&label));
+    let on_failure = match settings.errors.tolerance {
+        Tolerance::None => OnFailure::Stop,
+        Tolerance::All => OnFailure::DeadLetter,
+    };
+    let (target, batch, engine, sink_task): (Arc<dyn crate::subscriptions::Deliver>, _, _, _) =
+        match &spec.http {
+            Some(http) => {
+                let engine = Engine::new(
+                    &label,
+                    &http.sink,
+                    &http.delivery,
+                    Arc::clone(&env.guard),
+                    env.tls.clone(),
+                    Arc::new(super::metrics::Counted::new(
+                        &spec.name,
+                        Arc::new(ToDispatcher(outcomes_tx)),
+                    )),
+                )
+                .map_err(|error| error.to_string())?;
+                (
+                    Arc::new(engine.clone()),
+                    http.delivery.batch.clone(),
+                    Some(engine),
+                    None,
+                )
+            }
+            None => {
+                let sink = plugins::new_sink(spec.plugin.class)
+                    .ok_or_else(|| format!("plugin {:?} is not a sink", spec.plugin.class))?;
+                let (batches_tx, batches) = mpsc::channel(SINK_QUEUE);
+                let task = SinkTask {
+                    label: label.clone(),
+                    connector: spec.name.clone(),
+                    sink,
+                    batches,
+                    outcomes: outcomes_tx,
+                    retry_timeout: settings.errors.retry_timeout,
+                    counters: Arc::clone(&counters),
+                    last_error: Arc::clone(&last_error),
+                };
+                (
+                    Arc::new(SinkDeliver {
+                        batches: batches_tx,
+                    }),
+                    Some(SINK_BATCH),
+                    None,
+                    Some(task),
+                )
+            }
+        };
+    let start = match settings::start(&spec.config).map_err(|error| error.to_string())? {
+        settings::Start::Earliest => Start::Earliest,
+        settings::Start::Latest => Start::Latest,
+    };
+    let dead_letter_topic =
+        settings::dead_letter_topic(&spec.name, &spec.config).map_err(|error| error.to_string())?;
+    let (paused_tx, paused) = watch::channel(false);
+    let (_batch_tx, batch) = watch::channel(batch);
+    let supervisor = Supervisor {
+        name: label,
+        topic_name: spec.topic().to_owned(),
+        start,
+        topics: env.topics.clone(),
+        dead_letter: DeadLetterTarget {
+            topic_name: dead_letter_topic,
+            topics: env.topics.clone(),
+        },
+        meta: Arc::clone(&env.meta),
+        offset_key: topic_offset_key(&spec.name),
+        target,
+        on_failure,
+        outcomes,
+        max_in_flight: SINK_MAX_IN_FLIGHT,
+        commit_interval: if spec.config.get("offsets.commit.interval.ms").is_some() {
+            settings.commit_interval
+        } else {
+            SINK_COMMIT_INTERVAL
+        },
+        paused,
+        batch,
+        stop: stop.clone(),
+        stats: Arc::clone(&stats),
+        lifecycle: Arc::clone(&lifecycle),
+    };
+    let name = spec.name.clone();
+    let config = spec.config.clone();
+    let token = stop.clone();
+    let done = tasks.spawn(async move {
+        // Kept alive for the run: a dropped sender reads as a resume.
+        let _paused = paused_tx;
+        let sink_stop = CancellationToken::new();
+        let sink_done = match sink_task {
+            Some(mut task) => {
+                if let Err(error) = task
+                    .sink
+                    .start(SinkContext::new(name.clone(), config))
+                    .await
+                {
+                    ended.failed(format!("the sink did not start: {}", error_chain(&error)));
+                    return;
+                }
+                Some(tokio::spawn(task.run(sink_stop.clone())))
+            }
+            None => None,
+        };
+        let failed = supervisor.run().await;
+        sink_stop.cancel();
+        if let Some(sink_done) = sink_done {
+            let _ = sink_done.await;
+        }
+        if let Some(reason) = failed {
+            ended.failed(reason);
+        }
+        drop(token);
+    });
+    Ok(Run {
+        stop,
+        done,
+        progress: Progress::Sink {
+            stats,
+            lifecycle,
+            counters,
+            engine,
+            last_error,
+        },
+    })
+}
+
+pub(crate) fn set(failure: &Failure, reason: Option<String>) {
+    if let Ok(mut failure) = failure.lock() {
+        *failure = reason;
+    }
+}
+
+pub(crate) fn get(failure: &Failure) -> Option<String> {
+    failure.lock().ok().and_then(|failure| failure.clone())
+}
