@@ -75,10 +75,6 @@ use crate::record::ConnectRecord;
 use crate::sink::{Sink, SinkContext};
 use crate::source::{Source, SourceContext};
 
-/// The first retry waits up to this long; each next one up to twice as long.
-const BACKOFF_BASE: Duration = Duration::from_millis(100);
-/// The longest wait between retries.
-const BACKOFF_CAP: Duration = Duration::from_secs(5);
 /// How often a stop checks whether the last offset flush has ended.
 const FLUSH_POLL: Duration = Duration::from_millis(20);
 
@@ -158,7 +154,7 @@ impl SourceWorker {
 
     /// Where records that fail for good go under `errors.tolerance = all`, started with
     /// `config`. A dead letter is the record with the extensions `trellisconnector`,
-    /// `trellisfailure` (`rejected` or `retries_exhausted`) and `trellisreason`.
+    /// `trellisfailure` (`non_retriable` or `retries_exhausted`) and `trellisreason`.
     pub fn with_dead_letters(
         mut self,
         sink: Box<dyn Sink>,
@@ -398,7 +394,7 @@ impl Pump {
                             return;
                         }
                         tracing::warn!(connector = %self.name, %reason, "polling again after a pause");
-                        let pause = backoff(self.backoff_step);
+                        let pause = backoff(&self.settings, self.backoff_step);
                         self.backoff_step = self.backoff_step.saturating_add(1);
                         tokio::select! {
                             () = self.stop.cancelled() => {}
@@ -514,7 +510,8 @@ impl Pump {
                     // is cancelled with the rest.
                     self.retry.insert(key);
                     if !self.stopping && self.retry_at.is_none() {
-                        self.retry_at = Some(Instant::now() + backoff(self.backoff_step));
+                        self.retry_at =
+                            Some(Instant::now() + backoff(&self.settings, self.backoff_step));
                         self.backoff_step = self.backoff_step.saturating_add(1);
                         self.status
                             .set_state(WorkerState::Waiting(format!("retrying records: {cause}")));
@@ -617,6 +614,9 @@ impl Pump {
                 if let Some(upstream) = take_upstream(&entry.upstream) {
                     upstream.fail(None, cause);
                 }
+                if self.retry.is_empty() && matches!(self.status.state(), WorkerState::Waiting(_)) {
+                    self.status.set_state(WorkerState::Running);
+                }
             }
         }
     }
@@ -638,7 +638,7 @@ impl Pump {
                 if exhausted {
                     "retries_exhausted"
                 } else {
-                    "rejected"
+                    "non_retriable"
                 },
             )
             .with_extension("trellisreason", why.chars().take(1024).collect::<String>());
@@ -669,7 +669,7 @@ impl Pump {
                     tracing::warn!(connector = %self.name, record = %record.id, %problem, "writing a dead letter failed; trying again");
                 }
             }
-            let pause = backoff(step);
+            let pause = backoff(&self.settings, step);
             step = step.saturating_add(1);
             tokio::select! {
                 () = self.stop.cancelled() => return Err(None),
@@ -682,9 +682,16 @@ impl Pump {
     /// running is refused by the writer with a warning, and these offsets go with the next.
     fn commit_in_background(&self) {
         self.writer.write_offsets(self.submitted.take_committable());
-        if self.writer.begin_flush() {
-            // Dropping the handle does not stop the flush; it completes or cancels itself.
-            drop(self.writer.do_flush());
+        if self.writer.begin_flush()
+            && let Some(pending) = self.writer.do_flush()
+        {
+            // Awaited apart, so a slow flush never holds up the pump; the writer warns of a
+            // failure itself.
+            let name = self.name.clone();
+            tokio::spawn(async move {
+                let outcome = pending.await;
+                tracing::debug!(connector = %name, ?outcome, "offset flush ended");
+            });
         }
     }
 
@@ -769,11 +776,12 @@ impl SendCallback for OneShot {
     }
 }
 
-/// Full jitter: a wait drawn from zero to 100 ms doubled `step` times, at most 5 s.
-fn backoff(step: u32) -> Duration {
-    let ceiling = BACKOFF_BASE
+/// Full jitter: a wait drawn from zero to `base` doubled `step` times, at most `cap`.
+fn backoff(settings: &WorkerSettings, step: u32) -> Duration {
+    let ceiling = settings
+        .retry_backoff
         .saturating_mul(1u32 << step.min(16))
-        .min(BACKOFF_CAP);
+        .min(settings.retry_backoff_max);
     let ceiling_ms = millis(ceiling);
     Duration::from_millis(rand::rng().random_range(0..=ceiling_ms))
 }
@@ -788,10 +796,11 @@ mod tests {
 
     #[test]
     fn backoff_stays_under_its_doubling_ceiling_and_the_cap() {
+        let settings = WorkerSettings::default();
         for step in 0..40 {
             let ceiling = (100u64 << step.min(16)).min(5000);
             for _ in 0..20 {
-                assert!(millis(backoff(step)) <= ceiling);
+                assert!(millis(backoff(&settings, step)) <= ceiling);
             }
         }
     }

@@ -522,3 +522,142 @@ async fn commits_during_a_slow_flush_are_refused_and_land_on_the_next_cycle() {
     task.await.expect("worker task").expect("a clean stop");
     far.stop().await;
 }
+
+/// The HTTP source, told its address once the worker started it.
+struct Reporting {
+    inner: trellis_connectors::http_source::HttpSource,
+    addr: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+}
+
+#[async_trait]
+impl Source for Reporting {
+    async fn start(&mut self, context: SourceContext) -> Result<(), ConnectorError> {
+        self.inner.start(context).await?;
+        if let (Some(addr), Some(tell)) = (self.inner.local_addr(), self.addr.take()) {
+            let _ = tell.send(addr);
+        }
+        Ok(())
+    }
+    async fn poll(&mut self) -> Result<Vec<ConnectRecord>, ConnectorError> {
+        self.inner.poll().await
+    }
+    async fn stop(&mut self) -> Result<(), ConnectorError> {
+        self.inner.stop().await
+    }
+}
+
+/// Through the worker, a webhook sender hears `200` only once its event is stored in the
+/// runtime, and a record the runtime refuses for good is answered `422` (the worker skips it
+/// under `errors.tolerance = all` and goes on).
+#[tokio::test]
+async fn the_http_source_answers_from_the_publish_outcome() {
+    let far = Far::start().await;
+    let config = config(
+        &far,
+        &[
+            ("connector.class", "http-source".into()),
+            ("listen", "127.0.0.1:0".into()),
+            ("path", "/hooks".into()),
+            ("errors.tolerance", "all".into()),
+        ],
+    );
+    let (tell, told) = tokio::sync::oneshot::channel();
+    let (_meta_dir, meta) = meta();
+    let worker = SourceWorker::new(
+        "hooks".to_owned(),
+        config.clone(),
+        Box::new(Reporting {
+            inner: trellis_connectors::http_source::HttpSource::new(),
+            addr: Some(tell),
+        }),
+        Box::new(TopicSink::new()),
+        OffsetStore::new(meta, "hooks"),
+        settings(&config),
+    );
+    let status = worker.status();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(worker.run(stop.clone()));
+    let url = format!("http://{}/hooks", told.await.expect("the source started"));
+    let client = reqwest::Client::new();
+
+    let answer = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "order-1")
+        .body(r#"{"order": 1}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status().as_u16(), 200);
+    // No waiting: the answer came after the runtime stored the event.
+    assert_eq!(ids(&events(&far).await), ["order-1"]);
+
+    // An id over the runtime's attribute limit: refused for good by the runtime.
+    let answer = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "k".repeat(5000))
+        .body(r#"{"order": 2}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status().as_u16(), 422);
+
+    let answer = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", "order-3")
+        .body(r#"{"order": 3}"#)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(answer.status().as_u16(), 200);
+    assert_eq!(ids(&events(&far).await), ["order-1", "order-3"]);
+    stop.cancel();
+    task.await.expect("worker task").expect("a clean stop");
+    let counters = status.counters();
+    assert_eq!((counters.published, counters.skipped), (2, 1));
+    far.stop().await;
+}
+
+/// The worker's record counters reach the metrics recorder, labelled by connector.
+#[tokio::test(flavor = "current_thread")]
+async fn the_worker_counts_its_records_per_connector() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+    trellis_connect::describe_metrics();
+    let far = Far::start().await;
+    let config = config(&far, &[("errors.tolerance", "all".into())]);
+    let (_meta_dir, meta) = meta();
+    let worker = SourceWorker::new(
+        "counted".to_owned(),
+        config.clone(),
+        Box::new(Script::new(4, Some(2), Arc::new(Heard::default()))),
+        Box::new(TopicSink::new()),
+        OffsetStore::new(meta, "counted"),
+        settings(&config),
+    );
+    let stop = CancellationToken::new();
+    let status = worker.status();
+    let run = worker.run(stop.clone());
+    let watch = async {
+        until("4 records ended", async || {
+            let counters = status.counters();
+            counters.published + counters.failed == 4
+        })
+        .await;
+        stop.cancel();
+    };
+    let (outcome, ()) = tokio::join!(run, watch);
+    outcome.expect("a clean stop");
+    let text = handle.render();
+    for line in [
+        r#"trellis_connector_records_polled_total{connector="counted"} 4"#,
+        r#"trellis_connector_records_published_total{connector="counted"} 3"#,
+        r#"trellis_connector_records_failed_total{connector="counted"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in:\n{text}");
+    }
+    far.stop().await;
+}

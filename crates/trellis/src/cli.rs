@@ -35,6 +35,8 @@ pub(crate) enum Command {
     Publish(PublishArgs),
     /// Receive a consumer group's events over gRPC, print them as JSON lines and ack them.
     Subscribe(SubscribeArgs),
+    /// Run one connector in this process against a running trellis's HTTP API (standalone).
+    Connect(ConnectArgs),
 }
 
 #[derive(Debug, Args)]
@@ -326,4 +328,44 @@ pub(crate) enum SubscribeStart {
 pub(crate) enum SubscribeMode {
     Clustering,
     Broadcast,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    #[command(subcommand)]
+    pub(crate) command: ConnectCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConnectCommand {
+    /// Run the connector of FILE until SIGINT or SIGTERM, which commit its offsets and stop it.
+    /// A source publishes into the runtime's topic; a sink reads it. A config error is one line
+    /// naming the key, with exit status 2.
+    Run(ConnectRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConnectRunArgs {
+    /// The connector: a YAML or JSON file holding `name` and `config` (the flat map of keys, as
+    /// for POST /v1/connectors); read as YAML for .yaml/.yml, JSON for .json, else by content
+    #[arg(value_name = "FILE")]
+    pub(crate) file: PathBuf,
+    /// URL of the trellis HTTP API the connector publishes into or reads from
+    #[arg(long, env = "TRELLIS_SERVER", value_name = "URL", default_value = DEFAULT_SERVER)]
+    pub(crate) url: String,
+    /// The offsets file, a small embedded store locked while the connector runs
+    /// [default: <name>.offsets next to FILE]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) offsets: Option<PathBuf>,
+    /// Log filter, e.g. info or debug
+    #[arg(
+        long,
+        env = "TRELLIS_LOG_LEVEL",
+        value_name = "FILTER",
+        default_value = "info"
+    )]
+    pub(crate) log_level: String,
+    /// Log format
+    #[arg(long, env = "TRELLIS_LOG_FORMAT", value_enum, default_value_t = crate::config::LogFormat::Pretty)]
+    pub(crate) log_format: crate::config::LogFormat,
 }

@@ -4,6 +4,7 @@
 mod api_client;
 mod cli;
 mod config;
+mod connect_cmd;
 mod connectors_cmd;
 mod logging;
 mod publish_cmd;
@@ -28,13 +29,18 @@ fn main() -> ExitCode {
         cli::Command::Connectors(args) => connectors_cmd::run(args),
         cli::Command::Publish(args) => publish_cmd::run(args),
         cli::Command::Subscribe(args) => subscribe_cmd::run(args),
+        cli::Command::Connect(args) => connect_cmd::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             // `{:#}` prints the whole context chain on one line: "outer: inner: root".
             eprintln!("trellis: error: {error:#}");
-            ExitCode::FAILURE
+            if error.is::<connect_cmd::ConfigInvalid>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -13,6 +13,10 @@ pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_secs(10);
 pub const DEFAULT_RETRY_TIMEOUT: Duration = Duration::from_secs(300);
 /// The default bound on records polled and not yet ended.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// The first wait between retries is drawn from zero to this.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// The longest wait between retries.
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// The longest retry budget and commit interval accepted: a day.
 const MAX_MS: u64 = 86_400_000;
 
@@ -128,6 +132,11 @@ pub struct WorkerSettings {
     pub errors: ErrorPolicy,
     /// Records polled and not yet ended: the worker does not poll beyond it.
     pub max_in_flight: usize,
+    /// The waits between retries: full jitter under a ceiling that starts at `retry_backoff`
+    /// and doubles up to `retry_backoff_max`. Not config keys: the defaults (100 ms, 5 s) suit
+    /// every target; tests shorten them.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
 }
 
 impl Default for WorkerSettings {
@@ -137,6 +146,8 @@ impl Default for WorkerSettings {
             flush_timeout: DEFAULT_FLUSH_TIMEOUT,
             errors: ErrorPolicy::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            retry_backoff_max: DEFAULT_RETRY_BACKOFF_MAX,
         }
     }
 }

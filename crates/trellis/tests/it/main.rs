@@ -10,6 +10,7 @@
 
 mod cli;
 mod cli_subscriptions;
+mod connect_standalone;
 mod connections;
 mod connectors;
 mod crash;
