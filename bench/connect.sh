@@ -30,7 +30,8 @@
 # (50), RSS_BYTES (1073741824), CONNECTOR_EXTRA (more connector config, a JSON fragment such as
 # `"max_batch":2000`, for diagnosis), WRK (1: after the rounds, also drive the HTTP step with
 # `wrk` and bench/wrk-batch.lua for WRK_DURATION (5) seconds, as a diagnostic), TRELLIS_BIN (a `trellis` binary to measure instead of the
-# one built). The batch publisher shares this machine's cores with Trellis (its CPU is printed);
+# one built), TRELLIS_ARGS (extra `trellis serve` flags, for diagnosis, such as
+# `--dedup-window-ms 0`). The batch publisher shares this machine's cores with Trellis (its CPU is printed);
 # compare figures within one run. Linux only (/proc).
 set -euo pipefail
 
@@ -53,6 +54,8 @@ POLL_MS=${POLL_MS:-50}
 RSS_BYTES=${RSS_BYTES:-1073741824}
 CONNECTOR_EXTRA=${CONNECTOR_EXTRA:-}
 WRK=${WRK:-1}
+# Word-split on purpose: extra `trellis serve` flags, e.g. `--dedup-window-ms 0`.
+read -r -a TRELLIS_ARGS <<<"${TRELLIS_ARGS:-}"
 WRK_DURATION=${WRK_DURATION:-5}
 
 # Targets, from the connector issue.
@@ -89,7 +92,7 @@ start_trellis() {
   # `--fsync always` is the default; saying so keeps a TRELLIS_FSYNC in the environment out of
   # the result. gRPC is not measured: any free port will do.
   "$TRELLIS" serve --data-dir "$data" --http-addr "127.0.0.1:$port" \
-    --grpc-addr 127.0.0.1:0 --fsync always >"$log_file" 2>&1 &
+    --grpc-addr 127.0.0.1:0 --fsync always "${TRELLIS_ARGS[@]}" >"$log_file" 2>&1 &
   TRELLIS_PID=$!
   wait_for_status "$trellis_url/readyz" 200 30 "$TRELLIS_PID" ||
     die "trellis serve did not answer 200 on /readyz within 30 s"
@@ -176,7 +179,7 @@ if [[ $MODE == rss ]]; then
   row() { printf '%-44s %-26s %-12s %s\n' "$@"; }
   echo
   echo "Connector RSS: file source over $file_mib MiB ($n_rss_lines lines of $LINE_BYTES bytes)," \
-    "embedded log, --fsync always"
+    "embedded log, --fsync always${TRELLIS_ARGS[*]:+ ${TRELLIS_ARGS[*]}}"
   row "" "measured" "target" "result"
   row "lines published" "$n_rss_lines in $(calc "$duration") s, $(calc "$rate") lines/s" "" ""
   row "trellis CPU per line" "$us_per_line us" "" ""
@@ -295,7 +298,7 @@ ratios=() http_rates=() file_rates=() http_us=() file_us=() client_us=() http_pe
 file_per_fsync=() file_running=() file_first=() duplicates=0
 echo
 echo "Connector benchmark: $LINES lines of $LINE_BYTES bytes ($file_mib MiB), embedded log," \
-  "--fsync always; HTTP batches of $BATCH over $CONNECTIONS connections; polls every $POLL_MS ms"
+  "--fsync always${TRELLIS_ARGS[*]:+ ${TRELLIS_ARGS[*]}}${CONNECTOR_EXTRA:+, connector $CONNECTOR_EXTRA}; HTTP batches of $BATCH over $CONNECTIONS connections; polls every $POLL_MS ms"
 printf '%-6s %-16s %-16s %-8s %-18s %-20s %-16s %s\n' round "HTTP lines/s" "file lines/s" ratio \
   "CPU/line HTTP/file" "events/fsync HTTP/file" "client CPU/line" "file: first events; rate after"
 for ((round = 1; round <= ROUNDS; round++)); do
