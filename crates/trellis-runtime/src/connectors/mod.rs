@@ -126,7 +126,11 @@ impl ConnectorRegistry {
         config: &Value,
     ) -> Result<(bool, Value), ApiError> {
         let mut entries = self.entries.lock().await;
-        let paused = entries.get(name).is_some_and(|entry| entry.spec.paused);
+        // A new config keeps a pause the user asked for, and starts a connector that failed:
+        // the new config is how its failure gets fixed.
+        let paused = entries
+            .get(name)
+            .is_some_and(|entry| entry.spec.paused && entry.spec.failed.is_none());
         let spec = ConnectorSpec::new(name.to_owned(), config.clone(), paused)?;
         self.store(&spec).await?;
         let created = match entries.remove(name) {
