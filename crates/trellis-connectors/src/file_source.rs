@@ -430,6 +430,11 @@ impl Source for FileSource {
         Ok(Vec::new())
     }
 
+    /// Offsets are the worker's business; the file has nothing to be told.
+    fn wants_commit(&self) -> bool {
+        false
+    }
+
     async fn stop(&mut self) -> Result<(), ConnectorError> {
         self.open = None;
         Ok(())
