@@ -185,3 +185,170 @@ impl Target {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use trellis_cloudevents::CloudEvent;
+    use trellis_connect::{Position, SendCallback, SendExceptionContext, SendResult};
+    use trellis_storage::{
+        DedupUsage, EmbeddedOptions, EmbeddedStore, EventStore, StorageError, TopicInfo,
+        TopicSettings, TopicStore,
+    };
+
+    use super::*;
+    use crate::metrics::PublishMetrics;
+    use crate::topics::{TopicRegistry, TopicSettings as ApiTopicSettings};
+
+    /// The embedded store, which can be switched to unavailable (as a remote store whose
+    /// connection is down): a publish then fails with a 503, a failure that may pass.
+    #[derive(Debug)]
+    struct Switchable {
+        inner: EmbeddedStore,
+        down: AtomicBool,
+    }
+
+    #[async_trait]
+    impl EventStore for Switchable {
+        async fn create_topic(
+            &self,
+            name: &str,
+            settings: TopicSettings,
+        ) -> Result<Arc<dyn TopicStore>, StorageError> {
+            self.inner.create_topic(name, settings).await
+        }
+        async fn get_or_create_topic(
+            &self,
+            name: &str,
+            settings: TopicSettings,
+        ) -> Result<Arc<dyn TopicStore>, StorageError> {
+            self.inner.get_or_create_topic(name, settings).await
+        }
+        async fn topic(&self, name: &str) -> Result<Option<Arc<dyn TopicStore>>, StorageError> {
+            self.inner.topic(name).await
+        }
+        async fn list_topics(&self) -> Result<Vec<TopicInfo>, StorageError> {
+            self.inner.list_topics().await
+        }
+        async fn delete_topic(&self, name: &str) -> Result<bool, StorageError> {
+            self.inner.delete_topic(name).await
+        }
+        async fn enforce_retention(&self) -> Result<(), StorageError> {
+            self.inner.enforce_retention().await
+        }
+        async fn close(&self) -> Result<(), StorageError> {
+            self.inner.close().await
+        }
+        fn dedup_usage(&self) -> Option<DedupUsage> {
+            self.inner.dedup_usage()
+        }
+        fn available(&self) -> bool {
+            !self.down.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Each record's outcome, sent on as it ends.
+    struct Outcomes(Mutex<tokio::sync::mpsc::UnboundedSender<(String, Result<(), SendError>)>>);
+
+    impl SendCallback for Outcomes {
+        fn on_success(&self, result: SendResult) {
+            if let Ok(tell) = self.0.lock() {
+                let _ = tell.send((result.record_id, Ok(())));
+            }
+        }
+        fn on_exception(&self, context: SendExceptionContext) {
+            if let Ok(tell) = self.0.lock() {
+                let _ = tell.send((context.record_id, Err(context.cause)));
+            }
+        }
+    }
+
+    fn batch(ids: &[&str], callback: &Arc<Outcomes>) -> Vec<ConnectRecord> {
+        ids.iter()
+            .enumerate()
+            .map(|(at, id)| {
+                ConnectRecord::new(*id, Position::new("p", at as u64 + 1), id.to_string())
+                    .with_callback(callback.clone())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_after_one_that_failed_retriably_is_not_stored_before_its_retry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Switchable {
+            inner: EmbeddedStore::open(EmbeddedOptions::new(dir.path().join("log")))
+                .expect("store"),
+            down: AtomicBool::new(false),
+        });
+        let meta =
+            Arc::new(trellis_meta::EmbeddedStore::open(&dir.path().join("meta")).expect("meta"));
+        let topics =
+            TopicRegistry::open(store.clone(), meta, ApiTopicSettings::default(), true, 100)
+                .await
+                .expect("topics");
+        let publisher = Arc::new(Publisher::new(topics.clone(), PublishMetrics::new()));
+        let defaults = EventDefaults {
+            source: "/connectors/test".to_owned(),
+            ty: "test.line".to_owned(),
+        };
+        let mut sink = PublishSink::new(
+            publisher,
+            "orders".to_owned(),
+            defaults,
+            EventLimits::default(),
+            1024 * 1024,
+        );
+        let (tell, mut told) = tokio::sync::mpsc::unbounded_channel();
+        let outcomes = Arc::new(Outcomes(Mutex::new(tell)));
+
+        // The store is down while the first batch is published: it fails, retriably.
+        store.down.store(true, Ordering::SeqCst);
+        sink.put(batch(&["a1", "a2"], &outcomes))
+            .await
+            .expect("put");
+        for _ in 0..2 {
+            let (_, result) = told.recv().await.expect("an outcome");
+            assert!(matches!(result, Err(SendError::Retriable(_))), "{result:?}");
+        }
+        // Back up before the next batch: it must still not be stored ahead of a1 and a2, and
+        // its failure is known by the time `put` returns.
+        store.down.store(false, Ordering::SeqCst);
+        sink.put(batch(&["b1"], &outcomes)).await.expect("put");
+        let (id, result) = told.try_recv().expect("b1 ended before put returned");
+        assert_eq!(id, "b1");
+        assert!(matches!(result, Err(SendError::Retriable(_))), "{result:?}");
+
+        // The worker's retry, in order, is stored, and so is what follows it.
+        sink.put(batch(&["a1", "a2", "b1"], &outcomes))
+            .await
+            .expect("put");
+        sink.put(batch(&["c1"], &outcomes)).await.expect("put");
+        sink.stop().await.expect("stop");
+        let mut ended = Vec::new();
+        while let Ok((id, result)) = told.try_recv() {
+            assert_eq!(result, Ok(()), "{id}");
+            ended.push(id);
+        }
+        assert_eq!(ended, ["a1", "a2", "b1", "c1"]);
+
+        let topic = store
+            .topic("orders")
+            .await
+            .expect("read")
+            .expect("the topic");
+        let page = topic.read(0, 100, 1 << 20).await.expect("read");
+        let stored: Vec<String> = page
+            .records
+            .iter()
+            .map(|record| {
+                CloudEvent::from_stored(&record.payload)
+                    .expect("an event")
+                    .id
+            })
+            .collect();
+        assert_eq!(stored, ["a1", "a2", "b1", "c1"]);
+    }
+}
