@@ -120,6 +120,14 @@ pub trait Source: Send {
         Ok(())
     }
 
+    /// Whether [`Source::commit`] does anything. A source that keeps the default `commit`
+    /// answers `false`, and the worker skips the call for each of its records (an await per
+    /// record, for nothing). The default is `true`, so a source that overrides `commit` is
+    /// always told.
+    fn wants_commit(&self) -> bool {
+        true
+    }
+
     /// Releases what the source holds. Called once, after the last poll.
     async fn stop(&mut self) -> Result<(), ConnectorError>;
 }

@@ -243,10 +243,19 @@ impl SourceWorker {
         }
         self.status.set_state(WorkerState::Running);
         let (outcomes, received) = mpsc::unbounded_channel();
+        let counters = metrics::Counters::new(
+            &name,
+            match self.role {
+                Role::Source => metrics::PUBLISHED,
+                Role::Sink => metrics::PUT,
+            },
+        );
+        let source_commits = self.source.wants_commit();
         let mut pump = Pump {
+            counters,
+            source_commits,
             name,
             settings: self.settings,
-            role: self.role,
             source: self.source,
             destination: self.destination,
             dead_letters,
@@ -286,12 +295,20 @@ fn stop_quietly(connector: &str, what: &str, result: Result<(), crate::Connector
 /// One record's outcome at the destination: its key, the attempt it ends, and the result.
 type Outcome = (u64, u32, Result<(), SendError>);
 
-/// The source's own completion of a record (none if it attached no callback), shared by every
-/// attempt so that the first final outcome ends it.
-type Upstream = Arc<Mutex<Option<Completion>>>;
+/// The source's own completion of a record, shared by every attempt so that the first final
+/// outcome ends it; `None` when the source attached no callback (a file source's records), which
+/// spares a shared cell per record.
+type Upstream = Option<Arc<Mutex<Option<Completion>>>>;
+
+fn upstream_of(completion: Completion) -> Upstream {
+    completion
+        .is_armed()
+        .then(|| Arc::new(Mutex::new(Some(completion))))
+}
 
 fn take_upstream(upstream: &Upstream) -> Option<Completion> {
     upstream
+        .as_ref()?
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take()
@@ -338,7 +355,9 @@ struct InFlight {
 struct Pump {
     name: String,
     settings: WorkerSettings,
-    role: Role,
+    counters: metrics::Counters,
+    /// Whether `Source::commit` does anything (see `Source::wants_commit`).
+    source_commits: bool,
     source: Box<dyn Source>,
     destination: Box<dyn Sink>,
     dead_letters: Option<Box<dyn Sink>>,
@@ -423,13 +442,13 @@ impl Pump {
         }
         let polled = batch.len() as u64;
         self.status.add_polled(polled);
-        metrics::count(metrics::POLLED, &self.name, polled);
+        self.counters.polled.increment(polled);
         let mut out = Vec::with_capacity(batch.len());
         for mut record in batch {
             let key = self.next_key;
             self.next_key += 1;
             let receipt = self.submitted.submit(record.position.clone());
-            let upstream: Upstream = Arc::new(Mutex::new(Some(record.take_completion())));
+            let upstream = upstream_of(record.take_completion());
             let content = record.clone();
             record.set_callback(Arc::new(Report {
                 key,
@@ -484,12 +503,10 @@ impl Pump {
                 };
                 self.submitted.ack(&entry.receipt);
                 self.status.add_published();
-                let metric = match self.role {
-                    Role::Source => metrics::PUBLISHED,
-                    Role::Sink => metrics::PUT,
-                };
-                metrics::count(metric, &self.name, 1);
-                if let Err(e) = self.source.commit(&entry.record).await {
+                self.counters.succeeded.increment(1);
+                if self.source_commits
+                    && let Err(e) = self.source.commit(&entry.record).await
+                {
                     tracing::warn!(connector = %self.name, error = %ErrorChain(&e), "the source's commit failed");
                 }
                 if self.retry.is_empty() {
@@ -564,7 +581,7 @@ impl Pump {
             cause.to_string()
         };
         self.status.add_failed();
-        metrics::count(metrics::FAILED, &self.name, 1);
+        self.counters.failed.increment(1);
         self.status.set_error(format!(
             "record {id} at {:?} failed: {why}",
             entry.record.position
@@ -586,7 +603,7 @@ impl Pump {
                     match self.dead_letter(&entry.record, &why, exhausted).await {
                         Ok(()) => {
                             self.status.add_dead_lettered();
-                            metrics::count(metrics::DEAD_LETTERED, &self.name, 1);
+                            self.counters.dead_lettered.increment(1);
                         }
                         Err(problem) => {
                             // Left unacknowledged: sent again after a restart.

@@ -30,8 +30,25 @@ pub(crate) fn describe() {
     );
 }
 
-pub(crate) fn count(name: &'static str, connector: &str, n: u64) {
-    if n > 0 {
-        metrics::counter!(name, "connector" => connector.to_owned()).increment(n);
+/// One connector's record counters, registered once: a labelled lookup per record cost more
+/// than the increment.
+pub(crate) struct Counters {
+    pub(crate) polled: metrics::Counter,
+    /// `PUBLISHED` or `PUT`, by the worker's role.
+    pub(crate) succeeded: metrics::Counter,
+    pub(crate) failed: metrics::Counter,
+    pub(crate) dead_lettered: metrics::Counter,
+}
+
+impl Counters {
+    pub(crate) fn new(connector: &str, succeeded: &'static str) -> Counters {
+        let counter =
+            |name: &'static str| metrics::counter!(name, "connector" => connector.to_owned());
+        Counters {
+            polled: counter(POLLED),
+            succeeded: counter(succeeded),
+            failed: counter(FAILED),
+            dead_lettered: counter(DEAD_LETTERED),
+        }
     }
 }

@@ -153,13 +153,13 @@ fn start_source(
         .ok_or_else(|| format!("plugin {:?} is not a source", spec.plugin.class))?;
     let defaults =
         settings::event_defaults(&spec.name, &spec.config).map_err(|error| error.to_string())?;
-    let destination = PublishSink {
-        publisher: Arc::clone(&env.publisher),
-        topic: spec.topic().to_owned(),
+    let destination = PublishSink::new(
+        Arc::clone(&env.publisher),
+        spec.topic().to_owned(),
         defaults,
-        limits: env.limits,
-        max_event_bytes: env.max_event_bytes,
-    };
+        env.limits,
+        env.max_event_bytes,
+    );
     let worker = SourceWorker::new(
         spec.name.clone(),
         spec.config.clone(),
