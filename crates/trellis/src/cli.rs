@@ -98,8 +98,9 @@ pub(crate) struct ServeArgs {
 /// Where `trellis serve` listens when nothing else is configured.
 pub(crate) const DEFAULT_SERVER: &str = "http://127.0.0.1:10105";
 
+/// Where the admin commands find a running `trellis serve`.
 #[derive(Debug, Args)]
-pub(crate) struct SubscriptionsArgs {
+pub(crate) struct ServerArgs {
     /// URL of the trellis HTTP API
     #[arg(
         long,
@@ -109,6 +110,12 @@ pub(crate) struct SubscriptionsArgs {
         default_value = DEFAULT_SERVER
     )]
     pub(crate) server: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SubscriptionsArgs {
+    #[command(flatten)]
+    pub(crate) server: ServerArgs,
     #[command(subcommand)]
     pub(crate) command: SubscriptionsCommand,
 }

@@ -16,20 +16,13 @@ use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
 use crate::api_client::{ApiClient, path_segment};
-use crate::cli::{DEFAULT_SERVER, OutputArgs};
+use crate::cli::OutputArgs;
 use crate::subscriptions_cmd::{pretty, print};
 
 #[derive(Debug, Args)]
 pub(crate) struct ConnectorsArgs {
-    /// URL of the trellis HTTP API
-    #[arg(
-        long,
-        global = true,
-        env = "TRELLIS_SERVER",
-        value_name = "URL",
-        default_value = DEFAULT_SERVER
-    )]
-    pub(crate) server: String,
+    #[command(flatten)]
+    pub(crate) server: crate::cli::ServerArgs,
     #[command(subcommand)]
     pub(crate) command: ConnectorsCommand,
 }
@@ -118,7 +111,7 @@ pub(crate) struct OffsetsArgs {
 
 pub(crate) fn run(args: ConnectorsArgs) -> anyhow::Result<()> {
     // Checked before anything else: a bad --server is a usage error, not a network one.
-    let api = ApiClient::new(&args.server)?;
+    let api = ApiClient::new(&args.server.server)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

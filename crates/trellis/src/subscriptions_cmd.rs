@@ -19,7 +19,7 @@ use crate::cli::{
 
 pub(crate) fn run(args: SubscriptionsArgs) -> anyhow::Result<()> {
     // Checked before anything else: a bad --server is a usage error, not a network one.
-    let api = ApiClient::new(&args.server)?;
+    let api = ApiClient::new(&args.server.server)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -211,7 +211,7 @@ fn every_command_takes_a_name_where_it_needs_one() {
     }
     for command in ["get", "status", "pause", "resume", "restart", "offsets"] {
         let parsed = parse(&[command, "lines", "--json"]).expect("valid arguments");
-        assert_eq!(parsed.server, crate::cli::DEFAULT_SERVER);
+        assert_eq!(parsed.server.server, crate::cli::DEFAULT_SERVER);
     }
 }
 
@@ -219,8 +219,8 @@ fn every_command_takes_a_name_where_it_needs_one() {
 fn server_is_accepted_before_or_after_the_command() {
     let before = parse(&["--server", "http://127.0.0.1:1", "list"]).expect("valid arguments");
     let after = parse(&["pause", "x", "--server", "http://127.0.0.1:2"]).expect("valid arguments");
-    assert_eq!(before.server, "http://127.0.0.1:1");
-    assert_eq!(after.server, "http://127.0.0.1:2");
+    assert_eq!(before.server.server, "http://127.0.0.1:1");
+    assert_eq!(after.server.server, "http://127.0.0.1:2");
 }
 
 #[test]

@@ -192,6 +192,6 @@ fn a_file_that_is_not_json_names_the_file() {
 fn server_is_accepted_before_or_after_the_command() {
     let before = parse(&["--server", "http://127.0.0.1:1", "list"]).expect("valid arguments");
     let after = parse(&["list", "--server", "http://127.0.0.1:2"]).expect("valid arguments");
-    assert_eq!(before.server, "http://127.0.0.1:1");
-    assert_eq!(after.server, "http://127.0.0.1:2");
+    assert_eq!(before.server.server, "http://127.0.0.1:1");
+    assert_eq!(after.server.server, "http://127.0.0.1:2");
 }
