@@ -93,6 +93,12 @@ const DESCRIPTION_MARK: &str = "trellis topic";
 const READ_AHEAD: usize = 16;
 /// Room for the headers of a record (`Nats-Msg-Id`, `Nats-Expected-Stream`) in `max_payload`.
 const HEADER_ALLOWANCE: usize = 512;
+/// How often a waiting reader asks whether its stream is still there and still short of the
+/// offset. The server's deletion advisory and the consumer's deliveries normally wake it at
+/// once, but an advisory is sent at most once and can be lost: a reader (a consumer group
+/// waiting for its next record) missed one under load and waited for ever after its topic
+/// was deleted.
+const WAIT_RECHECK: Duration = Duration::from_secs(5);
 /// The shortest duplicate window the server accepts.
 const MIN_DEDUP_WINDOW: Duration = Duration::from_millis(100);
 /// The shortest `max_age` the server accepts.
@@ -855,6 +861,9 @@ impl TopicStore for JetStreamTopic {
             }
         };
         let consumer_name = consumer.cached_info().name.clone();
+        let mut recheck =
+            tokio::time::interval_at(tokio::time::Instant::now() + WAIT_RECHECK, WAIT_RECHECK);
+        let mut rechecking = false;
         let answer = loop {
             let woken = tokio::select! {
                 message = delivered.next() => match message {
@@ -866,7 +875,19 @@ impl TopicStore for JetStreamTopic {
                 _ = disconnects.changed() => Some(Err(StorageError::Unavailable(
                     "the connection was lost while waiting for a record".to_owned(),
                 ))),
+                _ = recheck.tick() => {
+                    rechecking = true;
+                    None
+                }
             };
+            if std::mem::take(&mut rechecking) {
+                // Asked outside the select: its other futures hold guards that are not `Send`.
+                match self.own_stream().await {
+                    Ok(now) if now.cached_info().state.last_sequence > offset => break Ok(()),
+                    Ok(_) => continue,
+                    Err(error) => break Err(error),
+                }
+            }
             match woken {
                 Some(answer) => break answer,
                 None if !beyond_next => break Ok(()),
