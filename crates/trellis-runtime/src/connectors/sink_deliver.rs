@@ -163,7 +163,7 @@ impl SinkTask {
                         metrics.put.increment(1);
                         let _ = self.outcomes.send(Outcome::Delivered(offset));
                     }
-                    Err(cause) if cause.is_final() && !retriable(&cause) => {
+                    Err(cause) if fails_at_once(&cause) => {
                         self.fail(&record, &cause.to_string(), FailureClass::Rejected, metrics);
                     }
                     Err(cause) => {
@@ -231,10 +231,11 @@ impl SinkTask {
     }
 }
 
-/// Failures that count as final for a source's publish but may pass for a sink: its target
-/// was away or could not take the record now.
-fn retriable(cause: &SendError) -> bool {
-    matches!(cause, SendError::Delivery(_) | SendError::Retriable(_))
+/// Whether a sink's failure is final at once. A delivery error counts as final for a source's
+/// publish but may pass for a sink (its target was away or could not take the record now), so
+/// only a refusal is; everything else is put again within the retry budget.
+fn fails_at_once(cause: &SendError) -> bool {
+    matches!(cause, SendError::Rejected(_) | SendError::Publish(_))
 }
 
 struct Metrics {
