@@ -28,7 +28,7 @@ use trellis_meta::{CasOutcome, Expect};
 use crate::error::ApiError;
 pub(crate) use metrics::describe_metrics;
 pub(crate) use run::Env;
-use run::{Failure, Progress, Run};
+use run::{Progress, Run};
 use spec::ConnectorSpec;
 
 const CONFIG_KEY_PREFIX: &str = "/connector-configs/";
@@ -47,7 +47,6 @@ struct Entry {
     spec: ConnectorSpec,
     /// `None` while paused, or failed to start.
     run: Option<Run>,
-    failure: Failure,
     /// Counts the runs, so a late report of an old run's failure changes nothing.
     generation: u64,
 }
@@ -204,8 +203,7 @@ impl ConnectorRegistry {
     pub(crate) async fn resume(&self, name: &str) -> Result<Value, ApiError> {
         let mut entries = self.entries.lock().await;
         let entry = find_mut(&mut entries, name)?;
-        let failed = entry.spec.failed.is_some() || run::get(&entry.failure).is_some();
-        if !entry.spec.paused && !failed {
+        if !entry.spec.paused && entry.spec.failed.is_none() {
             return Err(ApiError::new(
                 http::StatusCode::CONFLICT,
                 "connector_not_paused",
@@ -226,7 +224,6 @@ impl ConnectorRegistry {
         let mut entries = self.entries.lock().await;
         let entry = find_mut(&mut entries, name)?;
         stop(entry.run.take()).await;
-        run::set(&entry.failure, None);
         if entry.spec.failed.is_some() {
             // A restart is how Kafka Connect starts a failed connector again.
             let mut spec = entry.spec.clone();
@@ -347,7 +344,6 @@ impl ConnectorRegistry {
         let mut entry = Entry {
             spec,
             run: None,
-            failure: Arc::default(),
             generation: 0,
         };
         if !entry.spec.paused {
@@ -364,11 +360,11 @@ impl ConnectorRegistry {
             name: entry.spec.name.clone(),
             generation: entry.generation,
         };
-        match run::start(&self.env, &entry.spec, &entry.failure, report, &self.tasks) {
+        match run::start(&self.env, &entry.spec, &report, &self.tasks) {
             Ok(run) => entry.run = Some(run),
             Err(reason) => {
-                tracing::error!(message = "A connector cannot start.", connector = %entry.spec.name, reason = %reason);
-                run::set(&entry.failure, Some(reason));
+                // Paused with the reason stored, as a run that fails is.
+                report.failed(reason);
             }
         }
     }
@@ -444,7 +440,7 @@ pub(crate) fn plugins_json() -> Value {
 
 /// The state word (Kafka Connect's) and why, when there is a why.
 fn state(entry: &Entry) -> (&'static str, Option<String>) {
-    if let Some(reason) = run::get(&entry.failure).or_else(|| entry.spec.failed.clone()) {
+    if let Some(reason) = entry.spec.failed.clone() {
         return ("FAILED", Some(reason));
     }
     if entry.spec.paused {

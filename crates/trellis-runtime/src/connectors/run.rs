@@ -74,9 +74,6 @@ pub(crate) struct Run {
     pub(crate) progress: Progress,
 }
 
-/// Why the last run ended by itself, shown as `FAILED` until the next start.
-pub(crate) type Failure = Arc<std::sync::Mutex<Option<String>>>;
-
 /// A run that ended by itself, told to the registry so it pauses the connector.
 pub(crate) struct Failed {
     pub(crate) name: String,
@@ -84,7 +81,9 @@ pub(crate) struct Failed {
     pub(crate) reason: String,
 }
 
-/// Where and as what a run reports its failure.
+/// Where and as what a run reports its failure: the registry pauses the connector with the
+/// reason stored, which is all the status shows of it.
+#[derive(Clone)]
 pub(crate) struct Report {
     pub(crate) failures: mpsc::UnboundedSender<Failed>,
     pub(crate) name: String,
@@ -92,9 +91,8 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    fn failed(&self, failure: &Failure, reason: String) {
+    pub(crate) fn failed(&self, reason: String) {
         tracing::error!(message = "The connector failed; it is paused until it is resumed or restarted.", connector = %self.name, reason = %reason);
-        set(failure, Some(reason.clone()));
         let _ = self.failures.send(Failed {
             name: self.name.clone(),
             generation: self.generation,
@@ -108,36 +106,19 @@ pub(crate) fn topic_offset_key(name: &str) -> String {
     format!("/connectors/{name}/topic-offset")
 }
 
-/// Starts a run; a failure that ends it lands in `failure` and goes to `report`.
+/// Starts a run; a failure that ends it goes to `ended`.
 pub(crate) fn start(
     env: &Env,
     spec: &ConnectorSpec,
-    failure: &Failure,
-    report: Report,
+    ended: &Report,
     tasks: &tokio_util::task::TaskTracker,
 ) -> Result<Run, String> {
-    set(failure, None);
     let settings = WorkerSettings::from_config(&spec.config).map_err(|error| error.to_string())?;
     let stop = CancellationToken::new();
-    let ended = Ended {
-        failure: Arc::clone(failure),
-        report,
-    };
+    let ended = ended.clone();
     match spec.plugin.kind {
         Kind::Source => start_source(env, spec, settings, ended, tasks, stop),
         Kind::Sink => start_sink(env, spec, &settings, ended, tasks, stop),
-    }
-}
-
-/// How a run tells that it failed.
-struct Ended {
-    failure: Failure,
-    report: Report,
-}
-
-impl Ended {
-    fn failed(&self, reason: String) {
-        self.report.failed(&self.failure, reason);
     }
 }
 
@@ -145,7 +126,7 @@ fn start_source(
     env: &Env,
     spec: &ConnectorSpec,
     settings: WorkerSettings,
-    ended: Ended,
+    ended: Report,
     tasks: &tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> Result<Run, String> {
@@ -186,7 +167,7 @@ fn start_sink(
     env: &Env,
     spec: &ConnectorSpec,
     settings: &WorkerSettings,
-    ended: Ended,
+    ended: Report,
     tasks: &tokio_util::task::TaskTracker,
     stop: CancellationToken,
 ) -> Result<Run, String> {
@@ -327,14 +308,4 @@ fn start_sink(
             last_error,
         },
     })
-}
-
-pub(crate) fn set(failure: &Failure, reason: Option<String>) {
-    if let Ok(mut failure) = failure.lock() {
-        *failure = reason;
-    }
-}
-
-pub(crate) fn get(failure: &Failure) -> Option<String> {
-    failure.lock().ok().and_then(|failure| failure.clone())
 }
