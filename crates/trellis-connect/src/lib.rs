@@ -51,6 +51,13 @@ pub use worker::{
 
 /// Describes every connector metric (the offsets' and the workers') to the installed recorder;
 /// the runtime calls it once, next to its own.
+/// Metric names a runtime records under for connector work it does itself (a sink connector
+/// running on the runtime's own dispatcher), so both sides count into the same series.
+pub mod metric_names {
+    pub use crate::offsets::metrics::{COMMIT_FAILURES, COMMIT_SECONDS, COMMITS};
+    pub use crate::worker::metrics::{FAILED as RECORDS_FAILED, PUT as RECORDS_PUT};
+}
+
 pub fn describe_metrics() {
     offsets::describe_metrics();
     worker::describe_metrics();

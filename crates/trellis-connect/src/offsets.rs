@@ -65,12 +65,12 @@ pub fn describe_metrics() {
     metrics::describe();
 }
 
-mod metrics {
+pub(crate) mod metrics {
     use std::time::Duration;
 
-    pub(super) const COMMITS: &str = "trellis_connector_offset_commits_total";
-    pub(super) const COMMIT_FAILURES: &str = "trellis_connector_offset_commit_failures_total";
-    pub(super) const COMMIT_SECONDS: &str = "trellis_connector_offset_commit_seconds";
+    pub const COMMITS: &str = "trellis_connector_offset_commits_total";
+    pub const COMMIT_FAILURES: &str = "trellis_connector_offset_commit_failures_total";
+    pub const COMMIT_SECONDS: &str = "trellis_connector_offset_commit_seconds";
     pub(super) const BEGIN_FLUSH_REFUSED: &str = "trellis_connector_begin_flush_refused_total";
 
     pub(super) fn describe() {

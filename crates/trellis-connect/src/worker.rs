@@ -46,7 +46,7 @@
 //! `trellis_connector_records_put_total` (role sink), `trellis_connector_records_failed_total`
 //! and `trellis_connector_records_dead_lettered_total`.
 
-mod metrics;
+pub(crate) mod metrics;
 pub mod settings;
 pub mod status;
 

@@ -2,8 +2,8 @@
 
 pub(crate) const POLLED: &str = "trellis_connector_records_polled_total";
 pub(crate) const PUBLISHED: &str = "trellis_connector_records_published_total";
-pub(crate) const PUT: &str = "trellis_connector_records_put_total";
-pub(crate) const FAILED: &str = "trellis_connector_records_failed_total";
+pub const PUT: &str = "trellis_connector_records_put_total";
+pub const FAILED: &str = "trellis_connector_records_failed_total";
 pub(crate) const DEAD_LETTERED: &str = "trellis_connector_records_dead_lettered_total";
 
 /// Describes the worker's metrics to the installed recorder.

@@ -1,6 +1,6 @@
-//! Sink connectors' metric names, labelled by `connector`. Sources count theirs in the source
-//! worker (`trellis-connect`), under the same names, and the offset commit series are the
-//! offset writer's names, which a sink's dispatcher records too.
+//! Sink connectors' series, labelled by `connector`, under `trellis-connect`'s names: sources
+//! count theirs in the source worker, and a sink's dispatcher records its offset commits as the
+//! offset writer does.
 
 use std::sync::Arc;
 
@@ -8,11 +8,11 @@ use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryRepor
 
 use crate::subscriptions::CommitMetrics;
 
-pub(crate) const RECORDS_PUT: &str = "trellis_connector_records_put_total";
-pub(crate) const RECORDS_FAILED: &str = "trellis_connector_records_failed_total";
-const OFFSET_COMMITS: &str = "trellis_connector_offset_commits_total";
-const OFFSET_COMMIT_FAILURES: &str = "trellis_connector_offset_commit_failures_total";
-const OFFSET_COMMIT_SECONDS: &str = "trellis_connector_offset_commit_seconds";
+use trellis_connect::metric_names::{
+    COMMIT_FAILURES as OFFSET_COMMIT_FAILURES, COMMIT_SECONDS as OFFSET_COMMIT_SECONDS,
+    COMMITS as OFFSET_COMMITS,
+};
+pub(crate) use trellis_connect::metric_names::{RECORDS_FAILED, RECORDS_PUT};
 
 /// Describes the connector metrics: the source worker's (which name these too) and the
 /// offset writer's.
