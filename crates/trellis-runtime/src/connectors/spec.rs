@@ -187,16 +187,18 @@ fn check_topics(name: &str, plugin: &Plugin, config: &ConnectorConfig) -> Result
 }
 
 fn check_topic_name(key: &str, name: &str) -> Result<(), ApiError> {
-    trellis_storage::validate_topic_name(name).map_err(|error| {
-        let message = match error {
-            trellis_storage::StorageError::InvalidTopicName { reason, .. } => reason.to_owned(),
-            other => other.to_string(),
-        };
-        ApiError::bad_request(
-            "invalid_connector",
-            format!("config key `{key}`: {message}"),
-        )
-        .with_field(format!("config.{key}"))
+    topic_name_rules(name).map_err(|reason| {
+        ApiError::bad_request("invalid_connector", format!("config key `{key}`: {reason}"))
+            .with_field(format!("config.{key}"))
+    })
+}
+
+/// What the topic-name rules say of `name`, which topics, connectors and their dead-letter
+/// topics all follow.
+fn topic_name_rules(name: &str) -> Result<(), String> {
+    trellis_storage::validate_topic_name(name).map_err(|error| match error {
+        trellis_storage::StorageError::InvalidTopicName { reason, .. } => reason.to_owned(),
+        other => other.to_string(),
     })
 }
 
@@ -226,14 +228,12 @@ fn spec_error(error: trellis_delivery::config::SpecError) -> ApiError {
 
 /// Connector names follow the topic-name rules, so `<name>.dlq` is always a valid topic.
 fn check_name(name: &str) -> Result<(), ApiError> {
-    trellis_storage::validate_topic_name(name).map_err(|error| {
-        let message = match error {
-            trellis_storage::StorageError::InvalidTopicName { reason, .. } => {
-                reason.replace("a topic name", "a connector name")
-            }
-            other => other.to_string(),
-        };
-        ApiError::bad_request("invalid_name", message).with_field("name".to_owned())
+    topic_name_rules(name).map_err(|reason| {
+        ApiError::bad_request(
+            "invalid_name",
+            reason.replace("a topic name", "a connector name"),
+        )
+        .with_field("name".to_owned())
     })
 }
 
