@@ -1,0 +1,188 @@
+//! The etcd store's prefix watch, which outlives the gRPC stream it runs on.
+//!
+//! etcd watches die with their connection. The first one is opened in `watch` itself, so a
+//! compacted start revision or an unreachable etcd is the caller's error at once. After that a
+//! task forwards events; when the stream breaks, it opens a new one from the revision after the
+//! last event it forwarded (retrying with backoff while etcd is down), so the caller sees every
+//! revision once, in order, across reconnects. If etcd compacted that revision meanwhile, the
+//! stream yields `MetaError::Compacted` and ends. It ends when the caller drops it.
+
+use std::time::Duration;
+
+use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{EtcdError, client_error, convert_kv, header_revision, malformed};
+use crate::{MetaError, WatchEvent, WatchStream};
+
+/// Events a caller may leave unread before the forwarding task waits for it (and etcd buffers).
+const BUFFER: usize = 1024;
+/// Backoff between attempts to re-open a broken watch.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(1);
+
+type Responses = etcd_client::WatchStream;
+
+pub(super) async fn watch(
+    client: Client,
+    prefix: String,
+    start_revision: Option<u64>,
+) -> Result<WatchStream, MetaError> {
+    // etcd's start revision 0 means "from now"; the trait's 0 and 1 mean "from the first write".
+    let (responses, next_revision) = open(
+        &client,
+        &prefix,
+        start_revision.map(|revision| revision.max(1)),
+    )
+    .await?;
+    let (sender, receiver) = mpsc::channel(BUFFER);
+    tokio::spawn(forward(client, prefix, responses, next_revision, sender));
+    Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(
+        receiver,
+    )))
+}
+
+/// Opens an etcd watch and waits for etcd to confirm it. Returns the stream and the first
+/// revision it will deliver.
+async fn open(
+    client: &Client,
+    prefix: &str,
+    start_revision: Option<u64>,
+) -> Result<(Responses, u64), MetaError> {
+    let mut options = if prefix.is_empty() {
+        WatchOptions::new().with_all_keys()
+    } else {
+        WatchOptions::new().with_prefix()
+    };
+    if let Some(start) = start_revision {
+        options = options.with_start_revision(i64::try_from(start).unwrap_or(i64::MAX));
+    }
+    let mut responses = client
+        .watch_client()
+        .watch(prefix, Some(options))
+        .await
+        .map_err(client_error)?;
+    let Some(created) = responses.message().await.map_err(client_error)? else {
+        return Err(MetaError::Unavailable(Box::new(EtcdError::Malformed {
+            what: "a watch stream that ended before it started",
+        })));
+    };
+    if let Some(error) = cancelled(&created, start_revision) {
+        return Err(error);
+    }
+    let next_revision = match start_revision {
+        Some(start) => start,
+        None => header_revision(created.header())? + 1,
+    };
+    Ok((responses, next_revision))
+}
+
+/// The error a cancelled watch response stands for, if it is one.
+fn cancelled(response: &WatchResponse, requested: Option<u64>) -> Option<MetaError> {
+    if response.compact_revision() > 0 {
+        return Some(MetaError::Compacted {
+            requested: requested.unwrap_or_default(),
+            oldest: u64::try_from(response.compact_revision()).unwrap_or_default(),
+        });
+    }
+    if response.canceled() {
+        return Some(MetaError::Storage(
+            format!("etcd cancelled the watch: {}", response.cancel_reason()).into(),
+        ));
+    }
+    None
+}
+
+async fn forward(
+    client: Client,
+    prefix: String,
+    mut responses: Responses,
+    mut next_revision: u64,
+    sender: mpsc::Sender<Result<WatchEvent, MetaError>>,
+) {
+    loop {
+        // Pass events on until the stream breaks.
+        let broken = loop {
+            let response = tokio::select! {
+                () = sender.closed() => return,
+                response = responses.next() => response,
+            };
+            let response = match response {
+                Some(Ok(response)) => response,
+                Some(Err(error)) => break client_error(error),
+                None => break MetaError::Unavailable("the etcd watch stream ended".into()),
+            };
+            if let Some(error) = cancelled(&response, Some(next_revision)) {
+                let _ = sender.send(Err(error)).await;
+                return;
+            }
+            for event in response.events() {
+                let item = convert_event(event);
+                if let Ok(event) = &item {
+                    next_revision = event.mod_revision() + 1;
+                }
+                let failed = item.is_err();
+                if sender.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        };
+        tracing::warn!(
+            message = "Metadata watch lost its etcd stream; reopening.",
+            prefix = %prefix,
+            next_revision,
+            error = &broken as &dyn std::error::Error,
+        );
+        // Re-open from where the caller is, until etcd answers or the caller leaves.
+        let mut delay = RETRY_MIN;
+        responses = loop {
+            let attempt = tokio::select! {
+                () = sender.closed() => return,
+                attempt = open(&client, &prefix, Some(next_revision)) => attempt,
+            };
+            match attempt {
+                Ok((responses, _)) => break responses,
+                Err(error @ MetaError::Compacted { .. }) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::debug!(
+                        message = "Metadata watch could not reopen yet.",
+                        prefix = %prefix,
+                        error = &error as &dyn std::error::Error,
+                    );
+                    tokio::select! {
+                        () = sender.closed() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(RETRY_MAX);
+                }
+            }
+        };
+        tracing::info!(
+            message = "Metadata watch resumed.",
+            prefix = %prefix,
+            next_revision,
+        );
+    }
+}
+
+fn convert_event(event: &etcd_client::Event) -> Result<WatchEvent, MetaError> {
+    let Some(kv) = event.kv() else {
+        return Err(malformed("a watch event without its key"));
+    };
+    match event.event_type() {
+        EventType::Put => Ok(WatchEvent::Put(convert_kv(kv)?)),
+        EventType::Delete => {
+            let key = kv
+                .key_str()
+                .map_err(|_| malformed("a key that is not UTF-8"))?;
+            Ok(WatchEvent::Delete {
+                key: key.to_owned(),
+                mod_revision: super::revision(kv.mod_revision())?,
+            })
+        }
+    }
+}
