@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
@@ -21,6 +21,8 @@ const BUFFER: usize = 1024;
 /// Backoff between attempts to re-open a broken watch.
 const RETRY_MIN: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(1);
+/// How long to wait for etcd's cancel message of a watch known to start at a compacted revision.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
 type Responses = etcd_client::WatchStream;
 
@@ -71,11 +73,49 @@ async fn open(
     if let Some(error) = cancelled(&created, start_revision) {
         return Err(error);
     }
-    let next_revision = match start_revision {
-        Some(start) => start,
-        None => header_revision(created.header())? + 1,
+    let current = header_revision(created.header())?;
+    let Some(start) = start_revision else {
+        return Ok((responses, current + 1));
     };
-    Ok((responses, next_revision))
+    check_not_compacted(client, prefix, start, current, &mut responses).await?;
+    Ok((responses, start))
+}
+
+/// etcd confirms a watch from a compacted revision as created and cancels it only in a later
+/// message. To fail at `watch` as the trait says, read at the start revision: that fails exactly
+/// when it is compacted, and then the cancel message, which names the oldest revision left, is
+/// already on its way.
+async fn check_not_compacted(
+    client: &Client,
+    prefix: &str,
+    start: u64,
+    current: u64,
+    responses: &mut Responses,
+) -> Result<(), MetaError> {
+    // Reading at a future revision is a different error, and nothing there is compacted.
+    let at = i64::try_from(start.min(current)).unwrap_or(i64::MAX);
+    let probe = GetOptions::new()
+        .with_revision(at)
+        .with_limit(1)
+        .with_keys_only();
+    let key = if prefix.is_empty() { "\u{0}" } else { prefix };
+    match client.kv_client().get(key, Some(probe)).await {
+        Ok(_) => Ok(()),
+        Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("compacted") => {
+            let oldest = match tokio::time::timeout(CANCEL_TIMEOUT, responses.message()).await {
+                Ok(Ok(Some(response))) if response.compact_revision() > 0 => {
+                    u64::try_from(response.compact_revision()).unwrap_or(current)
+                }
+                // The current revision is certainly still there.
+                _ => current,
+            };
+            Err(MetaError::Compacted {
+                requested: start,
+                oldest,
+            })
+        }
+        Err(error) => Err(client_error(error)),
+    }
 }
 
 /// The error a cancelled watch response stands for, if it is one.
