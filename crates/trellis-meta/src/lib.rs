@@ -80,7 +80,8 @@ pub type LeaseId = i64;
 /// `held_until` is what ownership code relies on: the store cannot expire the lease before
 /// then, because it is the instant the grant or keep-alive request was *sent* plus the TTL,
 /// and the store starts the TTL only when the request arrives. Past `held_until`, the holder
-/// must assume the lease (and every key under it) is gone.
+/// must assume the lease (and every key under it) is gone. This assumes the holder's clock and
+/// the store's run at about the same rate; ownership code keeps a margin below `held_until`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     pub id: LeaseId,
@@ -220,6 +221,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<CasOutcome, MetaError>;
     /// Changes under `prefix` with mod revision >= `start_revision` (or from now on, for `None`).
     /// Use `range(..).revision + 1` to follow a range without a gap.
+    ///
+    /// A start revision no longer available fails here with [`MetaError::Compacted`]. A stream
+    /// that loses its connection to the store reopens by itself from the revision after the last
+    /// event it yielded, so no revision is skipped or repeated; if that revision is gone by
+    /// then, the stream yields `Compacted` and ends.
     async fn watch(
         &self,
         prefix: &str,

@@ -127,7 +127,8 @@ fn cancelled(response: &WatchResponse, requested: Option<u64>) -> Option<MetaErr
         });
     }
     if response.canceled() {
-        return Some(MetaError::Storage(
+        // Not compaction: e.g. the member lost its leader. Another try may well work.
+        return Some(MetaError::Unavailable(
             format!("etcd cancelled the watch: {}", response.cancel_reason()).into(),
         ));
     }
@@ -153,9 +154,13 @@ async fn forward(
                 Some(Err(error)) => break client_error(error),
                 None => break MetaError::Unavailable("the etcd watch stream ended".into()),
             };
-            if let Some(error) = cancelled(&response, Some(next_revision)) {
-                let _ = sender.send(Err(error)).await;
-                return;
+            match cancelled(&response, Some(next_revision)) {
+                Some(error @ MetaError::Compacted { .. }) => {
+                    let _ = sender.send(Err(error)).await;
+                    return;
+                }
+                Some(error) => break error,
+                None => {}
             }
             for event in response.events() {
                 let item = convert_event(event);
