@@ -85,7 +85,8 @@ pub type LeaseId = i64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     pub id: LeaseId,
-    /// The TTL the store granted: the requested one rounded up to whole seconds.
+    /// The TTL the store granted: the requested one rounded up to whole seconds, or more if the
+    /// store has a minimum (etcd's is 1.5 election timeouts, rounded up).
     pub ttl: Duration,
     pub held_until: Instant,
 }

@@ -18,6 +18,8 @@ use nix::unistd::Pid;
 /// How long etcd may take to report healthy (it takes about 100 ms).
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How many pairs of free ports to try before giving up.
+const START_ATTEMPTS: usize = 3;
 
 /// A running etcd; killed (SIGKILL) when dropped, and its data directory removed.
 pub struct EtcdServer {
@@ -46,15 +48,23 @@ impl EtcdServer {
         let temp = tempfile::tempdir().expect("tempdir");
         let mut server = EtcdServer {
             child: None,
-            // etcd cannot pick its own ports and say which, so they are found free here. Another
-            // process could take one meanwhile; etcd then fails to start and the test says so.
-            client_port: free_port(),
-            peer_port: free_port(),
+            client_port: 0,
+            peer_port: 0,
             data_dir: temp.path().join("data"),
             _temp: temp,
         };
-        server.spawn();
-        Some(server)
+        // etcd cannot pick its own ports and say which, so they are found free here. Another
+        // test could take one before etcd binds it; then etcd exits, and new ports are tried.
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            server.client_port = free_port();
+            server.peer_port = free_port();
+            match server.try_spawn() {
+                Ok(()) => return Some(server),
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("{last_error}");
     }
 
     /// `127.0.0.1:PORT`, the client endpoint.
@@ -89,10 +99,13 @@ impl EtcdServer {
     /// it is healthy.
     pub fn restart(&mut self) {
         self.stop();
-        self.spawn();
+        if let Err(error) = self.try_spawn() {
+            panic!("{error}");
+        }
     }
 
-    fn spawn(&mut self) {
+    /// Starts etcd on the chosen ports and waits until it is healthy; on failure it is killed.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let client_url = format!("http://127.0.0.1:{}", self.client_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let child = Command::new("etcd")
@@ -111,7 +124,7 @@ impl EtcdServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn etcd");
+            .map_err(|error| format!("failed to spawn etcd: {error}"))?;
         self.child = Some(child);
         let deadline = Instant::now() + READY_TIMEOUT;
         while !self.healthy() {
@@ -121,13 +134,14 @@ impl EtcdServer {
                 .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
             if exited || Instant::now() > deadline {
                 self.kill();
-                panic!(
+                return Err(format!(
                     "etcd did not become healthy on port {} (exited: {exited})",
                     self.client_port
-                );
+                ));
             }
             std::thread::sleep(POLL_INTERVAL);
         }
+        Ok(())
     }
 
     /// Whether `GET /health` answers `"health":"true"`.
