@@ -13,6 +13,7 @@
 //! - `embedded`: [`EmbeddedStore`], the redb implementation, with its change feed, lease timer and
 //!   file layout.
 //! - `etcd`: [`EtcdStore`], the etcd implementation on `etcd-client`.
+//! - `keeper`: [`LeaseKeeper`], which refreshes a lease in the background through the trait.
 //! - `conformance` (feature `test-util`): checks of etcd semantics through the trait only, run
 //!   against every implementation.
 
@@ -20,6 +21,7 @@
 pub mod conformance;
 mod embedded;
 mod etcd;
+mod keeper;
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -33,6 +35,7 @@ pub use embedded::{
 pub use etcd::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EtcdError, EtcdOptions, EtcdStore,
 };
+pub use keeper::{LeaseKeeper, LeaseStatus};
 
 /// A stored key with etcd's bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -209,3 +209,53 @@ async fn next_event(stream: &mut WatchStream) -> WatchEvent {
         Err(_) => panic!("no watch event within {EVENT_TIMEOUT:?}"),
     }
 }
+
+/// While etcd is down, a `LeaseKeeper` cannot refresh, so its holder stops holding once
+/// `held_until` passes; when etcd returns (which restarts every lease's TTL) it holds again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_keeper_stops_holding_while_etcd_is_down_and_recovers() {
+    use std::sync::Arc;
+    use trellis_meta::{GuardedPut, LeaseKeeper};
+
+    let Some(mut server) = EtcdServer::start() else {
+        return;
+    };
+    let store: Arc<dyn MetadataStore> = Arc::new(
+        EtcdStore::connect(
+            EtcdOptions::new([server.endpoint()])
+                .connect_timeout(Duration::from_millis(300))
+                .request_timeout(Duration::from_millis(500)),
+        )
+        .await
+        .expect("connect"),
+    );
+    let lease = store
+        .lease_grant(Duration::from_secs(2))
+        .await
+        .expect("lease_grant");
+    store
+        .guarded_put(GuardedPut::new("owners/a", "me").lease(lease.id))
+        .await
+        .expect("guarded_put");
+    let keeper = LeaseKeeper::spawn(store.clone(), lease);
+    assert!(keeper.holds());
+
+    server.stop();
+    let stuck_at = keeper.held_until().expect("not lost");
+    tokio::time::sleep_until((stuck_at + Duration::from_millis(100)).into()).await;
+    assert!(
+        !keeper.holds(),
+        "past held_until without a refresh, the holder no longer holds"
+    );
+
+    server.restart();
+    let mut status = keeper.subscribe();
+    tokio::time::timeout(EVENT_TIMEOUT, status.wait_for(|_| keeper.holds()))
+        .await
+        .expect("the keeper holds again once etcd is back")
+        .expect("the keeper runs");
+    assert!(
+        store.get("owners/a").await.expect("get").is_some(),
+        "the lease, and its key, survived the restart"
+    );
+}

@@ -6,6 +6,7 @@
 mod conformance;
 mod embedded;
 mod etcd;
+mod keeper;
 mod model;
 
 use std::path::PathBuf;
