@@ -26,6 +26,10 @@ pub struct EtcdServer {
     child: Option<Child>,
     client_port: u16,
     peer_port: u16,
+    /// With TLS: the port of the TLS client listener, beside the plain one used for health.
+    tls_port: Option<u16>,
+    /// With TLS: the server certificate and key files.
+    tls_files: Option<(PathBuf, PathBuf)>,
     data_dir: PathBuf,
     _temp: tempfile::TempDir,
 }
@@ -37,6 +41,16 @@ impl EtcdServer {
     /// # Panics
     /// When etcd is required but missing, or does not become healthy.
     pub fn start() -> Option<EtcdServer> {
+        EtcdServer::start_inner(None)
+    }
+
+    /// Like [`EtcdServer::start`], also serving clients over TLS with this certificate (made for
+    /// `127.0.0.1`) on [`EtcdServer::tls_endpoint`].
+    pub fn start_with_tls(tls: &crate::TestTls) -> Option<EtcdServer> {
+        EtcdServer::start_inner(Some(tls))
+    }
+
+    fn start_inner(tls: Option<&crate::TestTls>) -> Option<EtcdServer> {
         if !installed() {
             assert!(
                 std::env::var_os("TRELLIS_REQUIRE_ETCD").is_none(),
@@ -46,10 +60,19 @@ impl EtcdServer {
             return None;
         }
         let temp = tempfile::tempdir().expect("tempdir");
+        let tls_files = tls.map(|tls| {
+            let cert = temp.path().join("server.crt");
+            let key = temp.path().join("server.key");
+            std::fs::write(&cert, &tls.cert_pem).expect("write the server certificate");
+            std::fs::write(&key, &tls.key_pem).expect("write the server key");
+            (cert, key)
+        });
         let mut server = EtcdServer {
             child: None,
             client_port: 0,
             peer_port: 0,
+            tls_port: None,
+            tls_files,
             data_dir: temp.path().join("data"),
             _temp: temp,
         };
@@ -59,6 +82,7 @@ impl EtcdServer {
         for _ in 0..START_ATTEMPTS {
             server.client_port = free_port();
             server.peer_port = free_port();
+            server.tls_port = server.tls_files.as_ref().map(|_| free_port());
             match server.try_spawn() {
                 Ok(()) => return Some(server),
                 Err(error) => last_error = error,
@@ -70,6 +94,12 @@ impl EtcdServer {
     /// `127.0.0.1:PORT`, the client endpoint.
     pub fn endpoint(&self) -> String {
         format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `https://127.0.0.1:PORT`, the TLS client endpoint of a server started with TLS.
+    pub fn tls_endpoint(&self) -> Option<String> {
+        self.tls_port
+            .map(|port| format!("https://127.0.0.1:{port}"))
     }
 
     /// `http://127.0.0.1:PORT`.
@@ -108,11 +138,21 @@ impl EtcdServer {
     fn try_spawn(&mut self) -> Result<(), String> {
         let client_url = format!("http://127.0.0.1:{}", self.client_port);
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        let mut listen = client_url.clone();
+        if let (Some(port), Some((cert, key))) = (self.tls_port, &self.tls_files) {
+            listen.push_str(&format!(",https://127.0.0.1:{port}"));
+            command
+                .arg("--cert-file")
+                .arg(cert)
+                .arg("--key-file")
+                .arg(key);
+        }
+        let child = command
             .args(["--name", "test"])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen-client-urls", &client_url])
+            .args(["--listen-client-urls", &listen])
             .args(["--advertise-client-urls", &client_url])
             .args(["--listen-peer-urls", &peer_url])
             .args(["--initial-advertise-peer-urls", &peer_url])

@@ -259,3 +259,68 @@ async fn lease_keeper_stops_holding_while_etcd_is_down_and_recovers() {
         "the lease, and its key, survived the restart"
     );
 }
+
+/// With etcd's authentication on, the right user and password connect and work; a wrong
+/// password fails at connect, and not as `Unavailable` (retrying would not help).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_and_password_authenticate() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let mut admin = connect(&server).await.client();
+    admin
+        .user_add("root", "root-pw", None)
+        .await
+        .expect("add root");
+    admin
+        .user_grant_role("root", "root")
+        .await
+        .expect("grant root");
+    admin.auth_enable().await.expect("enable auth");
+
+    let store = EtcdStore::connect(EtcdOptions::new([server.endpoint()]).user("root", "root-pw"))
+        .await
+        .expect("connect with the right password");
+    put(&store, "k", "v").await;
+
+    match EtcdStore::connect(EtcdOptions::new([server.endpoint()]).user("root", "wrong")).await {
+        Err(MetaError::Storage(_)) => {}
+        Err(other) => panic!("expected a storage error, got {other}"),
+        Ok(_) => panic!("connected with a wrong password"),
+    }
+    match EtcdStore::connect(EtcdOptions::new([server.endpoint()])).await {
+        Err(MetaError::Storage(_)) => {}
+        Err(other) => panic!("expected a storage error without credentials, got {other}"),
+        Ok(_) => panic!("connected without credentials"),
+    }
+}
+
+/// Over TLS, trusting the CA that signed etcd's certificate works; trusting nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_ca_connects() {
+    let tls = trellis_test_support::TestTls::for_hosts(&["127.0.0.1"]);
+    let Some(server) = EtcdServer::start_with_tls(&tls) else {
+        return;
+    };
+    let endpoint = server.tls_endpoint().expect("a TLS endpoint");
+    let store = EtcdStore::connect(
+        EtcdOptions::new([endpoint.clone()]).ca_pem(tls.ca_pem.as_bytes().to_vec()),
+    )
+    .await
+    .expect("connect over TLS");
+    put(&store, "k", "v").await;
+
+    // Another CA, which did not sign etcd's certificate.
+    let untrusted = trellis_test_support::TestTls::for_hosts(&["127.0.0.1"]).ca_pem;
+    let result = EtcdStore::connect(
+        EtcdOptions::new([endpoint])
+            .ca_pem(untrusted.into_bytes())
+            .connect_timeout(Duration::from_millis(500))
+            .request_timeout(Duration::from_secs(1)),
+    )
+    .await;
+    assert!(
+        result.is_err(),
+        "a certificate from a CA not trusted is refused"
+    );
+}
