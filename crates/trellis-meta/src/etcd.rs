@@ -1,5 +1,6 @@
 //! The etcd [`MetadataStore`]: the same boundary, kept in an etcd cluster (v3 API, etcd 3.4+),
-//! so that several Trellis replicas share metadata, leases and fenced writes.
+//! so that several Trellis replicas share metadata, leases and fenced writes. It speaks etcd's
+//! gRPC API through the tonic clients of `trellis-etcd-proto`.
 //!
 //! Every operation is one etcd request (compare-and-set and guarded puts are one transaction),
 //! so the trait's atomicity is etcd's. Requests that cannot reach a quorum within the request
@@ -11,10 +12,17 @@ mod watch;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, PutOptions, TlsOptions,
-    Txn, TxnOp, TxnOpResponse,
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use trellis_etcd_proto::etcdserverpb::{
+    AuthenticateRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
+    TxnResponse, auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
+    request_op, response_op, watch_client::WatchClient,
 };
+use trellis_etcd_proto::mvccpb;
 
 use crate::{
     CasOutcome, Expect, GuardedOutcome, GuardedPut, KeyValue, Lease, LeaseId, MetaError,
@@ -55,7 +63,13 @@ pub enum EtcdError {
     #[error("no etcd endpoint was given")]
     NoEndpoints,
     #[error("etcd request failed")]
-    Client(#[source] etcd_client::Error),
+    Status(#[source] tonic::Status),
+    #[error("cannot set up the connection to etcd")]
+    Transport(#[source] tonic::transport::Error),
+    #[error("etcd did not answer in time")]
+    TimedOut,
+    #[error("etcd user name or password cannot be sent as a gRPC header")]
+    BadCredentials,
     #[error("etcd answered with {what}")]
     Malformed { what: &'static str },
 }
@@ -67,7 +81,81 @@ pub enum EtcdError {
 /// leader, and `Lease::held_until` is computed from when the request was sent.
 #[derive(Clone)]
 pub struct EtcdStore {
-    client: Client,
+    channel: Channel,
+    clients: Clients,
+}
+
+/// Every request carries these headers.
+#[derive(Clone)]
+struct Headers {
+    /// etcd's auth token, when connecting as a user.
+    token: Option<AsciiMetadataValue>,
+}
+
+impl Interceptor for Headers {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let metadata = request.metadata_mut();
+        // Requests fail fast rather than queue when this member has lost its leader.
+        metadata.insert("hasleader", AsciiMetadataValue::from_static("true"));
+        if let Some(token) = &self.token {
+            metadata.insert("token", token.clone());
+        }
+        Ok(request)
+    }
+}
+
+type Service = InterceptedService<Channel, Headers>;
+
+/// The gRPC clients, which are cheap to clone, and how long a request may take.
+#[derive(Clone)]
+struct Clients {
+    kv: KvClient<Service>,
+    watch: WatchClient<Service>,
+    lease: LeaseClient<Service>,
+    request_timeout: Duration,
+}
+
+impl Clients {
+    fn new(channel: Channel, headers: Headers, request_timeout: Duration) -> Clients {
+        let service = InterceptedService::new(channel, headers);
+        Clients {
+            kv: KvClient::new(service.clone()),
+            watch: WatchClient::new(service.clone()),
+            lease: LeaseClient::new(service),
+            request_timeout,
+        }
+    }
+
+    fn kv(&self) -> KvClient<Service> {
+        self.kv.clone()
+    }
+
+    /// Waits for a call's answer, at most the request timeout: a balanced channel with no
+    /// reachable endpoint would otherwise wait for one indefinitely.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, MetaError> {
+        match tokio::time::timeout(self.request_timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(status_error(status)),
+            Err(_) => Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
+        }
+    }
+
+    async fn range(
+        &self,
+        request: RangeRequest,
+    ) -> Result<trellis_etcd_proto::etcdserverpb::RangeResponse, MetaError> {
+        self.call(self.kv().range(request)).await
+    }
+
+    async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, MetaError> {
+        self.call(self.kv().txn(request)).await
+    }
 }
 
 impl EtcdOptions {
@@ -138,91 +226,132 @@ impl EtcdStore {
         if options.endpoints.is_empty() {
             return Err(MetaError::Storage(Box::new(EtcdError::NoEndpoints)));
         }
-        let mut connect = ConnectOptions::new()
-            .with_timeout(options.request_timeout)
-            .with_connect_timeout(options.connect_timeout)
-            // Requests fail fast rather than queue when this member has lost its leader.
-            .with_require_leader(true);
-        if let Some(pem) = &options.ca_pem {
-            connect =
-                connect.with_tls(TlsOptions::new().ca_certificate(Certificate::from_pem(pem)));
+        // tonic is built with ring as its only TLS provider (the one the rest of the workspace
+        // uses), and takes it when no process-wide provider is installed.
+        let tls = options
+            .ca_pem
+            .as_ref()
+            .map(|pem| ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)));
+        let mut endpoints = Vec::with_capacity(options.endpoints.len());
+        for address in &options.endpoints {
+            let uri = if address.contains("://") {
+                address.clone()
+            } else if tls.is_some() {
+                format!("https://{address}")
+            } else {
+                format!("http://{address}")
+            };
+            let mut endpoint = Endpoint::from_shared(uri)
+                .map_err(transport_error)?
+                .connect_timeout(options.connect_timeout)
+                .timeout(options.request_timeout);
+            if let Some(tls) = &tls {
+                endpoint = endpoint.tls_config(tls.clone()).map_err(transport_error)?;
+            }
+            endpoints.push(endpoint);
         }
+        // Channels connect on first use and reconnect after a failure by themselves.
+        let channel = match endpoints.as_slice() {
+            [one] => one.connect_lazy(),
+            _ => Channel::balance_list(endpoints.into_iter()),
+        };
+        let mut headers = Headers { token: None };
         if let Some((name, password)) = &options.user {
-            connect = connect.with_user(name.clone(), password.clone());
+            headers.token =
+                Some(authenticate(&channel, name, password, options.request_timeout).await?);
         }
-        let client = Client::connect(&options.endpoints, Some(connect))
-            .await
-            .map_err(client_error)?;
-        let store = EtcdStore { client };
+        let store = EtcdStore {
+            clients: Clients::new(channel.clone(), headers, options.request_timeout),
+            channel,
+        };
         // Any key will do: the point is a round trip to a member with a leader.
         store.get("\u{0}trellis-connect-check").await?;
         Ok(store)
     }
 
-    /// The underlying client, for what the trait does not cover (tests compact through it).
-    pub fn client(&self) -> Client {
-        self.client.clone()
+    /// The gRPC channel to etcd, for what the trait does not cover (tests compact and enable
+    /// authentication through it). Requests on it carry no auth token.
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
     }
+}
 
-    async fn txn(&self, txn: Txn) -> Result<etcd_client::TxnResponse, MetaError> {
-        self.client.kv_client().txn(txn).await.map_err(client_error)
-    }
+/// Trades a user and password for the token etcd then expects in each request's metadata.
+async fn authenticate(
+    channel: &Channel,
+    name: &str,
+    password: &str,
+    request_timeout: Duration,
+) -> Result<AsciiMetadataValue, MetaError> {
+    let mut auth = AuthClient::new(channel.clone());
+    let request = AuthenticateRequest {
+        name: name.to_owned(),
+        password: password.to_owned(),
+    };
+    let response = match tokio::time::timeout(request_timeout, auth.authenticate(request)).await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => return Err(status_error(status)),
+        Err(_) => return Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
+    };
+    AsciiMetadataValue::try_from(response.token)
+        .map_err(|_| MetaError::Storage(Box::new(EtcdError::BadCredentials)))
 }
 
 #[async_trait::async_trait]
 impl MetadataStore for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, MetaError> {
         let response = self
-            .client
-            .kv_client()
-            .get(key, None)
-            .await
-            .map_err(client_error)?;
-        response.kvs().first().map(convert_kv).transpose()
+            .clients
+            .range(RangeRequest {
+                key: key_bytes(key),
+                ..RangeRequest::default()
+            })
+            .await?;
+        response.kvs.first().map(convert_kv).transpose()
     }
 
     async fn range(&self, prefix: &str) -> Result<Range, MetaError> {
-        let options = if prefix.is_empty() {
-            GetOptions::new().with_all_keys()
-        } else {
-            GetOptions::new().with_prefix()
-        };
+        let (key, range_end) = prefix_range(prefix);
         // etcd returns a range sorted by key, bytewise, as the trait asks.
         let response = self
-            .client
-            .kv_client()
-            .get(prefix, Some(options))
-            .await
-            .map_err(client_error)?;
+            .clients
+            .range(RangeRequest {
+                key,
+                range_end,
+                ..RangeRequest::default()
+            })
+            .await?;
         let kvs = response
-            .kvs()
+            .kvs
             .iter()
             .map(convert_kv)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Range {
             kvs,
-            revision: header_revision(response.header())?,
+            revision: header_revision(response.header.as_ref())?,
         })
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, MetaError> {
-        let response = self
-            .client
-            .kv_client()
-            .put(key, value.to_vec(), None)
-            .await
-            .map_err(client_error)?;
-        header_revision(response.header())
+        let request = PutRequest {
+            key: key_bytes(key),
+            value,
+            ..PutRequest::default()
+        };
+        let response = self.clients.call(self.clients.kv().put(request)).await?;
+        header_revision(response.header.as_ref())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, MetaError> {
+        let request = DeleteRangeRequest {
+            key: key_bytes(key),
+            ..DeleteRangeRequest::default()
+        };
         let response = self
-            .client
-            .kv_client()
-            .delete(key, None)
-            .await
-            .map_err(client_error)?;
-        Ok(response.deleted() > 0)
+            .clients
+            .call(self.clients.kv().delete_range(request))
+            .await?;
+        Ok(response.deleted > 0)
     }
 
     async fn compare_and_set(
@@ -231,14 +360,17 @@ impl MetadataStore for EtcdStore {
         expect: Expect,
         value: Bytes,
     ) -> Result<CasOutcome, MetaError> {
-        let txn = Txn::new()
-            .when(compares(key, expect))
-            .and_then([TxnOp::put(key, value.to_vec(), None)])
-            .or_else([TxnOp::get(key, None)]);
-        let response = self.txn(txn).await?;
-        if response.succeeded() {
+        let response = self
+            .clients
+            .txn(TxnRequest {
+                compare: compares(key, expect),
+                success: vec![put_op(key, value, None)],
+                failure: vec![get_op(key)],
+            })
+            .await?;
+        if response.succeeded {
             return Ok(CasOutcome::Written {
-                revision: header_revision(response.header())?,
+                revision: header_revision(response.header.as_ref())?,
             });
         }
         let current = else_gets(&response)?.into_iter().next().flatten();
@@ -250,14 +382,25 @@ impl MetadataStore for EtcdStore {
         key: &str,
         mod_revision: u64,
     ) -> Result<CasOutcome, MetaError> {
-        let txn = Txn::new()
-            .when(compares(key, Expect::ModRevision(mod_revision)))
-            .and_then([TxnOp::delete(key, None)])
-            .or_else([TxnOp::get(key, None)]);
-        let response = self.txn(txn).await?;
-        if response.succeeded() {
+        let delete = RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(
+                DeleteRangeRequest {
+                    key: key_bytes(key),
+                    ..DeleteRangeRequest::default()
+                },
+            )),
+        };
+        let response = self
+            .clients
+            .txn(TxnRequest {
+                compare: compares(key, Expect::ModRevision(mod_revision)),
+                success: vec![delete],
+                failure: vec![get_op(key)],
+            })
+            .await?;
+        if response.succeeded {
             return Ok(CasOutcome::Written {
-                revision: header_revision(response.header())?,
+                revision: header_revision(response.header.as_ref())?,
             });
         }
         let current = else_gets(&response)?.into_iter().next().flatten();
@@ -269,45 +412,65 @@ impl MetadataStore for EtcdStore {
         prefix: &str,
         start_revision: Option<u64>,
     ) -> Result<WatchStream, MetaError> {
-        watch::watch(self.client.clone(), prefix.to_owned(), start_revision).await
+        watch::watch(self.clients.clone(), prefix.to_owned(), start_revision).await
     }
 
     async fn lease_grant(&self, ttl: Duration) -> Result<Lease, MetaError> {
         let sent_at = Instant::now();
         let requested = i64::try_from(ttl_seconds(ttl)).unwrap_or(i64::MAX);
+        let request = LeaseGrantRequest {
+            ttl: requested,
+            id: 0,
+        };
         let response = self
-            .client
-            .lease_client()
-            .grant(requested, None)
-            .await
-            .map_err(client_error)?;
-        let granted = granted_ttl(response.ttl())?;
+            .clients
+            .call(self.clients.lease.clone().lease_grant(request))
+            .await?;
+        if !response.error.is_empty() {
+            return Err(MetaError::Storage(
+                format!("etcd did not grant a lease: {}", response.error).into(),
+            ));
+        }
+        let granted = granted_ttl(response.ttl)?;
         Ok(Lease {
-            id: response.id(),
+            id: response.id,
             ttl: granted,
             held_until: sent_at + granted,
         })
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Option<Lease>, MetaError> {
-        // etcd-client's keep_alive sends a first refresh without telling the TTL; a second one on
-        // the same stream does, and its send time is what `held_until` is counted from.
-        let (mut keeper, mut responses) = match self.client.lease_client().keep_alive(lease).await {
-            Ok(opened) => opened,
-            Err(etcd_client::Error::LeaseKeepAliveError(_)) => return Ok(None),
-            Err(error) => return Err(client_error(error)),
-        };
+        // One refresh on a stream of its own. The sender stays open until the answer is read,
+        // so etcd does not see the stream end before it has answered.
+        let (requests, receiver) = tokio::sync::mpsc::channel(1);
         let sent_at = Instant::now();
-        keeper.keep_alive().await.map_err(client_error)?;
-        let Some(response) = responses.message().await.map_err(client_error)? else {
+        if requests
+            .send(LeaseKeepAliveRequest { id: lease })
+            .await
+            .is_err()
+        {
+            return Err(malformed("a keep-alive stream closed before use"));
+        }
+        let mut lease_client = self.clients.lease.clone();
+        let answer = async {
+            let mut responses = lease_client
+                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                .await?
+                .into_inner();
+            let response = responses.message().await?;
+            Ok(tonic::Response::new(response))
+        };
+        let response = self.clients.call(answer).await?;
+        drop(requests);
+        let Some(response) = response else {
             return Err(MetaError::Unavailable(Box::new(EtcdError::Malformed {
                 what: "an ended keep-alive stream",
             })));
         };
-        if response.ttl() <= 0 {
+        if response.ttl <= 0 {
             return Ok(None);
         }
-        let ttl = granted_ttl(response.ttl())?;
+        let ttl = granted_ttl(response.ttl)?;
         Ok(Some(Lease {
             id: lease,
             ttl,
@@ -316,34 +479,31 @@ impl MetadataStore for EtcdStore {
     }
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<bool, MetaError> {
-        match self.client.lease_client().revoke(lease).await {
+        let request = LeaseRevokeRequest { id: lease };
+        match self
+            .clients
+            .call(self.clients.lease.clone().lease_revoke(request))
+            .await
+        {
             Ok(_) => Ok(true),
-            Err(etcd_client::Error::GRpcStatus(status))
-                if status.code() == tonic::Code::NotFound =>
-            {
-                Ok(false)
-            }
-            Err(error) => Err(client_error(error)),
+            Err(MetaError::Storage(source)) if is_not_found(source.as_ref()) => Ok(false),
+            Err(error) => Err(error),
         }
     }
 
     async fn guarded_put(&self, put: GuardedPut) -> Result<GuardedOutcome, MetaError> {
-        let guard_compares: Vec<Compare> = put
+        let compare: Vec<Compare> = put
             .guards
             .iter()
             .flat_map(|(key, expect)| compares(key, *expect))
             .collect();
-        let reads: Vec<TxnOp> = put
-            .guards
-            .iter()
-            .map(|(key, _)| TxnOp::get(key.as_str(), None))
-            .collect();
-        let options = put.lease.map(|lease| PutOptions::new().with_lease(lease));
-        let txn = Txn::new()
-            .when(guard_compares)
-            .and_then([TxnOp::put(put.key.as_str(), put.value.to_vec(), options)])
-            .or_else(reads);
-        let response = match self.txn(txn).await {
+        let failure: Vec<RequestOp> = put.guards.iter().map(|(key, _)| get_op(key)).collect();
+        let request = TxnRequest {
+            compare,
+            success: vec![put_op(&put.key, put.value.clone(), put.lease)],
+            failure,
+        };
+        let response = match self.clients.txn(request).await {
             Err(MetaError::Storage(source)) if is_lease_not_found(source.as_ref()) => {
                 return Err(MetaError::LeaseNotFound {
                     lease: put.lease.unwrap_or_default(),
@@ -351,9 +511,9 @@ impl MetadataStore for EtcdStore {
             }
             other => other?,
         };
-        if response.succeeded() {
+        if response.succeeded {
             return Ok(GuardedOutcome::Written {
-                revision: header_revision(response.header())?,
+                revision: header_revision(response.header.as_ref())?,
             });
         }
         // The reads ran in the same transaction, so they show the state the guards failed on.
@@ -372,25 +532,93 @@ impl MetadataStore for EtcdStore {
     }
 }
 
+fn key_bytes(key: &str) -> Bytes {
+    Bytes::copy_from_slice(key.as_bytes())
+}
+
+/// The key and range end etcd reads as "every key starting with `prefix`": the range end is the
+/// prefix with its last byte below 0xff incremented (and what follows dropped); `\0` as both
+/// means every key.
+fn prefix_range(prefix: &str) -> (Bytes, Bytes) {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return (key_bytes(prefix), Bytes::from(end));
+        }
+    }
+    let all = Bytes::from_static(b"\0");
+    let key = if prefix.is_empty() {
+        all.clone()
+    } else {
+        key_bytes(prefix)
+    };
+    (key, all)
+}
+
+fn put_op(key: &str, value: Bytes, lease: Option<LeaseId>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key_bytes(key),
+            value,
+            lease: lease.unwrap_or_default(),
+            ..PutRequest::default()
+        })),
+    }
+}
+
+fn get_op(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key_bytes(key),
+            ..RangeRequest::default()
+        })),
+    }
+}
+
+fn compare(key: &str, result: compare::CompareResult, target: compare::TargetUnion) -> Compare {
+    let target_kind = match target {
+        compare::TargetUnion::Version(_) => compare::CompareTarget::Version,
+        compare::TargetUnion::CreateRevision(_) => compare::CompareTarget::Create,
+        compare::TargetUnion::ModRevision(_) => compare::CompareTarget::Mod,
+        compare::TargetUnion::Value(_) => compare::CompareTarget::Value,
+        compare::TargetUnion::Lease(_) => compare::CompareTarget::Lease,
+    };
+    Compare {
+        result: result as i32,
+        target: target_kind as i32,
+        key: key_bytes(key),
+        target_union: Some(target),
+        ..Compare::default()
+    }
+}
+
 /// The etcd compares that together mean `expect`. A mod revision compare alone would also
 /// match an absent key when asked for revision 0; the version compare rules that out.
 fn compares(key: &str, expect: Expect) -> Vec<Compare> {
+    use compare::{CompareResult, TargetUnion};
     match expect {
-        Expect::Absent => vec![Compare::version(key, CompareOp::Equal, 0)],
+        Expect::Absent => vec![compare(key, CompareResult::Equal, TargetUnion::Version(0))],
         Expect::ModRevision(revision) => vec![
-            Compare::mod_revision(key, CompareOp::Equal, i64::try_from(revision).unwrap_or(-1)),
-            Compare::version(key, CompareOp::Greater, 0),
+            compare(
+                key,
+                CompareResult::Equal,
+                TargetUnion::ModRevision(i64::try_from(revision).unwrap_or(-1)),
+            ),
+            compare(key, CompareResult::Greater, TargetUnion::Version(0)),
         ],
     }
 }
 
 /// The single-key reads of a failed transaction's else branch, in order.
-fn else_gets(response: &etcd_client::TxnResponse) -> Result<Vec<Option<KeyValue>>, MetaError> {
+fn else_gets(response: &TxnResponse) -> Result<Vec<Option<KeyValue>>, MetaError> {
     response
-        .op_responses()
-        .into_iter()
-        .map(|op| match op {
-            TxnOpResponse::Get(get) => get.kvs().first().map(convert_kv).transpose(),
+        .responses
+        .iter()
+        .map(|op| match &op.response {
+            Some(response_op::Response::ResponseRange(get)) => {
+                get.kvs.first().map(convert_kv).transpose()
+            }
             _ => Err(MetaError::Storage(Box::new(EtcdError::Malformed {
                 what: "a transaction answer without the reads asked for",
             }))),
@@ -398,22 +626,25 @@ fn else_gets(response: &etcd_client::TxnResponse) -> Result<Vec<Option<KeyValue>
         .collect()
 }
 
-fn convert_kv(kv: &etcd_client::KeyValue) -> Result<KeyValue, MetaError> {
-    let key = kv
-        .key_str()
-        .map_err(|_| malformed("a key that is not UTF-8"))?;
+fn key_string(key: &[u8]) -> Result<String, MetaError> {
+    std::str::from_utf8(key)
+        .map(str::to_owned)
+        .map_err(|_| malformed("a key that is not UTF-8"))
+}
+
+fn convert_kv(kv: &mvccpb::KeyValue) -> Result<KeyValue, MetaError> {
     Ok(KeyValue {
-        key: key.to_owned(),
-        value: Bytes::copy_from_slice(kv.value()),
-        create_revision: revision(kv.create_revision())?,
-        mod_revision: revision(kv.mod_revision())?,
-        version: revision(kv.version())?,
+        key: key_string(&kv.key)?,
+        value: kv.value.clone(),
+        create_revision: revision(kv.create_revision)?,
+        mod_revision: revision(kv.mod_revision)?,
+        version: revision(kv.version)?,
     })
 }
 
-fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<u64, MetaError> {
+fn header_revision(header: Option<&ResponseHeader>) -> Result<u64, MetaError> {
     match header {
-        Some(header) => revision(header.revision()),
+        Some(header) => revision(header.revision),
         None => Err(malformed("a response without a header")),
     }
 }
@@ -433,20 +664,21 @@ fn malformed(what: &'static str) -> MetaError {
     MetaError::Storage(Box::new(EtcdError::Malformed { what }))
 }
 
-/// Sorts etcd-client errors into the trait's: what a retry later could cure is `Unavailable`.
-fn client_error(error: etcd_client::Error) -> MetaError {
-    let unavailable = match &error {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => matches!(
-            status.code(),
-            tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled
-                | tonic::Code::Unknown
-        ),
-        _ => false,
-    };
-    let error = Box::new(EtcdError::Client(error));
+fn transport_error(error: tonic::transport::Error) -> MetaError {
+    MetaError::Storage(Box::new(EtcdError::Transport(error)))
+}
+
+/// Sorts gRPC statuses into the trait's errors: what a retry later could cure is `Unavailable`.
+/// tonic reports a connection that failed as `Unavailable` or `Unknown`.
+fn status_error(status: tonic::Status) -> MetaError {
+    let unavailable = matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+    );
+    let error = Box::new(EtcdError::Status(status));
     if unavailable {
         MetaError::Unavailable(error)
     } else {
@@ -454,10 +686,17 @@ fn client_error(error: etcd_client::Error) -> MetaError {
     }
 }
 
+fn is_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<EtcdError>(),
+        Some(EtcdError::Status(status)) if status.code() == tonic::Code::NotFound
+    )
+}
+
 fn is_lease_not_found(error: &(dyn std::error::Error + 'static)) -> bool {
     matches!(
         error.downcast_ref::<EtcdError>(),
-        Some(EtcdError::Client(etcd_client::Error::GRpcStatus(status)))
+        Some(EtcdError::Status(status))
             if status.code() == tonic::Code::NotFound
                 && status.message().contains("lease not found")
     )

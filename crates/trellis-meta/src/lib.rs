@@ -12,7 +12,8 @@
 //! - `lib.rs`: the boundary: [`MetadataStore`] and the types it speaks.
 //! - `embedded`: [`EmbeddedStore`], the redb implementation, with its change feed, lease timer and
 //!   file layout.
-//! - `etcd`: [`EtcdStore`], the etcd implementation on `etcd-client`.
+//! - `etcd`: [`EtcdStore`], the etcd implementation, on tonic clients generated from etcd's protos
+//!   (`trellis-etcd-proto`).
 //! - `keeper`: [`LeaseKeeper`], which refreshes a lease in the background through the trait.
 //! - `conformance` (feature `test-util`): checks of etcd semantics through the trait only, run
 //!   against every implementation.

@@ -9,11 +9,15 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse};
-use futures::StreamExt;
 use tokio::sync::mpsc;
+use trellis_etcd_proto::etcdserverpb::{
+    RangeRequest, WatchCreateRequest, WatchRequest, WatchResponse, watch_request,
+};
+use trellis_etcd_proto::mvccpb;
 
-use super::{EtcdError, client_error, convert_kv, header_revision, malformed};
+use super::{
+    Clients, EtcdError, convert_kv, header_revision, key_bytes, key_string, malformed, prefix_range,
+};
 use crate::{MetaError, WatchEvent, WatchStream};
 
 /// Events a caller may leave unread before the forwarding task waits for it (and etcd buffers).
@@ -24,10 +28,15 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 /// How long to wait for etcd's cancel message of a watch known to start at a compacted revision.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(2);
 
-type Responses = etcd_client::WatchStream;
+/// One gRPC watch stream: etcd's answers, and the request side, kept open while they are read
+/// (etcd ends a watch stream whose client has finished sending).
+struct Responses {
+    answers: tonic::Streaming<WatchResponse>,
+    _requests: mpsc::Sender<WatchRequest>,
+}
 
 pub(super) async fn watch(
-    client: Client,
+    client: Clients,
     prefix: String,
     start_revision: Option<u64>,
 ) -> Result<WatchStream, MetaError> {
@@ -48,32 +57,51 @@ pub(super) async fn watch(
 /// Opens an etcd watch and waits for etcd to confirm it. Returns the stream and the first
 /// revision it will deliver.
 async fn open(
-    client: &Client,
+    client: &Clients,
     prefix: &str,
     start_revision: Option<u64>,
 ) -> Result<(Responses, u64), MetaError> {
-    let mut options = if prefix.is_empty() {
-        WatchOptions::new().with_all_keys()
-    } else {
-        WatchOptions::new().with_prefix()
+    let (key, range_end) = prefix_range(prefix);
+    let create = WatchCreateRequest {
+        key,
+        range_end,
+        start_revision: start_revision.map_or(0, |start| i64::try_from(start).unwrap_or(i64::MAX)),
+        ..WatchCreateRequest::default()
     };
-    if let Some(start) = start_revision {
-        options = options.with_start_revision(i64::try_from(start).unwrap_or(i64::MAX));
+    let (requests, receiver) = mpsc::channel(1);
+    let request = WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+    };
+    if requests.send(request).await.is_err() {
+        return Err(malformed("a watch request stream closed before use"));
     }
-    let mut responses = client
-        .watch_client()
-        .watch(prefix, Some(options))
-        .await
-        .map_err(client_error)?;
-    let Some(created) = responses.message().await.map_err(client_error)? else {
-        return Err(MetaError::Unavailable(Box::new(EtcdError::Malformed {
-            what: "a watch stream that ended before it started",
-        })));
+    let answers = client
+        .call(
+            client
+                .watch
+                .clone()
+                .watch(tokio_stream::wrappers::ReceiverStream::new(receiver)),
+        )
+        .await?;
+    let mut responses = Responses {
+        answers,
+        _requests: requests,
     };
+    let created =
+        match tokio::time::timeout(client.request_timeout, responses.answers.message()).await {
+            Ok(Ok(Some(created))) => created,
+            Ok(Ok(None)) => {
+                return Err(MetaError::Unavailable(Box::new(EtcdError::Malformed {
+                    what: "a watch stream that ended before it started",
+                })));
+            }
+            Ok(Err(status)) => return Err(super::status_error(status)),
+            Err(_) => return Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
+        };
     if let Some(error) = cancelled(&created, start_revision) {
         return Err(error);
     }
-    let current = header_revision(created.header())?;
+    let current = header_revision(created.header.as_ref())?;
     let Some(start) = start_revision else {
         return Ok((responses, current + 1));
     };
@@ -86,7 +114,7 @@ async fn open(
 /// when it is compacted, and then the cancel message, which names the oldest revision left, is
 /// already on its way.
 async fn check_not_compacted(
-    client: &Client,
+    client: &Clients,
     prefix: &str,
     start: u64,
     current: u64,
@@ -94,49 +122,61 @@ async fn check_not_compacted(
 ) -> Result<(), MetaError> {
     // Reading at a future revision is a different error, and nothing there is compacted.
     let at = i64::try_from(start.min(current)).unwrap_or(i64::MAX);
-    let probe = GetOptions::new()
-        .with_revision(at)
-        .with_limit(1)
-        .with_keys_only();
     let key = if prefix.is_empty() { "\u{0}" } else { prefix };
-    match client.kv_client().get(key, Some(probe)).await {
+    let probe = RangeRequest {
+        key: key_bytes(key),
+        revision: at,
+        limit: 1,
+        keys_only: true,
+        ..RangeRequest::default()
+    };
+    match client.range(probe).await {
         Ok(_) => Ok(()),
-        Err(etcd_client::Error::GRpcStatus(status)) if status.message().contains("compacted") => {
-            let oldest = match tokio::time::timeout(CANCEL_TIMEOUT, responses.message()).await {
-                Ok(Ok(Some(response))) if response.compact_revision() > 0 => {
-                    u64::try_from(response.compact_revision()).unwrap_or(current)
-                }
-                // The current revision is certainly still there.
-                _ => current,
-            };
+        Err(MetaError::Storage(source)) if is_compacted(source.as_ref()) => {
+            let oldest =
+                match tokio::time::timeout(CANCEL_TIMEOUT, responses.answers.message()).await {
+                    Ok(Ok(Some(response))) if response.compact_revision > 0 => {
+                        u64::try_from(response.compact_revision).unwrap_or(current)
+                    }
+                    // The current revision is certainly still there.
+                    _ => current,
+                };
             Err(MetaError::Compacted {
                 requested: start,
                 oldest,
             })
         }
-        Err(error) => Err(client_error(error)),
+        Err(error) => Err(error),
     }
+}
+
+/// Whether a read failed because its revision was compacted (etcd answers `OutOfRange`).
+fn is_compacted(error: &(dyn std::error::Error + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<EtcdError>(),
+        Some(EtcdError::Status(status)) if status.message().contains("compacted")
+    )
 }
 
 /// The error a cancelled watch response stands for, if it is one.
 fn cancelled(response: &WatchResponse, requested: Option<u64>) -> Option<MetaError> {
-    if response.compact_revision() > 0 {
+    if response.compact_revision > 0 {
         return Some(MetaError::Compacted {
             requested: requested.unwrap_or_default(),
-            oldest: u64::try_from(response.compact_revision()).unwrap_or_default(),
+            oldest: u64::try_from(response.compact_revision).unwrap_or_default(),
         });
     }
-    if response.canceled() {
+    if response.canceled {
         // Not compaction: e.g. the member lost its leader. Another try may well work.
         return Some(MetaError::Unavailable(
-            format!("etcd cancelled the watch: {}", response.cancel_reason()).into(),
+            format!("etcd cancelled the watch: {}", response.cancel_reason).into(),
         ));
     }
     None
 }
 
 async fn forward(
-    client: Client,
+    client: Clients,
     prefix: String,
     mut responses: Responses,
     mut next_revision: u64,
@@ -147,12 +187,12 @@ async fn forward(
         let broken = loop {
             let response = tokio::select! {
                 () = sender.closed() => return,
-                response = responses.next() => response,
+                response = responses.answers.message() => response,
             };
             let response = match response {
-                Some(Ok(response)) => response,
-                Some(Err(error)) => break client_error(error),
-                None => break MetaError::Unavailable("the etcd watch stream ended".into()),
+                Ok(Some(response)) => response,
+                Err(status) => break super::status_error(status),
+                Ok(None) => break MetaError::Unavailable("the etcd watch stream ended".into()),
             };
             match cancelled(&response, Some(next_revision)) {
                 Some(error @ MetaError::Compacted { .. }) => {
@@ -162,7 +202,7 @@ async fn forward(
                 Some(error) => break error,
                 None => {}
             }
-            for event in response.events() {
+            for event in &response.events {
                 let item = convert_event(event);
                 if let Ok(event) = &item {
                     next_revision = event.mod_revision() + 1;
@@ -214,20 +254,16 @@ async fn forward(
     }
 }
 
-fn convert_event(event: &etcd_client::Event) -> Result<WatchEvent, MetaError> {
-    let Some(kv) = event.kv() else {
+fn convert_event(event: &mvccpb::Event) -> Result<WatchEvent, MetaError> {
+    let Some(kv) = &event.kv else {
         return Err(malformed("a watch event without its key"));
     };
-    match event.event_type() {
-        EventType::Put => Ok(WatchEvent::Put(convert_kv(kv)?)),
-        EventType::Delete => {
-            let key = kv
-                .key_str()
-                .map_err(|_| malformed("a key that is not UTF-8"))?;
-            Ok(WatchEvent::Delete {
-                key: key.to_owned(),
-                mod_revision: super::revision(kv.mod_revision())?,
-            })
-        }
+    match mvccpb::event::EventType::try_from(event.r#type) {
+        Ok(mvccpb::event::EventType::Put) => Ok(WatchEvent::Put(convert_kv(kv)?)),
+        Ok(mvccpb::event::EventType::Delete) => Ok(WatchEvent::Delete {
+            key: key_string(&kv.key)?,
+            mod_revision: super::revision(kv.mod_revision)?,
+        }),
+        Err(_) => Err(malformed("a watch event of an unknown type")),
     }
 }

@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use trellis_etcd_proto::etcdserverpb::{
+    AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, CompactionRequest,
+    auth_client::AuthClient, kv_client::KvClient,
+};
 use trellis_meta::{
     EtcdOptions, EtcdStore, MetaError, MetadataStore, WatchEvent, WatchStream, conformance,
 };
@@ -111,10 +115,11 @@ async fn watch_from_a_compacted_revision_reports_compacted() {
     let early = put(&store, "topics/a", "1").await;
     put(&store, "topics/a", "2").await;
     let compacted_at = put(&store, "topics/a", "3").await;
-    store
-        .client()
-        .kv_client()
-        .compact(i64::try_from(compacted_at).expect("revision"), None)
+    KvClient::new(store.channel())
+        .compact(CompactionRequest {
+            revision: i64::try_from(compacted_at).expect("revision"),
+            physical: false,
+        })
         .await
         .expect("compact");
 
@@ -267,16 +272,26 @@ async fn user_and_password_authenticate() {
     let Some(server) = EtcdServer::start() else {
         return;
     };
-    let mut admin = connect(&server).await.client();
+    let mut admin = AuthClient::new(connect(&server).await.channel());
     admin
-        .user_add("root", "root-pw", None)
+        .user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: "root-pw".into(),
+            ..AuthUserAddRequest::default()
+        })
         .await
         .expect("add root");
     admin
-        .user_grant_role("root", "root")
+        .user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
         .await
         .expect("grant root");
-    admin.auth_enable().await.expect("enable auth");
+    admin
+        .auth_enable(AuthEnableRequest {})
+        .await
+        .expect("enable auth");
 
     let store = EtcdStore::connect(EtcdOptions::new([server.endpoint()]).user("root", "root-pw"))
         .await
