@@ -5,9 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests need: nats-server for the JetStream storage backend's tests,
-# etcd-server for the etcd metadata store's, and protobuf-compiler because etcd-client's build
-# compiles etcd's protocol files with protoc.
-packages=(nats-server etcd-server protobuf-compiler)
+# etcd-server for the etcd metadata store's. Building needs no protoc: protos compile with protox.
+packages=(nats-server etcd-server)
 
 missing=()
 for package in "${packages[@]}"; do
