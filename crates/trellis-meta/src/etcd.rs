@@ -9,6 +9,7 @@
 
 mod watch;
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,10 +18,11 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use trellis_etcd_proto::etcdserverpb::{
-    AuthenticateRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
-    TxnResponse, auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
-    request_op, response_op, watch_client::WatchClient,
+    AuthenticateRequest, Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest,
+    LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest,
+    LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
+    ResponseHeader, TxnRequest, TxnResponse, auth_client::AuthClient, compare, kv_client::KvClient,
+    lease_client::LeaseClient, request_op, response_op, watch_client::WatchClient,
 };
 use trellis_etcd_proto::mvccpb;
 
@@ -88,8 +90,9 @@ pub struct EtcdStore {
 /// Every request carries these headers.
 #[derive(Clone)]
 struct Headers {
-    /// etcd's auth token, when connecting as a user.
-    token: Option<AsciiMetadataValue>,
+    /// etcd's auth token, when connecting as a user. A new one replaces it when etcd forgets it
+    /// (a simple token expires when unused for a while, and with a restart).
+    token: Option<Arc<RwLock<AsciiMetadataValue>>>,
 }
 
 impl Interceptor for Headers {
@@ -101,7 +104,8 @@ impl Interceptor for Headers {
         // Requests fail fast rather than queue when this member has lost its leader.
         metadata.insert("hasleader", AsciiMetadataValue::from_static("true"));
         if let Some(token) = &self.token {
-            metadata.insert("token", token.clone());
+            let token = token.read().unwrap_or_else(PoisonError::into_inner).clone();
+            metadata.insert("token", token);
         }
         Ok(request)
     }
@@ -109,53 +113,182 @@ impl Interceptor for Headers {
 
 type Service = InterceptedService<Channel, Headers>;
 
+/// The user a store authenticates as, and where its current token is.
+struct Credentials {
+    channel: Channel,
+    name: String,
+    password: String,
+    token: Arc<RwLock<AsciiMetadataValue>>,
+}
+
 /// The gRPC clients, which are cheap to clone, and how long a request may take.
 #[derive(Clone)]
 struct Clients {
     kv: KvClient<Service>,
     watch: WatchClient<Service>,
     lease: LeaseClient<Service>,
+    credentials: Option<Arc<Credentials>>,
     request_timeout: Duration,
 }
 
 impl Clients {
-    fn new(channel: Channel, headers: Headers, request_timeout: Duration) -> Clients {
+    fn new(
+        channel: Channel,
+        credentials: Option<Credentials>,
+        request_timeout: Duration,
+    ) -> Clients {
+        let headers = Headers {
+            token: credentials
+                .as_ref()
+                .map(|credentials| credentials.token.clone()),
+        };
         let service = InterceptedService::new(channel, headers);
         Clients {
             kv: KvClient::new(service.clone()),
             watch: WatchClient::new(service.clone()),
             lease: LeaseClient::new(service),
+            credentials: credentials.map(Arc::new),
             request_timeout,
         }
     }
 
-    fn kv(&self) -> KvClient<Service> {
-        self.kv.clone()
+    /// Makes a call and waits for its answer, at most the request timeout: a balanced channel
+    /// with no reachable endpoint would otherwise wait for one indefinitely. If etcd no longer
+    /// knows the auth token, authenticates again and makes the call once more.
+    async fn call<T, F, Fut>(&self, mut make: F) -> Result<T, MetaError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let status = match self.attempt(make()).await? {
+            Ok(answer) => return Ok(answer),
+            Err(status) => status,
+        };
+        match &self.credentials {
+            Some(credentials) if is_invalid_token(&status) => {
+                tracing::info!(
+                    message = "etcd no longer knows the metadata store's auth token; authenticating again.",
+                );
+                let token = authenticate(
+                    &credentials.channel,
+                    &credentials.name,
+                    &credentials.password,
+                    self.request_timeout,
+                )
+                .await?;
+                *credentials
+                    .token
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner) = token;
+                self.attempt(make()).await?.map_err(status_error)
+            }
+            _ => Err(status_error(status)),
+        }
     }
 
-    /// Waits for a call's answer, at most the request timeout: a balanced channel with no
-    /// reachable endpoint would otherwise wait for one indefinitely.
-    async fn call<T>(
+    /// One call: its answer or status, or `Unavailable` when the request timeout passes first.
+    async fn attempt<T>(
         &self,
         call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<T, MetaError> {
+    ) -> Result<Result<T, tonic::Status>, MetaError> {
         match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(status_error(status)),
+            Ok(answer) => Ok(answer.map(tonic::Response::into_inner)),
             Err(_) => Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
         }
     }
 
-    async fn range(
+    async fn range(&self, request: RangeRequest) -> Result<RangeResponse, MetaError> {
+        self.call(|| {
+            let mut kv = self.kv.clone();
+            let request = request.clone();
+            async move { kv.range(request).await }
+        })
+        .await
+    }
+
+    async fn put(&self, request: PutRequest) -> Result<PutResponse, MetaError> {
+        self.call(|| {
+            let mut kv = self.kv.clone();
+            let request = request.clone();
+            async move { kv.put(request).await }
+        })
+        .await
+    }
+
+    async fn delete_range(
         &self,
-        request: RangeRequest,
-    ) -> Result<trellis_etcd_proto::etcdserverpb::RangeResponse, MetaError> {
-        self.call(self.kv().range(request)).await
+        request: DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MetaError> {
+        self.call(|| {
+            let mut kv = self.kv.clone();
+            let request = request.clone();
+            async move { kv.delete_range(request).await }
+        })
+        .await
     }
 
     async fn txn(&self, request: TxnRequest) -> Result<TxnResponse, MetaError> {
-        self.call(self.kv().txn(request)).await
+        self.call(|| {
+            let mut kv = self.kv.clone();
+            let request = request.clone();
+            async move { kv.txn(request).await }
+        })
+        .await
     }
+
+    async fn lease_grant(
+        &self,
+        request: LeaseGrantRequest,
+    ) -> Result<LeaseGrantResponse, MetaError> {
+        self.call(|| {
+            let mut lease = self.lease.clone();
+            async move { lease.lease_grant(request).await }
+        })
+        .await
+    }
+
+    async fn lease_revoke(
+        &self,
+        request: LeaseRevokeRequest,
+    ) -> Result<LeaseRevokeResponse, MetaError> {
+        self.call(|| {
+            let mut lease = self.lease.clone();
+            async move { lease.lease_revoke(request).await }
+        })
+        .await
+    }
+
+    /// One refresh on a keep-alive stream of its own: etcd's answer, or `None` if the stream
+    /// ended without one.
+    async fn lease_keep_alive(
+        &self,
+        request: LeaseKeepAliveRequest,
+    ) -> Result<Option<LeaseKeepAliveResponse>, MetaError> {
+        self.call(|| {
+            let mut lease = self.lease.clone();
+            async move {
+                // The sender stays open until the answer is read, so etcd does not see the
+                // stream end before it has answered.
+                let (requests, receiver) = tokio::sync::mpsc::channel(1);
+                if requests.send(request).await.is_err() {
+                    return Err(tonic::Status::internal("keep-alive request not sent"));
+                }
+                let mut answers = lease
+                    .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                    .await?
+                    .into_inner();
+                let answer = answers.message().await?;
+                drop(requests);
+                Ok(tonic::Response::new(answer))
+            }
+        })
+        .await
+    }
+}
+
+/// Whether etcd refused a request for an auth token it does not know (or no longer).
+fn is_invalid_token(status: &tonic::Status) -> bool {
+    status.code() == tonic::Code::Unauthenticated && status.message().contains("invalid auth token")
 }
 
 impl EtcdOptions {
@@ -255,13 +388,18 @@ impl EtcdStore {
             [one] => one.connect_lazy(),
             _ => Channel::balance_list(endpoints.into_iter()),
         };
-        let mut headers = Headers { token: None };
+        let mut credentials = None;
         if let Some((name, password)) = &options.user {
-            headers.token =
-                Some(authenticate(&channel, name, password, options.request_timeout).await?);
+            let token = authenticate(&channel, name, password, options.request_timeout).await?;
+            credentials = Some(Credentials {
+                channel: channel.clone(),
+                name: name.clone(),
+                password: password.clone(),
+                token: Arc::new(RwLock::new(token)),
+            });
         }
         let store = EtcdStore {
-            clients: Clients::new(channel.clone(), headers, options.request_timeout),
+            clients: Clients::new(channel.clone(), credentials, options.request_timeout),
             channel,
         };
         // Any key will do: the point is a round trip to a member with a leader.
@@ -338,7 +476,7 @@ impl MetadataStore for EtcdStore {
             value,
             ..PutRequest::default()
         };
-        let response = self.clients.call(self.clients.kv().put(request)).await?;
+        let response = self.clients.put(request).await?;
         header_revision(response.header.as_ref())
     }
 
@@ -347,10 +485,7 @@ impl MetadataStore for EtcdStore {
             key: key_bytes(key),
             ..DeleteRangeRequest::default()
         };
-        let response = self
-            .clients
-            .call(self.clients.kv().delete_range(request))
-            .await?;
+        let response = self.clients.delete_range(request).await?;
         Ok(response.deleted > 0)
     }
 
@@ -422,10 +557,7 @@ impl MetadataStore for EtcdStore {
             ttl: requested,
             id: 0,
         };
-        let response = self
-            .clients
-            .call(self.clients.lease.clone().lease_grant(request))
-            .await?;
+        let response = self.clients.lease_grant(request).await?;
         if !response.error.is_empty() {
             return Err(MetaError::Storage(
                 format!("etcd did not grant a lease: {}", response.error).into(),
@@ -440,28 +572,11 @@ impl MetadataStore for EtcdStore {
     }
 
     async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Option<Lease>, MetaError> {
-        // One refresh on a stream of its own. The sender stays open until the answer is read,
-        // so etcd does not see the stream end before it has answered.
-        let (requests, receiver) = tokio::sync::mpsc::channel(1);
         let sent_at = Instant::now();
-        if requests
-            .send(LeaseKeepAliveRequest { id: lease })
-            .await
-            .is_err()
-        {
-            return Err(malformed("a keep-alive stream closed before use"));
-        }
-        let mut lease_client = self.clients.lease.clone();
-        let answer = async {
-            let mut responses = lease_client
-                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(receiver))
-                .await?
-                .into_inner();
-            let response = responses.message().await?;
-            Ok(tonic::Response::new(response))
-        };
-        let response = self.clients.call(answer).await?;
-        drop(requests);
+        let response = self
+            .clients
+            .lease_keep_alive(LeaseKeepAliveRequest { id: lease })
+            .await?;
         let Some(response) = response else {
             return Err(MetaError::Unavailable(Box::new(EtcdError::Malformed {
                 what: "an ended keep-alive stream",
@@ -480,11 +595,7 @@ impl MetadataStore for EtcdStore {
 
     async fn lease_revoke(&self, lease: LeaseId) -> Result<bool, MetaError> {
         let request = LeaseRevokeRequest { id: lease };
-        match self
-            .clients
-            .call(self.clients.lease.clone().lease_revoke(request))
-            .await
-        {
+        match self.clients.lease_revoke(request).await {
             Ok(_) => Ok(true),
             Err(MetaError::Storage(source)) if is_not_found(source.as_ref()) => Ok(false),
             Err(error) => Err(error),

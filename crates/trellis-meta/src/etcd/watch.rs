@@ -68,36 +68,42 @@ async fn open(
         start_revision: start_revision.map_or(0, |start| i64::try_from(start).unwrap_or(i64::MAX)),
         ..WatchCreateRequest::default()
     };
-    let (requests, receiver) = mpsc::channel(1);
     let request = WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
     };
-    if requests.send(request).await.is_err() {
-        return Err(malformed("a watch request stream closed before use"));
-    }
-    let answers = client
-        .call(
-            client
-                .watch
-                .clone()
-                .watch(tokio_stream::wrappers::ReceiverStream::new(receiver)),
-        )
-        .await?;
-    let mut responses = Responses {
-        answers,
-        _requests: requests,
-    };
-    let created =
-        match tokio::time::timeout(client.request_timeout, responses.answers.message()).await {
-            Ok(Ok(Some(created))) => created,
-            Ok(Ok(None)) => {
-                return Err(MetaError::Unavailable(Box::new(EtcdError::Malformed {
-                    what: "a watch stream that ended before it started",
-                })));
+    // The stream and etcd's first answer, which confirms (or cancels) the watch.
+    let opened = client
+        .call(|| {
+            let mut watch = client.watch.clone();
+            let request = request.clone();
+            async move {
+                let (requests, receiver) = mpsc::channel(1);
+                if requests.send(request).await.is_err() {
+                    return Err(tonic::Status::internal("watch request not sent"));
+                }
+                let mut answers = watch
+                    .watch(tokio_stream::wrappers::ReceiverStream::new(receiver))
+                    .await?
+                    .into_inner();
+                let first = answers.message().await?;
+                Ok(tonic::Response::new((
+                    Responses {
+                        answers,
+                        _requests: requests,
+                    },
+                    first,
+                )))
             }
-            Ok(Err(status)) => return Err(super::status_error(status)),
-            Err(_) => return Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
-        };
+        })
+        .await?;
+    let (mut responses, created) = match opened {
+        (responses, Some(created)) => (responses, created),
+        (_, None) => {
+            return Err(MetaError::Unavailable(Box::new(EtcdError::Malformed {
+                what: "a watch stream that ended before it started",
+            })));
+        }
+    };
     if let Some(error) = cancelled(&created, start_revision) {
         return Err(error);
     }

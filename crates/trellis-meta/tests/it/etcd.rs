@@ -272,26 +272,7 @@ async fn user_and_password_authenticate() {
     let Some(server) = EtcdServer::start() else {
         return;
     };
-    let mut admin = AuthClient::new(connect(&server).await.channel());
-    admin
-        .user_add(AuthUserAddRequest {
-            name: "root".into(),
-            password: "root-pw".into(),
-            ..AuthUserAddRequest::default()
-        })
-        .await
-        .expect("add root");
-    admin
-        .user_grant_role(AuthUserGrantRoleRequest {
-            user: "root".into(),
-            role: "root".into(),
-        })
-        .await
-        .expect("grant root");
-    admin
-        .auth_enable(AuthEnableRequest {})
-        .await
-        .expect("enable auth");
+    enable_auth(&server).await;
 
     let store = EtcdStore::connect(EtcdOptions::new([server.endpoint()]).user("root", "root-pw"))
         .await
@@ -338,4 +319,47 @@ async fn tls_with_a_ca_connects() {
         result.is_err(),
         "a certificate from a CA not trusted is refused"
     );
+}
+
+/// etcd forgets the tokens it handed out when it restarts (and a simple token when unused for a
+/// while); the store then authenticates again by itself instead of failing every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forgotten_auth_token_is_renewed() {
+    let Some(mut server) = EtcdServer::start() else {
+        return;
+    };
+    enable_auth(&server).await;
+    let store = EtcdStore::connect(EtcdOptions::new([server.endpoint()]).user("root", "root-pw"))
+        .await
+        .expect("connect with the right password");
+    put(&store, "k", "1").await;
+
+    server.restart();
+    put_when_back(&store, "k", "2").await;
+    let kv = store.get("k").await.expect("get after the restart");
+    assert_eq!(kv.map(|kv| kv.value), Some(Bytes::from("2")));
+}
+
+/// Adds the user `root` (password `root-pw`) with etcd's root role and turns authentication on.
+async fn enable_auth(server: &EtcdServer) {
+    let mut admin = AuthClient::new(connect(server).await.channel());
+    admin
+        .user_add(AuthUserAddRequest {
+            name: "root".into(),
+            password: "root-pw".into(),
+            ..AuthUserAddRequest::default()
+        })
+        .await
+        .expect("add root");
+    admin
+        .user_grant_role(AuthUserGrantRoleRequest {
+            user: "root".into(),
+            role: "root".into(),
+        })
+        .await
+        .expect("grant root");
+    admin
+        .auth_enable(AuthEnableRequest {})
+        .await
+        .expect("enable auth");
 }
