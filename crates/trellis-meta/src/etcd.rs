@@ -119,6 +119,37 @@ struct Credentials {
     name: String,
     password: String,
     token: Arc<RwLock<AsciiMetadataValue>>,
+    /// Held while authenticating again.
+    renewing: tokio::sync::Mutex<()>,
+}
+
+impl Credentials {
+    fn current(&self) -> AsciiMetadataValue {
+        self.token
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the token `refused`, unless another request already did: requests that fail
+    /// together authenticate once.
+    async fn renew(
+        &self,
+        refused: &AsciiMetadataValue,
+        request_timeout: Duration,
+    ) -> Result<(), MetaError> {
+        let _renewing = self.renewing.lock().await;
+        if self.current() != *refused {
+            return Ok(());
+        }
+        tracing::info!(
+            message = "etcd no longer knows the metadata store's auth token; authenticating again.",
+        );
+        let token =
+            authenticate(&self.channel, &self.name, &self.password, request_timeout).await?;
+        *self.token.write().unwrap_or_else(PoisonError::into_inner) = token;
+        Ok(())
+    }
 }
 
 /// The gRPC clients, which are cheap to clone, and how long a request may take.
@@ -160,26 +191,17 @@ impl Clients {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
+        let sent_with = self
+            .credentials
+            .as_ref()
+            .map(|credentials| credentials.current());
         let status = match self.attempt(make()).await? {
             Ok(answer) => return Ok(answer),
             Err(status) => status,
         };
-        match &self.credentials {
-            Some(credentials) if is_invalid_token(&status) => {
-                tracing::info!(
-                    message = "etcd no longer knows the metadata store's auth token; authenticating again.",
-                );
-                let token = authenticate(
-                    &credentials.channel,
-                    &credentials.name,
-                    &credentials.password,
-                    self.request_timeout,
-                )
-                .await?;
-                *credentials
-                    .token
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner) = token;
+        match (&self.credentials, sent_with) {
+            (Some(credentials), Some(sent_with)) if is_invalid_token(&status) => {
+                credentials.renew(&sent_with, self.request_timeout).await?;
                 self.attempt(make()).await?.map_err(status_error)
             }
             _ => Err(status_error(status)),
@@ -396,6 +418,7 @@ impl EtcdStore {
                 name: name.clone(),
                 password: password.clone(),
                 token: Arc::new(RwLock::new(token)),
+                renewing: tokio::sync::Mutex::new(()),
             });
         }
         let store = EtcdStore {
