@@ -70,8 +70,6 @@ pub enum EtcdError {
     Transport(#[source] tonic::transport::Error),
     #[error("etcd did not answer in time")]
     TimedOut,
-    #[error("etcd user name or password cannot be sent as a gRPC header")]
-    BadCredentials,
     #[error("etcd answered with {what}")]
     Malformed { what: &'static str },
 }
@@ -455,7 +453,7 @@ async fn authenticate(
         Err(_) => return Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
     };
     AsciiMetadataValue::try_from(response.token)
-        .map_err(|_| MetaError::Storage(Box::new(EtcdError::BadCredentials)))
+        .map_err(|_| malformed("an auth token that cannot be sent as a gRPC header"))
 }
 
 #[async_trait::async_trait]
