@@ -35,6 +35,9 @@ use crate::{
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting to an endpoint may take, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Pause before sending a request again that found its endpoint unreachable, so a list of dead
+/// endpoints is not retried in a busy loop.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Where and how to reach etcd, for [`EtcdStore::connect`].
 ///
@@ -114,6 +117,7 @@ type Service = InterceptedService<Channel, Headers>;
 /// The user a store authenticates as, and where its current token is.
 struct Credentials {
     channel: Channel,
+    several_endpoints: bool,
     name: String,
     password: String,
     token: Arc<RwLock<AsciiMetadataValue>>,
@@ -143,8 +147,14 @@ impl Credentials {
         tracing::info!(
             message = "etcd no longer knows the metadata store's auth token; authenticating again.",
         );
-        let token =
-            authenticate(&self.channel, &self.name, &self.password, request_timeout).await?;
+        let token = authenticate(
+            &self.channel,
+            self.several_endpoints,
+            &self.name,
+            &self.password,
+            request_timeout,
+        )
+        .await?;
         *self.token.write().unwrap_or_else(PoisonError::into_inner) = token;
         Ok(())
     }
@@ -157,12 +167,14 @@ struct Clients {
     watch: WatchClient<Service>,
     lease: LeaseClient<Service>,
     credentials: Option<Arc<Credentials>>,
+    several_endpoints: bool,
     request_timeout: Duration,
 }
 
 impl Clients {
     fn new(
         channel: Channel,
+        several_endpoints: bool,
         credentials: Option<Credentials>,
         request_timeout: Duration,
     ) -> Clients {
@@ -177,14 +189,27 @@ impl Clients {
             watch: WatchClient::new(service.clone()),
             lease: LeaseClient::new(service),
             credentials: credentials.map(Arc::new),
+            several_endpoints,
             request_timeout,
         }
     }
 
     /// Makes a call and waits for its answer, at most the request timeout: a balanced channel
-    /// with no reachable endpoint would otherwise wait for one indefinitely. If etcd no longer
-    /// knows the auth token, authenticates again and makes the call once more.
-    async fn call<T, F, Fut>(&self, mut make: F) -> Result<T, MetaError>
+    /// with no reachable endpoint would otherwise wait for one indefinitely.
+    async fn call<T, F, Fut>(&self, make: F) -> Result<T, MetaError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        match tokio::time::timeout(self.request_timeout, self.call_renewing(make)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
+        }
+    }
+
+    /// Makes a call; if etcd no longer knows the auth token, authenticates again and makes the
+    /// call once more.
+    async fn call_renewing<T, F, Fut>(&self, mut make: F) -> Result<T, MetaError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
@@ -193,27 +218,18 @@ impl Clients {
             .credentials
             .as_ref()
             .map(|credentials| credentials.current());
-        let status = match self.attempt(make()).await? {
+        let status = match send(self.several_endpoints, &mut make).await {
             Ok(answer) => return Ok(answer),
             Err(status) => status,
         };
         match (&self.credentials, sent_with) {
             (Some(credentials), Some(sent_with)) if is_invalid_token(&status) => {
                 credentials.renew(&sent_with, self.request_timeout).await?;
-                self.attempt(make()).await?.map_err(status_error)
+                send(self.several_endpoints, &mut make)
+                    .await
+                    .map_err(status_error)
             }
             _ => Err(status_error(status)),
-        }
-    }
-
-    /// One call: its answer or status, or `Unavailable` when the request timeout passes first.
-    async fn attempt<T>(
-        &self,
-        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    ) -> Result<Result<T, tonic::Status>, MetaError> {
-        match tokio::time::timeout(self.request_timeout, call).await {
-            Ok(answer) => Ok(answer.map(tonic::Response::into_inner)),
-            Err(_) => Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
         }
     }
 
@@ -304,6 +320,36 @@ impl Clients {
         })
         .await
     }
+}
+
+/// Sends a request. With several endpoints, the channel may pick one it cannot connect to; the
+/// request then never left, so it is sent again (to a randomly picked endpoint) until one
+/// connects or the caller's timeout ends the wait.
+async fn send<T, F, Fut>(several_endpoints: bool, make: &mut F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    loop {
+        match make().await {
+            Err(status) if several_endpoints && is_connect_error(&status) => {
+                tokio::time::sleep(CONNECT_RETRY_PAUSE).await;
+            }
+            answer => return answer.map(tonic::Response::into_inner),
+        }
+    }
+}
+
+/// Whether a request failed because no connection could be made for it, so it was not sent.
+fn is_connect_error(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(error) = source {
+        if error.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = error.source();
+    }
+    false
 }
 
 /// Whether etcd refused a request for an auth token it does not know (or no longer).
@@ -404,23 +450,37 @@ impl EtcdStore {
             endpoints.push(endpoint);
         }
         // Channels connect on first use and reconnect after a failure by themselves.
+        let several_endpoints = endpoints.len() > 1;
         let channel = match endpoints.as_slice() {
             [one] => one.connect_lazy(),
             _ => Channel::balance_list(endpoints.into_iter()),
         };
         let mut credentials = None;
         if let Some((name, password)) = &options.user {
-            let token = authenticate(&channel, name, password, options.request_timeout).await?;
+            let token = authenticate(
+                &channel,
+                several_endpoints,
+                name,
+                password,
+                options.request_timeout,
+            )
+            .await?;
             credentials = Some(Credentials {
                 channel: channel.clone(),
                 name: name.clone(),
                 password: password.clone(),
+                several_endpoints,
                 token: Arc::new(RwLock::new(token)),
                 renewing: tokio::sync::Mutex::new(()),
             });
         }
         let store = EtcdStore {
-            clients: Clients::new(channel.clone(), credentials, options.request_timeout),
+            clients: Clients::new(
+                channel.clone(),
+                several_endpoints,
+                credentials,
+                options.request_timeout,
+            ),
             channel,
         };
         // Any key will do: the point is a round trip to a member with a leader.
@@ -438,20 +498,26 @@ impl EtcdStore {
 /// Trades a user and password for the token etcd then expects in each request's metadata.
 async fn authenticate(
     channel: &Channel,
+    several_endpoints: bool,
     name: &str,
     password: &str,
     request_timeout: Duration,
 ) -> Result<AsciiMetadataValue, MetaError> {
-    let mut auth = AuthClient::new(channel.clone());
     let request = AuthenticateRequest {
         name: name.to_owned(),
         password: password.to_owned(),
     };
-    let response = match tokio::time::timeout(request_timeout, auth.authenticate(request)).await {
-        Ok(Ok(response)) => response.into_inner(),
-        Ok(Err(status)) => return Err(status_error(status)),
-        Err(_) => return Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
+    let mut make = || {
+        let mut auth = AuthClient::new(channel.clone());
+        let request = request.clone();
+        async move { auth.authenticate(request).await }
     };
+    let response =
+        match tokio::time::timeout(request_timeout, send(several_endpoints, &mut make)).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(status)) => return Err(status_error(status)),
+            Err(_) => return Err(MetaError::Unavailable(Box::new(EtcdError::TimedOut))),
+        };
     AsciiMetadataValue::try_from(response.token)
         .map_err(|_| malformed("an auth token that cannot be sent as a gRPC header"))
 }

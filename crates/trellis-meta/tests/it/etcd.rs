@@ -363,3 +363,34 @@ async fn enable_auth(server: &EtcdServer) {
         .await
         .expect("enable auth");
 }
+
+/// With several endpoints, requests and watches go to one that answers: one dead endpoint in the
+/// list does not stop the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_dead_endpoint_among_several_is_skipped() {
+    let Some(server) = EtcdServer::start() else {
+        return;
+    };
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let options = EtcdOptions::new([format!("127.0.0.1:{dead_port}"), server.endpoint()])
+        .connect_timeout(Duration::from_millis(500));
+    let store = EtcdStore::connect(options)
+        .await
+        .expect("connect through the live endpoint");
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(store.watch("k", None).await.expect("watch"));
+    }
+    let mut revisions = Vec::new();
+    for value in ["1", "2", "3", "4"] {
+        revisions.push(put(&store, "k", value).await);
+    }
+    let kv = store.get("k").await.expect("get");
+    assert_eq!(kv.map(|kv| kv.value), Some(Bytes::from("4")));
+    for stream in &mut streams {
+        assert_eq!(next_event(stream).await.mod_revision(), revisions[0]);
+    }
+}
