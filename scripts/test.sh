@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests need: nats-server for the JetStream storage backend's tests.
-# (etcd-server joins this list with the cluster-mode tests.)
-packages=(nats-server)
+# Debian packages the tests need: nats-server for the JetStream storage backend's tests,
+# etcd-server for the etcd metadata store's. Building needs no protoc: protos compile with protox.
+packages=(nats-server etcd-server)
 
 missing=()
 for package in "${packages[@]}"; do
@@ -24,6 +24,8 @@ fi
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # Tests that need nats-server fail instead of skipping when it is missing.
 export TRELLIS_REQUIRE_NATS=1
+# Likewise for etcd.
+export TRELLIS_REQUIRE_ETCD=1
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -4,7 +4,8 @@
 //! Each check is an async fn that panics on failure, like a test body. Each one writes under its
 //! own `conformance/<check>/` prefix, so the store may hold other keys and the checks may share
 //! one store, but the store must hold no `conformance/` keys to begin with, and nothing else may
-//! write to it while a check runs: the checks assert exact revision arithmetic. Watch-from-the-past checks need the store to retain a few hundred
+//! write to it while a check runs: the checks assert exact revision arithmetic. Two lease checks
+//! wait for a lease to expire or outlive its TTL, so they take a few seconds each. Watch-from-the-past checks need the store to retain a few hundred
 //! revisions of history. What cannot be tested through the trait (compaction, reopening,
 //! lagging watchers) is left to each implementation's own tests.
 //!
@@ -19,7 +20,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 
-use crate::{CasOutcome, Expect, KeyValue, MetadataStore, WatchEvent, WatchStream};
+use crate::{
+    CasOutcome, Expect, GuardedOutcome, GuardedPut, KeyValue, MetaError, MetadataStore, WatchEvent,
+    WatchStream,
+};
 
 /// How long a watch check waits for an event it expects before failing.
 const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,6 +46,11 @@ pub async fn run_all(store: &dyn MetadataStore) {
     watch_from_past_revision_replays_then_follows(store).await;
     watch_after_range_has_no_gap(store).await;
     watch_racing_writes_has_no_gap_or_duplicate(store).await;
+    lease_revoke_deletes_its_keys(store).await;
+    lease_expires_without_keep_alive(store).await;
+    lease_keep_alive_holds_its_keys(store).await;
+    guarded_put_fences_on_another_key(store).await;
+    guarded_put_takes_ownership_under_a_lease(store).await;
 }
 
 pub async fn get_put_delete(store: &dyn MetadataStore) {
@@ -457,6 +466,255 @@ pub async fn watch_racing_writes_has_no_gap_or_duplicate(store: &dyn MetadataSto
             "attempt {attempt}: every revision exactly once, in order"
         );
         assert_quiet(&mut stream).await;
+    }
+}
+
+/// A key under a lease goes when the lease is revoked, and a watch sees it go; a key put again
+/// without the lease stays.
+pub async fn lease_revoke_deletes_its_keys(store: &dyn MetadataStore) {
+    let prefix = "conformance/lease_revoke/";
+    let leased = format!("{prefix}leased");
+    let detached = format!("{prefix}detached");
+    let before_grant = std::time::Instant::now();
+    let lease = store
+        .lease_grant(Duration::from_secs(30))
+        .await
+        .expect("lease_grant");
+    assert_eq!(lease.ttl, Duration::from_secs(30));
+    assert!(
+        lease.held_until >= before_grant + lease.ttl,
+        "held_until counts from when the grant was sent"
+    );
+    guarded(store, GuardedPut::new(leased.as_str(), "v").lease(lease.id)).await;
+    guarded(
+        store,
+        GuardedPut::new(detached.as_str(), "v").lease(lease.id),
+    )
+    .await;
+    let replaced = put(store, &detached, "no lease").await;
+    let mut stream = store.watch(prefix, None).await.expect("watch");
+
+    assert!(
+        store.lease_revoke(lease.id).await.expect("lease_revoke"),
+        "revoking a live lease reports true"
+    );
+    let event = next_event(&mut stream).await;
+    assert!(
+        matches!(&event, WatchEvent::Delete { key, .. } if *key == leased),
+        "the watch sees the leased key deleted; got {event:?}"
+    );
+    assert_quiet(&mut stream).await;
+    assert_eq!(get(store, &leased).await, None, "the leased key is gone");
+    let kv = get(store, &detached).await.expect("the re-put key stays");
+    assert_eq!(kv.mod_revision, replaced);
+
+    assert!(
+        !store.lease_revoke(lease.id).await.expect("lease_revoke"),
+        "revoking it again reports false"
+    );
+    assert_eq!(
+        store
+            .lease_keep_alive(lease.id)
+            .await
+            .expect("lease_keep_alive"),
+        None,
+        "a revoked lease cannot be kept alive"
+    );
+    let before = current_revision(store).await;
+    let error = store
+        .guarded_put(GuardedPut::new(leased.as_str(), "again").lease(lease.id))
+        .await
+        .expect_err("a put under a revoked lease fails");
+    assert!(
+        matches!(error, MetaError::LeaseNotFound { lease: id } if id == lease.id),
+        "got {error:?}"
+    );
+    assert_eq!(current_revision(store).await, before, "and writes nothing");
+}
+
+/// A lease nobody keeps alive expires by itself, taking its keys with it.
+pub async fn lease_expires_without_keep_alive(store: &dyn MetadataStore) {
+    let prefix = "conformance/lease_expires/";
+    let key = format!("{prefix}owner");
+    let lease = store
+        .lease_grant(Duration::from_millis(300))
+        .await
+        .expect("lease_grant");
+    assert!(
+        lease.ttl >= Duration::from_secs(1) && lease.ttl.subsec_nanos() == 0,
+        "TTLs round up to whole seconds (a store may grant more); got {:?}",
+        lease.ttl
+    );
+    let written = guarded(store, GuardedPut::new(key.as_str(), "me").lease(lease.id)).await;
+    let mut stream = store.watch(prefix, Some(written)).await.expect("watch");
+    let event = next_event(&mut stream).await;
+    assert!(matches!(&event, WatchEvent::Put(kv) if kv.key == key));
+    let event = next_event(&mut stream).await;
+    assert!(
+        matches!(&event, WatchEvent::Delete { key: deleted, .. } if *deleted == key),
+        "the key is deleted when the lease expires; got {event:?}"
+    );
+    assert_eq!(get(store, &key).await, None);
+    assert_eq!(
+        store
+            .lease_keep_alive(lease.id)
+            .await
+            .expect("lease_keep_alive"),
+        None,
+        "an expired lease cannot be kept alive"
+    );
+}
+
+/// Keep-alives well within the TTL keep a lease, and its keys, for several TTLs.
+pub async fn lease_keep_alive_holds_its_keys(store: &dyn MetadataStore) {
+    let key = "conformance/lease_keep_alive/owner";
+    // Two seconds, refreshed every quarter second for three: a margin for a loaded machine.
+    let lease = store
+        .lease_grant(Duration::from_secs(2))
+        .await
+        .expect("lease_grant");
+    let written = guarded(store, GuardedPut::new(key, "me").lease(lease.id)).await;
+    let mut held_until = lease.held_until;
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let sent_at = std::time::Instant::now();
+        let refreshed = store
+            .lease_keep_alive(lease.id)
+            .await
+            .expect("lease_keep_alive")
+            .expect("a kept lease is alive");
+        assert_eq!(refreshed.id, lease.id);
+        assert_eq!(refreshed.ttl, lease.ttl);
+        assert!(
+            refreshed.held_until >= sent_at + lease.ttl,
+            "held_until counts from the keep-alive's sending"
+        );
+        assert!(
+            refreshed.held_until > held_until,
+            "each keep-alive extends it"
+        );
+        held_until = refreshed.held_until;
+    }
+    let kv = get(store, key).await.expect("the key outlives its TTL");
+    assert_eq!(kv.mod_revision, written);
+    assert!(store.lease_revoke(lease.id).await.expect("lease_revoke"));
+}
+
+/// The fenced write: an offset key written only while an ownership key keeps its mod revision.
+pub async fn guarded_put_fences_on_another_key(store: &dyn MetadataStore) {
+    let owner = "conformance/guarded_fence/owner";
+    let offset = "conformance/guarded_fence/offset";
+    let other = "conformance/guarded_fence/other";
+    let owned_at = put(store, owner, "replica-a").await;
+
+    let fenced = |value: &'static str, at: u64| {
+        GuardedPut::new(offset, value).guard(owner, Expect::ModRevision(at))
+    };
+    let committed = guarded(store, fenced("10", owned_at)).await;
+    assert_eq!(committed, owned_at + 1);
+    check_kv(store, offset, "10", committed, committed, 1).await;
+
+    // Another replica takes over: the old owner's revision no longer holds.
+    let taken_at = put(store, owner, "replica-b").await;
+    let current = get(store, owner).await;
+    let outcome = store
+        .guarded_put(fenced("20", owned_at))
+        .await
+        .expect("guarded_put");
+    assert_eq!(
+        outcome,
+        GuardedOutcome::Conflict { guard: 0, current },
+        "a stale owner's commit is refused"
+    );
+    check_kv(store, offset, "10", committed, committed, 1).await;
+    assert_eq!(
+        current_revision(store).await,
+        taken_at,
+        "and writes nothing"
+    );
+
+    let outcome = store
+        .guarded_put(fenced("20", taken_at))
+        .await
+        .expect("guarded_put");
+    assert!(matches!(outcome, GuardedOutcome::Written { revision } if revision == taken_at + 1));
+
+    // Guards are all checked; the first that fails is named.
+    let outcome = store
+        .guarded_put(
+            GuardedPut::new(offset, "30")
+                .guard(owner, Expect::ModRevision(taken_at))
+                .guard(other, Expect::ModRevision(taken_at)),
+        )
+        .await
+        .expect("guarded_put");
+    assert_eq!(
+        outcome,
+        GuardedOutcome::Conflict {
+            guard: 1,
+            current: None
+        }
+    );
+    assert!(store.delete(owner).await.expect("delete"));
+    let outcome = store
+        .guarded_put(fenced("40", taken_at))
+        .await
+        .expect("guarded_put");
+    assert_eq!(
+        outcome,
+        GuardedOutcome::Conflict {
+            guard: 0,
+            current: None
+        },
+        "a deleted owner key fences too"
+    );
+}
+
+/// Taking ownership: create the key only if absent, under the taker's lease; it frees up when
+/// the lease goes.
+pub async fn guarded_put_takes_ownership_under_a_lease(store: &dyn MetadataStore) {
+    let owner = "conformance/guarded_ownership/owner";
+    let first = store
+        .lease_grant(Duration::from_secs(30))
+        .await
+        .expect("lease_grant");
+    let second = store
+        .lease_grant(Duration::from_secs(30))
+        .await
+        .expect("lease_grant");
+    assert_ne!(first.id, second.id, "leases have distinct ids");
+    let take = |who: &'static str, lease| {
+        GuardedPut::new(owner, who)
+            .guard(owner, Expect::Absent)
+            .lease(lease)
+    };
+    let taken_at = guarded(store, take("a", first.id)).await;
+    let outcome = store
+        .guarded_put(take("b", second.id))
+        .await
+        .expect("guarded_put");
+    let GuardedOutcome::Conflict {
+        guard: 0,
+        current: Some(current),
+    } = outcome
+    else {
+        panic!("a second taker is refused; got {outcome:?}");
+    };
+    assert_eq!(current.mod_revision, taken_at);
+    assert_eq!(current.value, Bytes::from("a"));
+
+    assert!(store.lease_revoke(first.id).await.expect("lease_revoke"));
+    let retaken_at = guarded(store, take("b", second.id)).await;
+    check_kv(store, owner, "b", retaken_at, retaken_at, 1).await;
+    assert!(store.lease_revoke(second.id).await.expect("lease_revoke"));
+    assert_eq!(get(store, owner).await, None);
+}
+
+/// A guarded put that must write; returns its revision.
+async fn guarded(store: &dyn MetadataStore, put: GuardedPut) -> u64 {
+    match store.guarded_put(put).await.expect("guarded_put") {
+        GuardedOutcome::Written { revision } => revision,
+        outcome => panic!("expected the guarded put to write, got {outcome:?}"),
     }
 }
 

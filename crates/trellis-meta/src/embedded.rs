@@ -3,11 +3,13 @@
 //! Every write runs in one redb transaction that also bumps the store revision, so the data and
 //! its revision are committed (and fsynced) together before the call returns. redb calls block,
 //! so every one runs on tokio's blocking pool, never on the async executor. The change feed
-//! behind `watch` lives in `feed.rs`; the byte layout of the file in `record.rs`.
+//! behind `watch` lives in `feed.rs`; lease deadlines and the thread that expires them in
+//! `lease.rs`; the byte layout of the file in `record.rs`.
 //!
 //! This is not a replicated store: one process owns the file, and a second open fails.
 
 mod feed;
+mod lease;
 mod record;
 #[cfg(test)]
 mod tests;
@@ -15,16 +17,20 @@ mod tests;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redb::{Database, ReadableDatabase, ReadableTable, WriteTransaction};
 
 use self::feed::Feed;
+use self::lease::Leases;
 use self::record::{
-    EMPTY_STORE_REVISION, FORMAT_KEY, FORMAT_VERSION, KVS, META, REVISION_KEY, decode, encode,
+    EMPTY_STORE_REVISION, FORMAT_KEY, FORMAT_VERSION, KVS, LAST_LEASE_KEY, LEASE_KEYS, LEASES,
+    META, REVISION_KEY, decode, encode,
 };
 use crate::{
-    CasOutcome, Expect, KeyValue, MetaError, MetadataStore, Range, WatchEvent, WatchStream,
+    CasOutcome, Expect, GuardedOutcome, GuardedPut, KeyValue, Lease, LeaseId, MetaError,
+    MetadataStore, Range, WatchEvent, WatchStream, expect_holds, ttl_seconds,
 };
 
 /// How many past events the store keeps in memory for watches that resume from a revision.
@@ -39,6 +45,11 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 /// Semantics are etcd's: an empty store is at revision 1, and every put, successful
 /// compare-and-set and successful delete bumps the revision by one. The revision is persisted,
 /// so it continues across reopens.
+///
+/// Leases expire by a timer thread in this process. Deadlines are kept in memory: after a
+/// reopen every lease that existed gets its full TTL again (as etcd does after a restart), so a
+/// key under a lease outlives a crash by at most one TTL. Revoking or expiring a lease deletes
+/// its keys one revision each (etcd uses one revision for all of them), in one transaction.
 ///
 /// Watches replay from an in-memory ring of the last [`EmbeddedOptions::history_capacity`]
 /// events, which starts empty at `open`: a watch from a revision at or before the one the store
@@ -122,6 +133,8 @@ pub enum EmbeddedError {
     Poisoned,
     #[error("a blocking metadata store task failed")]
     Task(#[source] tokio::task::JoinError),
+    #[error("failed to start the metadata store's lease timer")]
+    Timer(#[source] std::io::Error),
 }
 
 impl EmbeddedStore {
@@ -156,16 +169,18 @@ impl EmbeddedStore {
                 .into());
             }
         };
-        let revision = initialise(&db, path)?;
+        let (revision, leases) = initialise(&db, path)?;
         tracing::info!(message = "Opened metadata store.", path = %path.display(), revision);
         let feed = Arc::new(Feed::new(revision, &options));
-        Ok(EmbeddedStore {
-            inner: Arc::new(Inner {
-                path: path.to_owned(),
-                db,
-                feed,
-            }),
-        })
+        let leases = Arc::new(Leases::new(leases));
+        let inner = Arc::new(Inner {
+            path: path.to_owned(),
+            db,
+            feed,
+            leases: leases.clone(),
+        });
+        lease::start_timer(leases, Arc::downgrade(&inner))?;
+        Ok(EmbeddedStore { inner })
     }
 
     /// The file this store lives in.
@@ -233,7 +248,7 @@ impl MetadataStore for EmbeddedStore {
     }
 
     async fn put(&self, key: &str, value: Bytes) -> Result<u64, MetaError> {
-        match self.write(key, Change::Put(value), None).await? {
+        match self.write(key, Change::Put(value, None), None).await? {
             Written::Revision(revision) => Ok(revision),
             // An unconditional put has nothing to conflict with and always writes.
             Written::Conflict(_) | Written::Nothing => Err(MetaError::Storage(
@@ -255,7 +270,10 @@ impl MetadataStore for EmbeddedStore {
         expect: Expect,
         value: Bytes,
     ) -> Result<CasOutcome, MetaError> {
-        match self.write(key, Change::Put(value), Some(expect)).await? {
+        match self
+            .write(key, Change::Put(value, None), Some(expect))
+            .await?
+        {
             Written::Revision(revision) => Ok(CasOutcome::Written { revision }),
             Written::Conflict(current) => Ok(CasOutcome::Conflict { current }),
             Written::Nothing => Ok(CasOutcome::Conflict { current: None }),
@@ -284,6 +302,38 @@ impl MetadataStore for EmbeddedStore {
     ) -> Result<WatchStream, MetaError> {
         feed::watch(self.inner.feed.clone(), prefix.to_owned(), start_revision).await
     }
+
+    async fn lease_grant(&self, ttl: Duration) -> Result<Lease, MetaError> {
+        let sent_at = Instant::now();
+        let ttl = Duration::from_secs(ttl_seconds(ttl));
+        let inner = self.inner.clone();
+        let id = blocking(move || inner.lease_grant(ttl)).await?;
+        Ok(Lease {
+            id,
+            ttl,
+            held_until: sent_at + ttl,
+        })
+    }
+
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Option<Lease>, MetaError> {
+        let sent_at = Instant::now();
+        let refreshed = self.inner.leases.lock()?.refresh(lease);
+        Ok(refreshed.map(|ttl| Lease {
+            id: lease,
+            ttl,
+            held_until: sent_at + ttl,
+        }))
+    }
+
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<bool, MetaError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.end_leases(&[lease], false)).await
+    }
+
+    async fn guarded_put(&self, put: GuardedPut) -> Result<GuardedOutcome, MetaError> {
+        let inner = self.inner.clone();
+        blocking(move || inner.guarded_put(put)).await
+    }
 }
 
 impl EmbeddedStore {
@@ -303,10 +353,18 @@ struct Inner {
     path: PathBuf,
     db: Database,
     feed: Arc<Feed>,
+    leases: Arc<Leases>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.leases.close();
+    }
 }
 
 enum Change {
-    Put(Bytes),
+    /// The value, and the lease to put it under (`None` detaches it from any lease).
+    Put(Bytes, Option<LeaseId>),
     Delete,
 }
 
@@ -381,6 +439,166 @@ impl Inner {
             }
         }
     }
+
+    fn guarded_put(&self, put: GuardedPut) -> Result<GuardedOutcome, MetaError> {
+        // The write lock also keeps lease expiry out until the put is committed, so the lease
+        // checked live below cannot have its keys deleted in between.
+        let mut feed = self.feed.lock()?;
+        let txn = self.db.begin_write().map_err(write_error)?;
+        {
+            let kvs = txn.open_table(KVS).map_err(write_error)?;
+            for (idx, (key, expect)) in put.guards.iter().enumerate() {
+                let current = match kvs.get(key.as_str()).map_err(write_error)? {
+                    Some(record) => Some(decode(key, record.value())?),
+                    None => None,
+                };
+                if !expect_holds(*expect, current.as_ref()) {
+                    drop(kvs);
+                    txn.abort().map_err(write_error)?;
+                    return Ok(GuardedOutcome::Conflict {
+                        guard: idx,
+                        current,
+                    });
+                }
+            }
+        }
+        if let Some(lease) = put.lease
+            && !self.leases.lock()?.is_live(lease, Instant::now())
+        {
+            txn.abort().map_err(write_error)?;
+            return Err(MetaError::LeaseNotFound { lease });
+        }
+        match plan(&txn, &put.key, Change::Put(put.value, put.lease), None)? {
+            Plan::Commit(event) => {
+                txn.commit().map_err(write_error)?;
+                let revision = event.mod_revision();
+                feed.publish(event);
+                Ok(GuardedOutcome::Written { revision })
+            }
+            // An unguarded put always commits.
+            Plan::Conflict(_) | Plan::Nothing => {
+                Err(MetaError::Storage("a guarded put did not write".into()))
+            }
+        }
+    }
+
+    fn lease_grant(&self, ttl: Duration) -> Result<LeaseId, MetaError> {
+        let _feed = self.feed.lock()?;
+        let txn = self.db.begin_write().map_err(write_error)?;
+        let id = {
+            let mut meta = txn.open_table(META).map_err(write_error)?;
+            let mut leases = txn.open_table(LEASES).map_err(write_error)?;
+            let last = meta
+                .get(LAST_LEASE_KEY)
+                .map_err(write_error)?
+                .map_or(0, |last| last.value());
+            let id = last + 1;
+            meta.insert(LAST_LEASE_KEY, id).map_err(write_error)?;
+            leases.insert(id, ttl.as_secs()).map_err(write_error)?;
+            id
+        };
+        txn.commit().map_err(write_error)?;
+        let id = LeaseId::try_from(id)
+            .map_err(|_| MetaError::Storage("the lease ids are exhausted".into()))?;
+        self.leases.lock()?.insert(id, ttl);
+        self.leases.notify();
+        Ok(id)
+    }
+
+    /// Expires every lease whose deadline has passed. Called by the timer thread.
+    fn expire_due(&self) -> Result<(), MetaError> {
+        let due = self.leases.lock()?.due(Instant::now());
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.end_leases(&due, true)?;
+        Ok(())
+    }
+
+    /// Ends leases (revoked, or expired when `only_due`) and deletes their keys, each delete at
+    /// its own revision, in one transaction. Returns whether any of them still existed.
+    fn end_leases(&self, ids: &[LeaseId], only_due: bool) -> Result<bool, MetaError> {
+        let mut feed = self.feed.lock()?;
+        // Re-checked under the write lock: a keep-alive may have saved a lease meanwhile.
+        let ending: Vec<LeaseId> = {
+            let leases = self.leases.lock()?;
+            let due = leases.due(Instant::now());
+            ids.iter()
+                .copied()
+                .filter(|id| {
+                    if only_due {
+                        due.contains(id)
+                    } else {
+                        leases.contains(*id)
+                    }
+                })
+                .collect()
+        };
+        if ending.is_empty() {
+            return Ok(false);
+        }
+        let txn = self.db.begin_write().map_err(write_error)?;
+        let events = delete_lease_keys(&txn, &ending)?;
+        txn.commit().map_err(write_error)?;
+        {
+            let mut leases = self.leases.lock()?;
+            for id in &ending {
+                leases.remove(*id);
+            }
+        }
+        for event in events {
+            feed.publish(event);
+        }
+        if only_due {
+            tracing::debug!(message = "Metadata leases expired.", leases = ?ending);
+        }
+        Ok(true)
+    }
+}
+
+/// Deletes the lease rows of `ids` and every key under them inside `txn`, bumping the revision
+/// once per deleted key. Returns the delete events in revision order.
+fn delete_lease_keys(
+    txn: &WriteTransaction,
+    ids: &[LeaseId],
+) -> Result<Vec<WatchEvent>, MetaError> {
+    let mut meta = txn.open_table(META).map_err(write_error)?;
+    let mut kvs = txn.open_table(KVS).map_err(write_error)?;
+    let mut lease_keys = txn.open_table(LEASE_KEYS).map_err(write_error)?;
+    let mut leases = txn.open_table(LEASES).map_err(write_error)?;
+    let mut revision = match meta.get(REVISION_KEY).map_err(write_error)? {
+        Some(revision) => revision.value(),
+        None => return Err(EmbeddedError::MissingRevision.into()),
+    };
+    let ids: Vec<u64> = ids
+        .iter()
+        .filter_map(|id| u64::try_from(*id).ok())
+        .collect();
+    // A scan: keys under leases are few (ownership and membership keys), and a reverse index
+    // would be one more table to keep consistent.
+    let mut doomed = Vec::new();
+    for entry in lease_keys.iter().map_err(write_error)? {
+        let (key, lease) = entry.map_err(write_error)?;
+        if ids.contains(&lease.value()) {
+            doomed.push(key.value().to_owned());
+        }
+    }
+    let mut events = Vec::with_capacity(doomed.len());
+    for key in doomed {
+        lease_keys.remove(key.as_str()).map_err(write_error)?;
+        if kvs.remove(key.as_str()).map_err(write_error)?.is_some() {
+            revision += 1;
+            events.push(WatchEvent::Delete {
+                key,
+                mod_revision: revision,
+            });
+        }
+    }
+    for id in ids {
+        leases.remove(id).map_err(write_error)?;
+    }
+    meta.insert(REVISION_KEY, revision).map_err(write_error)?;
+    Ok(events)
 }
 
 /// Applies one change inside `txn` without committing it. The caller commits only on
@@ -393,6 +611,7 @@ fn plan(
 ) -> Result<Plan, MetaError> {
     let mut meta = txn.open_table(META).map_err(write_error)?;
     let mut kvs = txn.open_table(KVS).map_err(write_error)?;
+    let mut lease_keys = txn.open_table(LEASE_KEYS).map_err(write_error)?;
     let revision = match meta.get(REVISION_KEY).map_err(write_error)? {
         Some(revision) => revision.value(),
         None => return Err(EmbeddedError::MissingRevision.into()),
@@ -401,19 +620,13 @@ fn plan(
         Some(record) => Some(decode(key, record.value())?),
         None => None,
     };
-    let holds = match expect {
-        None => true,
-        Some(Expect::Absent) => current.is_none(),
-        Some(Expect::ModRevision(mod_revision)) => current
-            .as_ref()
-            .is_some_and(|kv| kv.mod_revision == mod_revision),
-    };
+    let holds = expect.is_none_or(|expect| expect_holds(expect, current.as_ref()));
     if !holds {
         return Ok(Plan::Conflict(current));
     }
     let new_revision = revision + 1;
     let event = match change {
-        Change::Put(value) => {
+        Change::Put(value, lease) => {
             let kv = KeyValue {
                 key: key.to_owned(),
                 value,
@@ -425,6 +638,10 @@ fn plan(
             };
             kvs.insert(key, encode(&kv).as_slice())
                 .map_err(write_error)?;
+            match lease.and_then(|lease| u64::try_from(lease).ok()) {
+                Some(lease) => lease_keys.insert(key, lease).map_err(write_error)?,
+                None => lease_keys.remove(key).map_err(write_error)?,
+            };
             WatchEvent::Put(kv)
         }
         Change::Delete => {
@@ -432,6 +649,7 @@ fn plan(
                 return Ok(Plan::Nothing);
             }
             kvs.remove(key).map_err(write_error)?;
+            lease_keys.remove(key).map_err(write_error)?;
             WatchEvent::Delete {
                 key: key.to_owned(),
                 mod_revision: new_revision,
@@ -444,8 +662,8 @@ fn plan(
 }
 
 /// Creates the tables of a new store, checks the format of an existing one, and returns its
-/// revision.
-fn initialise(db: &Database, path: &Path) -> Result<u64, MetaError> {
+/// revision and its leases with their TTLs.
+fn initialise(db: &Database, path: &Path) -> Result<(u64, Vec<(LeaseId, Duration)>), MetaError> {
     let open_error = |source: redb::Error| EmbeddedError::Open {
         path: path.to_owned(),
         source,
@@ -453,8 +671,10 @@ fn initialise(db: &Database, path: &Path) -> Result<u64, MetaError> {
     let txn = db.begin_write().map_err(|e| open_error(e.into()))?;
     let revision = {
         let mut meta = txn.open_table(META).map_err(|e| open_error(e.into()))?;
-        // Creating the table now means readers never see it missing.
+        // Creating the tables now means readers never see them missing.
         txn.open_table(KVS).map_err(|e| open_error(e.into()))?;
+        txn.open_table(LEASE_KEYS)
+            .map_err(|e| open_error(e.into()))?;
         let format = meta
             .get(FORMAT_KEY)
             .map_err(|e| open_error(e.into()))?
@@ -487,8 +707,19 @@ fn initialise(db: &Database, path: &Path) -> Result<u64, MetaError> {
             }
         }
     };
+    let leases = {
+        let table = txn.open_table(LEASES).map_err(|e| open_error(e.into()))?;
+        let mut leases = Vec::new();
+        for entry in table.iter().map_err(|e| open_error(e.into()))? {
+            let (id, ttl) = entry.map_err(|e| open_error(e.into()))?;
+            if let Ok(id) = LeaseId::try_from(id.value()) {
+                leases.push((id, Duration::from_secs(ttl.value().max(1))));
+            }
+        }
+        leases
+    };
     txn.commit().map_err(|e| open_error(e.into()))?;
-    Ok(revision)
+    Ok((revision, leases))
 }
 
 /// Runs blocking redb work on tokio's blocking pool.

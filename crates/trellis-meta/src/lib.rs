@@ -10,15 +10,22 @@
 //! # Layout
 //!
 //! - `lib.rs`: the boundary: [`MetadataStore`] and the types it speaks.
-//! - `embedded`: [`EmbeddedStore`], the redb implementation, with its change feed and file layout.
+//! - `embedded`: [`EmbeddedStore`], the redb implementation, with its change feed, lease timer and
+//!   file layout.
+//! - `etcd`: [`EtcdStore`], the etcd implementation, on tonic clients generated from etcd's protos
+//!   (`trellis-etcd-proto`).
+//! - `keeper`: [`LeaseKeeper`], which refreshes a lease in the background through the trait.
 //! - `conformance` (feature `test-util`): checks of etcd semantics through the trait only, run
 //!   against every implementation.
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod conformance;
 mod embedded;
+mod etcd;
+mod keeper;
 
 use std::pin::Pin;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -26,6 +33,10 @@ use futures::Stream;
 pub use embedded::{
     DEFAULT_HISTORY_CAPACITY, DEFAULT_WATCH_BUFFER, EmbeddedError, EmbeddedOptions, EmbeddedStore,
 };
+pub use etcd::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT, EtcdError, EtcdOptions, EtcdStore,
+};
+pub use keeper::{LeaseKeeper, LeaseStatus};
 
 /// A stored key with etcd's bookkeeping.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +76,94 @@ pub enum CasOutcome {
     Conflict { current: Option<KeyValue> },
 }
 
+/// A lease's id, as etcd numbers them (positive).
+pub type LeaseId = i64;
+
+/// A lease the caller holds, as of its grant or its latest keep-alive.
+///
+/// `held_until` is what ownership code relies on: the store cannot expire the lease before
+/// then, because it is the instant the grant or keep-alive request was *sent* plus the TTL,
+/// and the store starts the TTL only when the request arrives. Past `held_until`, the holder
+/// must assume the lease (and every key under it) is gone. This assumes the holder's clock and
+/// the store's run at about the same rate; ownership code keeps a margin below `held_until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub id: LeaseId,
+    /// The TTL the store granted: the requested one rounded up to whole seconds, or more if the
+    /// store has a minimum (etcd's is 1.5 election timeouts, rounded up).
+    pub ttl: Duration,
+    pub held_until: Instant,
+}
+
+/// A put that happens only if every guard holds, in one atomic step (an etcd transaction).
+///
+/// This is the fenced write: "write offset key K only if ownership key O still has mod
+/// revision R" is `GuardedPut::new(K, value).guard(O, Expect::ModRevision(R))`. Taking
+/// ownership is `GuardedPut::new(O, me).guard(O, Expect::Absent).lease(lease_id)`. With no
+/// guards it is a plain put, optionally under a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardedPut {
+    pub key: String,
+    pub value: Bytes,
+    /// The key is deleted when this lease expires or is revoked. `None` detaches the key from
+    /// any lease it had, as a plain put does.
+    pub lease: Option<LeaseId>,
+    /// Checked in order; all must hold.
+    pub guards: Vec<(String, Expect)>,
+}
+
+impl GuardedPut {
+    pub fn new(key: impl Into<String>, value: impl Into<Bytes>) -> GuardedPut {
+        GuardedPut {
+            key: key.into(),
+            value: value.into(),
+            lease: None,
+            guards: Vec::new(),
+        }
+    }
+
+    /// Adds a condition: `key` must be as `expect` says.
+    pub fn guard(mut self, key: impl Into<String>, expect: Expect) -> GuardedPut {
+        self.guards.push((key.into(), expect));
+        self
+    }
+
+    /// Puts the key under `lease`.
+    pub fn lease(mut self, lease: LeaseId) -> GuardedPut {
+        self.lease = Some(lease);
+        self
+    }
+}
+
+/// The result of a [`GuardedPut`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GuardedOutcome {
+    /// Every guard held; the put happened at this store revision.
+    Written { revision: u64 },
+    /// Guard number `guard` (an index into `GuardedPut::guards`, the first that failed) did not
+    /// hold; nothing was written. `current` is what its key held at that moment.
+    Conflict {
+        guard: usize,
+        current: Option<KeyValue>,
+    },
+}
+
+/// Whether `expect` holds for `current`; shared by the implementations so they agree.
+pub(crate) fn expect_holds(expect: Expect, current: Option<&KeyValue>) -> bool {
+    match expect {
+        Expect::Absent => current.is_none(),
+        Expect::ModRevision(mod_revision) => {
+            current.is_some_and(|kv| kv.mod_revision == mod_revision)
+        }
+    }
+}
+
+/// Rounds a requested TTL up to whole seconds (at least one), as etcd grants them.
+pub(crate) fn ttl_seconds(ttl: Duration) -> u64 {
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    secs.max(1)
+}
+
 /// One change seen by a watch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -101,6 +200,9 @@ pub enum MetaError {
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the metadata store failed")]
     Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A put named a lease that does not exist (it expired or was revoked). Nothing was written.
+    #[error("lease {lease} does not exist (it expired or was revoked)")]
+    LeaseNotFound { lease: LeaseId },
     /// This implementation does not offer the operation (see its docs for the alternative).
     #[error("the metadata store does not support {operation}")]
     Unsupported { operation: &'static str },
@@ -124,6 +226,11 @@ pub trait MetadataStore: Send + Sync + 'static {
     ) -> Result<CasOutcome, MetaError>;
     /// Changes under `prefix` with mod revision >= `start_revision` (or from now on, for `None`).
     /// Use `range(..).revision + 1` to follow a range without a gap.
+    ///
+    /// A start revision no longer available fails here with [`MetaError::Compacted`]. A stream
+    /// that loses its connection to the store reopens by itself from the revision after the last
+    /// event it yielded, so no revision is skipped or repeated; if that revision is gone by
+    /// then, the stream yields `Compacted` and ends.
     async fn watch(
         &self,
         prefix: &str,
@@ -142,6 +249,41 @@ pub trait MetadataStore: Send + Sync + 'static {
         let _ = (key, mod_revision);
         Err(MetaError::Unsupported {
             operation: "compare_and_delete",
+        })
+    }
+
+    /// Grants a lease of `ttl`, rounded up to whole seconds (at least one).
+    async fn lease_grant(&self, ttl: Duration) -> Result<Lease, MetaError> {
+        let _ = ttl;
+        Err(MetaError::Unsupported {
+            operation: "lease_grant",
+        })
+    }
+
+    /// Refreshes the lease once, to its full TTL. `Ok(None)` if it no longer exists (expired or
+    /// revoked): its keys are gone. Call it well within the TTL (a third of it is usual).
+    async fn lease_keep_alive(&self, lease: LeaseId) -> Result<Option<Lease>, MetaError> {
+        let _ = lease;
+        Err(MetaError::Unsupported {
+            operation: "lease_keep_alive",
+        })
+    }
+
+    /// Ends the lease now and deletes every key under it (a watch sees each delete). Returns
+    /// false if it did not exist.
+    async fn lease_revoke(&self, lease: LeaseId) -> Result<bool, MetaError> {
+        let _ = lease;
+        Err(MetaError::Unsupported {
+            operation: "lease_revoke",
+        })
+    }
+
+    /// Puts `put.key` if every guard holds, atomically. A lease named in `put` that does not
+    /// exist is [`MetaError::LeaseNotFound`] (checked only when the guards hold).
+    async fn guarded_put(&self, put: GuardedPut) -> Result<GuardedOutcome, MetaError> {
+        let _ = put;
+        Err(MetaError::Unsupported {
+            operation: "guarded_put",
         })
     }
 }

@@ -4,12 +4,14 @@
 //! Tests never reach beyond 127.0.0.1. The process is killed when the handle drops, so a failing
 //! test leaves nothing running.
 
+mod etcd;
 mod fault_proxy;
 mod nats;
 mod receiver;
 mod spellings;
 mod tls;
 
+pub use etcd::EtcdServer;
 pub use fault_proxy::{ConnectionFault, FaultProxy, FaultStats, Faults};
 pub use nats::NatsServer;
 pub use receiver::{ReceivedRequest, Receiver, Reply};

@@ -4,7 +4,12 @@
 //!   (`create_revision`, `mod_revision`, `version`, each a big-endian `u64`) followed by the
 //!   value bytes. A deleted key has no row.
 //! - `meta` (`&str` → `u64`): `revision`, the store revision (1 for an empty store, as in etcd),
-//!   and `format`, the layout version ([`FORMAT_VERSION`]).
+//!   `format`, the layout version ([`FORMAT_VERSION`]), and `last_lease`, the last lease id
+//!   granted (ids are never reused, even across reopens).
+//! - `leases` (`u64` → `u64`): one row per live lease, id → TTL in seconds. Deadlines are not
+//!   stored: after a reopen every lease gets its full TTL again, as etcd does after a restart.
+//! - `lease_keys` (`&str` → `u64`): key → the lease it was put under, for keys under a lease.
+//!   Older files have neither lease table; they are created on open, so the format is unchanged.
 //!
 //! History is deliberately not on disk: watch history lives in memory (see `feed.rs`).
 //! Decoding never trusts the file: a short or inconsistent row is an error, never a panic.
@@ -17,7 +22,11 @@ use crate::KeyValue;
 
 pub(super) const KVS: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("kvs");
 pub(super) const META: TableDefinition<'static, &str, u64> = TableDefinition::new("meta");
+pub(super) const LEASES: TableDefinition<'static, u64, u64> = TableDefinition::new("leases");
+pub(super) const LEASE_KEYS: TableDefinition<'static, &str, u64> =
+    TableDefinition::new("lease_keys");
 pub(super) const REVISION_KEY: &str = "revision";
+pub(super) const LAST_LEASE_KEY: &str = "last_lease";
 pub(super) const FORMAT_KEY: &str = "format";
 /// Bump when the layout above changes; `open` refuses files with another format.
 pub(super) const FORMAT_VERSION: u64 = 1;

@@ -30,6 +30,11 @@ conformance_tests!(
     watch_from_past_revision_replays_then_follows,
     watch_after_range_has_no_gap,
     watch_racing_writes_has_no_gap_or_duplicate,
+    lease_revoke_deletes_its_keys,
+    lease_expires_without_keep_alive,
+    lease_keep_alive_holds_its_keys,
+    guarded_put_fences_on_another_key,
+    guarded_put_takes_ownership_under_a_lease,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,3 +320,49 @@ async fn next_events(stream: &mut WatchStream, n_events: usize) -> Vec<WatchEven
     }
     res
 }
+
+/// Leases outlive a reopen as etcd's outlive a restart: the lease gets its full TTL again, then
+/// expires with its keys unless kept alive; lease ids are not handed out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_reopen_then_expire() {
+    use trellis_meta::GuardedPut;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = store_path(&dir);
+    let lease = {
+        let store = EmbeddedStore::open(&path).expect("open");
+        let lease = store
+            .lease_grant(Duration::from_secs(1))
+            .await
+            .expect("lease_grant");
+        store
+            .guarded_put(GuardedPut::new("owners/a", "me").lease(lease.id))
+            .await
+            .expect("guarded_put");
+        lease
+    };
+    let store = EmbeddedStore::open(&path).expect("reopen");
+    assert!(
+        store.get("owners/a").await.expect("get").is_some(),
+        "the key is still there right after the reopen"
+    );
+    let revision = store.range("").await.expect("range").revision;
+    let mut stream = store
+        .watch("owners/", Some(revision + 1))
+        .await
+        .expect("watch");
+    let event = next_event(&mut stream).await;
+    assert_eq!(
+        event,
+        WatchEvent::Delete {
+            key: "owners/a".to_owned(),
+            mod_revision: revision + 1
+        },
+        "the lease expires after the reopen"
+    );
+    let next = store
+        .lease_grant(Duration::from_secs(1))
+        .await
+        .expect("lease_grant");
+    assert!(next.id > lease.id, "lease ids are not reused");
+}

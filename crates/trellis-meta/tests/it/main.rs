@@ -1,9 +1,12 @@
 //! Integration tests for trellis-meta, through the public API only: the conformance suite run
-//! against the embedded store, the embedded store's own behaviour (reopen, locking, history,
-//! lagging watchers), and a model-based property test.
+//! against the embedded store and a real etcd, each store's own behaviour (reopen, locking,
+//! history, lagging watchers; restarts, compaction, an unreachable etcd), and a model-based
+//! property test.
 
 mod conformance;
 mod embedded;
+mod etcd;
+mod keeper;
 mod model;
 
 use std::path::PathBuf;
