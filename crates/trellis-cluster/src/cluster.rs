@@ -78,6 +78,7 @@ struct LeaseHandle {
 struct Owner {
     member: String,
     revision: u64,
+    lease: Option<LeaseId>,
 }
 
 struct Declared {
@@ -107,9 +108,8 @@ pub(crate) struct State {
     last_owner: BTreeMap<String, String>,
     declared: BTreeMap<String, Declared>,
     terms: BTreeMap<String, Slot>,
-    /// Ownership keys we created under a lease that was unproven for a while: (lease,
-    /// revision). If that lease is proven alive again, the key is still ours to adopt.
-    adoptable: BTreeMap<String, (LeaseId, u64)>,
+    /// The store revision the owners map is current to (the last range or watch event).
+    owners_revision: u64,
     /// Terms whose `Claim` was dropped without `release`: the driver releases them.
     abandoned: Vec<Arc<Term>>,
     load: Load,
@@ -277,7 +277,6 @@ impl Cluster {
                 .map(|slot| slot.term)
                 .collect();
             terms.append(&mut state.abandoned);
-            state.adoptable.clear();
             (terms, state.lease.as_ref().map(|lease| lease.id))
         };
         for term in &terms {
@@ -376,7 +375,7 @@ impl Inner {
     }
 
     /// Recomputes health; on a change, tells watchers and, when it turned false, revokes every
-    /// claim (their keys may still be ours: they become adoptable).
+    /// claim (their keys may still be ours: if the lease is proven again, `plan` adopts them).
     fn check_health(&self) -> bool {
         let healthy = self.lease_alive(None) && !self.shutdown.is_cancelled();
         let revoked = {
@@ -388,18 +387,10 @@ impl Inner {
             if healthy {
                 Vec::new()
             } else {
-                let lease = state.lease.as_ref().map(|lease| lease.id);
-                let slots = std::mem::take(&mut state.terms);
-                let mut revoked = Vec::with_capacity(slots.len());
-                for (unit, slot) in slots {
-                    if let Some(lease) = lease
-                        && slot.term.lease == lease
-                    {
-                        state.adoptable.insert(unit, (lease, slot.term.revision));
-                    }
-                    revoked.push(slot.term);
-                }
-                revoked
+                std::mem::take(&mut state.terms)
+                    .into_values()
+                    .map(|slot| slot.term)
+                    .collect::<Vec<_>>()
             }
         };
         for term in &revoked {
@@ -460,27 +451,27 @@ impl Inner {
         self.wake();
     }
 
-    /// Ends a term: forgets it and deletes its key if the key is still this term's.
+    /// Ends a term: deletes its key if the key is still this term's, then forgets the term.
+    /// The term stays listed until the delete is done, so `plan` does not adopt the key
+    /// meanwhile.
     pub(crate) async fn release(&self, term: &Arc<Term>) {
-        let superseded = {
-            let mut state = self.lock();
-            let mine = state
-                .terms
-                .get(&term.unit)
-                .is_some_and(|slot| Arc::ptr_eq(&slot.term, term));
-            if mine {
-                state.terms.remove(&term.unit);
-            }
-            state.adoptable.remove(&term.unit);
-            // A later term on the same key (adopted after a lease scare) must keep it.
-            state
-                .terms
-                .get(&term.unit)
-                .is_some_and(|slot| slot.term.revision == term.revision)
-        };
         term.mark_lost();
+        // A later term on the same key (adopted after a lease scare) must keep it.
+        let superseded = self.lock().terms.get(&term.unit).is_some_and(|slot| {
+            !Arc::ptr_eq(&slot.term, term) && slot.term.revision == term.revision
+        });
         if !superseded {
             self.delete_owner_key(term).await;
+        }
+        {
+            let mut state = self.lock();
+            if state
+                .terms
+                .get(&term.unit)
+                .is_some_and(|slot| Arc::ptr_eq(&slot.term, term))
+            {
+                state.terms.remove(&term.unit);
+            }
         }
         self.bump();
         self.publish_owned();
@@ -544,6 +535,7 @@ impl Inner {
                     Owner {
                         member: self.member_id().to_owned(),
                         revision: slot.term.revision,
+                        lease: Some(slot.term.lease),
                     },
                 );
             } else {
@@ -556,6 +548,7 @@ impl Inner {
             }
         }
         state.owners = owners;
+        state.owners_revision = state.owners_revision.max(range.revision);
         let units: Vec<String> = state.declared.keys().cloned().collect();
         for unit in units {
             publish_owner(state, &unit);
@@ -563,6 +556,7 @@ impl Inner {
     }
 
     fn apply_owners_event(&self, state: &mut State, event: WatchEvent) {
+        state.owners_revision = state.owners_revision.max(event.mod_revision());
         match event {
             WatchEvent::Put(kv) => {
                 let Some((unit, owner)) = parse_owner(&kv) else {
@@ -650,7 +644,6 @@ impl Inner {
             }
             state.lease = None;
             state.lease_gone = false;
-            state.adoptable.clear();
             for (_, slot) in std::mem::take(&mut state.terms) {
                 slot.term.revoke(Revoked::LeaseUnproven);
             }
@@ -758,10 +751,11 @@ impl Inner {
                         actions.push(Action::Take(unit.clone()));
                     }
                 }
-                Some(owner) if owner.member == me => {
-                    if state.adoptable.get(unit) == Some(&(lease, owner.revision)) {
-                        adopted.push((unit.clone(), owner.revision));
-                    }
+                // Ours under the current lease but no term: the lease was unproven for a
+                // while, or the reply to our put was lost. Under another lease (a previous
+                // process with our id), it goes when that lease ends.
+                Some(owner) if owner.member == me && owner.lease == Some(lease) => {
+                    adopted.push((unit.clone(), owner.revision));
                 }
                 Some(_) => {}
             }
@@ -774,10 +768,9 @@ impl Inner {
         }
         let any_adopted = !adopted.is_empty();
         for (unit, revision) in adopted {
-            state.adoptable.remove(&unit);
             let term = Arc::new(Term::new(unit.clone(), revision, lease));
             tracing::info!(
-                message = "Adopted a unit still ours after a lease scare.",
+                message = "Adopted a unit whose ownership key is still ours.",
                 unit
             );
             state.terms.insert(
@@ -810,6 +803,7 @@ impl Inner {
         let key = owner_key(&unit);
         let value = serde_json::to_vec(&OwnerValue {
             member: self.member_id().to_owned(),
+            lease: Some(lease),
         })
         .unwrap_or_default();
         let put = GuardedPut::new(key.clone(), value)
@@ -819,6 +813,13 @@ impl Inner {
             Ok(GuardedOutcome::Written { revision }) => {
                 let takeover = {
                     let mut state = self.lock();
+                    let seen = state.owners.get(&unit).map(|owner| owner.revision);
+                    if revision <= state.owners_revision && seen != Some(revision) {
+                        // The watch already saw our key come and go (the lease ended, or
+                        // someone deleted it): there is no term to start.
+                        tracing::debug!(message = "A unit taken was gone at once.", unit);
+                        return;
+                    }
                     let takeover = state.last_owner.get(&unit).is_some_and(|prev| {
                         *prev != self.settings.member_id && !state.members.contains_key(prev)
                     });
@@ -841,6 +842,7 @@ impl Inner {
                             Owner {
                                 member: self.member_id().to_owned(),
                                 revision,
+                                lease: Some(lease),
                             },
                         );
                         publish_owner(&mut state, &unit);
@@ -890,6 +892,7 @@ fn parse_owner(kv: &KeyValue) -> Option<(String, Owner)> {
             Owner {
                 member: value.member,
                 revision: kv.mod_revision,
+                lease: value.lease,
             },
         )),
         Err(error) => {

@@ -13,7 +13,7 @@
 //! # Keys
 //!
 //! - `/cluster/members/<member-id>`: [`MemberInfo`] as JSON, under the member's lease.
-//! - `/cluster/owners/<unit>`: `{"member": "<member-id>"}`, under the owner's lease, created only
+//! - `/cluster/owners/<unit>`: `{"member": "<member-id>", "lease": <id>}`, under the owner's lease, created only
 //!   if absent and never rewritten (fences rely on its mod revision); deleted by the owner at
 //!   release (only if still its term) or by the store when the lease ends.
 //!
@@ -131,8 +131,13 @@ pub fn member_key(member_id: &str) -> String {
     format!("{MEMBERS_PREFIX}{member_id}")
 }
 
-/// The value of an ownership key.
+/// The value of an ownership key. `lease` (the owner's lease when it took the key) lets the
+/// owner recognise a key it created but holds no term for (its lease was unproven for a
+/// while, or the reply to its put was lost) and adopt it only if it is under its current
+/// lease; readers that know only `member` ignore it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct OwnerValue {
     pub(crate) member: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) lease: Option<trellis_meta::LeaseId>,
 }

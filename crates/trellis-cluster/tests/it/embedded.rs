@@ -29,6 +29,8 @@ macro_rules! on_embedded {
 
 on_embedded!(
     balanced_spread_and_join_by_handoff,
+    units_of_a_silent_member_go_once_it_is_gone,
+    load_is_published,
     dead_member_is_taken_over,
     first_come,
     lost_lease_is_replaced,

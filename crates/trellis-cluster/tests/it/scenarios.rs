@@ -238,3 +238,65 @@ pub(crate) async fn lost_lease_is_replaced(connect: Connect) {
     again.release().await;
     a.leave().await;
 }
+
+/// A live member that never takes the units placed on it (frozen with its lease alive, or one
+/// that does not declare them) keeps them free only while it is in the members list: once its
+/// lease ends, the others take them.
+pub(crate) async fn units_of_a_silent_member_go_once_it_is_gone(connect: Connect) {
+    let units = unit_names(6);
+    let holders = SharedHolders::default();
+    let silent = crate::join(connect().await, "node-s").await;
+    let mut members = Vec::new();
+    for id in ["node-a", "node-b"] {
+        members
+            .push(Member::start(connect().await, id, &units, Placement::Balanced, &holders).await);
+    }
+    wait_for("the others hold their 4 units", || {
+        Holders::count(&holders, "node-a") == 2 && Holders::count(&holders, "node-b") == 2
+    })
+    .await;
+    tokio::time::sleep(crate::TTL / 2).await;
+    assert_eq!(
+        holders.lock().expect("lock").now.len(),
+        4,
+        "the silent member's 2 units stay free while it is listed"
+    );
+    drop(silent);
+    wait_for("all 6 units held once the silent member is gone", || {
+        Holders::count(&holders, "node-a") == 3 && Holders::count(&holders, "node-b") == 3
+    })
+    .await;
+    assert!(holders.lock().expect("lock").overlaps.is_empty());
+    for member in &members {
+        member.cluster.leave().await;
+    }
+}
+
+/// `set_load` reaches the member key, and so every member's view of the members.
+pub(crate) async fn load_is_published(connect: Connect) {
+    let a = crate::join(connect().await, "node-a").await;
+    let b = crate::join(connect().await, "node-b").await;
+    let load = trellis_cluster::Load {
+        subscriptions: 3,
+        connectors: 1,
+        groups: 2,
+        events_per_second: 120.5,
+        lag: 42,
+    };
+    a.set_load(load.clone());
+    wait_for("node-b sees node-a's load", || {
+        b.members()
+            .iter()
+            .any(|m| m.id == "node-a" && m.load == load)
+    })
+    .await;
+    let info = b
+        .members()
+        .into_iter()
+        .find(|m| m.id == "node-a")
+        .expect("node-a");
+    assert_eq!(info.http, "node-a.test:8080");
+    a.leave().await;
+    wait_for("node-b sees node-a leave", || b.members().len() == 1).await;
+    b.leave().await;
+}
