@@ -269,6 +269,7 @@ impl Settings {
             bail!("invalid storage settings: {message}");
         }
         let runtime = RuntimeConfig {
+            cluster: Default::default(),
             max_event_bytes: args
                 .max_event_bytes
                 .or(file.http.max_event_bytes)
