@@ -38,6 +38,10 @@ pub(crate) enum Command {
     Subscribe(SubscribeArgs),
     /// Run one connector in this process against a running trellis's HTTP API (standalone).
     Connect(ConnectArgs),
+    /// Show the replicas sharing a trellis's metadata and what each runs, through the HTTP API
+    /// of any one of them.
+    // Its arguments live beside their code in `cluster_cmd.rs`.
+    Cluster(crate::cluster_cmd::ClusterArgs),
 }
 
 #[derive(Debug, Args)]
