@@ -11,7 +11,7 @@ use trellis_etcd_proto::etcdserverpb::{
     AuthEnableRequest, AuthUserAddRequest, AuthUserGrantRoleRequest, auth_client::AuthClient,
 };
 use trellis_meta::{EtcdOptions, EtcdStore, MetadataStore};
-use trellis_test_support::{EtcdServer, NatsServer, TrellisProcess, run_to_end};
+use trellis_test_support::{EtcdServer, NatsServer, TestTls, TrellisProcess, run_to_end};
 
 use crate::{bin, eventually, publish, run_trellis};
 
@@ -118,6 +118,34 @@ fn entries(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// etcd over TLS under a CA no system trusts: `etcds://` with `--meta-ca` connects; without a
+/// CA it is refused before any connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn etcd_over_tls_is_reached_with_its_ca() {
+    let tls = TestTls::for_hosts(&["127.0.0.1"]);
+    let (Some(etcd), Some(nats)) = (EtcdServer::start_with_tls(&tls), NatsServer::start()) else {
+        return;
+    };
+    let endpoint = etcd.tls_endpoint().expect("a TLS endpoint");
+    let meta = endpoint.replacen("https://", "etcds://", 1);
+    let files = tempfile::tempdir().expect("temp dir");
+    let ca = files.path().join("ca.pem");
+    std::fs::write(&ca, &tls.ca_pem).expect("write the CA");
+    let ca = ca.to_str().expect("utf-8 path");
+
+    let (code, stderr) = serve_until_exit(&["--meta", &meta, "--storage", &nats.url()]);
+    assert_one_line(code, &stderr, "needs --meta-ca");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trellis = TrellisProcess::start(
+        bin(),
+        dir.path(),
+        &["--meta", &meta, "--meta-ca", ca, "--storage", &nats.url()],
+    )
+    .expect("trellis starts on etcd over TLS");
+    assert_eq!(healthz(&trellis).await, 200);
 }
 
 /// etcd that does not answer at start: one line naming the endpoints, exit 1, nothing served.
