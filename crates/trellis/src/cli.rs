@@ -72,7 +72,8 @@ pub(crate) struct ServeArgs {
     /// its lock [default: embedded]
     #[arg(long, env = "TRELLIS_META", value_name = "embedded|etcd://HOST:PORT")]
     pub(crate) meta: Option<String>,
-    /// With etcd: PEM CA certificates to trust for etcd's TLS certificates (implies TLS)
+    /// With etcd: PEM CA certificates to trust for etcd's TLS certificates; etcds:// needs it,
+    /// and it turns TLS on for etcd:// too
     #[arg(long, env = "TRELLIS_META_CA", value_name = "FILE")]
     pub(crate) meta_ca: Option<PathBuf>,
     /// With etcd: the user to authenticate as (needs --meta-password-file)
@@ -92,7 +93,7 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "TRELLIS_ADVERTISE_GRPC", value_name = "HOST:PORT")]
     pub(crate) advertise_grpc: Option<String>,
     /// Milliseconds this replica's lease outlives its last refresh: a dead replica's work moves
-    /// to another within about this (at least 1000) [default: 5000]
+    /// to another within about this (1000 to 3600000) [default: 5000]
     #[arg(long, env = "TRELLIS_LEASE_TTL_MS", value_name = "MS")]
     pub(crate) lease_ttl_ms: Option<u64>,
     /// Address of the HTTP API [default: 127.0.0.1:10105]
