@@ -64,9 +64,20 @@ async fn serve(mut settings: Settings) -> anyhow::Result<Stopped> {
 
     // Before the log opens, so what recovery counts reaches /metrics.
     trellis_runtime::install_metrics_recorder();
-    let meta = open_meta_store(&settings).await?;
+    // etcd before anything that logs, so that a failure to reach it is the one line printed.
+    let etcd = connect_etcd(&settings).await?;
     // The runtime sees the event store only as `Arc<dyn EventStore>`.
     let store = open_event_store(&settings).await?;
+    let meta = match etcd {
+        Some(etcd) => etcd,
+        None => {
+            let meta_path = data_dir.join("meta.redb");
+            let meta = EmbeddedStore::open(&meta_path).with_context(|| {
+                format!("cannot open the metadata store {}", meta_path.display())
+            })?;
+            Arc::new(meta)
+        }
+    };
 
     // Signal handlers exist before we say we listen, so a signal sent right after never hits the
     // default action (which would kill the process without a flush).
@@ -184,19 +195,14 @@ async fn open_event_store(settings: &Settings) -> anyhow::Result<Arc<dyn EventSt
     }
 }
 
-/// The configured metadata store. An unreachable etcd is an error here, like an unreachable
-/// NATS: a replica that cannot coordinate with the others never starts serving.
-async fn open_meta_store(settings: &Settings) -> anyhow::Result<Arc<dyn MetadataStore>> {
+/// The etcd metadata store, when configured (`None`: the embedded one). An unreachable etcd is
+/// an error here, like an unreachable NATS: a replica that cannot coordinate with the others
+/// never starts serving.
+async fn connect_etcd(settings: &Settings) -> anyhow::Result<Option<Arc<dyn MetadataStore>>> {
     match &settings.meta {
-        MetaBackend::Embedded => {
-            let meta_path = settings.data_dir.join("meta.redb");
-            let meta = EmbeddedStore::open(&meta_path).with_context(|| {
-                format!("cannot open the metadata store {}", meta_path.display())
-            })?;
-            Ok(Arc::new(meta))
-        }
+        MetaBackend::Embedded => Ok(None),
         MetaBackend::Etcd(etcd) => match EtcdStore::connect(etcd.options()).await {
-            Ok(store) => Ok(Arc::new(store)),
+            Ok(store) => Ok(Some(Arc::new(store))),
             Err(error) => {
                 let verb = match error {
                     MetaError::Unavailable(_) => "cannot reach",
