@@ -25,6 +25,9 @@ use crate::{
 
 /// How often the driver looks again without being woken (retries after store errors).
 const TICK: Duration = Duration::from_millis(250);
+/// How long a holder asked to hand a unit off may take to release it (finish in-flight work
+/// and commit) before its term is ended for it.
+const HANDOFF_GRACE: Duration = Duration::from_secs(60);
 /// How many takes and releases one driver step runs at once.
 const ACTIONS_AT_ONCE: usize = 16;
 /// The least time between two writes of the member key for load.
@@ -96,7 +99,8 @@ struct Slot {
     term: Arc<Term>,
     /// Given to an `acquire` caller as a `Claim`.
     handed_out: bool,
-    handoff_asked: bool,
+    /// When the holder was asked to hand the unit off.
+    handoff_asked: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -806,9 +810,24 @@ impl Inner {
                     // Lost at once, so no `acquire` hands it out while it is released.
                     slot.term.mark_lost();
                     actions.push(Action::Release(slot.term.clone()));
-                } else if elsewhere && !slot.handoff_asked {
-                    slot.handoff_asked = true;
-                    handoffs.push(slot.term.clone());
+                } else if elsewhere {
+                    match slot.handoff_asked {
+                        None => {
+                            slot.handoff_asked = Some(Instant::now());
+                            handoffs.push(slot.term.clone());
+                        }
+                        // A holder that never releases would keep the unit from its new
+                        // owner for ever; past the grace its term ends (its fence refuses).
+                        Some(asked) if asked.elapsed() > HANDOFF_GRACE => {
+                            tracing::warn!(
+                                message = "A handed-off unit was not released in time; ending its term.",
+                                unit = %unit,
+                            );
+                            slot.term.revoke(Revoked::Lost);
+                            actions.push(Action::Release(slot.term.clone()));
+                        }
+                        Some(_) => {}
+                    }
                 }
                 continue;
             }
@@ -853,7 +872,7 @@ impl Inner {
                 Slot {
                     term,
                     handed_out: false,
-                    handoff_asked: false,
+                    handoff_asked: None,
                 },
             );
         }
@@ -904,7 +923,7 @@ impl Inner {
                         Slot {
                             term,
                             handed_out: false,
-                            handoff_asked: false,
+                            handoff_asked: None,
                         },
                     );
                     if state
