@@ -149,3 +149,18 @@ impl Member {
 fn unit_names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("subscription/s{i:02}")).collect()
 }
+
+/// The runtime moves these across tasks: they must be Send and Sync, and so must `acquire`.
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Cluster>();
+    send_sync::<Unit>();
+    send_sync::<Claim>();
+    send_sync::<Fence>();
+    let _ = |mut unit: Unit| {
+        let acquire = async move { unit.acquire().await };
+        send(&acquire);
+    };
+}
