@@ -367,9 +367,11 @@ impl Inner {
         })
     }
 
-    /// The margin kept below `held_until`: a fifth of the TTL, at least 500 ms.
+    /// The margin kept below `held_until`: a fifth of the TTL, at least 500 ms, but at most a
+    /// third of it: the keeper refreshes every third, and a larger margin would make health
+    /// flap at a 1 s TTL on any refresh a little late.
     fn margin(ttl: Duration) -> Duration {
-        (ttl / 5).max(Duration::from_millis(500))
+        (ttl / 5).max(Duration::from_millis(500)).min(ttl / 3)
     }
 
     /// Whether the current lease (and, if given, it is that lease) is provably alive now.
