@@ -229,14 +229,16 @@ impl ConnectorRegistry {
         let mut entries = self.entries.lock().await;
         let entry = find_mut(&mut entries, name)?;
         stop(entry.run.take()).await;
-        if entry.spec.failed.is_some() {
+        let mut spec = entry.spec.clone();
+        spec.restarts += 1;
+        if spec.failed.is_some() {
             // A restart is how Kafka Connect starts a failed connector again.
-            let mut spec = entry.spec.clone();
             spec.paused = false;
             spec.failed = None;
-            self.store(&spec).await?;
-            entry.spec = spec;
         }
+        // Stored even when nothing else changed: the replica that runs it may be another.
+        self.store(&spec).await?;
+        entry.spec = spec;
         if !entry.spec.paused {
             self.start(entry);
         }
