@@ -335,6 +335,14 @@ impl ConnectorRegistry {
                     let entry = self.entries.lock().await.remove(name);
                     if let Some(entry) = entry {
                         stop(entry.run).await;
+                        // If this replica ran it, its last commit came after the deleting
+                        // replica forgot the offsets: forget them again, unless the name was
+                        // taken anew meanwhile.
+                        if let Ok(None) = self.env.meta.get(&key).await
+                            && let Err(error) = self.forget_offsets(name).await
+                        {
+                            tracing::warn!(message = "Forgetting a deleted connector's offsets failed.", connector = name, error = %error.message);
+                        }
                     }
                 }
             }
