@@ -615,11 +615,15 @@ impl Coordinator {
             )),
             (None, true) => None,
         };
-        let stats = spec.topic.info().await.map_err(|error| {
-            Status::unavailable(format!(
+        let stats = spec.topic.info().await.map_err(|error| match error {
+            // Deleted since the member joined: the group ends, as a reading coordinator's would.
+            StorageError::NoSuchTopic(_) => {
+                Status::not_found(format!("topic {:?} was deleted", spec.topic.name()))
+            }
+            error => Status::unavailable(format!(
                 "reading the topic's state failed: {}",
                 error_chain(&error)
-            ))
+            )),
         })?;
         let stored = match &offset_key {
             Some(key) => stored_offset(meta.as_ref(), key).await?,
