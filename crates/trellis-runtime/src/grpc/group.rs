@@ -160,11 +160,12 @@ pub(super) enum SlotState {
     Ended(Status),
 }
 
-/// The channels of a coordinator running on this replica.
+/// The channels of a coordinator running on this replica, and its term's fence.
 #[derive(Clone)]
 pub(super) struct Local {
     control: mpsc::UnboundedSender<Control>,
     acks: mpsc::Sender<Ack>,
+    fence: Option<Fence>,
 }
 
 struct Entry {
@@ -225,9 +226,23 @@ pub(crate) struct Membership {
     acks: mpsc::Sender<Ack>,
     /// To end the member's stream with a status of the member's own making.
     deliveries: Deliveries,
+    fence: Option<Fence>,
 }
 
 impl Membership {
+    /// Whether deliveries the coordinator queued for this member may still go out: false once
+    /// the replica can no longer prove it owns the group (resumed after a freeze past its
+    /// lease, say), so not even what was queued before goes.
+    pub(super) fn may_deliver(&self) -> bool {
+        self.fence.as_ref().is_none_or(Fence::holds)
+    }
+
+    /// [`Membership::may_deliver`], apart from the membership.
+    pub(super) fn holder(&self) -> impl Fn() -> bool + Send + 'static {
+        let fence = self.fence.clone();
+        move || fence.as_ref().is_none_or(Fence::holds)
+    }
+
     /// Ends the member's stream with `status` (the member leaves when this is dropped).
     pub(crate) fn refuse(&self, status: Status) {
         let _ = self.deliveries.try_send(Err(status));
@@ -275,6 +290,7 @@ impl Local {
                 control: self.control.clone(),
                 acks: self.acks.clone(),
                 deliveries,
+                fence: self.fence.clone(),
             },
             receiver,
         ))
@@ -328,6 +344,12 @@ impl GroupRegistry {
     pub(crate) async fn shutdown(&self) {
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// Runs a member's task (a session, or the acks of a member joined here) among the tasks
+    /// `shutdown` waits for: what it holds (the metadata store among it) is gone by then.
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
     }
 
     /// A fresh member id, unique on this replica.
@@ -606,6 +628,7 @@ impl Coordinator {
         meta: Arc<dyn MetadataStore>,
         fence: Option<Fence>,
     ) -> Result<(Coordinator, Local), Status> {
+        let term = fence.clone();
         let offset_key = match (&spec.member, spec.broadcast) {
             (_, false) => Some(group_offset_key(spec.topic.name(), &spec.group, None)),
             (Some(member), true) => Some(group_offset_key(
@@ -698,6 +721,7 @@ impl Coordinator {
             Local {
                 control: control_tx,
                 acks: acks_tx,
+                fence: term,
             },
         ))
     }

@@ -23,8 +23,8 @@ use trellis_proto::v1::{
     self, SubscribeRequest, SubscribeResponse, subscribe_request, subscribe_response,
 };
 
-use super::group::{Attachment, Local, MemberStream, Membership, SlotState};
-use super::{GrpcService, shutting_down};
+use super::group::{Attachment, Local, MemberStream, Membership, SlotState, moved};
+use super::{BoxStream, GrpcService, shutting_down};
 
 /// The metadata header of a stream one replica opens to another for one of its members.
 pub(crate) const RELAY_HEADER: &str = "trellis-relayed-by";
@@ -53,6 +53,8 @@ const RETRY_MAX: Duration = Duration::from_secs(1);
 /// How long a member that left cleanly waits for the owner to end the relayed stream, so its
 /// last acks are taken before the stream is cut.
 const LEAVE_GRACE: Duration = Duration::from_secs(5);
+/// How long the closing status of a client's stream may wait for room in it.
+const FINISH_GRACE: Duration = Duration::from_secs(1);
 /// Refusals the owner gives a relayed subscription (a topic it does not know yet, say) before
 /// the session passes them to its client: replicas learn of topics within moments.
 const REFUSALS_BEFORE_PASSING_ON: u32 = 5;
@@ -150,7 +152,7 @@ impl Session {
                         .min(RETRY_MAX);
                     tokio::select! {
                         () = self.service.shutdown.cancelled() => {
-                            let _ = self.out.send(Err(shutting_down())).await;
+                            self.finish(shutting_down()).await;
                             return;
                         }
                         () = tokio::time::sleep(wait) => {}
@@ -171,7 +173,7 @@ impl Session {
             match current {
                 SlotState::Running(local) => return Some(Target::Local(local)),
                 SlotState::Ended(status) => {
-                    let _ = self.out.send(Err(status)).await;
+                    self.finish(status).await;
                     return None;
                 }
                 SlotState::Elsewhere => {}
@@ -194,7 +196,7 @@ impl Session {
             }
             tokio::select! {
                 () = self.service.shutdown.cancelled() => {
-                    let _ = self.out.send(Err(shutting_down())).await;
+                    self.finish(shutting_down()).await;
                     return None;
                 }
                 () = changed(&mut state) => {}
@@ -224,7 +226,7 @@ impl Session {
         loop {
             tokio::select! {
                 () = self.service.shutdown.cancelled() => {
-                    let _ = self.out.send(Err(shutting_down())).await;
+                    self.finish(shutting_down()).await;
                     return Step::Done;
                 }
                 message = next_from_client(&mut self.inbound) => match message {
@@ -242,6 +244,7 @@ impl Session {
                     }
                 },
                 response = stream.recv() => match response {
+                    Some(Ok(_)) if !membership.may_deliver() => return Step::Again { got_any },
                     Some(Ok(response)) => {
                         got_any = true;
                         if !self.forward(response).await {
@@ -288,7 +291,7 @@ impl Session {
         let mut owner_watch = self.attachment.slot.owner.clone();
         let opened = tokio::select! {
             () = self.service.shutdown.cancelled() => {
-                let _ = self.out.send(Err(shutting_down())).await;
+                self.finish(shutting_down()).await;
                 return Step::Done;
             }
             () = moved_from(&mut owner_watch, owner) => return Step::Again { got_any: false },
@@ -300,7 +303,7 @@ impl Session {
                 if is_permanent(status.code()) {
                     *refusals += 1;
                     if *refusals >= REFUSALS_BEFORE_PASSING_ON {
-                        let _ = self.out.send(Err(status)).await;
+                        self.finish(status).await;
                         return Step::Done;
                     }
                 }
@@ -314,7 +317,7 @@ impl Session {
         loop {
             tokio::select! {
                 () = self.service.shutdown.cancelled() => {
-                    let _ = self.out.send(Err(shutting_down())).await;
+                    self.finish(shutting_down()).await;
                     return Step::Done;
                 }
                 // The owner it reached lost the group (a frozen or cut-off one may never say).
@@ -360,18 +363,19 @@ impl Session {
     /// group's owner again, any other ends the client's stream with it.
     async fn ended_with(&mut self, status: Status, got_any: bool) -> Step {
         if self.service.shutdown.is_cancelled() {
-            let _ = self.out.send(Err(shutting_down())).await;
+            self.finish(shutting_down()).await;
             return Step::Done;
         }
         if is_permanent(status.code()) {
-            let _ = self.out.send(Err(status)).await;
+            self.finish(status).await;
             return Step::Done;
         }
         tracing::debug!(message = "A consumer-group member moves on.", %status);
         Step::Again { got_any }
     }
 
-    /// Passes a response to the client; the first `Subscribed` only. False: the client left.
+    /// Passes a response to the client; the first `Subscribed` only. False: the client left,
+    /// or Trellis shuts down while the client reads nothing.
     async fn forward(&mut self, response: SubscribeResponse) -> bool {
         if let Some(subscribe_response::Response::Subscribed(_)) = &response.response {
             if self.subscribed {
@@ -379,16 +383,22 @@ impl Session {
             }
             self.subscribed = true;
         }
-        self.out.send(Ok(response)).await.is_ok()
+        tokio::select! {
+            sent = self.out.send(Ok(response)) => sent.is_ok(),
+            () = self.service.shutdown.cancelled() => false,
+        }
+    }
+
+    /// Ends the client's stream with `status`, unless the client reads nothing for a while.
+    async fn finish(&mut self, status: Status) {
+        let _ = tokio::time::timeout(FINISH_GRACE, self.out.send(Err(status))).await;
     }
 
     async fn refuse_second_request(&mut self) {
-        let _ = self
-            .out
-            .send(Err(Status::invalid_argument(
-                "after the first request a Subscribe stream takes only `ack`s",
-            )))
-            .await;
+        self.finish(Status::invalid_argument(
+            "after the first request a Subscribe stream takes only `ack`s",
+        ))
+        .await;
     }
 }
 
@@ -438,16 +448,18 @@ async fn moved_from(owner: &mut watch::Receiver<Option<String>>, from: &str) {
 }
 
 /// A member's stream served from this replica's own coordinator (a relayed member, or an
-/// unnamed broadcast member): acks are passed on until the client's requests end.
+/// unnamed broadcast member): acks are passed on until the client's requests end. Once the
+/// replica no longer holds the group, what was queued is not sent: the stream ends.
 pub(super) fn serve_joined(
     service: &GrpcService,
     attachment: Attachment,
     membership: Membership,
     deliveries: MemberStream,
     mut inbound: Streaming<SubscribeRequest>,
-) -> ReceiverStream<Result<SubscribeResponse, Status>> {
+) -> BoxStream<SubscribeResponse> {
     let shutdown = service.shutdown.clone();
-    tokio::spawn(async move {
+    let held = membership.holder();
+    service.groups.spawn(async move {
         loop {
             let next = tokio::select! {
                 next = next_from_client(&mut inbound) => next,
@@ -473,5 +485,17 @@ pub(super) fn serve_joined(
         drop(membership);
         drop(attachment);
     });
-    ReceiverStream::new(deliveries)
+    Box::pin(futures::stream::unfold(
+        (deliveries, held, false),
+        |(mut deliveries, held, ended)| async move {
+            if ended {
+                return None;
+            }
+            let next = deliveries.recv().await?;
+            if next.is_ok() && !held() {
+                return Some((Err(moved()), (deliveries, held, true)));
+            }
+            Some((next, (deliveries, held, false)))
+        },
+    ))
 }

@@ -93,13 +93,15 @@ pub(super) async fn subscribe(
     };
     if spec.broadcast && spec.member.is_none() {
         let (attachment, membership, deliveries) = service.groups.join_private(spec).await?;
-        let stream = serve_joined(&service, attachment, membership, deliveries, inbound);
-        return Ok(Box::pin(stream));
+        return Ok(serve_joined(
+            &service, attachment, membership, deliveries, inbound,
+        ));
     }
     if relayed {
         let (attachment, membership, deliveries) = service.groups.join_relayed(&spec)?;
-        let stream = serve_joined(&service, attachment, membership, deliveries, inbound);
-        return Ok(Box::pin(stream));
+        return Ok(serve_joined(
+            &service, attachment, membership, deliveries, inbound,
+        ));
     }
     let attachment = service.groups.attach(&spec);
     // Room for every delivery of a full window, `Subscribed` and a closing status.
@@ -114,7 +116,7 @@ pub(super) async fn subscribe(
         out,
         subscribed: false,
     };
-    tokio::spawn(session.run());
+    service.groups.spawn(session.run());
     Ok(Box::pin(ReceiverStream::new(deliveries)))
 }
 
