@@ -537,3 +537,105 @@ async fn a_groups_members_on_the_other_replica_keep_receiving_when_its_owner_die
     drop(on_b);
     b.stop().await;
 }
+
+#[tokio::test]
+async fn a_relayed_subscription_is_never_relayed_again() {
+    let Some((_site, _meta, a, b)) = two_replicas().await else {
+        return;
+    };
+    let group = member_of("norelay", "g", GroupMode::Clustering);
+    let _on_a = join(&a, group.clone()).await;
+    assert_eq!(
+        owners_of(&a, "group/norelay/g").await,
+        vec![self_id(&a).await]
+    );
+    // As another replica would relay it, but to one that does not run the group.
+    let (requests, outgoing) = tokio::sync::mpsc::channel(1);
+    requests
+        .send(trellis_proto::v1::SubscribeRequest {
+            request: Some(trellis_proto::v1::subscribe_request::Request::Subscription(
+                group,
+            )),
+        })
+        .await
+        .expect("send");
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
+    request
+        .metadata_mut()
+        .insert("trellis-relayed-by", "elsewhere".parse().expect("ascii"));
+    let status = tokio::time::timeout(PATIENCE, b.grpc_client().await.subscribe(request))
+        .await
+        .expect("an answer in time")
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    drop(requests);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_group_whose_ownership_is_lost_starts_again_from_its_committed_offset() {
+    let Some((_site, meta, a, b)) = two_replicas().await else {
+        return;
+    };
+    let group = member_of("revoked", "g", GroupMode::Clustering);
+    let mut on_a = join(
+        &a,
+        Subscription {
+            max_unacked: 100,
+            ..group.clone()
+        },
+    )
+    .await;
+    let mut on_b = join(
+        &b,
+        Subscription {
+            max_unacked: 1,
+            ..group
+        },
+    )
+    .await;
+    assert_eq!(
+        owners_of(&a, "group/revoked/g").await,
+        vec![self_id(&a).await]
+    );
+    publish_ids(&a, "revoked", 0..4).await;
+    let mut offsets = BTreeSet::new();
+    for _ in 0..4 {
+        offsets.insert(on_a.delivery().await.offset);
+    }
+    assert_eq!(offsets, (0..4).collect::<BTreeSet<_>>());
+    on_a.ack(vec![0, 1]).await;
+    eventually("the commit of the acked events", async || {
+        (committed(meta.as_ref(), "/groups/revoked/g").await == Some(2)).then_some(())
+    })
+    .await;
+
+    // The ownership key goes from under the owner (as when its lease ended unseen): its term
+    // is over; whichever replica takes the group next starts from the committed offset.
+    let owner_key = "/cluster/owners/group/revoked/g";
+    assert!(meta.delete(owner_key).await.expect("delete"));
+    let mut again = BTreeSet::new();
+    while again.len() < 2 {
+        let (delivery, by) = tokio::select! {
+            delivery = on_a.delivery() => (delivery, &on_a),
+            delivery = on_b.delivery() => (delivery, &on_b),
+        };
+        assert!(
+            delivery.offset >= 2,
+            "an acked and committed event came again: {delivery:?}"
+        );
+        assert_eq!(delivery.attempt, 1, "a new term: {delivery:?}");
+        again.insert(delivery.offset);
+        by.ack(vec![delivery.offset]).await;
+    }
+    assert_eq!(again, BTreeSet::from([2, 3]));
+    eventually("the new owner's commit", async || {
+        (committed(meta.as_ref(), "/groups/revoked/g").await == Some(4)).then_some(())
+    })
+    .await;
+    assert_eq!(owners_of(&a, "group/revoked/g").await.len(), 1);
+    drop((on_a, on_b));
+    a.stop().await;
+    b.stop().await;
+}
