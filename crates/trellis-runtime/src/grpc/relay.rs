@@ -128,6 +128,8 @@ pub(super) struct Session {
 impl Session {
     pub(super) async fn run(mut self) {
         let mut failures: u32 = 0;
+        // Permanent refusals by owners in a row (reset once a stream delivered anything).
+        let mut refusals: u32 = 0;
         loop {
             let Some(target) = self.resolve().await else {
                 return;
@@ -137,7 +139,7 @@ impl Session {
                 Target::Remote { owner, address } => {
                     let relays = metrics::gauge!(GROUP_RELAYS);
                     relays.increment(1.0);
-                    let step = self.pump_remote(&owner, &address, &mut failures).await;
+                    let step = self.pump_remote(&owner, &address, &mut refusals).await;
                     relays.decrement(1.0);
                     step
                 }
@@ -146,7 +148,11 @@ impl Session {
                 Step::Done => return,
                 Step::Again { got_any } => {
                     metrics::counter!(GROUP_RELAY_RECONNECTS).increment(1);
-                    failures = if got_any { 0 } else { failures + 1 };
+                    if got_any {
+                        (failures, refusals) = (0, 0);
+                    } else {
+                        failures += 1;
+                    }
                     let wait = RETRY_MIN
                         .saturating_mul(1 << failures.min(5))
                         .min(RETRY_MAX);
@@ -327,8 +333,12 @@ impl Session {
                         let ack = SubscribeRequest {
                             request: Some(subscribe_request::Request::Ack(v1::Ack { offsets })),
                         };
-                        if requests.send(ack).await.is_err() {
-                            return Step::Again { got_any };
+                        // An owner that reads nothing (frozen) must not hold the session.
+                        tokio::select! {
+                            sent = requests.send(ack) => if sent.is_err() {
+                                return Step::Again { got_any };
+                            },
+                            () = moved_from(&mut owner_watch, owner) => return Step::Again { got_any },
                         }
                     }
                     FromClient::Gone => {
