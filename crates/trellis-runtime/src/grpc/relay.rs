@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status, Streaming};
+use trellis_cluster::MemberInfo;
 use trellis_proto::v1::trellis_client::TrellisClient;
 use trellis_proto::v1::{
     self, SubscribeRequest, SubscribeResponse, subscribe_request, subscribe_response,
@@ -66,7 +67,9 @@ pub(crate) struct Upstreams {
 }
 
 impl Upstreams {
-    fn channel(&self, address: &str) -> Result<Channel, String> {
+    /// The channel to `address`; a new one drops those to addresses no live member has (a
+    /// replica restarted elsewhere), so the cache stays as small as the cluster.
+    fn channel(&self, address: &str, live: &[MemberInfo]) -> Result<Channel, String> {
         let mut channels = self
             .channels
             .lock()
@@ -74,6 +77,10 @@ impl Upstreams {
         if let Some(channel) = channels.get(address) {
             return Ok(channel.clone());
         }
+        channels.retain(|known, _| {
+            live.iter()
+                .any(|member| member.grpc.as_deref() == Some(known.as_str()))
+        });
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|error| format!("{address}: {error}"))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -266,7 +273,8 @@ impl Session {
 
     /// Relayed to the replica `owner` at `address`.
     async fn pump_remote(&mut self, owner: &str, address: &str, refusals: &mut u32) -> Step {
-        let channel = match self.service.groups.upstreams.channel(address) {
+        let live = self.service.groups.cluster.members();
+        let channel = match self.service.groups.upstreams.channel(address, &live) {
             Ok(channel) => channel,
             Err(error) => {
                 tracing::warn!(message = "A replica's gRPC address is unusable.", %error);
