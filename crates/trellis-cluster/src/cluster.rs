@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures::StreamExt;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use trellis_meta::{
     CasOutcome, GuardedOutcome, GuardedPut, KeyValue, LeaseId, LeaseKeeper, LeaseStatus, MetaError,
     MetadataStore, Range, WatchEvent,
@@ -72,6 +73,9 @@ pub(crate) struct Inner {
     health_wake: Notify,
     health: watch::Sender<bool>,
     shutdown: CancellationToken,
+    /// The watches, the driver and the health monitor: `leave` waits for them, so nothing of
+    /// the cluster holds the store once it returns (an embedded store can then be reopened).
+    tasks: TaskTracker,
 }
 
 /// The current lease and the keeper refreshing it.
@@ -139,6 +143,9 @@ enum Action {
     Release(Arc<Term>),
 }
 
+/// How long `leave` waits for the background tasks to end.
+const LEAVE_WAIT: Duration = Duration::from_secs(2);
+
 impl Cluster {
     /// Grants the lease, registers the member key, reads the members and the ownership keys,
     /// and starts the keeper, the watches and the driver. Errors (store unreachable) are
@@ -167,6 +174,7 @@ impl Cluster {
             health_wake: Notify::new(),
             health,
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
         let lease = inner.register().await?;
         let members = store.range(MEMBERS_PREFIX).await;
@@ -185,10 +193,14 @@ impl Cluster {
             inner.apply_owners_snapshot(&mut state, &owners);
         }
         inner.check_health();
-        tokio::spawn(follow(inner.clone(), Followed::Members, Some(members)));
-        tokio::spawn(follow(inner.clone(), Followed::Owners, Some(owners)));
-        tokio::spawn(drive(inner.clone()));
-        tokio::spawn(monitor_health(inner.clone()));
+        inner
+            .tasks
+            .spawn(follow(inner.clone(), Followed::Members, Some(members)));
+        inner
+            .tasks
+            .spawn(follow(inner.clone(), Followed::Owners, Some(owners)));
+        inner.tasks.spawn(drive(inner.clone()));
+        inner.tasks.spawn(monitor_health(inner.clone()));
         tracing::info!(
             message = "Joined the cluster.",
             member = %inner.settings.member_id,
@@ -307,9 +319,21 @@ impl Cluster {
             );
         }
         self.inner.shutdown.cancel();
-        self.inner.lock().lease = None;
+        let lease = self.inner.lock().lease.take();
         self.inner.check_health();
         self.inner.publish_owned();
+        if let Some(lease) = lease {
+            lease.keeper.stop().await;
+        }
+        self.inner.tasks.close();
+        if tokio::time::timeout(LEAVE_WAIT, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                message = "The cluster's background tasks did not end in time at leave."
+            );
+        }
         tracing::info!(message = "Left the cluster.", member = %self.inner.settings.member_id);
     }
 }

@@ -82,6 +82,12 @@ impl LeaseKeeper {
             .is_some_and(|until| Instant::now() < until)
     }
 
+    /// Stops refreshing and waits until the refresh task has ended (and let go of the store).
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
+    }
+
     /// Follows the status as it changes, e.g. to stop work the moment the lease is lost.
     pub fn subscribe(&self) -> watch::Receiver<LeaseStatus> {
         self.status.clone()
