@@ -1,0 +1,150 @@
+//! The owner is frozen (SIGSTOP) past its lease TTL while it has deliveries in flight, another
+//! replica takes over, and then the frozen one is resumed (SIGCONT). A replica that wakes up
+//! believing it still owns the subscription would, at once, end its in-flight deliveries, commit
+//! their offsets and send the next events. It must do none of that: the receiver, which knows
+//! which process sent what, sees no request from it after the thaw, and etcd's history of the
+//! offset key shows no commit of it.
+//!
+//! How the history proves it: before the thaw the successor has delivered and committed every
+//! event (the topic's end), and nothing more is published, so no legitimate commit is left to
+//! make. A commit by the woken replica would write the offset it had reached when frozen, which
+//! is below the end (publishing went on under the successor). So after the thaw the key must
+//! either stay untouched or only be written with the end again, and over the whole takeover
+//! the committed offsets must never go back.
+
+use std::time::{Duration, Instant};
+
+use trellis_meta::WatchEvent;
+
+use super::failover::wait_for;
+use super::harness::{Cluster, LEASE_TTL, PATIENCE, offset_of, wait_delivered};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_frozen_owner_wakes_without_delivering_or_committing() {
+    let Some(mut cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let hook = cluster.hook().await;
+    // Slow answers keep deliveries in flight when the owner freezes: their answers reach it
+    // only after it wakes.
+    hook.set_delay(Duration::from_millis(300));
+    cluster
+        .subscribe(0, "ledger", "orders", &hook.url("/ledger"))
+        .await;
+    let owner_id = cluster.owner_when("subscription/ledger", |_| true).await;
+    let owner = cluster.replica_of_member(&owner_id).expect("one of ours");
+    let owner_pid = cluster.pid(owner);
+    let load = cluster.load("orders", "order", Duration::from_millis(10));
+    assert!(
+        wait_for(|| {
+            hook.deliveries_to("/ledger")
+                .iter()
+                .filter(|delivery| delivery.pid == Some(owner_pid))
+                .count()
+                >= 50
+        })
+        .await,
+        "the owner delivers; logs:\n{}",
+        cluster.logs(owner)
+    );
+    let (_, old_term) = cluster
+        .owner_key("subscription/ledger")
+        .await
+        .expect("an ownership key");
+
+    cluster.freeze(owner);
+    let frozen_at = Instant::now();
+    // Another replica takes over once the frozen one's lease ends.
+    let successor_id = cluster
+        .owner_when("subscription/ledger", |member| member != owner_id)
+        .await;
+    let successor = cluster
+        .replica_of_member(&successor_id)
+        .expect("one of ours");
+    eprintln!(
+        "the successor owns the subscription {:?} after the freeze (TTL {LEASE_TTL:?})",
+        frozen_at.elapsed()
+    );
+    load.wait_for(100).await;
+    let acked = load.stop().await;
+    hook.set_delay(Duration::ZERO);
+    let missing = wait_delivered(&hook, "/ledger", &acked).await;
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events never delivered, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    let end = cluster.next_offset("orders").await;
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.committed("/offsets/ledger").await != Some(end) {
+        assert!(
+            Instant::now() < deadline,
+            "the successor commits the end {end}; logs:\n{}",
+            cluster.logs(successor)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let quiet = cluster.revision().await;
+    let delivered_before_thaw = hook.deliveries_to("/ledger").len();
+
+    cluster.thaw(owner);
+    let thawed_at = Instant::now();
+    // The woken replica finds its lease gone, joins again as a healthy member, and may even be
+    // handed the subscription back in a new term: by then there is nothing left to deliver.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let view = cluster.view(owner).await;
+        if view["healthy"] == true {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the woken replica becomes healthy again: {view}; logs:\n{}",
+            cluster.logs(owner)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Time for whatever it would wrongly do once it runs again.
+    tokio::time::sleep(LEASE_TTL).await;
+
+    let after_thaw: Vec<_> = hook
+        .deliveries_to("/ledger")
+        .into_iter()
+        .filter(|delivery| delivery.pid == Some(owner_pid) && delivery.at > thawed_at)
+        .collect();
+    assert!(
+        after_thaw.is_empty(),
+        "the woken replica sent {} deliveries after the thaw, e.g. {:?}",
+        after_thaw.len(),
+        &after_thaw[..after_thaw.len().min(5)]
+    );
+    assert_eq!(
+        hook.deliveries_to("/ledger").len(),
+        delivered_before_thaw,
+        "nothing was left to deliver after the thaw"
+    );
+
+    let since_quiet = offsets(&cluster.history("/offsets/ledger", quiet + 1).await);
+    assert!(
+        since_quiet.iter().all(|&offset| offset == end),
+        "offsets committed after the thaw: {since_quiet:?} (the end is {end}); a lower one is the \
+         woken replica's"
+    );
+    let since_takeover = offsets(&cluster.history("/offsets/ledger", old_term).await);
+    assert!(
+        since_takeover.windows(2).all(|pair| pair[0] <= pair[1]),
+        "the committed offset went back during the takeover: {since_takeover:?}"
+    );
+}
+
+/// The offsets written by the puts among `events`.
+fn offsets(events: &[WatchEvent]) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|event| match event {
+            WatchEvent::Put(kv) => offset_of(&kv.value),
+            WatchEvent::Delete { .. } => None,
+        })
+        .collect()
+}

@@ -1,0 +1,140 @@
+//! One consumer group with members on two replicas; the replica that owns the group dies
+//! (SIGKILL). Both members keep receiving (the one whose replica died fails over to the third
+//! replica through its endpoint list), every event is acked in the end, the events a member held
+//! unacked are delivered again, and etcd's history of the group's offset shows each commit once:
+//! it never goes back, and nothing committed before the death is delivered after it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use super::failover::{committed_before, wait_for};
+use super::harness::{Cluster, PATIENCE, offset_of};
+use super::member::Member;
+use trellis_meta::WatchEvent;
+
+/// The events the first member leaves unacked until the owner dies.
+fn every_fifth(offset: u64) -> bool {
+    offset.is_multiple_of(5)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_group_survives_the_death_of_its_owner() {
+    let Some(mut cluster) = Cluster::start(3).await else {
+        return;
+    };
+    let (a, b, c) = (cluster.grpc(0), cluster.grpc(1), cluster.grpc(2));
+    let holder = Member::join(vec![a, c.clone()], "orders", "billing", every_fifth);
+    let other = Member::join(vec![b, c], "orders", "billing", super::member::ack_all);
+    let load = cluster.load("orders", "order", Duration::from_millis(10));
+    // Both members get events, whichever replica owns the group.
+    assert!(
+        wait_for(|| holder.got().len() >= 20 && other.got().len() >= 20).await,
+        "both members receive: {} and {}",
+        holder.got().len(),
+        other.got().len()
+    );
+    let owner_id = cluster.owner_when("group/orders/billing", |_| true).await;
+    let owner = cluster.replica_of_member(&owner_id).expect("one of ours");
+    assert!(
+        owner < 2,
+        "a replica with members owns the group, not {owner_id}"
+    );
+    let (_, old_term) = cluster
+        .owner_key("group/orders/billing")
+        .await
+        .expect("an ownership key");
+
+    let killed_at = Instant::now();
+    cluster.kill(owner);
+    holder.release();
+    load.wait_for(200).await;
+    let acked = load.stop().await;
+    let all: HashSet<&str> = acked.iter().map(|event| event.id.as_str()).collect();
+
+    // Every acknowledged event gets acked by a member.
+    let settled = wait_for(|| {
+        let mut done = holder.got();
+        done.extend(other.got());
+        let done: HashSet<String> = done
+            .into_iter()
+            .filter(|got| got.acked)
+            .map(|got| got.id)
+            .collect();
+        all.iter().all(|id| done.contains(*id))
+    })
+    .await;
+    let held = holder.got();
+    let others = other.got();
+    assert!(
+        settled,
+        "every acknowledged event is acked by a member in the end"
+    );
+    for (name, got) in [("the holder", &held), ("the other", &others)] {
+        assert!(
+            got.iter().any(|got| got.at > killed_at),
+            "{name} keeps receiving after the owner's death"
+        );
+    }
+    // Held events come again.
+    let held_back: BTreeSet<u64> = held
+        .iter()
+        .filter(|got| !got.acked)
+        .map(|got| got.offset)
+        .collect();
+    assert!(!held_back.is_empty(), "the holder held some events");
+    let again: BTreeSet<u64> = held
+        .iter()
+        .chain(&others)
+        .filter(|got| got.at > killed_at && got.acked)
+        .map(|got| got.offset)
+        .collect();
+    let never_again: Vec<&u64> = held_back.difference(&again).collect();
+    assert!(
+        never_again.is_empty(),
+        "events held unacked and never delivered again: {never_again:?}"
+    );
+
+    // The group's committed offset reaches the end, and never goes back.
+    let end = cluster.next_offset("orders").await;
+    let deadline = Instant::now() + PATIENCE;
+    while cluster.committed("/groups/orders/billing").await != Some(end) {
+        assert!(
+            Instant::now() < deadline,
+            "the group commits the end {end}: {:?}",
+            cluster.committed("/groups/orders/billing").await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (new_id, new_term) = cluster
+        .owner_key("group/orders/billing")
+        .await
+        .expect("an ownership key");
+    assert_ne!(new_id, owner_id, "another replica owns the group");
+    let history = cluster.history("/groups/orders/billing", 1).await;
+    let commits: Vec<u64> = history
+        .iter()
+        .filter_map(|event| match event {
+            WatchEvent::Put(kv) => offset_of(&kv.value),
+            WatchEvent::Delete { .. } => None,
+        })
+        .collect();
+    assert!(
+        commits.windows(2).all(|pair| pair[0] <= pair[1]),
+        "the group's committed offset went back: {commits:?}"
+    );
+    let committed_by_dead = committed_before(&history, new_term);
+    assert!(old_term < new_term);
+    let recommitted: Vec<u64> = held
+        .iter()
+        .chain(&others)
+        .filter(|got| got.at > killed_at && got.offset < committed_by_dead)
+        .map(|got| got.offset)
+        .collect();
+    assert!(
+        recommitted.is_empty(),
+        "events committed before the owner's death (below {committed_by_dead}) delivered again: \
+         {recommitted:?}"
+    );
+    holder.leave().await;
+    other.leave().await;
+}
