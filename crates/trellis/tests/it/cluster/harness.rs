@@ -620,3 +620,55 @@ pub(crate) async fn wait_delivered<'a>(
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// The harness's etcd readers on a cluster without replicas: a key's history from a revision,
+/// the committed offset it holds, and an ownership key with its revision.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_etcd_readers_see_what_was_written() {
+    let Some(cluster) = Cluster::start(0).await else {
+        return;
+    };
+    let mut revisions = Vec::new();
+    for offset in [3, 7, 9] {
+        let value = json!({"offset": offset, "incarnation": "i"}).to_string();
+        revisions.push(
+            cluster
+                .store
+                .put("/offsets/audit", value.into())
+                .await
+                .expect("put"),
+        );
+        // A neighbour under the same prefix is not part of the key's history.
+        cluster
+            .store
+            .put("/offsets/audit2", "{}".into())
+            .await
+            .expect("put");
+    }
+    let history = cluster.history("/offsets/audit", revisions[1]).await;
+    let offsets: Vec<Option<u64>> = history
+        .iter()
+        .map(|event| match event {
+            WatchEvent::Put(kv) => offset_of(&kv.value),
+            WatchEvent::Delete { .. } => None,
+        })
+        .collect();
+    assert_eq!(offsets, [Some(7), Some(9)]);
+    assert_eq!(cluster.committed("/offsets/audit").await, Some(9));
+    assert_eq!(cluster.committed("/offsets/none").await, None);
+
+    let owned = cluster
+        .store
+        .put(
+            "/cluster/owners/subscription/audit",
+            r#"{"member":"r0-0"}"#.into(),
+        )
+        .await
+        .expect("put");
+    assert_eq!(
+        cluster.owner_key("subscription/audit").await,
+        Some(("r0-0".to_owned(), owned))
+    );
+    assert_eq!(cluster.owner_key("subscription/other").await, None);
+    assert!(cluster.revision().await >= owned);
+}
