@@ -485,6 +485,8 @@ pub(crate) fn offset_of(value: &[u8]) -> Option<u64> {
 pub(crate) struct Acked {
     pub(crate) id: String,
     pub(crate) offset: u64,
+    /// When the acknowledgement came.
+    pub(crate) at: Instant,
 }
 
 /// Events published one at a time, every `pace`, to one topic through the live replicas in
@@ -578,6 +580,7 @@ async fn publish_loop(
                 lock(&acked).push(Acked {
                     id: id.clone(),
                     offset,
+                    at: Instant::now(),
                 });
                 break;
             }
