@@ -22,6 +22,7 @@ mod config;
 mod connectors;
 mod error;
 mod event_store;
+mod follow;
 mod grpc;
 mod http;
 mod metrics;

@@ -142,6 +142,52 @@ pub async fn serve_with_grpc(
         shutdown.child_token(),
     ));
     tasks.spawn(metrics_upkeep(metrics, shutdown.child_token()));
+    // What other replicas change reaches this one's registries (and this one's own changes
+    // come back, finding nothing to do). Stopped with `shutdown`, before the registries stop.
+    {
+        let topics = state.topics.clone();
+        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
+        tasks.spawn(async move {
+            let from = topics.loaded_at();
+            crate::follow::follow(
+                meta.as_ref(),
+                TopicRegistry::PREFIX,
+                from,
+                &stop,
+                |change| {
+                    let topics = topics.clone();
+                    Box::pin(async move { topics.apply(change).await })
+                },
+            )
+            .await;
+        });
+    }
+    {
+        let subscriptions = Arc::clone(&subscriptions);
+        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
+        tasks.spawn(async move {
+            let from = subscriptions.loaded_at();
+            let prefix = SubscriptionRegistry::PREFIX;
+            crate::follow::follow(meta.as_ref(), prefix, from, &stop, |change| {
+                let subscriptions = Arc::clone(&subscriptions);
+                Box::pin(async move { subscriptions.apply(change).await })
+            })
+            .await;
+        });
+    }
+    {
+        let connectors = Arc::clone(&connectors);
+        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
+        tasks.spawn(async move {
+            let from = connectors.loaded_at();
+            let prefix = ConnectorRegistry::PREFIX;
+            crate::follow::follow(meta.as_ref(), prefix, from, &stop, |change| {
+                let connectors = Arc::clone(&connectors);
+                Box::pin(async move { connectors.apply(change).await })
+            })
+            .await;
+        });
+    }
 
     let app = router(state);
     let http_listener = Listener::new(listener, "http", config.http_connections.clone(), true);

@@ -26,7 +26,9 @@ use trellis_delivery::config::SpecError;
 use trellis_delivery::engine::{Engine, EngineStatus};
 use trellis_delivery::guard::AddressGuard;
 use trellis_delivery::tls::WebhookTls;
-use trellis_meta::{CasOutcome, Expect, MetadataStore};
+use trellis_meta::{CasOutcome, Expect, GuardedOutcome, GuardedPut, MetadataStore};
+
+use crate::follow::Change;
 
 use crate::error::ApiError;
 use crate::topics::TopicRegistry;
@@ -60,6 +62,9 @@ pub(crate) struct SubscriptionRegistry {
     webhook_origin: String,
     running: Mutex<BTreeMap<String, Running>>,
     tasks: TaskTracker,
+    /// The metadata store's revision when the subscriptions were loaded; `follow` goes on
+    /// from it.
+    loaded_at: u64,
 }
 
 struct Running {
@@ -115,19 +120,19 @@ impl SubscriptionRegistry {
             webhook_origin,
             running: Mutex::new(BTreeMap::new()),
             tasks: TaskTracker::new(),
+            loaded_at: 0,
         };
         let stored = registry
             .meta
             .range(SUBSCRIPTION_KEY_PREFIX)
             .await
             .map_err(|error| ApiError::internal("reading subscriptions", &error))?;
+        let registry = SubscriptionRegistry {
+            loaded_at: stored.revision,
+            ..registry
+        };
         for kv in stored.kvs {
-            let spec = serde_json::from_slice::<Value>(&kv.value)
-                .map_err(|error| error.to_string())
-                .and_then(|value| {
-                    SubscriptionSpec::from_stored(&value).map_err(|error| error.to_string())
-                });
-            let spec = match spec {
+            let spec = match decode(&kv.value) {
                 Ok(spec) => spec,
                 Err(error) => {
                     tracing::error!(message = "A stored subscription is unreadable; it is not started.", key = %kv.key, error);
@@ -170,6 +175,29 @@ impl SubscriptionRegistry {
         let stored = encode(&spec)?;
         let mut running = self.running.lock().await;
         refuse_dead_letter_cycle(&spec, running.values().map(|entry| &entry.spec))?;
+        let exists = || {
+            ApiError::new(
+                http::StatusCode::CONFLICT,
+                "subscription_exists",
+                format!("a subscription named {:?} already exists", spec.name),
+            )
+        };
+        // The offset before the subscription: whichever replica owns it reads the offset as
+        // soon as it sees the subscription, so it must be there first. Only while no
+        // subscription of the name exists, so an existing one's offset is never overwritten.
+        let offset = GuardedPut::new(
+            offset_key(&spec.name),
+            crate::stored_offset::encode(start, &incarnation),
+        )
+        .guard(subscription_key(&spec.name), Expect::Absent);
+        if let GuardedOutcome::Conflict { .. } = self
+            .meta
+            .guarded_put(offset)
+            .await
+            .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?
+        {
+            return Err(exists());
+        }
         match self
             .meta
             .compare_and_set(&subscription_key(&spec.name), Expect::Absent, stored)
@@ -177,21 +205,8 @@ impl SubscriptionRegistry {
             .map_err(|error| ApiError::internal("storing a subscription", &error))?
         {
             CasOutcome::Written { .. } => {}
-            CasOutcome::Conflict { .. } => {
-                return Err(ApiError::new(
-                    http::StatusCode::CONFLICT,
-                    "subscription_exists",
-                    format!("a subscription named {:?} already exists", spec.name),
-                ));
-            }
+            CasOutcome::Conflict { .. } => return Err(exists()),
         }
-        self.meta
-            .put(
-                &offset_key(&spec.name),
-                crate::stored_offset::encode(start, &incarnation),
-            )
-            .await
-            .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?;
         let view = view_json(&spec)?;
         let handle = self.spawn(spec, engine);
         // What the status says until the dispatcher has started, which it does from here.
@@ -332,6 +347,102 @@ impl SubscriptionRegistry {
             .run(),
         );
         Ok(serde_json::json!({"from": from, "to": to, "events": to - from}))
+    }
+
+    /// The prefix of stored subscriptions, for `follow`.
+    pub(crate) const PREFIX: &'static str = SUBSCRIPTION_KEY_PREFIX;
+
+    /// The metadata store's revision the registry loaded; follow [`Self::PREFIX`] from after it.
+    pub(crate) fn loaded_at(&self) -> u64 {
+        self.loaded_at
+    }
+
+    /// Applies a change of the stored subscriptions, made through any replica (this one's own
+    /// changes arrive here too, and find nothing left to do).
+    pub(crate) async fn apply(&self, change: Change) {
+        match change {
+            Change::Put(kv) => self.apply_stored(&kv).await,
+            Change::Delete(key) => {
+                if let Some(name) = key.strip_prefix(SUBSCRIPTION_KEY_PREFIX) {
+                    self.forget(name).await;
+                }
+            }
+            Change::Snapshot(kvs) => {
+                let kept: std::collections::HashSet<&str> = kvs
+                    .iter()
+                    .filter_map(|kv| kv.key.strip_prefix(SUBSCRIPTION_KEY_PREFIX))
+                    .collect();
+                let gone: Vec<String> = self
+                    .running
+                    .lock()
+                    .await
+                    .keys()
+                    .filter(|name| !kept.contains(name.as_str()))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.forget(&name).await;
+                }
+                for kv in &kvs {
+                    self.apply_stored(kv).await;
+                }
+            }
+        }
+    }
+
+    async fn apply_stored(&self, kv: &trellis_meta::KeyValue) {
+        let spec = match decode(&kv.value) {
+            Ok(spec) => spec,
+            Err(error) => {
+                tracing::error!(message = "A stored subscription is unreadable; it is not started.", key = %kv.key, error);
+                return;
+            }
+        };
+        let mut running = self.running.lock().await;
+        if let Some(entry) = running.get_mut(&spec.name) {
+            if encode(&entry.spec).is_ok_and(|stored| stored == kv.value) {
+                return;
+            }
+            if entry.spec.topic == spec.topic
+                && entry.spec.dead_letter_topic == spec.dead_letter_topic
+                && entry.spec.sink == spec.sink
+            {
+                // What `PATCH` and pause/resume change, applied as they apply it.
+                entry.engine.update_delivery(&spec.delivery);
+                entry.batch.send_replace(spec.delivery.batch.clone());
+                entry.paused.send_replace(spec.paused);
+                if !spec.paused {
+                    entry.engine.resume();
+                }
+                entry.spec = spec;
+                return;
+            }
+            // Deleted and made again elsewhere, in between two reads of the store.
+            if let Some(entry) = running.remove(&spec.name) {
+                entry.stop.cancel();
+                let _ = entry.done.await;
+            }
+        }
+        let name = spec.name.clone();
+        match self.engine(&spec) {
+            Ok(engine) => {
+                let handle = self.spawn(spec, engine);
+                running.insert(name, handle);
+            }
+            Err(error) => {
+                tracing::error!(message = "A stored subscription cannot start.", subscription = name, error = %error.message);
+            }
+        }
+    }
+
+    /// Stops a subscription deleted through another replica.
+    async fn forget(&self, name: &str) {
+        let mut running = self.running.lock().await;
+        if let Some(entry) = running.remove(name) {
+            entry.stop.cancel();
+            let _ = entry.done.await;
+            crate::metrics::removable().remove(&[("subscription", name)]);
+        }
     }
 
     /// Dispatchers (and redrives) running, for the drain's progress lines.
@@ -633,6 +744,12 @@ fn refuse_dead_letter_cycle<'a>(
         }
     }
     Ok(())
+}
+
+fn decode(stored: &[u8]) -> Result<SubscriptionSpec, String> {
+    serde_json::from_slice::<Value>(stored)
+        .map_err(|error| error.to_string())
+        .and_then(|value| SubscriptionSpec::from_stored(&value).map_err(|error| error.to_string()))
 }
 
 fn encode(spec: &SubscriptionSpec) -> Result<Bytes, ApiError> {
