@@ -58,7 +58,17 @@ impl Term {
         self.token.cancel();
     }
 
+    /// Ends the term for a release: the fence refuses from now on.
     pub(crate) fn mark_lost(&self) {
+        {
+            let mut current = self
+                .reason
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if current.is_none() {
+                *current = Some(Revoked::Lost);
+            }
+        }
         self.lost.store(true, Ordering::SeqCst);
         self.token.cancel();
     }

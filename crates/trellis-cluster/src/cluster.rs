@@ -25,6 +25,11 @@ use crate::{
 
 /// How often the driver looks again without being woken (retries after store errors).
 const TICK: Duration = Duration::from_millis(250);
+/// How long a holder asked to hand a unit off may take to release it (finish in-flight work
+/// and commit) before its term is ended for it.
+const HANDOFF_GRACE: Duration = Duration::from_secs(60);
+/// How many takes and releases one driver step runs at once.
+const ACTIONS_AT_ONCE: usize = 16;
 /// The least time between two writes of the member key for load.
 const LOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// Backoff of the watch tasks and of lease re-grants while the store is away.
@@ -63,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) changed: watch::Sender<u64>,
     /// Wakes the driver.
     wake: Notify,
+    /// Wakes the health monitor (a new lease to follow).
+    health_wake: Notify,
     health: watch::Sender<bool>,
     shutdown: CancellationToken,
 }
@@ -92,7 +99,8 @@ struct Slot {
     term: Arc<Term>,
     /// Given to an `acquire` caller as a `Claim`.
     handed_out: bool,
-    handoff_asked: bool,
+    /// When the holder was asked to hand the unit off.
+    handoff_asked: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -110,6 +118,9 @@ pub(crate) struct State {
     terms: BTreeMap<String, Slot>,
     /// The store revision the owners map is current to (the last range or watch event).
     owners_revision: u64,
+    /// Ownership keys we deleted at release, by the revision of the delete, until the watch
+    /// reports it: an older event of the key must not bring it back (and get it adopted).
+    deleted: BTreeMap<String, u64>,
     /// Terms whose `Claim` was dropped without `release`: the driver releases them.
     abandoned: Vec<Arc<Term>>,
     load: Load,
@@ -153,6 +164,7 @@ impl Cluster {
             state: Mutex::new(State::default()),
             changed,
             wake: Notify::new(),
+            health_wake: Notify::new(),
             health,
             shutdown: CancellationToken::new(),
         });
@@ -176,6 +188,7 @@ impl Cluster {
         tokio::spawn(follow(inner.clone(), Followed::Members, Some(members)));
         tokio::spawn(follow(inner.clone(), Followed::Owners, Some(owners)));
         tokio::spawn(drive(inner.clone()));
+        tokio::spawn(monitor_health(inner.clone()));
         tracing::info!(
             message = "Joined the cluster.",
             member = %inner.settings.member_id,
@@ -354,9 +367,11 @@ impl Inner {
         })
     }
 
-    /// The margin kept below `held_until`: a fifth of the TTL, at least 500 ms.
+    /// The margin kept below `held_until`: a fifth of the TTL, at least 500 ms, but at most a
+    /// third of it: the keeper refreshes every third, and a larger margin would make health
+    /// flap at a 1 s TTL on any refresh a little late.
     fn margin(ttl: Duration) -> Duration {
-        (ttl / 5).max(Duration::from_millis(500))
+        (ttl / 5).max(Duration::from_millis(500)).min(ttl / 3)
     }
 
     /// Whether the current lease (and, if given, it is that lease) is provably alive now.
@@ -398,7 +413,7 @@ impl Inner {
         }
         if healthy {
             tracing::info!(message = "Cluster lease is healthy.", member = %self.member_id());
-        } else {
+        } else if !self.shutdown.is_cancelled() {
             tracing::warn!(
                 message = "Cluster lease cannot be proven alive; every claim is revoked.",
                 member = %self.member_id(),
@@ -460,11 +475,25 @@ impl Inner {
         let superseded = self.lock().terms.get(&term.unit).is_some_and(|slot| {
             !Arc::ptr_eq(&slot.term, term) && slot.term.revision == term.revision
         });
-        if !superseded {
-            self.delete_owner_key(term).await;
-        }
+        let deleted_at = if superseded {
+            None
+        } else {
+            self.delete_owner_key(term).await
+        };
         {
             let mut state = self.lock();
+            if let Some(deleted_at) = deleted_at {
+                if state
+                    .owners
+                    .get(&term.unit)
+                    .is_some_and(|owner| owner.revision == term.revision)
+                    && let Some(previous) = state.owners.remove(&term.unit)
+                {
+                    state.last_owner.insert(term.unit.clone(), previous.member);
+                    publish_owner(&mut state, &term.unit);
+                }
+                state.deleted.insert(term.unit.clone(), deleted_at);
+            }
             if state
                 .terms
                 .get(&term.unit)
@@ -478,21 +507,26 @@ impl Inner {
         self.wake();
     }
 
-    async fn delete_owner_key(&self, term: &Term) {
+    /// Deletes the term's key if it is still the term's; returns the revision of the delete.
+    async fn delete_owner_key(&self, term: &Term) -> Option<u64> {
         match self
             .store
             .compare_and_delete(&term.key, term.revision)
             .await
         {
-            Ok(CasOutcome::Written { .. }) => {
+            Ok(CasOutcome::Written { revision }) => {
                 tracing::debug!(message = "Released a unit.", unit = %term.unit);
+                Some(revision)
             }
-            Ok(CasOutcome::Conflict { .. }) => {}
-            Err(error) => tracing::warn!(
-                message = "Failed to release a unit; its key goes with the lease.",
-                unit = %term.unit,
-                error = &error as &dyn std::error::Error,
-            ),
+            Ok(CasOutcome::Conflict { .. }) => None,
+            Err(error) => {
+                tracing::warn!(
+                    message = "Failed to release a unit; its key goes with the lease.",
+                    unit = %term.unit,
+                    error = &error as &dyn std::error::Error,
+                );
+                None
+            }
         }
     }
 
@@ -548,6 +582,9 @@ impl Inner {
             }
         }
         state.owners = owners;
+        state
+            .deleted
+            .retain(|_, deleted_at| *deleted_at > range.revision);
         state.owners_revision = state.owners_revision.max(range.revision);
         let units: Vec<String> = state.declared.keys().cloned().collect();
         for unit in units {
@@ -562,10 +599,26 @@ impl Inner {
                 let Some((unit, owner)) = parse_owner(&kv) else {
                     return;
                 };
-                if let Some(slot) = state.terms.get(&unit)
-                    && slot.term.revision != owner.revision
+                if state
+                    .deleted
+                    .get(&unit)
+                    .is_some_and(|deleted_at| owner.revision < *deleted_at)
                 {
-                    // Owner keys are never rewritten; a different one means ours is gone.
+                    return;
+                }
+                // An event older than what we know (our own take, reported before the watch
+                // caught up) changes nothing.
+                if state
+                    .owners
+                    .get(&unit)
+                    .is_some_and(|known| known.revision > owner.revision)
+                {
+                    return;
+                }
+                if let Some(slot) = state.terms.get(&unit)
+                    && slot.term.revision < owner.revision
+                {
+                    // Owner keys are never rewritten; a newer one means ours is gone.
                     if let Some(slot) = state.terms.remove(&unit) {
                         slot.term.revoke(Revoked::Lost);
                     }
@@ -577,7 +630,19 @@ impl Inner {
                 let Some(unit) = key.strip_prefix(OWNERS_PREFIX) else {
                     return;
                 };
-                if let Some(previous) = state.owners.remove(unit) {
+                if state
+                    .deleted
+                    .get(unit)
+                    .is_some_and(|deleted_at| *deleted_at <= mod_revision)
+                {
+                    state.deleted.remove(unit);
+                }
+                if state
+                    .owners
+                    .get(unit)
+                    .is_some_and(|known| known.revision < mod_revision)
+                    && let Some(previous) = state.owners.remove(unit)
+                {
                     state.last_owner.insert(unit.to_owned(), previous.member);
                 }
                 if state
@@ -585,6 +650,7 @@ impl Inner {
                     .get(unit)
                     .is_some_and(|slot| slot.term.revision < mod_revision)
                     && let Some(slot) = state.terms.remove(unit)
+                    && !slot.term.is_lost()
                 {
                     tracing::warn!(
                         message = "Lost a unit: its ownership key was deleted.",
@@ -614,12 +680,16 @@ impl Inner {
         if !healthy {
             return;
         }
-        for action in self.plan() {
-            match action {
-                Action::Take(unit) => self.take(unit).await,
-                Action::Release(term) => self.release(&term).await,
-            }
-        }
+        // A few at a time: a replica starting with many units takes them in a fraction of the
+        // time one by one would need.
+        futures::stream::iter(self.plan())
+            .for_each_concurrent(ACTIONS_AT_ONCE, |action| async move {
+                match action {
+                    Action::Take(unit) => self.take(unit).await,
+                    Action::Release(term) => self.release(&term).await,
+                }
+            })
+            .await;
     }
 
     fn lease_lost(&self) -> bool {
@@ -656,6 +726,7 @@ impl Inner {
                     return;
                 }
                 self.lock().lease = Some(lease);
+                self.health_wake.notify_one();
                 tracing::info!(message = "Registered again under a new lease.", member = %self.member_id());
             }
             Err(error) => tracing::warn!(
@@ -733,11 +804,32 @@ impl Inner {
             let elsewhere = declared.placement == Placement::Balanced
                 && assignment.get(unit).is_some_and(|member| *member != me);
             if let Some(slot) = state.terms.get_mut(unit) {
+                if slot.term.is_lost() {
+                    // Being released.
+                    continue;
+                }
                 if elsewhere && !slot.handed_out {
+                    // Lost at once, so no `acquire` hands it out while it is released.
+                    slot.term.mark_lost();
                     actions.push(Action::Release(slot.term.clone()));
-                } else if elsewhere && !slot.handoff_asked {
-                    slot.handoff_asked = true;
-                    handoffs.push(slot.term.clone());
+                } else if elsewhere {
+                    match slot.handoff_asked {
+                        None => {
+                            slot.handoff_asked = Some(Instant::now());
+                            handoffs.push(slot.term.clone());
+                        }
+                        // A holder that never releases would keep the unit from its new
+                        // owner for ever; past the grace its term ends (its fence refuses).
+                        Some(asked) if asked.elapsed() > HANDOFF_GRACE => {
+                            tracing::warn!(
+                                message = "A handed-off unit was not released in time; ending its term.",
+                                unit = %unit,
+                            );
+                            slot.term.revoke(Revoked::Lost);
+                            actions.push(Action::Release(slot.term.clone()));
+                        }
+                        Some(_) => {}
+                    }
                 }
                 continue;
             }
@@ -762,7 +854,11 @@ impl Inner {
         }
         // Terms of units no longer declared and not in a caller's hands.
         for slot in state.terms.values() {
-            if !slot.handed_out && !state.declared.contains_key(&slot.term.unit) {
+            if !slot.handed_out
+                && !slot.term.is_lost()
+                && !state.declared.contains_key(&slot.term.unit)
+            {
+                slot.term.mark_lost();
                 actions.push(Action::Release(slot.term.clone()));
             }
         }
@@ -778,7 +874,7 @@ impl Inner {
                 Slot {
                     term,
                     handed_out: false,
-                    handoff_asked: false,
+                    handoff_asked: None,
                 },
             );
         }
@@ -829,7 +925,7 @@ impl Inner {
                         Slot {
                             term,
                             handed_out: false,
-                            handoff_asked: false,
+                            handoff_asked: None,
                         },
                     );
                     if state
@@ -1050,9 +1146,23 @@ async fn retry_sleep(inner: &Inner, backoff: &mut Duration) {
     *backoff = (*backoff * 2).min(RETRY_MAX);
 }
 
-/// The driver: one step whenever woken, on every tick, when the lease status changes, and at
-/// the instant health would run out.
+/// The driver: one step whenever woken and on every tick. Its steps talk to the store and may
+/// wait on it; health is watched apart (`monitor_health`) so claims are revoked in time even
+/// then.
 async fn drive(inner: Arc<Inner>) {
+    loop {
+        tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            () = inner.wake.notified() => {}
+            () = tokio::time::sleep(TICK) => {}
+        }
+        inner.step().await;
+    }
+}
+
+/// Rechecks health when the lease status changes, at the instant it would run out, when a new
+/// lease is in place, and on every tick; never waits on the store.
+async fn monitor_health(inner: Arc<Inner>) {
     loop {
         let (status, deadline) = {
             let state = inner.lock();
@@ -1067,9 +1177,10 @@ async fn drive(inner: Arc<Inner>) {
                 None => (None, None),
             }
         };
+        let now = Instant::now();
         let deadline = deadline
-            .filter(|deadline| *deadline > Instant::now())
-            .map_or(Instant::now() + TICK, |d| d.min(Instant::now() + TICK));
+            .filter(|deadline| *deadline > now)
+            .map_or(now + TICK, |deadline| deadline.min(now + TICK));
         let status_changed = async {
             match status {
                 Some(mut status) => {
@@ -1082,10 +1193,13 @@ async fn drive(inner: Arc<Inner>) {
         };
         tokio::select! {
             () = inner.shutdown.cancelled() => return,
-            () = inner.wake.notified() => {}
+            () = inner.health_wake.notified() => {}
             () = status_changed => {}
             () = tokio::time::sleep_until(deadline.into()) => {}
         }
-        inner.step().await;
+        let was = inner.lock().healthy;
+        if inner.check_health() && !was {
+            inner.wake();
+        }
     }
 }

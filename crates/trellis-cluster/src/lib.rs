@@ -10,6 +10,31 @@
 //! Built only on [`trellis_meta::MetadataStore`], so a single node on the embedded store runs
 //! the same code as a cluster on etcd.
 //!
+//! ```no_run
+//! # async fn demo(store: std::sync::Arc<dyn trellis_meta::MetadataStore>) -> Result<(), trellis_cluster::ClusterError> {
+//! use trellis_cluster::{Cluster, ClusterSettings, DEFAULT_LEASE_TTL, Placement};
+//!
+//! let settings = ClusterSettings {
+//!     member_id: "node-a".to_owned(),
+//!     http: "10.0.0.1:8080".to_owned(),
+//!     grpc: None,
+//!     version: "0.1.0".to_owned(),
+//!     lease_ttl: DEFAULT_LEASE_TTL,
+//! };
+//! let cluster = Cluster::join(store.clone(), settings).await?;
+//! let mut unit = cluster.unit("subscription/orders", Placement::Balanced);
+//! loop {
+//!     let claim = unit.acquire().await;
+//!     let fence = claim.fence();
+//!     // Deliver while `fence.holds()`; commit offsets through the fence, which refuses
+//!     // (writes nothing) once this term is over.
+//!     let _ = fence.put(&*store, "/offsets/orders", "42".into()).await;
+//!     claim.revoked().cancelled().await;
+//!     claim.release().await;
+//! }
+//! # }
+//! ```
+//!
 //! # Keys
 //!
 //! - `/cluster/members/<member-id>`: [`MemberInfo`] as JSON, under the member's lease.

@@ -65,6 +65,8 @@ async fn etcd_outage_revokes_then_recovers() {
         );
     }
     assert!(a.healthy());
+    let lease = a.lease_id();
+    let revisions: Vec<u64> = claims.iter().map(|claim| claim.revision()).collect();
     server.stop();
     tokio::time::timeout(crate::PATIENCE, health.wait_for(|healthy| !healthy))
         .await
@@ -85,11 +87,19 @@ async fn etcd_outage_revokes_then_recovers() {
         .await
         .expect("health turns true again")
         .expect("health sender");
-    for unit in &mut units {
+    // etcd extends every lease when it comes back, so the lease survived: the ownership keys
+    // are still ours, under it, and are adopted rather than taken anew.
+    assert_eq!(a.lease_id(), lease, "the same lease, proven again");
+    for (unit, revision) in units.iter_mut().zip(revisions) {
         let claim = tokio::time::timeout(crate::PATIENCE, unit.acquire())
             .await
             .expect("owned again after etcd returns");
         assert!(claim.fence().holds());
+        assert_eq!(
+            claim.revision(),
+            revision,
+            "the same ownership key, adopted"
+        );
         claim.release().await;
     }
     a.leave().await;

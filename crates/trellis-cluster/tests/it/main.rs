@@ -63,7 +63,12 @@ impl Holders {
 
 /// Runs a unit the way the runtime will: acquire, hold until revoked, then (on a handoff)
 /// release, and again. Records holders so a test can see two at once if it ever happens.
-fn run_unit(mut unit: Unit, member: String, holders: SharedHolders) -> tokio::task::JoinHandle<()> {
+fn run_unit(
+    store: Arc<dyn MetadataStore>,
+    mut unit: Unit,
+    member: String,
+    holders: SharedHolders,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             let claim: Claim = unit.acquire().await;
@@ -88,8 +93,19 @@ fn run_unit(mut unit: Unit, member: String, holders: SharedHolders) -> tokio::ta
                 h.fences
                     .insert(name.clone(), (member.clone(), claim.fence()));
             }
+            let fence = claim.fence();
+            let offset_key = format!("/offsets/{name}");
             claim.revoked().cancelled().await;
             let reason = claim.reason().expect("a revoked claim has a reason");
+            if reason == Revoked::Handoff {
+                // Handing off, the holder may still commit what it finished.
+                let committed = fence.put(&*store, &offset_key, "final".into()).await;
+                if committed.is_err() {
+                    let failure =
+                        format!("{name}: {member}'s commit at handoff failed: {committed:?}");
+                    holders.lock().expect("lock").overlaps.push(failure);
+                }
+            }
             {
                 let mut h = holders.lock().expect("lock");
                 if h.now.get(&name) == Some(&member) {
@@ -98,6 +114,13 @@ fn run_unit(mut unit: Unit, member: String, holders: SharedHolders) -> tokio::ta
                 h.revocations.push((name.clone(), member.clone(), reason));
             }
             claim.release().await;
+            // Released, the fence refuses: nothing is written.
+            let late = fence.put(&*store, &offset_key, "late".into()).await;
+            if fence.holds() || !matches!(late, Err(trellis_cluster::FenceError::Lost)) {
+                let failure =
+                    format!("{name}: {member}'s fence still writes after release: {late:?}");
+                holders.lock().expect("lock").overlaps.push(failure);
+            }
         }
     })
 }
@@ -116,11 +139,12 @@ impl Member {
         placement: Placement,
         holders: &SharedHolders,
     ) -> Member {
-        let cluster = join(store, id).await;
+        let cluster = join(store.clone(), id).await;
         let tasks = units
             .iter()
             .map(|name| {
                 run_unit(
+                    store.clone(),
                     cluster.unit(name, placement),
                     id.to_owned(),
                     holders.clone(),
@@ -148,4 +172,19 @@ impl Member {
 
 fn unit_names(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("subscription/s{i:02}")).collect()
+}
+
+/// The runtime moves these across tasks: they must be Send and Sync, and so must `acquire`.
+#[test]
+fn handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>(_: &T) {}
+    send_sync::<Cluster>();
+    send_sync::<Unit>();
+    send_sync::<Claim>();
+    send_sync::<Fence>();
+    let _ = |mut unit: Unit| {
+        let acquire = async move { unit.acquire().await };
+        send(&acquire);
+    };
 }

@@ -189,6 +189,8 @@ pub(crate) async fn first_come(connect: Connect) {
         a.owners().get("group/orders/billing").map(String::as_str),
         Some("node-a")
     );
+    // node-a withdraws the unit (else, as a FirstCome declarer, it could take it back at once).
+    drop(unit_a);
     claim.release().await;
     let next = tokio::time::timeout(crate::PATIENCE, async {
         tokio::select! {
@@ -199,7 +201,6 @@ pub(crate) async fn first_come(connect: Connect) {
     .await
     .expect("another member takes the released unit");
     assert!(next.1.fence().holds());
-    drop(unit_a);
     next.1.release().await;
     for cluster in [a, b, c] {
         cluster.leave().await;

@@ -257,11 +257,10 @@ impl ConnectorRegistry {
                 })
                 .collect(),
             Kind::Sink => {
-                let running = match &entry.run {
-                    Some(Run {
-                        progress: Progress::Sink { stats, .. },
-                        ..
-                    }) if stats.offset_loaded.load(Ordering::Acquire) => {
+                let running = match entry.run.as_ref().and_then(Run::progress) {
+                    Some(Progress::Sink { stats, .. })
+                        if stats.offset_loaded.load(Ordering::Acquire) =>
+                    {
                         Some(stats.committed.load(Ordering::Relaxed))
                     }
                     _ => None,
@@ -388,6 +387,21 @@ impl ConnectorRegistry {
         }
         let entry = self.entry(spec);
         entries.insert(entry.spec.name.clone(), entry);
+    }
+
+    /// The units of running connectors no replica owns this moment.
+    pub(crate) async fn unowned(&self) -> Vec<String> {
+        let entries = self.entries.lock().await;
+        entries
+            .values()
+            .filter(|entry| {
+                entry
+                    .run
+                    .as_ref()
+                    .is_some_and(|run| run.owner.borrow().is_none())
+            })
+            .map(|entry| format!("connector/{}", entry.spec.name))
+            .collect()
     }
 
     /// The sink connectors reading `topic`, for the check before the topic is deleted.
@@ -525,20 +539,20 @@ fn state(entry: &Entry) -> (&'static str, Option<String>) {
     if entry.spec.paused {
         return ("PAUSED", None);
     }
-    match &entry.run {
-        None => ("FAILED", None),
-        Some(Run {
-            progress: Progress::Source(status),
-            ..
-        }) => source_state(status),
-        Some(Run {
-            progress:
-                Progress::Sink {
-                    stats,
-                    lifecycle,
-                    last_error,
-                    ..
-                },
+    let Some(run) = &entry.run else {
+        return ("FAILED", None);
+    };
+    match run.progress() {
+        // Another replica runs it (Kafka Connect's workers show the same), or none does yet.
+        None => match run.owner.borrow().clone() {
+            Some(owner) => ("STANDBY", Some(format!("running on replica {owner}"))),
+            None => ("UNASSIGNED", None),
+        },
+        Some(Progress::Source(status)) => source_state(&status),
+        Some(Progress::Sink {
+            stats,
+            lifecycle,
+            last_error,
             ..
         }) => {
             if let Some(reason) = stats.stopped_reason() {
@@ -575,11 +589,8 @@ fn status(entry: &Entry) -> Value {
     if let Some(trace) = trace {
         connector.insert("trace".to_owned(), Value::from(trace));
     }
-    let records = match &entry.run {
-        Some(Run {
-            progress: Progress::Source(status),
-            ..
-        }) => {
+    let records = match entry.run.as_ref().and_then(Run::progress) {
+        Some(Progress::Source(status)) => {
             let counts = status.counters();
             let offsets = status.offsets();
             json!({
@@ -593,14 +604,10 @@ fn status(entry: &Entry) -> Value {
                 "begin_flush_refused": offsets.begin_flush_refused,
             })
         }
-        Some(Run {
-            progress:
-                Progress::Sink {
-                    stats,
-                    counters,
-                    engine,
-                    ..
-                },
+        Some(Progress::Sink {
+            stats,
+            counters,
+            engine,
             ..
         }) => {
             let (put, failed) = match engine {
@@ -622,6 +629,13 @@ fn status(entry: &Entry) -> Value {
         }
         None => json!({}),
     };
+    if let Some(owner) = entry
+        .run
+        .as_ref()
+        .and_then(|run| run.owner.borrow().clone())
+    {
+        connector.insert("worker_id".to_owned(), Value::from(owner));
+    }
     json!({
         "name": entry.spec.name,
         "type": entry.spec.kind(),

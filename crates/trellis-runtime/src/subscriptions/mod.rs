@@ -29,6 +29,8 @@ use trellis_delivery::tls::WebhookTls;
 use trellis_meta::{CasOutcome, Expect, GuardedOutcome, GuardedPut, MetadataStore};
 
 use crate::follow::Change;
+use crate::ownership::{FenceGate, TermEnd, while_owned};
+use trellis_cluster::{Cluster, Placement};
 
 use crate::error::ApiError;
 use crate::topics::TopicRegistry;
@@ -55,6 +57,7 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
 pub(crate) struct SubscriptionRegistry {
     meta: Arc<dyn MetadataStore>,
+    cluster: Cluster,
     topics: TopicRegistry,
     guard: Arc<AddressGuard>,
     tls: WebhookTls,
@@ -77,6 +80,8 @@ struct Running {
     done: tokio::task::JoinHandle<()>,
     redrive: Arc<RedriveStats>,
     lifecycle: Arc<Lifecycle>,
+    /// The replica that owns the subscription now, if any; only it delivers.
+    owner: watch::Receiver<Option<String>>,
 }
 
 /// `GET /v1/subscriptions/{name}`'s live part.
@@ -89,6 +94,8 @@ pub(crate) struct SubscriptionStatus {
     pub(crate) committed_offset: u64,
     /// Events published but not yet ended for this subscription.
     pub(crate) lag: u64,
+    /// `standby` (another replica, `owner`, runs it; the counters here are this replica's),
+    /// `unowned` (no replica runs it at the moment: one takes it within the lease TTL),
     /// `running`, `paused`, `waiting_for_topic` (its topic was deleted or does not exist yet;
     /// it reads the next incarnation from its beginning), `waiting_for_storage` (the event
     /// store cannot be reached; it goes on by itself once it can) or `stopped` (it cannot go
@@ -101,12 +108,15 @@ pub(crate) struct SubscriptionStatus {
     pub(crate) urls: Vec<trellis_delivery::engine::TargetStatus>,
     /// The last redrive of the dead-letter topic, if any.
     pub(crate) redrive: redrive::RedriveView,
+    /// The replica that runs the subscription (the only one that delivers it), if any.
+    pub(crate) owner: Option<String>,
 }
 
 impl SubscriptionRegistry {
     /// Starts every stored subscription from its committed offset (see `lifecycle`).
     pub(crate) async fn open(
         meta: Arc<dyn MetadataStore>,
+        cluster: Cluster,
         topics: TopicRegistry,
         guard: Arc<AddressGuard>,
         tls: WebhookTls,
@@ -114,6 +124,7 @@ impl SubscriptionRegistry {
     ) -> Result<SubscriptionRegistry, ApiError> {
         let registry = SubscriptionRegistry {
             meta,
+            cluster,
             topics,
             guard,
             tls,
@@ -445,6 +456,48 @@ impl SubscriptionRegistry {
         }
     }
 
+    /// The lag of the subscriptions this replica runs, summed: events stored and not yet
+    /// ended for them, as their dispatchers last published it.
+    pub(crate) async fn owned_lag(&self) -> u64 {
+        // Gathered under the lock, asked of the store after it: a slow store must not hold up
+        // the API.
+        let mut committed_by_topic: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        {
+            let running = self.running.lock().await;
+            let me = self.cluster.member_id();
+            for entry in running.values() {
+                if entry.owner.borrow().as_deref() == Some(me) {
+                    committed_by_topic
+                        .entry(entry.spec.topic.clone())
+                        .or_default()
+                        .push(entry.stats.committed.load(Ordering::Relaxed));
+                }
+            }
+        }
+        let mut lag = 0u64;
+        for (topic, committed) in committed_by_topic {
+            let Some(topic) = self.topics.handle(&topic) else {
+                continue;
+            };
+            if let Ok(info) = topic.info().await {
+                for committed in committed {
+                    lag = lag.saturating_add(info.next_offset.saturating_sub(committed));
+                }
+            }
+        }
+        lag
+    }
+
+    /// The units of subscriptions no replica owns this moment.
+    pub(crate) async fn unowned(&self) -> Vec<String> {
+        let running = self.running.lock().await;
+        running
+            .values()
+            .filter(|entry| entry.owner.borrow().is_none())
+            .map(|entry| unit_name(&entry.spec.name))
+            .collect()
+    }
+
     /// Dispatchers (and redrives) running, for the drain's progress lines.
     pub(crate) fn running(&self) -> usize {
         self.tasks.len()
@@ -594,18 +647,31 @@ impl SubscriptionRegistry {
             offset_key: offset_key(&spec.name),
             target: Arc::new(engine.clone()),
             on_failure: OnFailure::DeadLetter,
-            outcomes,
+            outcomes: Some(outcomes),
             max_in_flight: MAX_IN_FLIGHT,
             commit_interval: COMMIT_INTERVAL,
             paused,
             batch,
-            stop: stop.clone(),
             stats: Arc::clone(&stats),
             lifecycle: Arc::clone(&lifecycle),
         };
+        let unit = self
+            .cluster
+            .unit(&unit_name(&spec.name), Placement::Balanced);
+        let owner = unit.owner();
+        let supervisor = Arc::new(tokio::sync::Mutex::new(supervisor));
+        let term_engine = engine.clone();
+        let terms = while_owned(unit, stop.clone(), move |fence, stop| {
+            term_engine.set_gate(FenceGate::of(&fence));
+            let supervisor = Arc::clone(&supervisor);
+            async move {
+                // Subscriptions dead-letter their failures: only a stop ends a term.
+                let _ = supervisor.lock().await.run(fence, stop).await;
+                TermEnd::Stopped
+            }
+        });
         let done = self.tasks.spawn(async move {
-            // Subscriptions dead-letter their failures: only a stop ends them.
-            let _ = supervisor.run().await;
+            let _ = terms.await;
         });
         Running {
             spec,
@@ -617,6 +683,7 @@ impl SubscriptionRegistry {
             done,
             redrive: Arc::default(),
             lifecycle,
+            owner,
         }
     }
 
@@ -628,7 +695,22 @@ impl SubscriptionRegistry {
             in_flight,
             targets,
         } = running.engine.status();
-        let committed = running.stats.committed.load(Ordering::Relaxed);
+        let owner = running.owner.borrow().clone();
+        let here = owner.as_deref() == Some(self.cluster.member_id());
+        let committed = if here {
+            running.stats.committed.load(Ordering::Relaxed)
+        } else {
+            // Another replica commits it: what it stored last.
+            match self.topics.current(&running.spec.topic) {
+                Some((_, incarnation)) => self
+                    .stored_u64(&offset_key(&running.spec.name), &incarnation)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0),
+                None => 0,
+            }
+        };
         let waiting = running.lifecycle.waiting_reason();
         let storage = running.stats.storage_reason();
         // Asking an unreachable store would only wait out its timeout.
@@ -644,6 +726,8 @@ impl SubscriptionRegistry {
         let stopped = running.stats.stopped_reason();
         let loaded = running.stats.offset_loaded.load(Ordering::Acquire);
         let state = match (&stopped, &waiting, &storage, loaded, running.spec.paused) {
+            _ if !here && owner.is_some() => "standby",
+            _ if !here => "unowned",
             (Some(_), _, _, _, _) => "stopped",
             (None, Some(_), _, _, _) => "waiting_for_topic",
             (None, None, Some(_), _, _) => "waiting_for_storage",
@@ -663,6 +747,7 @@ impl SubscriptionRegistry {
             paused: running.spec.paused,
             urls: targets,
             redrive: running.redrive.view(),
+            owner,
         }
     }
 
@@ -772,6 +857,11 @@ fn not_found(name: &str) -> ApiError {
         "subscription_not_found",
         format!("no subscription named {name:?}"),
     )
+}
+
+/// The subscription's name among the cluster's units of work.
+fn unit_name(name: &str) -> String {
+    format!("subscription/{name}")
 }
 
 fn subscription_key(name: &str) -> String {

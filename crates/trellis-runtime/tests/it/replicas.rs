@@ -165,3 +165,95 @@ async fn a_connector_made_through_one_replica_is_known_to_the_other() {
     a.stop().await;
     b.stop().await;
 }
+
+/// The ids the receiver got, in arrival order.
+fn delivered_ids(receiver: &Receiver) -> Vec<String> {
+    receiver
+        .requests()
+        .iter()
+        .filter_map(|request| request.header("ce-id").map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_replica_delivers_a_subscription_and_the_other_takes_it_over_when_it_stops() {
+    let Some((_site, _meta, a, b)) = two_replicas().await else {
+        return;
+    };
+    let receiver = Receiver::answering(200).await.expect("receiver");
+    let made = a
+        .post(
+            "/v1/subscriptions",
+            "application/json",
+            subscription("owned", "payments", &receiver.url("/")),
+        )
+        .await;
+    assert_eq!(made.0, 201, "{}", made.1);
+    let owner = eventually("an owner", async || {
+        let (_, body) = b.get("/v1/subscriptions/owned").await;
+        body["status"]["owner"].as_str().map(str::to_owned)
+    })
+    .await;
+    let (_, on_a) = a.get("/v1/subscriptions/owned").await;
+    assert_eq!(
+        on_a["status"]["owner"],
+        owner.as_str(),
+        "both replicas agree"
+    );
+    let (_, cluster) = a.get("/v1/cluster").await;
+    let members = cluster["members"].as_array().expect("members");
+    assert_eq!(members.len(), 2, "{cluster}");
+    let owning: Vec<&Value> = members
+        .iter()
+        .filter(|member| {
+            member["owns"]
+                .as_array()
+                .is_some_and(|owns| owns.iter().any(|unit| unit == "subscription/owned"))
+        })
+        .collect();
+    assert_eq!(owning.len(), 1, "exactly one owner: {cluster}");
+    assert_eq!(owning[0]["id"], owner.as_str());
+
+    // Published through both replicas; delivered once each, by the owner alone.
+    for n in 0..20 {
+        let via = if n % 2 == 0 { &a } else { &b };
+        let published = via.publish_binary("payments", &format!("p{n}"), "x").await;
+        assert_eq!(published.0, 202, "{}", published.1);
+    }
+    eventually("20 deliveries", async || {
+        (receiver.n_requests() >= 20).then_some(())
+    })
+    .await;
+    let mut ids = delivered_ids(&receiver);
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    assert_eq!(receiver.n_requests(), 20, "no event delivered twice");
+
+    // The owner stops (a rolling restart): the other replica takes over at once, from the
+    // committed offset.
+    let a_id = cluster["self"].as_str().expect("self").to_owned();
+    let (owner_server, other) = if owner == a_id { (a, b) } else { (b, a) };
+    owner_server.stop().await;
+    for n in 20..30 {
+        let published = other
+            .publish_binary("payments", &format!("p{n}"), "x")
+            .await;
+        assert_eq!(published.0, 202, "{}", published.1);
+    }
+    eventually("the 10 events after the stop", async || {
+        let ids = delivered_ids(&receiver);
+        (20..30)
+            .all(|n| ids.contains(&format!("p{n}")))
+            .then_some(())
+    })
+    .await;
+    let (_, status) = other.get("/v1/subscriptions/owned").await;
+    assert_ne!(status["status"]["owner"], owner.as_str(), "{status}");
+    assert_eq!(
+        receiver.n_requests(),
+        30,
+        "a graceful handover commits first: nothing is delivered twice"
+    );
+    other.stop().await;
+}
