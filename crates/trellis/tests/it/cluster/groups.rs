@@ -18,6 +18,8 @@ fn every_fifth(offset: u64) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "consumer groups are not shared across replicas yet: members of one group on two \
+            replicas each get every event, and no replica owns group/<topic>/<group>"]
 async fn a_group_survives_the_death_of_its_owner() {
     let Some(mut cluster) = Cluster::start(3).await else {
         return;
@@ -31,6 +33,21 @@ async fn a_group_survives_the_death_of_its_owner() {
         wait_for(|| holder.got().len() >= 20 && other.got().len() >= 20).await,
         "both members receive: {} and {}",
         holder.got().len(),
+        other.got().len()
+    );
+    // One group, wherever its members connect: no event goes to both (none is redelivered yet:
+    // the ack timeout is 30 s).
+    let holders: HashSet<String> = holder.got().into_iter().map(|got| got.id).collect();
+    let both = other
+        .got()
+        .into_iter()
+        .filter(|got| holders.contains(&got.id))
+        .count();
+    assert_eq!(
+        both,
+        0,
+        "events delivered to both members of the group ({} and {} received)",
+        holders.len(),
         other.got().len()
     );
     let owner_id = cluster.owner_when("group/orders/billing", |_| true).await;
