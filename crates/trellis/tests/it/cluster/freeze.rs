@@ -14,6 +14,7 @@
 
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use trellis_meta::WatchEvent;
 
 use super::failover::wait_for;
@@ -26,10 +27,26 @@ async fn a_frozen_owner_wakes_without_delivering_or_committing() {
     };
     let hook = cluster.hook().await;
     // Slow answers keep deliveries in flight when the owner freezes: their answers reach it
-    // only after it wakes.
+    // only after it wakes. One first attempt in 20 fails, so that retries are due then too.
     hook.set_delay(Duration::from_millis(300));
+    hook.set_status(|id, attempt| {
+        let number: u64 = id
+            .rsplit('-')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if attempt == 1 && number % 20 == 7 {
+            500
+        } else {
+            200
+        }
+    });
     cluster
-        .subscribe(0, "ledger", "orders", &hook.url("/ledger"))
+        .subscribe_with(
+            0,
+            json!({"name": "ledger", "topic": "orders", "sink": {"urls": [hook.url("/ledger")]},
+                   "delivery": {"max_attempts": 20, "backoff": {"initial_ms": 400, "max_ms": 800}}}),
+        )
         .await;
     let owner_id = cluster.owner_when("subscription/ledger", |_| true).await;
     let owner = cluster.replica_of_member(&owner_id).expect("one of ours");
@@ -108,34 +125,41 @@ async fn a_frozen_owner_wakes_without_delivering_or_committing() {
     // Time for whatever it would wrongly do once it runs again.
     tokio::time::sleep(LEASE_TTL).await;
 
+    // Every finding at once: the receiver's and etcd's tell the same story from two sides.
+    let mut findings = Vec::new();
     let after_thaw: Vec<_> = hook
         .deliveries_to("/ledger")
         .into_iter()
         .filter(|delivery| delivery.pid == Some(owner_pid) && delivery.at > thawed_at)
         .collect();
-    assert!(
-        after_thaw.is_empty(),
-        "the woken replica sent {} deliveries after the thaw, e.g. {:?}",
-        after_thaw.len(),
-        &after_thaw[..after_thaw.len().min(5)]
-    );
-    assert_eq!(
-        hook.deliveries_to("/ledger").len(),
-        delivered_before_thaw,
-        "nothing was left to deliver after the thaw"
-    );
-
+    if !after_thaw.is_empty() {
+        findings.push(format!(
+            "the woken replica sent {} deliveries after the thaw, e.g. {:?}",
+            after_thaw.len(),
+            &after_thaw[..after_thaw.len().min(3)]
+        ));
+    }
+    let delivered = hook.deliveries_to("/ledger").len();
+    if delivered != delivered_before_thaw {
+        findings.push(format!(
+            "{} deliveries after the thaw, with nothing left to deliver",
+            delivered - delivered_before_thaw
+        ));
+    }
     let since_quiet = offsets(&cluster.history("/offsets/ledger", quiet + 1).await);
-    assert!(
-        since_quiet.iter().all(|&offset| offset == end),
-        "offsets committed after the thaw: {since_quiet:?} (the end is {end}); a lower one is the \
-         woken replica's"
-    );
+    if since_quiet.iter().any(|&offset| offset != end) {
+        findings.push(format!(
+            "offsets committed after the thaw: {since_quiet:?} (the end is {end}); a lower one is \
+             the woken replica's"
+        ));
+    }
     let since_takeover = offsets(&cluster.history("/offsets/ledger", old_term).await);
-    assert!(
-        since_takeover.windows(2).all(|pair| pair[0] <= pair[1]),
-        "the committed offset went back during the takeover: {since_takeover:?}"
-    );
+    if since_takeover.windows(2).any(|pair| pair[0] > pair[1]) {
+        findings.push(format!(
+            "the committed offset went back during the takeover: {since_takeover:?}"
+        ));
+    }
+    assert!(findings.is_empty(), "{}", findings.join("\n"));
 }
 
 /// The offsets written by the puts among `events`.

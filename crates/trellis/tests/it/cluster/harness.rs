@@ -317,10 +317,19 @@ impl Cluster {
 
     /// Creates a webhook subscription through the replica.
     pub(crate) async fn subscribe(&self, via: usize, name: &str, topic: &str, url: &str) {
+        self.subscribe_with(
+            via,
+            json!({"name": name, "topic": topic, "sink": {"urls": [url]}}),
+        )
+        .await;
+    }
+
+    /// Creates the subscription `body` describes through the replica.
+    pub(crate) async fn subscribe_with(&self, via: usize, body: Value) {
         let response = self
             .http
             .post(format!("{}/v1/subscriptions", self.base(via)))
-            .json(&json!({"name": name, "topic": topic, "sink": {"urls": [url]}}))
+            .json(&body)
             .send()
             .await
             .expect("create a subscription");

@@ -10,8 +10,9 @@
 //! one process for its whole life, so every request on it is that process's. This needs no clock
 //! and no guess, and holds for a frozen process too: the kernel keeps its sockets.
 //!
-//! It answers every request 200, after a delay the test may set (a slow receiver keeps deliveries
-//! in flight).
+//! It answers 200, or what the test's status function says for a delivery (a failed attempt is
+//! retried after a backoff), after a delay the test may set (a slow receiver keeps deliveries in
+//! flight).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,7 +26,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -55,9 +56,13 @@ pub(crate) struct Hook {
     accept: JoinHandle<()>,
 }
 
+/// The status to answer a delivery with, from its `ce-id` and attempt.
+type Status = dyn Fn(&str, u32) -> u16 + Send + Sync;
+
 struct State {
     deliveries: Mutex<Vec<Delivery>>,
     delay_ms: AtomicU64,
+    status: Mutex<Arc<Status>>,
     pids: Pids,
 }
 
@@ -71,6 +76,7 @@ impl Hook {
         let state = Arc::new(State {
             deliveries: Mutex::new(Vec::new()),
             delay_ms: AtomicU64::new(0),
+            status: Mutex::new(Arc::new(|_: &str, _: u32| 200)),
             pids,
         });
         let accept_state = Arc::clone(&state);
@@ -106,6 +112,11 @@ impl Hook {
     pub(crate) fn set_delay(&self, delay: Duration) {
         let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         self.state.delay_ms.store(millis, Ordering::Relaxed);
+    }
+
+    /// Answers each delivery from now on with `status(ce-id, attempt)`.
+    pub(crate) fn set_status(&self, status: impl Fn(&str, u32) -> u16 + Send + Sync + 'static) {
+        *lock(&self.state.status) = Arc::new(status);
     }
 
     /// Every request so far, in arrival order.
@@ -148,6 +159,7 @@ async fn answer(
     let attempt = header("trellis-delivery-attempt").parse().unwrap_or(1);
     // Read the body whole, as a real receiver would before answering.
     let _ = request.into_body().collect().await;
+    let status = (lock(&state.status))(&id, attempt);
     lock(&state.deliveries).push(Delivery {
         at,
         path,
@@ -159,7 +171,9 @@ async fn answer(
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
-    Ok(Response::new(Empty::new()))
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    Ok(response)
 }
 
 /// Which of `candidates` holds the client end of the connection from `peer` to `hook`.
