@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use trellis_meta::{EtcdOptions, EtcdStore, MetadataStore, WatchEvent};
-use trellis_test_support::{EtcdServer, NatsServer, TrellisProcess};
+use trellis_test_support::{EtcdServer, FaultProxy, Faults, NatsServer, TrellisProcess};
 
 use super::hook::{Delivery, Hook, Pids};
 use crate::{bin, publish};
@@ -57,12 +57,24 @@ struct Replica {
     process: Option<TrellisProcess>,
     generation: u32,
     data_dir: PathBuf,
+    /// Where it reaches etcd, when not directly.
+    etcd_proxy: Option<FaultProxy>,
 }
 
 impl Cluster {
     /// etcd, nats-server and `n` replicas, each ready and seeing all the others; `None` (the
     /// test skips) where etcd or nats-server is not installed and not required.
     pub(crate) async fn start(n: usize) -> Option<Cluster> {
+        Cluster::start_inner(n, false).await
+    }
+
+    /// Like [`Cluster::start`], with each replica reaching etcd through a proxy of its own, so
+    /// that one replica alone can lose etcd ([`Cluster::cut_etcd`]).
+    pub(crate) async fn start_isolatable(n: usize) -> Option<Cluster> {
+        Cluster::start_inner(n, true).await
+    }
+
+    async fn start_inner(n: usize, proxied: bool) -> Option<Cluster> {
         let etcd = EtcdServer::start()?;
         let nats = NatsServer::start()?;
         let store = EtcdStore::connect(EtcdOptions::new([etcd.endpoint()]))
@@ -83,6 +95,15 @@ impl Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
         };
         let indexes: Vec<usize> = (0..n).map(|_| cluster.add_slot()).collect();
+        if proxied {
+            let upstream = cluster.etcd.endpoint().parse().expect("etcd's address");
+            for &index in &indexes {
+                let proxy = FaultProxy::start(upstream, Faults::none())
+                    .await
+                    .expect("a proxy to etcd");
+                cluster.replicas[index].etcd_proxy = Some(proxy);
+            }
+        }
         // Started side by side: each takes a while to connect to etcd and NATS.
         let launched: Vec<TrellisProcess> = tokio::task::block_in_place(|| {
             std::thread::scope(|scope| {
@@ -229,6 +250,27 @@ impl Cluster {
         tokio::task::block_in_place(|| self.nats.restart());
     }
 
+    /// Cuts the replica off etcd (a cluster from [`Cluster::start_isolatable`]): its
+    /// connections are reset and new ones refused, while the other replicas reach etcd as before.
+    pub(crate) async fn cut_etcd(&self, index: usize) {
+        self.etcd_proxy(index).down().await;
+    }
+
+    /// Lets the replica reach etcd again.
+    pub(crate) async fn mend_etcd(&self, index: usize) {
+        self.etcd_proxy(index)
+            .up()
+            .await
+            .expect("the proxy comes back");
+    }
+
+    fn etcd_proxy(&self, index: usize) -> &FaultProxy {
+        self.replicas[index]
+            .etcd_proxy
+            .as_ref()
+            .expect("a cluster started with start_isolatable")
+    }
+
     /// `GET /v1/cluster` through the replica.
     pub(crate) async fn view(&self, index: usize) -> Value {
         self.get_json(&format!("{}/v1/cluster", self.base(index)))
@@ -236,12 +278,19 @@ impl Cluster {
             .unwrap_or(Value::Null)
     }
 
-    /// Unit -> member id, as `GET /v1/cluster` through the first live replica says.
+    /// Unit -> member id, as `GET /v1/cluster` says through the first live replica that says
+    /// it is healthy (one cut off etcd knows only what it saw last).
     pub(crate) async fn owners(&self) -> BTreeMap<String, String> {
-        let Some(index) = self.first_live() else {
-            return BTreeMap::new();
-        };
-        owners_in(&self.view(index).await)
+        let live: Vec<usize> = (0..self.len())
+            .filter(|&index| lock(&self.live)[index].is_some())
+            .collect();
+        for index in live {
+            let view = self.view(index).await;
+            if view["healthy"] == true {
+                return owners_in(&view);
+            }
+        }
+        BTreeMap::new()
     }
 
     /// The unit's owner as `GET /v1/cluster` says, once `accept` takes it (`PATIENCE` at most).
@@ -376,15 +425,20 @@ impl Cluster {
             process: None,
             generation: 0,
             data_dir: self.dir.path().join(format!("r{index}")),
+            etcd_proxy: None,
         });
         lock(&self.live).push(None);
         index
     }
 
     fn launch_args(&self, index: usize) -> (PathBuf, Vec<String>) {
+        let etcd = match &self.replicas[index].etcd_proxy {
+            Some(proxy) => proxy.addr().to_string(),
+            None => self.etcd.endpoint(),
+        };
         let args = [
             "--meta".to_owned(),
-            format!("etcd://{}", self.etcd.endpoint()),
+            format!("etcd://{etcd}"),
             "--storage".to_owned(),
             self.nats.url(),
             "--node-id".to_owned(),

@@ -15,6 +15,7 @@ mod harness;
 mod hook;
 mod join;
 mod member;
+mod partition;
 mod rejoin;
 mod restarts;
 
