@@ -2,7 +2,7 @@
 //! replica takes over, and then the frozen one is resumed (SIGCONT). A replica that wakes up
 //! believing it still owns the subscription would, at once, end its in-flight deliveries, commit
 //! their offsets and send the next events. It must do none of that: the receiver, which knows
-//! which process sent what, sees no request from it after the thaw, and etcd's history of the
+//! which process sent what, sees no attempt it made after the thaw, and etcd's history of the
 //! offset key shows no commit of it.
 //!
 //! How the history proves it: before the thaw the successor has delivered and committed every
@@ -12,7 +12,7 @@
 //! either stay untouched or only be written with the end again, and over the whole takeover
 //! the committed offsets must never go back.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 use trellis_meta::WatchEvent;
@@ -105,8 +105,10 @@ async fn a_frozen_owner_wakes_without_delivering_or_committing() {
     let quiet = cluster.revision().await;
     let delivered_before_thaw = hook.deliveries_to("/ledger").len();
 
-    cluster.thaw(owner);
+    // Taken before the thaw: nothing the woken replica makes up comes earlier.
+    let thawed_wall_ms = unix_ms();
     let thawed_at = Instant::now();
+    cluster.thaw(owner);
     // The woken replica finds its lease gone, joins again as a healthy member, and may even be
     // handed the subscription back in a new term: by then there is nothing left to deliver.
     let deadline = Instant::now() + PATIENCE;
@@ -127,19 +129,35 @@ async fn a_frozen_owner_wakes_without_delivering_or_committing() {
 
     // Every finding at once: the receiver's and etcd's tell the same story from two sides.
     let mut findings = Vec::new();
-    let after_thaw: Vec<_> = hook
+    // An attempt the woken replica made up after the freeze (so after the thaw: it ran not in
+    // between) is what must never be. One it made up, and was allowed to send, just before the
+    // freeze can still reach the receiver after the thaw, when the freeze caught it between
+    // that check and its request's write: no check in the sender can close that window, only
+    // make it small. Those are told apart by the time in the attempt's request id and
+    // reported, not failed.
+    let (stragglers, after_thaw): (Vec<_>, Vec<_>) = hook
         .deliveries_to("/ledger")
         .into_iter()
         .filter(|delivery| delivery.pid == Some(owner_pid) && delivery.at > thawed_at)
-        .collect();
+        .partition(|delivery| {
+            delivery
+                .made_at_ms
+                .is_some_and(|made| made < thawed_wall_ms)
+        });
+    if !stragglers.is_empty() {
+        eprintln!(
+            "{} attempts allowed before the freeze reached the receiver after the thaw: {stragglers:?}",
+            stragglers.len()
+        );
+    }
     if !after_thaw.is_empty() {
         findings.push(format!(
-            "the woken replica sent {} deliveries after the thaw, e.g. {:?}",
+            "the woken replica made {} delivery attempts after the thaw, e.g. {:?}",
             after_thaw.len(),
             &after_thaw[..after_thaw.len().min(3)]
         ));
     }
-    let delivered = hook.deliveries_to("/ledger").len();
+    let delivered = hook.deliveries_to("/ledger").len() - stragglers.len();
     if delivered != delivered_before_thaw {
         findings.push(format!(
             "{} deliveries after the thaw, with nothing left to deliver",
@@ -160,6 +178,14 @@ async fn a_frozen_owner_wakes_without_delivering_or_committing() {
         ));
     }
     assert!(findings.is_empty(), "{}", findings.join("\n"));
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
 }
 
 /// The offsets written by the puts among `events`.

@@ -44,6 +44,10 @@ pub(crate) struct Delivery {
     pub(crate) id: String,
     /// Its `trellis-delivery-attempt`.
     pub(crate) attempt: u32,
+    /// When the sender made up the attempt: the time in its `x-request-id`, a UUIDv7 the
+    /// delivery engine makes for each attempt just before it asks whether it may still send
+    /// (Unix milliseconds).
+    pub(crate) made_at_ms: Option<u64>,
     /// The replica process that sent it; `None` if none of the cluster's processes held the
     /// connection (one killed while it connected).
     pub(crate) pid: Option<u32>,
@@ -157,6 +161,13 @@ async fn answer(
     };
     let id = header("ce-id");
     let attempt = header("trellis-delivery-attempt").parse().unwrap_or(1);
+    let made_at_ms = uuid::Uuid::parse_str(&header("x-request-id"))
+        .ok()
+        .and_then(|id| id.get_timestamp())
+        .map(|timestamp| {
+            let (secs, nanos) = timestamp.to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        });
     // Read the body whole, as a real receiver would before answering.
     let _ = request.into_body().collect().await;
     let status = (lock(&state.status))(&id, attempt);
@@ -165,6 +176,7 @@ async fn answer(
         path,
         id,
         attempt,
+        made_at_ms,
         pid,
     });
     let delay = state.delay_ms.load(Ordering::Relaxed);
