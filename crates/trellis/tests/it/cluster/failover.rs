@@ -81,7 +81,7 @@ async fn a_killed_owner_is_replaced_within_the_bound_without_loss() {
     assert_ne!(new_owner, Some(owner), "another replica delivers");
 
     // Keep publishing a while under the new owner, then check everything.
-    load.wait_for(200).await;
+    load.wait_for(100).await;
     let acked = load.stop().await;
     let missing = wait_delivered(&hook, "/audit", &acked).await;
     assert!(

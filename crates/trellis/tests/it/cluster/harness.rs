@@ -29,11 +29,13 @@ use crate::{bin, publish};
 pub(crate) const LEASE_TTL: Duration = Duration::from_millis(2000);
 /// The bound on taking over a dead replica's work: the lease TTL plus one second.
 pub(crate) const TAKEOVER_BOUND: Duration = Duration::from_millis(3000);
-/// What a loaded 2-core machine (every test of the suite running beside these) may add to
-/// [`TAKEOVER_BOUND`] in a measurement taken from outside: the kill and the first delivery are
-/// seen by the test, not by the replicas, and a replica that is due to act may wait for a core
-/// for a second or more. Tests assert `TAKEOVER_BOUND + SLACK` and print what they measured.
-pub(crate) const SLACK: Duration = Duration::from_secs(4);
+/// What a loaded 2-core machine may add to [`TAKEOVER_BOUND`] in a measurement taken from
+/// outside: the kill and the first delivery are seen by the test, not by the replicas, and a
+/// replica that is due to act may wait for a core for seconds. Alone on 2 cores the takeover
+/// measures 2.1-2.5 s; with 8 of these tests at once (24 replicas, load average above 40) up to
+/// 8.5 s. Tests assert `TAKEOVER_BOUND + SLACK`, a guard against a takeover that waits for
+/// anything but the lease, and print what they measured; the benchmark measures the bound.
+pub(crate) const SLACK: Duration = Duration::from_secs(6);
 /// How long anything that happens "within a second" in the product may take here.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -558,6 +560,8 @@ pub(crate) struct Acked {
 pub(crate) struct Load {
     stop: CancellationToken,
     acked: Arc<Mutex<Vec<Acked>>>,
+    /// The latest failed publish, for the message of a stalled load.
+    failure: Arc<Mutex<Option<String>>>,
     task: JoinHandle<()>,
 }
 
@@ -565,15 +569,24 @@ impl Load {
     fn start(live: Live, topic: &str, prefix: &str, pace: Duration) -> Load {
         let stop = CancellationToken::new();
         let acked = Arc::new(Mutex::new(Vec::new()));
+        let failure = Arc::new(Mutex::new(None));
         let task = tokio::spawn(publish_loop(
             live,
-            topic.to_owned(),
-            prefix.to_owned(),
-            pace,
+            Target {
+                topic: topic.to_owned(),
+                prefix: prefix.to_owned(),
+                pace,
+            },
             stop.clone(),
             Arc::clone(&acked),
+            Arc::clone(&failure),
         ));
-        Load { stop, acked, task }
+        Load {
+            stop,
+            acked,
+            failure,
+            task,
+        }
     }
 
     pub(crate) fn n_acked(&self) -> usize {
@@ -585,7 +598,12 @@ impl Load {
         let target = self.n_acked() + n;
         let deadline = Instant::now() + PATIENCE;
         while self.n_acked() < target {
-            assert!(Instant::now() < deadline, "the load stalled");
+            assert!(
+                Instant::now() < deadline,
+                "the load stalled at {} acknowledged events; the latest failure: {:?}",
+                self.n_acked(),
+                lock(&self.failure)
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -598,13 +616,19 @@ impl Load {
     }
 }
 
-async fn publish_loop(
-    live: Live,
+/// What the load publishes, and how fast.
+struct Target {
     topic: String,
     prefix: String,
     pace: Duration,
+}
+
+async fn publish_loop(
+    live: Live,
+    target: Target,
     stop: CancellationToken,
     acked: Arc<Mutex<Vec<Acked>>>,
+    failure: Arc<Mutex<Option<String>>>,
 ) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -613,7 +637,7 @@ async fn publish_loop(
     let mut turn = 0usize;
     let mut n = 0u64;
     while !stop.is_cancelled() {
-        let id = format!("{prefix}-{n}");
+        let id = format!("{}-{n}", target.prefix);
         n += 1;
         // Up to 20 tries per event, then the next one: a cluster that cannot take an event for
         // that long shows as events missing from what was acknowledged.
@@ -624,33 +648,46 @@ async fn publish_loop(
                 turn += 1;
                 (!up.is_empty()).then(|| up[turn % up.len()].clone())
             };
-            let offset = match base {
-                Some(base) => publish(&client, &base, &topic, &id, id.clone())
-                    .await
-                    .ok()
-                    .filter(|response| response.status() == 202),
-                None => None,
+            let outcome = match &base {
+                Some(base) => publish_one(&client, base, &target.topic, &id).await,
+                None => Err("no replica is up".to_owned()),
             };
-            let offset = match offset {
-                Some(response) => response
-                    .json::<Value>()
-                    .await
-                    .ok()
-                    .and_then(|ack| ack["events"][0]["offset"].as_u64()),
-                None => None,
-            };
-            if let Some(offset) = offset {
-                lock(&acked).push(Acked {
-                    id: id.clone(),
-                    offset,
-                    at: Instant::now(),
-                });
-                break;
+            match outcome {
+                Ok(offset) => {
+                    lock(&acked).push(Acked {
+                        id: id.clone(),
+                        offset,
+                        at: Instant::now(),
+                    });
+                    break;
+                }
+                Err(error) => *lock(&failure) = Some(format!("{base:?}: {error}")),
             }
-            tokio::time::sleep(pace).await;
+            tokio::time::sleep(target.pace).await;
         }
-        tokio::time::sleep(pace).await;
+        tokio::time::sleep(target.pace).await;
     }
+}
+
+/// Publishes one event; its offset once acknowledged.
+async fn publish_one(
+    client: &reqwest::Client,
+    base: &str,
+    topic: &str,
+    id: &str,
+) -> Result<u64, String> {
+    let response = publish(client, base, topic, id, id.to_owned())
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status();
+    let body = response.text().await.map_err(|error| error.to_string())?;
+    if status != 202 {
+        return Err(format!("{status}: {body}"));
+    }
+    serde_json::from_str::<Value>(&body)
+        .ok()
+        .and_then(|ack| ack["events"][0]["offset"].as_u64())
+        .ok_or_else(|| format!("an acknowledgement without an offset: {body}"))
 }
 
 /// The acknowledged events no delivery carried.
