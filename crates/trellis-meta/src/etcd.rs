@@ -35,6 +35,9 @@ use crate::{
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long connecting to an endpoint may take, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often an idle connection to etcd is pinged, and how long a ping may go unanswered.
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before sending a request again that found its endpoint unreachable, so a list of dead
 /// endpoints is not retried in a busy loop.
 const CONNECT_RETRY_PAUSE: Duration = Duration::from_millis(20);
@@ -443,7 +446,13 @@ impl EtcdStore {
             let mut endpoint = Endpoint::from_shared(uri)
                 .map_err(transport_error)?
                 .connect_timeout(options.connect_timeout)
-                .timeout(options.request_timeout);
+                .timeout(options.request_timeout)
+                // A watch only reads: without pings, a member that vanished without closing the
+                // connection (a partition, a frozen host) would leave it waiting forever. With
+                // them the connection fails within about 10 s and the watch reopens elsewhere.
+                .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
+                .keep_alive_while_idle(true);
             if let Some(tls) = &tls {
                 endpoint = endpoint.tls_config(tls.clone()).map_err(transport_error)?;
             }

@@ -109,6 +109,14 @@ impl ApiError {
 
     /// A failure inside Trellis. The cause is logged in full; the client gets a short sentence.
     pub(crate) fn internal(context: &str, error: &(dyn std::error::Error + 'static)) -> ApiError {
+        // The metadata store out of reach (etcd down) is a `503` to retry, not a fault here.
+        if let Some(trellis_meta::MetaError::Unavailable(reason)) =
+            error.downcast_ref::<trellis_meta::MetaError>()
+        {
+            return ApiError::unavailable(format!(
+                "the metadata store is unavailable ({reason}); {context} did not complete, try again shortly"
+            ));
+        }
         let chain = error_chain(error);
         tracing::error!(message = "Request failed inside Trellis.", context, error = %chain);
         ApiError::new(
@@ -240,6 +248,17 @@ mod tests {
     use super::{ApiError, MAX_ECHO_CHARS, MAX_MESSAGE_CHARS, RETRY_AFTER_SECS, bounded};
     use axum::response::IntoResponse;
     use trellis_storage::StorageError;
+
+    #[test]
+    fn an_unreachable_metadata_store_is_a_503_and_its_other_failures_are_500() {
+        let unreachable = trellis_meta::MetaError::Unavailable("connection refused".into());
+        let answer = ApiError::internal("storing a subscription", &unreachable).into_response();
+        assert_eq!(answer.status(), 503);
+        assert!(answer.headers().contains_key("retry-after"));
+        let failed = trellis_meta::MetaError::Storage("disk full".into());
+        let answer = ApiError::internal("storing a subscription", &failed).into_response();
+        assert_eq!(answer.status(), 500);
+    }
 
     #[test]
     fn an_unavailable_store_is_a_503_with_retry_after_and_other_failures_are_not() {

@@ -229,14 +229,16 @@ impl ConnectorRegistry {
         let mut entries = self.entries.lock().await;
         let entry = find_mut(&mut entries, name)?;
         stop(entry.run.take()).await;
-        if entry.spec.failed.is_some() {
+        let mut spec = entry.spec.clone();
+        spec.restarts += 1;
+        if spec.failed.is_some() {
             // A restart is how Kafka Connect starts a failed connector again.
-            let mut spec = entry.spec.clone();
             spec.paused = false;
             spec.failed = None;
-            self.store(&spec).await?;
-            entry.spec = spec;
         }
+        // Stored even when nothing else changed: the replica that runs it may be another.
+        self.store(&spec).await?;
+        entry.spec = spec;
         if !entry.spec.paused {
             self.start(entry);
         }
@@ -333,6 +335,14 @@ impl ConnectorRegistry {
                     let entry = self.entries.lock().await.remove(name);
                     if let Some(entry) = entry {
                         stop(entry.run).await;
+                        // If this replica ran it, its last commit came after the deleting
+                        // replica forgot the offsets: forget them again, unless the name was
+                        // taken anew meanwhile.
+                        if let Ok(None) = self.env.meta.get(&key).await
+                            && let Err(error) = self.forget_offsets(name).await
+                        {
+                            tracing::warn!(message = "Forgetting a deleted connector's offsets failed.", connector = name, error = %error.message);
+                        }
                     }
                 }
             }

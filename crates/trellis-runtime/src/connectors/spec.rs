@@ -20,6 +20,9 @@ pub(crate) struct ConnectorSpec {
     /// Why the connector stopped itself (a record that failed for good under
     /// `errors.tolerance: none`, or a failed start): it is paused until a resume or restart.
     pub(crate) failed: Option<String>,
+    /// Counts restarts asked for through the API, so a restart through any replica reaches the
+    /// one that runs the connector (the stored spec changes, and every replica follows it).
+    pub(crate) restarts: u64,
     pub(crate) plugin: &'static Plugin,
     /// The delivery engine's settings, for the `http-sink` plugin.
     pub(crate) http: Option<HttpSinkSpec>,
@@ -100,6 +103,7 @@ impl ConnectorSpec {
             config,
             paused,
             failed: None,
+            restarts: 0,
             plugin,
             http,
         })
@@ -117,6 +121,7 @@ impl ConnectorSpec {
             .unwrap_or(false);
         let config = value.get("config").cloned().unwrap_or(Value::Null);
         let mut spec = ConnectorSpec::new(name, config, paused).map_err(|error| error.message)?;
+        spec.restarts = value.get("restarts").and_then(Value::as_u64).unwrap_or(0);
         spec.failed = value
             .get("failed")
             .and_then(Value::as_str)
@@ -130,6 +135,7 @@ impl ConnectorSpec {
             "config": self.config,
             "paused": self.paused,
             "failed": self.failed,
+            "restarts": self.restarts,
         })
     }
 

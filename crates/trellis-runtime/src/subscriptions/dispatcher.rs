@@ -524,6 +524,9 @@ impl Dispatcher {
         let offset = match outcome {
             Outcome::Delivered(offset) => offset,
             Outcome::Failed(failure) if !failure.class.is_final() => return Settled::Go,
+            // A replica that lost the subscription leaves a record that failed for good to the
+            // new owner, who delivers it again: no dead letter from here, and no commit.
+            Outcome::Failed(_) if !self.fence.holds() => return Settled::Go,
             Outcome::Failed(failure) if self.on_failure == OnFailure::Stop => {
                 let offset = failure.context.offset;
                 tracing::error!(message = "A record failed for good and errors.tolerance is none: stopping, the record uncommitted.", subscription = %self.name, offset, reason = %failure.reason);

@@ -453,6 +453,15 @@ impl SubscriptionRegistry {
             entry.stop.cancel();
             let _ = entry.done.await;
             crate::metrics::removable().remove(&[("subscription", name)]);
+            // If this replica ran it, its last commit came after the deleting replica removed
+            // the offsets: remove them again, unless the name was taken anew meanwhile.
+            if let Ok(None) = self.meta.get(&subscription_key(name)).await {
+                for key in [offset_key(name), redrive_key(name)] {
+                    if let Err(error) = self.meta.delete(&key).await {
+                        tracing::warn!(message = "Deleting a deleted subscription's offset failed.", key, error = %crate::error::error_chain(&error));
+                    }
+                }
+            }
         }
     }
 

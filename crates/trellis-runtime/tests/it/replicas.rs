@@ -52,7 +52,7 @@ fn subscription(name: &str, topic: &str, url: &str) -> String {
 
 #[tokio::test]
 async fn a_subscription_made_through_one_replica_is_known_to_the_other_and_goes_with_its_delete() {
-    let Some((_site, _meta, a, b)) = two_replicas().await else {
+    let Some((_site, meta, a, b)) = two_replicas().await else {
         return;
     };
     let receiver = Receiver::answering(200).await.expect("receiver");
@@ -86,6 +86,12 @@ async fn a_subscription_made_through_one_replica_is_known_to_the_other_and_goes_
     eventually("the delete on the first replica", async || {
         let (status, _) = a.get("/v1/subscriptions/shared").await;
         (status == 404).then_some(())
+    })
+    .await;
+    // Whichever replica ran it committed last; its offset goes all the same.
+    eventually("the offset gone", async || {
+        let offset = meta.get("/offsets/shared").await.expect("read");
+        offset.is_none().then_some(())
     })
     .await;
     a.stop().await;
