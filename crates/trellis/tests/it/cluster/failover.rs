@@ -1,6 +1,7 @@
-//! The owner of a subscription and of a consumer group dies (SIGKILL) under load: another
-//! replica takes over within the bound, nothing acknowledged is lost, and the only duplicates
-//! are the events the dead owner had delivered past its last commit.
+//! A replica that owns subscriptions and a consumer group dies (SIGKILL) under load, published
+//! through all three replicas: another replica takes each over within the bound, nothing
+//! acknowledged is lost, the only duplicates are the events the dead owner had delivered past
+//! its last commit, and the subscriptions the others owned go on untouched.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -17,19 +18,29 @@ use super::member::{Member, ack_all};
 /// the bound on duplicates the issue allows, "the in-flight window".
 const MAX_IN_FLIGHT: usize = 256;
 
+/// Six subscriptions, two per replica.
+const SUBSCRIPTIONS: [&str; 6] = ["s0", "s1", "s2", "s3", "s4", "s5"];
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_owner_is_replaced_within_the_bound_without_loss() {
     let Some(mut cluster) = Cluster::start(3).await else {
         return;
     };
     let hook = cluster.hook().await;
-    cluster
-        .subscribe(0, "audit", "orders", &hook.url("/audit"))
-        .await;
-    let owner_id = cluster.owner_when("subscription/audit", |_| true).await;
+    for name in SUBSCRIPTIONS {
+        cluster
+            .subscribe(0, name, "orders", &hook.url(&format!("/{name}")))
+            .await;
+    }
+    let mut terms = BTreeMap::new();
+    for name in SUBSCRIPTIONS {
+        let unit = format!("subscription/{name}");
+        cluster.owner_when(&unit, |_| true).await;
+    }
+    let owner_id = cluster.owner_when("subscription/s0", |_| true).await;
     let owner = cluster.replica_of_member(&owner_id).expect("one of ours");
     let owner_pid = cluster.pid(owner);
-    // The group's member connects to the subscription's owner first, so that the group runs
+    // The group's member connects to the dead-to-be replica first, so that the group runs
     // there too and the kill takes both; it fails over along the other replicas.
     let mut endpoints = vec![cluster.grpc(owner)];
     endpoints.extend(
@@ -42,7 +53,7 @@ async fn a_killed_owner_is_replaced_within_the_bound_without_loss() {
 
     // Delivery flows, from the owner.
     let flowing = wait_for(|| {
-        hook.deliveries_to("/audit")
+        hook.deliveries_to("/s0")
             .iter()
             .filter(|delivery| delivery.pid == Some(owner_pid))
             .count()
@@ -54,72 +65,113 @@ async fn a_killed_owner_is_replaced_within_the_bound_without_loss() {
         "the owner delivers; logs:\n{}",
         cluster.logs(owner)
     );
-    let (_, old_term) = cluster
-        .owner_key("subscription/audit")
-        .await
-        .expect("an ownership key");
+    for name in SUBSCRIPTIONS {
+        let term = cluster
+            .owner_key(&format!("subscription/{name}"))
+            .await
+            .expect("an ownership key");
+        terms.insert(name, term);
+    }
+    let orphans: Vec<&str> = SUBSCRIPTIONS
+        .into_iter()
+        .filter(|name| terms[name].0 == owner_id)
+        .collect();
 
     // Taken before the kill, so that the time measured to the first delivery from another
     // replica is never less than the real one.
     let killed_at = Instant::now();
     cluster.kill(owner);
-    let resumed =
-        wait_for(|| first_after(&hook.deliveries_to("/audit"), killed_at, owner_pid).is_some())
-            .await;
-    assert!(resumed, "delivery resumes after the owner's death");
-    let first =
-        first_after(&hook.deliveries_to("/audit"), killed_at, owner_pid).expect("a delivery");
-    let took = first.at - killed_at;
-    eprintln!(
-        "delivery resumed {took:?} after the kill (bound {TAKEOVER_BOUND:?} with a {LEASE_TTL:?} TTL)"
-    );
-    assert!(
-        took <= TAKEOVER_BOUND + SLACK,
-        "delivery resumed {took:?} after the owner's death, beyond {TAKEOVER_BOUND:?} + {SLACK:?}"
-    );
-    let new_owner = cluster.replica_of_pid(first.pid.expect("a known sender"));
-    assert_ne!(new_owner, Some(owner), "another replica delivers");
+    for name in &orphans {
+        let path = format!("/{name}");
+        let resumed =
+            wait_for(|| first_after(&hook.deliveries_to(&path), killed_at, owner_pid).is_some())
+                .await;
+        assert!(
+            resumed,
+            "delivery of {name} resumes after its owner's death"
+        );
+        let first =
+            first_after(&hook.deliveries_to(&path), killed_at, owner_pid).expect("a delivery");
+        let successor = first.pid.and_then(|pid| cluster.replica_of_pid(pid));
+        assert!(
+            successor.is_some_and(|successor| successor != owner),
+            "{name}: another of the replicas delivers, not {:?}",
+            first.pid
+        );
+        let took = first.at - killed_at;
+        eprintln!(
+            "{name}: delivery resumed {took:?} after the kill (bound {TAKEOVER_BOUND:?} with a \
+             {LEASE_TTL:?} TTL)"
+        );
+        assert!(
+            took <= TAKEOVER_BOUND + SLACK,
+            "{name}: delivery resumed {took:?} after its owner's death, beyond \
+             {TAKEOVER_BOUND:?} + {SLACK:?}"
+        );
+    }
 
-    // Keep publishing a while under the new owner, then check everything.
+    // Keep publishing a while under the new owners, then check everything.
     load.wait_for(100).await;
     let acked = load.stop().await;
-    let missing = wait_delivered(&hook, "/audit", &acked).await;
-    assert!(
-        missing.is_empty(),
-        "{} of {} acknowledged events never delivered, e.g. {:?}",
-        missing.len(),
-        acked.len(),
-        &missing[..missing.len().min(10)]
-    );
-
-    // Duplicates: only events the dead owner delivered at or past its last commit.
-    let (new_id, new_term) = cluster
-        .owner_key("subscription/audit")
-        .await
-        .expect("an ownership key");
-    assert_ne!(new_id, owner_id);
-    assert!(new_term > old_term);
-    let history = cluster.history("/offsets/audit", 1).await;
-    let last_commit = committed_before(&history, new_term);
-    let deliveries = hook.deliveries_to("/audit");
-    let window = Window::of(&acked, &deliveries, owner_pid, last_commit);
-    eprintln!(
-        "{} duplicates; the dead owner had delivered {} events past its last commit (offset {last_commit})",
-        window.duplicates.len(),
-        window.uncommitted
-    );
-    assert!(
-        window.outside.is_empty(),
-        "events delivered twice though the dead owner had committed them or never sent them: {:?}",
-        window.outside
-    );
-    assert!(
-        window.duplicates.len() <= window.uncommitted.min(MAX_IN_FLIGHT),
-        "{} duplicates, more than the dead owner's uncommitted deliveries ({}) or the in-flight \
-         window ({MAX_IN_FLIGHT})",
-        window.duplicates.len(),
-        window.uncommitted
-    );
+    for name in SUBSCRIPTIONS {
+        let path = format!("/{name}");
+        let missing = wait_delivered(&hook, &path, &acked).await;
+        assert!(
+            missing.is_empty(),
+            "{name}: {} of {} acknowledged events never delivered, e.g. {:?}",
+            missing.len(),
+            acked.len(),
+            &missing[..missing.len().min(10)]
+        );
+        let (new_id, new_term) = cluster
+            .owner_key(&format!("subscription/{name}"))
+            .await
+            .expect("an ownership key");
+        let (old_id, old_term) = &terms[name];
+        let deliveries = hook.deliveries_to(&path);
+        if !orphans.contains(&name) {
+            if (&new_id, new_term) == (old_id, *old_term) {
+                let mut ids: Vec<&str> = deliveries
+                    .iter()
+                    .map(|delivery| delivery.id.as_str())
+                    .collect();
+                let n_deliveries = ids.len();
+                ids.sort_unstable();
+                ids.dedup();
+                assert_eq!(
+                    ids.len(),
+                    n_deliveries,
+                    "{name}, never moved, delivered something twice"
+                );
+            }
+            continue;
+        }
+        // Duplicates: only events the dead owner delivered at or past its last commit.
+        assert_ne!(&new_id, old_id);
+        assert!(new_term > *old_term);
+        let history = cluster.history(&format!("/offsets/{name}"), 1).await;
+        let last_commit = committed_before(&history, new_term);
+        let window = Window::of(&acked, &deliveries, owner_pid, last_commit);
+        eprintln!(
+            "{name}: {} duplicates; the dead owner had delivered {} events past its last commit \
+             (offset {last_commit})",
+            window.duplicates.len(),
+            window.uncommitted
+        );
+        assert!(
+            window.outside.is_empty(),
+            "{name}: events delivered twice though the dead owner had committed them or never \
+             sent them: {:?}",
+            window.outside
+        );
+        assert!(
+            window.duplicates.len() <= window.uncommitted.min(MAX_IN_FLIGHT),
+            "{name}: {} duplicates, more than the dead owner's uncommitted deliveries ({}) or \
+             the in-flight window ({MAX_IN_FLIGHT})",
+            window.duplicates.len(),
+            window.uncommitted
+        );
+    }
 
     // The consumer group lost nothing either: its member, failed over, got every event.
     let group_missing = wait_for(|| {
