@@ -12,7 +12,7 @@ use super::harness::{
     Acked, Cluster, LEASE_TTL, PATIENCE, SLACK, TAKEOVER_BOUND, offset_of, wait_delivered,
 };
 use super::hook::Delivery;
-use super::member::{Member, ack_all};
+use super::member::Member;
 
 /// What one subscription may have out for delivery at once (`MAX_IN_FLIGHT` in the runtime):
 /// the bound on duplicates the issue allows, "the in-flight window".
@@ -48,7 +48,7 @@ async fn a_killed_owner_is_replaced_within_the_bound_without_loss() {
             .filter(|&index| index != owner)
             .map(|index| cluster.grpc(index)),
     );
-    let member = Member::join(endpoints, "orders", "billing", ack_all);
+    let member = Member::join(endpoints, "orders", "billing");
     let load = cluster.load("orders", "order", Duration::from_millis(10));
 
     // Delivery flows, from the owner.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::failover::{committed_before, wait_for};
 use super::harness::{Cluster, PATIENCE, offset_of};
-use super::member::Member;
+use super::member::{Habits, Member};
 use trellis_meta::WatchEvent;
 
 /// The events the first member leaves unacked until the owner dies.
@@ -18,19 +18,35 @@ fn every_fifth(offset: u64) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "consumer groups are not shared across replicas yet: members of one group on two \
-            replicas each get every event, and no replica owns group/<topic>/<group>"]
+#[ignore = "consumer groups are not shared across replicas on main yet: members of one group on \
+            two replicas each get every event, and no replica owns group/<topic>/<group>; \
+            remove once groups across replicas are merged"]
 async fn a_group_survives_the_death_of_its_owner() {
     let Some(mut cluster) = Cluster::start(3).await else {
         return;
     };
     let (a, b, c) = (cluster.grpc(0), cluster.grpc(1), cluster.grpc(2));
-    let holder = Member::join(vec![a, c.clone()], "orders", "billing", every_fifth);
-    let other = Member::join(vec![b, c], "orders", "billing", super::member::ack_all);
+    // Small windows and some work per event, so that the group needs both members: it cannot
+    // hand everything to whichever acks first.
+    let habits = Habits {
+        max_unacked: 4,
+        work: Duration::from_millis(20),
+        ..Habits::default()
+    };
+    let holder = Member::join_with(
+        vec![a, c.clone()],
+        "orders",
+        "billing",
+        Habits {
+            hold: every_fifth,
+            ..habits
+        },
+    );
+    let other = Member::join_with(vec![b, c], "orders", "billing", habits);
     let load = cluster.load("orders", "order", Duration::from_millis(10));
     // Both members get events, whichever replica owns the group.
     assert!(
-        wait_for(|| holder.got().len() >= 20 && other.got().len() >= 20).await,
+        wait_for(|| holder.got().len() >= 10 && other.got().len() >= 10).await,
         "both members receive: {} and {}",
         holder.got().len(),
         other.got().len()

@@ -29,16 +29,27 @@ pub(crate) struct Member {
 
 impl Member {
     /// Joins clustering group `group` on `topic` from its earliest event through `endpoints`
-    /// (tried in order). While holding, deliveries whose offset `hold` picks are left unacked.
-    pub(crate) fn join(
+    /// (tried in order), acking each delivery at once.
+    pub(crate) fn join(endpoints: Vec<String>, topic: &str, group: &str) -> Member {
+        Member::join_with(endpoints, topic, group, Habits::default())
+    }
+
+    /// Like [`Member::join`], with the member's habits.
+    pub(crate) fn join_with(
         endpoints: Vec<String>,
         topic: &str,
         group: &str,
-        hold: fn(u64) -> bool,
+        habits: Habits,
     ) -> Member {
+        let Habits {
+            hold,
+            max_unacked,
+            work,
+        } = habits;
         let config = ConsumerConfig::new(topic, group)
             .endpoints(endpoints)
             .start(StartPosition::Earliest)
+            .max_unacked(max_unacked)
             .connect_timeout(Duration::from_secs(2))
             .retry(RetryPolicy {
                 max_backoff: Duration::from_millis(500),
@@ -62,6 +73,9 @@ impl Member {
                         break;
                     };
                     let held = holding.load(Ordering::SeqCst) && hold(delivery.offset);
+                    if !work.is_zero() {
+                        tokio::time::sleep(work).await;
+                    }
                     if !held {
                         let _ = consumer.ack(delivery.offset);
                     }
@@ -100,9 +114,25 @@ impl Member {
     }
 }
 
-/// Never holds anything.
-pub(crate) fn ack_all(_: u64) -> bool {
-    false
+/// How a member treats its deliveries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Habits {
+    /// While holding, the deliveries whose offset this picks are left unacked.
+    pub(crate) hold: fn(u64) -> bool,
+    /// Its window: deliveries it may have unacked at once.
+    pub(crate) max_unacked: u32,
+    /// How long it works on each delivery before acking it.
+    pub(crate) work: Duration,
+}
+
+impl Default for Habits {
+    fn default() -> Habits {
+        Habits {
+            hold: |_| false,
+            max_unacked: 1000,
+            work: Duration::ZERO,
+        }
+    }
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
