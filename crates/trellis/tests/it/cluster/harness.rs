@@ -326,6 +326,81 @@ impl Cluster {
         Some((member, kv.mod_revision))
     }
 
+    /// Unit -> owner for the units starting with `prefix`, once there are `n` of them, all
+    /// owned, `accept` takes them, and nothing has changed for 2 s (handoffs settle as every
+    /// replica learns of new units and members).
+    pub(crate) async fn stable_owners(
+        &self,
+        prefix: &str,
+        n: usize,
+        accept: impl Fn(&BTreeMap<String, String>) -> bool,
+    ) -> BTreeMap<String, String> {
+        let deadline = Instant::now() + PATIENCE;
+        let mut last = BTreeMap::new();
+        let mut since = Instant::now();
+        loop {
+            let owners: BTreeMap<String, String> = self
+                .owners()
+                .await
+                .into_iter()
+                .filter(|(unit, _)| unit.starts_with(prefix))
+                .collect();
+            if owners != last {
+                last = owners;
+                since = Instant::now();
+            } else if last.len() == n && accept(&last) && since.elapsed() >= Duration::from_secs(2)
+            {
+                return last;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ownership does not settle: {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// How many terms of the unit began after revision `after`: each is an ownership change.
+    pub(crate) async fn terms_since(&self, unit: &str, after: u64) -> usize {
+        self.history(&format!("/cluster/owners/{unit}"), after + 1)
+            .await
+            .iter()
+            .filter(|event| matches!(event, WatchEvent::Put(_)))
+            .count()
+    }
+
+    /// Follows the committed offset under `key` from now on, as the test sees it change.
+    pub(crate) async fn follow_commits(&self, key: &str) -> Commits {
+        let current = self.store.get(key).await.expect("read etcd");
+        let start = match &current {
+            Some(kv) => kv.mod_revision + 1,
+            None => self.revision().await + 1,
+        };
+        let seen = Arc::new(Mutex::new(vec![(
+            Instant::now(),
+            current.and_then(|kv| offset_of(&kv.value)).unwrap_or(0),
+        )]));
+        let mut stream = self
+            .store
+            .watch(key, Some(start))
+            .await
+            .expect("watch etcd");
+        let task = {
+            let (seen, key) = (Arc::clone(&seen), key.to_owned());
+            tokio::spawn(async move {
+                while let Some(Ok(event)) = stream.next().await {
+                    if let WatchEvent::Put(kv) = event
+                        && kv.key == key
+                        && let Some(offset) = offset_of(&kv.value)
+                    {
+                        lock(&seen).push((Instant::now(), offset));
+                    }
+                }
+            })
+        };
+        Commits { seen, task }
+    }
+
     /// etcd's revision now.
     pub(crate) async fn revision(&self) -> u64 {
         self.store
@@ -400,6 +475,32 @@ impl Cluster {
     /// Continuous publishing to `topic` through every live replica in turn.
     pub(crate) fn load(&self, topic: &str, prefix: &str, pace: Duration) -> Load {
         Load::start(Arc::clone(&self.live), topic, prefix, pace)
+    }
+
+    /// What a user would look at when a subscription does not deliver: the cluster's view, the
+    /// subscription's status through each live replica, and the end of each one's log.
+    pub(crate) async fn diagnose(&self, subscription: &str) -> String {
+        let mut report = String::new();
+        for index in 0..self.len() {
+            if lock(&self.live)[index].is_none() {
+                continue;
+            }
+            let base = self.base(index);
+            let status = self
+                .get_json(&format!("{base}/v1/subscriptions/{subscription}"))
+                .await
+                .map(|body| body["status"].clone())
+                .unwrap_or_default();
+            let logs = self.logs(index);
+            let tail: Vec<&str> = logs.lines().rev().take(15).collect();
+            report.push_str(&format!(
+                "replica {index} ({}): view {}\n  status of {subscription}: {status}\n  log tail:\n    {}\n",
+                self.member(index),
+                self.view(index).await,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n    ")
+            ));
+        }
+        report
     }
 
     fn first_live(&self) -> Option<usize> {
@@ -543,6 +644,31 @@ pub(crate) fn owners_in(view: &Value) -> BTreeMap<String, String> {
 /// The offset in a stored committed offset (`{"offset":N,"incarnation":"..."}`).
 pub(crate) fn offset_of(value: &[u8]) -> Option<u64> {
     serde_json::from_slice::<Value>(value).ok()?["offset"].as_u64()
+}
+
+/// A committed offset's changes as the test saw them: each a little after it happened.
+pub(crate) struct Commits {
+    seen: Arc<Mutex<Vec<(Instant, u64)>>>,
+    task: JoinHandle<()>,
+}
+
+impl Commits {
+    /// The committed offset as last seen before `instant`: everything below it was committed
+    /// by then (it may have been committed a little earlier still).
+    pub(crate) fn at(&self, instant: Instant) -> u64 {
+        lock(&self.seen)
+            .iter()
+            .take_while(|(seen, _)| *seen < instant)
+            .map(|(_, offset)| *offset)
+            .last()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Commits {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// An event the cluster acknowledged (202) to the load.

@@ -3,9 +3,9 @@
 //! acknowledged event still reaches every subscription.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::harness::{Cluster, PATIENCE, wait_delivered};
+use super::harness::{Cluster, wait_delivered};
 
 const SUBSCRIPTIONS: usize = 20;
 
@@ -21,7 +21,9 @@ async fn a_joining_replica_takes_about_a_quarter_without_loss() {
             .subscribe(0, name, "orders", &hook.url(&format!("/{name}")))
             .await;
     }
-    let before = stable_owners(&cluster, |_| true).await;
+    let before = cluster
+        .stable_owners("subscription/", SUBSCRIPTIONS, |_| true)
+        .await;
     let mut per_member: BTreeMap<&str, usize> = BTreeMap::new();
     for owner in before.values() {
         *per_member.entry(owner.as_str()).or_default() += 1;
@@ -36,10 +38,11 @@ async fn a_joining_replica_takes_about_a_quarter_without_loss() {
     let joined = cluster.add().await;
     let newcomer = cluster.member(joined);
     // Ownership may look settled before the handoffs start: wait for the newcomer's first.
-    let after = stable_owners(&cluster, |owners| {
-        owners.values().any(|owner| *owner == newcomer)
-    })
-    .await;
+    let after = cluster
+        .stable_owners("subscription/", SUBSCRIPTIONS, |owners| {
+            owners.values().any(|owner| *owner == newcomer)
+        })
+        .await;
     load.wait_for(20).await;
     let acked = load.stop().await;
 
@@ -74,38 +77,5 @@ async fn a_joining_replica_takes_about_a_quarter_without_loss() {
             acked.len(),
             &missing[..missing.len().min(10)]
         );
-    }
-}
-
-/// The owners of the 20 subscriptions once all are owned, `accept` takes them, and nothing has
-/// changed for 2 s.
-async fn stable_owners(
-    cluster: &Cluster,
-    accept: impl Fn(&BTreeMap<String, String>) -> bool,
-) -> BTreeMap<String, String> {
-    let deadline = Instant::now() + PATIENCE;
-    let mut last = BTreeMap::new();
-    let mut since = Instant::now();
-    loop {
-        let owners: BTreeMap<String, String> = cluster
-            .owners()
-            .await
-            .into_iter()
-            .filter(|(unit, _)| unit.starts_with("subscription/"))
-            .collect();
-        if owners != last {
-            last = owners;
-            since = Instant::now();
-        } else if last.len() == SUBSCRIPTIONS
-            && accept(&last)
-            && since.elapsed() >= Duration::from_secs(2)
-        {
-            return last;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "ownership does not settle: {last:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

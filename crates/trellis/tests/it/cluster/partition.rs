@@ -53,7 +53,7 @@ async fn an_owner_cut_off_etcd_stops_before_its_lease_could_end() {
         wait_for(|| {
             hook.deliveries_to("/audit")
                 .iter()
-                .any(|delivery| delivery.pid == Some(successor_pid))
+                .any(|delivery| delivery.pid == Some(successor_pid) && delivery.at > cut_at)
         })
         .await,
         "the successor delivers"
@@ -83,7 +83,7 @@ async fn an_owner_cut_off_etcd_stops_before_its_lease_could_end() {
     let deliveries = hook.deliveries_to("/audit");
     let successor_first = deliveries
         .iter()
-        .find(|delivery| delivery.pid == Some(successor_pid))
+        .find(|delivery| delivery.pid == Some(successor_pid) && delivery.at > cut_at)
         .map(|delivery| delivery.at)
         .expect("the successor delivered");
     let last_of_cut_off = deliveries

@@ -28,10 +28,11 @@ async fn a_rolling_restart_loses_no_acknowledged_event() {
     let missing = wait_delivered(&hook, "/audit", &acked).await;
     assert!(
         missing.is_empty(),
-        "{} of {} acknowledged events never delivered, e.g. {:?}",
+        "{} of {} acknowledged events never delivered, e.g. {:?}\n{}",
         missing.len(),
         acked.len(),
-        &missing[..missing.len().min(10)]
+        &missing[..missing.len().min(10)],
+        cluster.diagnose("audit").await
     );
     // Whoever owns it now is one of the restarted processes.
     let owner = cluster.owner_when("subscription/audit", |_| true).await;
@@ -76,10 +77,11 @@ async fn restarts_of_etcd_and_nats_lose_no_acknowledged_event() {
     let missing = wait_delivered(&hook, "/audit", &acked).await;
     assert!(
         missing.is_empty(),
-        "{} of {} acknowledged events never delivered, e.g. {:?}",
+        "{} of {} acknowledged events never delivered, e.g. {:?}\n{}",
         missing.len(),
         acked.len(),
-        &missing[..missing.len().min(10)]
+        &missing[..missing.len().min(10)],
+        cluster.diagnose("audit").await
     );
     // Every replica is healthy again by itself.
     for index in 0..cluster.len() {
