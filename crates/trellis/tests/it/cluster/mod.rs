@@ -84,6 +84,7 @@ async fn three_replicas_see_each_other() {
         assert_eq!(view["lease_ttl_ms"], 2000, "{view}");
         let members = view["members"].as_array().expect("members");
         assert_eq!(members.len(), 3, "{view}");
+        assert_eq!(view["unowned"], serde_json::json!([]), "{view}");
         for member in members {
             let id = member["id"].as_str().expect("id");
             let replica = cluster.replica_of_member(id).expect("one of ours");
@@ -92,6 +93,14 @@ async fn three_replicas_see_each_other() {
                 Some(cluster.base(replica)),
                 "{view}"
             );
+            assert_eq!(
+                member["grpc"].as_str().map(|grpc| format!("http://{grpc}")),
+                Some(cluster.grpc(replica)),
+                "{view}"
+            );
+            assert!(member["started_at"].is_string(), "{view}");
+            assert!(member["load"]["subscriptions"].is_u64(), "{view}");
+            assert!(member["owns"].is_array(), "{view}");
         }
     }
 }
