@@ -492,7 +492,12 @@ impl Cluster {
                 .map(|body| body["status"].clone())
                 .unwrap_or_default();
             let logs = self.logs(index);
-            let tail: Vec<&str> = logs.lines().rev().take(15).collect();
+            let tail: Vec<&str> = logs
+                .lines()
+                .filter(|line| !line.contains("Delivered."))
+                .rev()
+                .take(25)
+                .collect();
             report.push_str(&format!(
                 "replica {index} ({}): view {}\n  status of {subscription}: {status}\n  log tail:\n    {}\n",
                 self.member(index),
