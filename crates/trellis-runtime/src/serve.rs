@@ -118,6 +118,7 @@ pub async fn serve_with_grpc(
     );
     let groups = Arc::new(GroupRegistry::new(
         Arc::clone(&meta),
+        cluster.clone(),
         shutdown.child_token(),
     ));
     let grpc_service = Arc::new(GrpcService {

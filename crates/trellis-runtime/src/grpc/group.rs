@@ -12,6 +12,14 @@
 //!   event waiting for redelivery is one a member held.
 //! - An unavailable event store pauses reading, not the group: members stay joined, acks are
 //!   taken and committed, and reading goes on by itself once the store is back.
+//!
+//! Across replicas a shared group (clustering, or a named broadcast member's cursor) is run by
+//! one replica only: the one holding its `FirstCome` unit (`group_unit`), which every replica
+//! with members of the group declares. Each replica keeps one `Slot` per group it has members
+//! of; the slot's task runs the coordinator for each term this replica owns the unit, commits
+//! only through the term's fence, and hands out nothing once the fence no longer holds. Members
+//! on the other replicas reach it through relays (`relay.rs`). An unnamed broadcast member
+//! commits nothing and reads on its own: it is served where it connected, without a unit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -19,20 +27,23 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tonic::Status;
 use trellis_cloudevents::CloudEvent;
+use trellis_cluster::{Cluster, Fence, Placement, Unit};
 use trellis_delivery::offsets::OffsetTracker;
 use trellis_meta::MetadataStore;
 use trellis_proto::v1::{self, SubscribeResponse, subscribe_response};
 use trellis_storage::{EventStore, Record, StorageError};
 
+use super::relay::Upstreams;
 use super::{group_offset_key, shutting_down, stored_offset};
 use crate::error::error_chain;
 use crate::event_store::{NOT_CONNECTED, StorageWait, TopicHandle};
+use crate::ownership::{TermEnd, fenced_put, while_owned};
 use crate::topics::Incarnation;
 
 /// How often a coordinator stores its committed offset.
@@ -41,6 +52,9 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 const ACK_QUEUE: usize = 1024;
 /// Records read from the log at once.
 const READ_RECORDS: usize = 256;
+/// How long a replica that owns a group but could not start its coordinator (the metadata or
+/// event store is away) waits before it tries again.
+const START_RETRY: Duration = Duration::from_secs(1);
 
 pub(crate) const GROUP_DELIVERED: &str = "trellis_group_delivered_total";
 pub(crate) const GROUP_ACKED: &str = "trellis_group_acked_total";
@@ -113,21 +127,95 @@ struct GroupKey {
     private: Option<u64>,
 }
 
-struct Handle {
-    generation: u64,
-    control: mpsc::UnboundedSender<Control>,
-    acks: mpsc::Sender<Ack>,
+impl GroupKey {
+    /// The cluster unit of a shared group: named like its offset key, so a named broadcast
+    /// member's cursor is a unit of its own.
+    fn unit(&self) -> String {
+        match &self.member {
+            None => format!("group/{}/{}", self.topic, self.group),
+            Some(member) => format!("group/{}/{}/members/{member}", self.topic, self.group),
+        }
+    }
 }
 
-type GroupMap = Arc<Mutex<HashMap<GroupKey, Handle>>>;
+/// A group this replica has members of (its own clients, or members relayed from other
+/// replicas), and whether it runs the group's coordinator now.
+pub(super) struct Slot {
+    generation: u64,
+    pub(super) state: watch::Sender<SlotState>,
+    /// The owning replica's member id, as the cluster sees it (`None` while free; always
+    /// `None` for an unnamed broadcast member's own coordinator).
+    pub(super) owner: watch::Receiver<Option<String>>,
+    /// Ends the slot: its last member left, or the registry shuts down.
+    stop: CancellationToken,
+}
+
+#[derive(Clone)]
+pub(super) enum SlotState {
+    /// Another replica owns the group, or nobody yet.
+    Elsewhere,
+    /// This replica runs the group's coordinator.
+    Running(Local),
+    /// The group ended for good here (its topic was deleted): members get this status.
+    Ended(Status),
+}
+
+/// The channels of a coordinator running on this replica, and its term's fence.
+#[derive(Clone)]
+pub(super) struct Local {
+    control: mpsc::UnboundedSender<Control>,
+    acks: mpsc::Sender<Ack>,
+    fence: Option<Fence>,
+}
+
+struct Entry {
+    slot: Arc<Slot>,
+    /// Members holding an `Attachment` to the slot.
+    interest: usize,
+}
+
+type GroupMap = Arc<std::sync::Mutex<HashMap<GroupKey, Entry>>>;
+
+fn lock(groups: &GroupMap) -> std::sync::MutexGuard<'_, HashMap<GroupKey, Entry>> {
+    // Plain data, never left half-changed: carry on after a panic elsewhere.
+    groups
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// The running groups.
 pub(crate) struct GroupRegistry {
     meta: Arc<dyn MetadataStore>,
+    pub(super) cluster: Cluster,
     shutdown: CancellationToken,
     groups: GroupMap,
     tasks: TaskTracker,
     next_id: std::sync::atomic::AtomicU64,
+    /// Channels to the other replicas, for relays.
+    pub(super) upstreams: Upstreams,
+}
+
+/// A member's hold on its group's slot on this replica; the slot ends (its coordinator, if it
+/// runs here, commits and the unit is released) when the last one is dropped.
+pub(super) struct Attachment {
+    pub(super) slot: Arc<Slot>,
+    key: GroupKey,
+    groups: GroupMap,
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        let mut groups = lock(&self.groups);
+        if let Some(entry) = groups.get_mut(&self.key)
+            && entry.slot.generation == self.slot.generation
+        {
+            entry.interest = entry.interest.saturating_sub(1);
+            if entry.interest == 0 {
+                groups.remove(&self.key);
+                self.slot.stop.cancel();
+            }
+        }
+    }
 }
 
 /// A member's place in its group; dropping it leaves the group, and the events it held go to
@@ -138,9 +226,23 @@ pub(crate) struct Membership {
     acks: mpsc::Sender<Ack>,
     /// To end the member's stream with a status of the member's own making.
     deliveries: Deliveries,
+    fence: Option<Fence>,
 }
 
 impl Membership {
+    /// Whether deliveries the coordinator queued for this member may still go out: false once
+    /// the replica can no longer prove it owns the group (resumed after a freeze past its
+    /// lease, say), so not even what was queued before goes.
+    pub(super) fn may_deliver(&self) -> bool {
+        self.fence.as_ref().is_none_or(Fence::holds)
+    }
+
+    /// [`Membership::may_deliver`], apart from the membership.
+    pub(super) fn holder(&self) -> impl Fn() -> bool + Send + 'static {
+        let fence = self.fence.clone();
+        move || fence.as_ref().is_none_or(Fence::holds)
+    }
+
     /// Ends the member's stream with `status` (the member leaves when this is dropped).
     pub(crate) fn refuse(&self, status: Status) {
         let _ = self.deliveries.try_send(Err(status));
@@ -161,25 +263,73 @@ impl Drop for Membership {
     }
 }
 
+/// A member's own end of its stream: `Subscribed` first, then deliveries, and a closing status.
+pub(super) type MemberStream = mpsc::Receiver<Result<SubscribeResponse, Status>>;
+
+impl Local {
+    /// Joins member `id` to this coordinator.
+    pub(super) fn join(
+        &self,
+        id: u64,
+        max_unacked: usize,
+        ack_timeout: Duration,
+    ) -> Result<(Membership, MemberStream), Status> {
+        // Room for every delivery of a full window, `Subscribed` and a closing status.
+        let (deliveries, receiver) = mpsc::channel(max_unacked + 2);
+        self.control
+            .send(Control::Join {
+                id,
+                deliveries: deliveries.clone(),
+                max_unacked,
+                ack_timeout,
+            })
+            .map_err(|_| moved())?;
+        Ok((
+            Membership {
+                id,
+                control: self.control.clone(),
+                acks: self.acks.clone(),
+                deliveries,
+                fence: self.fence.clone(),
+            },
+            receiver,
+        ))
+    }
+}
+
+/// The status of a member whose coordinator stopped on this replica while Trellis goes on (its
+/// ownership ended): transient, the member subscribes again and reaches the new owner.
+pub(super) fn moved() -> Status {
+    Status::unavailable(
+        "this replica no longer runs the consumer group (it moved to another replica); subscribe again",
+    )
+}
+
 impl GroupRegistry {
-    pub(crate) fn new(meta: Arc<dyn MetadataStore>, shutdown: CancellationToken) -> GroupRegistry {
+    pub(crate) fn new(
+        meta: Arc<dyn MetadataStore>,
+        cluster: Cluster,
+        shutdown: CancellationToken,
+    ) -> GroupRegistry {
         GroupRegistry {
             meta,
+            cluster,
             shutdown,
             groups: Arc::default(),
             tasks: TaskTracker::new(),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            upstreams: Upstreams::default(),
         }
     }
 
-    /// The groups (with the member name of a named broadcast member) that read `topic` now,
-    /// for refusing its delete.
+    /// The groups (with the member name of a named broadcast member) that have members on this
+    /// replica now, for refusing their topic's delete.
     pub(crate) async fn using_topic(&self, topic: &str) -> Vec<String> {
-        let groups = self.groups.lock().await;
+        let groups = lock(&self.groups);
         let mut names: Vec<String> = groups
-            .iter()
-            .filter(|(key, handle)| key.topic == topic && !handle.control.is_closed())
-            .map(|(key, _)| match &key.member {
+            .keys()
+            .filter(|key| key.topic == topic)
+            .map(|key| match &key.member {
                 Some(member) => format!("{}/{member}", key.group),
                 None => key.group.clone(),
             })
@@ -189,85 +339,226 @@ impl GroupRegistry {
         names
     }
 
-    /// Waits for every coordinator to store its committed offset and stop. Call after the
-    /// shutdown token is cancelled, before the log closes.
+    /// Waits for every coordinator to store its committed offset and stop, and every claim to
+    /// be released. Call after the shutdown token is cancelled, before the log closes.
     pub(crate) async fn shutdown(&self) {
         self.tasks.close();
         self.tasks.wait().await;
     }
 
-    /// Adds a member to its group, starting the group's coordinator if it is not running. The
-    /// receiver yields `Subscribed` first, then deliveries.
-    pub(crate) async fn join(
-        &self,
-        spec: JoinSpec,
-    ) -> Result<
-        (
-            Membership,
-            mpsc::Receiver<Result<SubscribeResponse, Status>>,
-        ),
-        Status,
-    > {
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        // Room for every delivery of a full window, `Subscribed` and a closing status.
-        let (deliveries, receiver) = mpsc::channel(spec.max_unacked + 2);
-        let shared = !spec.broadcast || spec.member.is_some();
+    /// Runs a member's task (a session, or the acks of a member joined here) among the tasks
+    /// `shutdown` waits for: what it holds (the metadata store among it) is gone by then.
+    pub(super) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// A fresh member id, unique on this replica.
+    pub(super) fn next_member_id(&self) -> u64 {
+        self.next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// This replica's id in the cluster.
+    pub(super) fn member_id(&self) -> &str {
+        self.cluster.member_id()
+    }
+
+    /// Holds the slot of a shared group (clustering, or a named broadcast member) for a member
+    /// of this replica, declaring the group's unit and starting the slot's task if it is new.
+    pub(super) fn attach(&self, spec: &JoinSpec) -> Attachment {
         let key = GroupKey {
             topic: spec.topic.name().to_owned(),
             group: spec.group.clone(),
             broadcast: spec.broadcast,
             member: spec.member.clone(),
-            private: (!shared).then_some(id),
+            private: None,
         };
-        let mut groups = self.groups.lock().await;
-        let existing = if shared {
-            groups
-                .get(&key)
-                .filter(|handle| !handle.control.is_closed())
-                .map(|handle| (handle.control.clone(), handle.acks.clone()))
-        } else {
-            None
+        let mut groups = lock(&self.groups);
+        if let Some(entry) = groups.get_mut(&key) {
+            entry.interest += 1;
+            return Attachment {
+                slot: Arc::clone(&entry.slot),
+                key,
+                groups: Arc::clone(&self.groups),
+            };
+        }
+        let unit = self.cluster.unit(&key.unit(), Placement::FirstCome);
+        let slot = Arc::new(Slot {
+            generation: self.next_member_id(),
+            state: watch::channel(SlotState::Elsewhere).0,
+            owner: unit.owner(),
+            stop: self.shutdown.child_token(),
+        });
+        groups.insert(
+            key.clone(),
+            Entry {
+                slot: Arc::clone(&slot),
+                interest: 1,
+            },
+        );
+        self.tasks.spawn(run_shared(
+            Arc::clone(&slot),
+            unit,
+            spec.clone(),
+            Arc::clone(&self.meta),
+            self.shutdown.clone(),
+            (Arc::clone(&self.groups), key.clone()),
+        ));
+        Attachment {
+            slot,
+            key,
+            groups: Arc::clone(&self.groups),
+        }
+    }
+
+    /// Joins a member relayed by another replica to the coordinator running here, or answers
+    /// UNAVAILABLE if this replica does not run the group now (the relay looks for the owner
+    /// again). Never declares the unit: only members of this replica's own clients do.
+    pub(super) fn join_relayed(
+        &self,
+        spec: &JoinSpec,
+    ) -> Result<(Attachment, Membership, MemberStream), Status> {
+        let key = GroupKey {
+            topic: spec.topic.name().to_owned(),
+            group: spec.group.clone(),
+            broadcast: spec.broadcast,
+            member: spec.member.clone(),
+            private: None,
         };
-        let (control, acks) = match existing {
-            Some(channels) => channels,
-            None => {
-                let generation = id;
-                let (coordinator, control, acks) =
-                    Coordinator::start(&spec, Arc::clone(&self.meta), shared).await?;
-                let registry = Some((Arc::clone(&self.groups), key.clone(), generation));
-                let shutdown = self.shutdown.clone();
-                self.tasks.spawn(coordinator.run(shutdown, registry));
-                groups.insert(
-                    key,
-                    Handle {
-                        generation,
-                        control: control.clone(),
-                        acks: acks.clone(),
-                    },
-                );
-                (control, acks)
+        let attachment = {
+            let mut groups = lock(&self.groups);
+            let Some(entry) = groups.get_mut(&key) else {
+                return Err(moved());
+            };
+            if !matches!(*entry.slot.state.borrow(), SlotState::Running(_)) {
+                return Err(moved());
+            }
+            entry.interest += 1;
+            Attachment {
+                slot: Arc::clone(&entry.slot),
+                key,
+                groups: Arc::clone(&self.groups),
             }
         };
-        drop(groups);
-        control
-            .send(Control::Join {
-                id,
-                deliveries: deliveries.clone(),
-                max_unacked: spec.max_unacked,
-                ack_timeout: spec.ack_timeout,
-            })
-            .map_err(|_| shutting_down())?;
-        Ok((
-            Membership {
-                id,
-                control,
-                acks,
-                deliveries,
+        let local = match &*attachment.slot.state.borrow() {
+            SlotState::Running(local) => local.clone(),
+            _ => return Err(moved()),
+        };
+        let (membership, stream) =
+            local.join(self.next_member_id(), spec.max_unacked, spec.ack_timeout)?;
+        Ok((attachment, membership, stream))
+    }
+
+    /// Starts an unnamed broadcast member's own coordinator, here and without a unit: it
+    /// commits nothing, so no other replica needs to know of it.
+    pub(super) async fn join_private(
+        &self,
+        spec: JoinSpec,
+    ) -> Result<(Attachment, Membership, MemberStream), Status> {
+        let id = self.next_member_id();
+        let key = GroupKey {
+            topic: spec.topic.name().to_owned(),
+            group: spec.group.clone(),
+            broadcast: spec.broadcast,
+            member: spec.member.clone(),
+            private: Some(id),
+        };
+        let (coordinator, local) = Coordinator::start(&spec, Arc::clone(&self.meta), None).await?;
+        let slot = Arc::new(Slot {
+            generation: id,
+            state: watch::channel(SlotState::Running(local.clone())).0,
+            owner: watch::channel(None).1,
+            stop: self.shutdown.child_token(),
+        });
+        lock(&self.groups).insert(
+            key.clone(),
+            Entry {
+                slot: Arc::clone(&slot),
+                interest: 1,
             },
-            receiver,
-        ))
+        );
+        let attachment = Attachment {
+            slot: Arc::clone(&slot),
+            key: key.clone(),
+            groups: Arc::clone(&self.groups),
+        };
+        let groups = Arc::clone(&self.groups);
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            coordinator.run(slot.stop.clone(), &shutdown).await;
+            let mut groups = lock(&groups);
+            if groups
+                .get(&key)
+                .is_some_and(|entry| entry.slot.generation == slot.generation)
+            {
+                groups.remove(&key);
+            }
+        });
+        let (membership, stream) = local.join(id, spec.max_unacked, spec.ack_timeout)?;
+        Ok((attachment, membership, stream))
+    }
+}
+
+/// The task of a shared group's slot: runs the coordinator for each term this replica owns
+/// the group's unit, until the slot's last member leaves, the registry shuts down or the topic
+/// is deleted.
+async fn run_shared(
+    slot: Arc<Slot>,
+    unit: Unit,
+    spec: JoinSpec,
+    meta: Arc<dyn MetadataStore>,
+    shutdown: CancellationToken,
+    (groups, key): (GroupMap, GroupKey),
+) {
+    let stop = slot.stop.clone();
+    let failed = while_owned(unit, stop, |fence, term_stop| {
+        let (slot, spec, meta, shutdown) = (
+            Arc::clone(&slot),
+            spec.clone(),
+            Arc::clone(&meta),
+            shutdown.clone(),
+        );
+        async move {
+            let (coordinator, local) = match Coordinator::start(&spec, meta, Some(fence)).await {
+                Ok(started) => started,
+                Err(status) => {
+                    tracing::warn!(
+                        message = "A consumer group this replica owns cannot start; will retry.",
+                        topic = spec.topic.name(),
+                        group = spec.group.as_str(),
+                        %status,
+                    );
+                    tokio::select! {
+                        () = term_stop.cancelled() => {}
+                        () = tokio::time::sleep(START_RETRY) => {}
+                    }
+                    return TermEnd::Stopped;
+                }
+            };
+            slot.state.send_replace(SlotState::Running(local));
+            let closing = coordinator.run(term_stop, &shutdown).await;
+            match closing {
+                Some(status) if status.code() == tonic::Code::NotFound => {
+                    let reason = status.message().to_owned();
+                    slot.state.send_replace(SlotState::Ended(status));
+                    TermEnd::Failed(reason)
+                }
+                _ => {
+                    slot.state.send_replace(SlotState::Elsewhere);
+                    TermEnd::Stopped
+                }
+            }
+        }
+    })
+    .await;
+    if failed.is_some() {
+        let mut groups = lock(&groups);
+        if groups
+            .get(&key)
+            .is_some_and(|entry| entry.slot.generation == slot.generation)
+        {
+            groups.remove(&key);
+        }
     }
 }
 
@@ -310,8 +601,12 @@ struct Coordinator {
     meta: Arc<dyn MetadataStore>,
     /// `None`: progress is not kept (an unnamed broadcast member).
     offset_key: Option<String>,
-    /// Shared groups outlive their members; a private one ends with its member.
-    shared: bool,
+    /// The term of the replica's ownership (shared groups): commits go through it, and nothing
+    /// is handed out once it no longer holds. `None`: a private group, which ends with its
+    /// member.
+    fence: Option<Fence>,
+    /// Set once the fence refused: the term is over, the coordinator stops.
+    fenced_out: bool,
     tracker: OffsetTracker,
     position: u64,
     committed: u64,
@@ -331,15 +626,9 @@ impl Coordinator {
     async fn start(
         spec: &JoinSpec,
         meta: Arc<dyn MetadataStore>,
-        shared: bool,
-    ) -> Result<
-        (
-            Coordinator,
-            mpsc::UnboundedSender<Control>,
-            mpsc::Sender<Ack>,
-        ),
-        Status,
-    > {
+        fence: Option<Fence>,
+    ) -> Result<(Coordinator, Local), Status> {
+        let term = fence.clone();
         let offset_key = match (&spec.member, spec.broadcast) {
             (_, false) => Some(group_offset_key(spec.topic.name(), &spec.group, None)),
             (Some(member), true) => Some(group_offset_key(
@@ -349,11 +638,15 @@ impl Coordinator {
             )),
             (None, true) => None,
         };
-        let stats = spec.topic.info().await.map_err(|error| {
-            Status::unavailable(format!(
+        let stats = spec.topic.info().await.map_err(|error| match error {
+            // Deleted since the member joined: the group ends, as a reading coordinator's would.
+            StorageError::NoSuchTopic(_) => {
+                Status::not_found(format!("topic {:?} was deleted", spec.topic.name()))
+            }
+            error => Status::unavailable(format!(
                 "reading the topic's state failed: {}",
                 error_chain(&error)
-            ))
+            )),
         })?;
         let stored = match &offset_key {
             Some(key) => stored_offset(meta.as_ref(), key).await?,
@@ -374,14 +667,21 @@ impl Coordinator {
         if let Some(key) = &offset_key {
             // Stored now, so a restart before the first commit does not move a new group's
             // start to a later end of the topic, nor leave an offset of another incarnation.
-            meta.put(key, crate::stored_offset::encode(start, &spec.incarnation))
-                .await
-                .map_err(|error| {
-                    Status::unavailable(format!(
+            let value = crate::stored_offset::encode(start, &spec.incarnation);
+            let stored = match &fence {
+                Some(fence) => fenced_put(fence, meta.as_ref(), key, value).await,
+                None => meta.put(key, value).await.map(|_| true),
+            };
+            match stored {
+                Ok(true) => {}
+                Ok(false) => return Err(moved()),
+                Err(error) => {
+                    return Err(Status::unavailable(format!(
                         "storing the group's offset failed: {}",
                         error_chain(&error)
-                    ))
-                })?;
+                    )));
+                }
+            }
         }
         let (control_tx, control) = mpsc::unbounded_channel();
         let (acks_tx, acks) = mpsc::channel(ACK_QUEUE);
@@ -400,7 +700,8 @@ impl Coordinator {
             incarnation: spec.incarnation.clone(),
             meta,
             offset_key,
-            shared,
+            fence,
+            fenced_out: false,
             tracker: OffsetTracker::new(start),
             position: start,
             committed: start,
@@ -415,14 +716,24 @@ impl Coordinator {
             redelivered: metrics::counter!(GROUP_REDELIVERED, &labels),
             members_gauge: metrics::gauge!(GROUP_MEMBERS, &labels),
         };
-        Ok((coordinator, control_tx, acks_tx))
+        Ok((
+            coordinator,
+            Local {
+                control: control_tx,
+                acks: acks_tx,
+                fence: term,
+            },
+        ))
     }
 
+    /// Runs until `stop` (the term ended, the last member left, or `shutdown`), the fence
+    /// refuses, a private group's member leaves or the topic goes. Commits what was acked, then
+    /// ends every member's stream with the closing status, which it returns.
     async fn run(
         mut self,
-        shutdown: CancellationToken,
-        registry: Option<(GroupMap, GroupKey, u64)>,
-    ) {
+        stop: CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Option<Status> {
         let mut commit_tick = tokio::time::interval(COMMIT_INTERVAL);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut closing: Option<Status> = None;
@@ -433,6 +744,15 @@ impl Coordinator {
         let mut storage_retry: Option<Instant> = None;
         loop {
             self.deliver_waiting();
+            if self.fenced_out {
+                tracing::info!(
+                    message =
+                        "This replica no longer holds a consumer group; its coordinator stops.",
+                    topic = self.topic.name()
+                );
+                closing = Some(moved());
+                break;
+            }
             let room: usize = self.members.values().map(Member::room).sum();
             if reading.is_none() && storage_retry.is_none() && room > 0 && self.waiting.is_empty() {
                 reading = Some(Box::pin(read_from(
@@ -444,8 +764,8 @@ impl Coordinator {
             let next_deadline = self.deadlines.first().map(|(deadline, _)| *deadline);
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => {
-                    closing = Some(shutting_down());
+                () = stop.cancelled() => {
+                    closing = Some(if shutdown.is_cancelled() { shutting_down() } else { moved() });
                     break;
                 }
                 control = self.control.recv() => match control {
@@ -458,7 +778,7 @@ impl Coordinator {
                         // the events they ack would go to another member again.
                         self.take_queued_acks();
                         self.leave(id);
-                        if !self.shared && self.members.is_empty() {
+                        if self.fence.is_none() && self.members.is_empty() {
                             break;
                         }
                     }
@@ -514,21 +834,13 @@ impl Coordinator {
         }
         self.take_queued_acks();
         self.commit().await;
-        if let Some((groups, key, generation)) = registry {
-            let mut groups = groups.lock().await;
-            if groups
-                .get(&key)
-                .is_some_and(|handle| handle.generation == generation)
-            {
-                groups.remove(&key);
-            }
-        }
         for (_, member) in std::mem::take(&mut self.members) {
             if let Some(status) = &closing {
                 let _ = member.deliveries.try_send(Err(status.clone()));
             }
             self.members_gauge.decrement(1.0);
         }
+        closing
     }
 
     fn take_queued_acks(&mut self) {
@@ -667,8 +979,17 @@ impl Coordinator {
         self.deliver_waiting();
     }
 
-    /// Hands waiting events, oldest first, to the members with the most room.
+    /// Hands waiting events, oldest first, to the members with the most room; nothing once the
+    /// fence no longer holds (a replica resumed after a freeze past its lease hands out
+    /// nothing it lost).
     fn deliver_waiting(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        if self.fence.as_ref().is_some_and(|fence| !fence.holds()) {
+            self.fenced_out = true;
+            return;
+        }
         while let Some(waiting) = self.waiting.pop_front() {
             let Some(id) = self
                 .members
@@ -733,15 +1054,22 @@ impl Coordinator {
         if committable == self.committed {
             return;
         }
-        match self
-            .meta
-            .put(
-                key,
-                crate::stored_offset::encode(committable, &self.incarnation),
-            )
-            .await
-        {
-            Ok(_) => self.committed = committable,
+        let value = crate::stored_offset::encode(committable, &self.incarnation);
+        let stored = match &self.fence {
+            Some(fence) => fenced_put(fence, self.meta.as_ref(), key, value).await,
+            None => self.meta.put(key, value).await.map(|_| true),
+        };
+        match stored {
+            Ok(true) => self.committed = committable,
+            Ok(false) => {
+                // Another replica may run the group now: this one must not move its offset.
+                tracing::info!(
+                    message =
+                        "A consumer group's commit was refused: this replica no longer owns it.",
+                    key = key.as_str()
+                );
+                self.fenced_out = true;
+            }
             Err(error) => tracing::warn!(
                 message = "Storing a consumer group's offset failed; will retry.",
                 key = key.as_str(),

@@ -4,13 +4,17 @@
 //! - `publish.rs`: `Publish` and `PublishStream`; an invalid or oversized event fails alone.
 //! - `subscribe.rs`: `Subscribe`, the member side of a stream.
 //! - `group.rs`: the coordinator of one consumer group: reads the topic, hands events to
-//!   members, redelivers what is not acked in time and commits the acked prefix.
+//!   members, redelivers what is not acked in time and commits the acked prefix; run only on
+//!   the replica that owns the group.
+//! - `relay.rs`: a member's session on the replica its client reached: joined to the group
+//!   there, or relayed to the owning replica, and moved to the next owner on a failover.
 //!
 //! Status codes follow the comment at the top of `trellis.proto`: transient (UNAVAILABLE,
 //! RESOURCE_EXHAUSTED) apart from permanent (INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND).
 
 mod group;
 mod publish;
+mod relay;
 mod subscribe;
 
 use std::pin::Pin;
@@ -31,7 +35,13 @@ use crate::metrics::PublishMetrics;
 use crate::publisher::Publisher;
 use crate::topics::TopicRegistry;
 
-pub(crate) use group::{GroupRegistry, describe_metrics};
+pub(crate) use group::GroupRegistry;
+
+/// Describes the metrics of the gRPC API: consumer groups and their relays.
+pub(crate) fn describe_metrics() {
+    group::describe_metrics();
+    relay::describe_metrics();
+}
 
 /// What every call can reach.
 pub(crate) struct GrpcService {
@@ -130,7 +140,9 @@ impl Trellis for GrpcApi {
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.0.check_running()?;
-        let stream = subscribe::subscribe(Arc::clone(&self.0), request.into_inner()).await?;
+        let relayed = request.metadata().contains_key(relay::RELAY_HEADER);
+        let stream =
+            subscribe::subscribe(Arc::clone(&self.0), request.into_inner(), relayed).await?;
         Ok(Response::new(stream))
     }
 }
@@ -142,13 +154,7 @@ pub(crate) async fn serve(
     service: Arc<GrpcService>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    // The protobuf framing adds a little to the events themselves; tonic's default of 4 MiB
-    // would refuse batches HTTP takes.
-    let max_message = service
-        .config
-        .max_batch_bytes
-        .saturating_add(service.config.max_batch_events.saturating_mul(64))
-        .saturating_add(64 * 1024);
+    let max_message = max_message_bytes(&service.config);
     // The listener logs and waits out accept errors itself, so the stream never ends or fails.
     let incoming = futures::stream::unfold(listener, |listener| async move {
         let io = listener.accept().await;
@@ -166,6 +172,15 @@ pub(crate) async fn serve(
         .add_service(crate::net::grpc_service::TrackedCalls(server))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await
+}
+
+/// The largest gRPC message, served or relayed. The protobuf framing adds a little to the
+/// events themselves; tonic's default of 4 MiB would refuse batches HTTP takes.
+fn max_message_bytes(config: &RuntimeConfig) -> usize {
+    config
+        .max_batch_bytes
+        .saturating_add(config.max_batch_events.saturating_mul(64))
+        .saturating_add(64 * 1024)
 }
 
 const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);

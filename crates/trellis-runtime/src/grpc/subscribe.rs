@@ -1,6 +1,8 @@
 //! `Subscribe`: the member's side of a consumer-group stream. The first request names the
 //! group; then the client's acks are passed to the group's coordinator, and the coordinator's
-//! deliveries are the response stream.
+//! deliveries are the response stream. A member of a shared group runs as a session
+//! (`relay.rs`) that reaches the coordinator wherever the group runs; a stream another replica
+//! relays joins the coordinator here or is refused.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +12,7 @@ use tonic::{Status, Streaming};
 use trellis_proto::v1::{GroupMode, StartPosition, SubscribeRequest, subscribe_request};
 
 use super::group::{JoinSpec, Start};
+use super::relay::{Session, serve_joined};
 use super::{BoxStream, GrpcService, shutting_down, status_of};
 use trellis_proto::v1::SubscribeResponse;
 
@@ -18,9 +21,11 @@ const DEFAULT_MAX_UNACKED: u32 = 1000;
 const MAX_MAX_UNACKED: u32 = 10_000;
 const DEFAULT_ACK_TIMEOUT_MS: u32 = 30_000;
 
+/// `relayed`: the stream comes from another replica, for one of its members.
 pub(super) async fn subscribe(
     service: Arc<GrpcService>,
     mut inbound: Streaming<SubscribeRequest>,
+    relayed: bool,
 ) -> Result<BoxStream<SubscribeResponse>, Status> {
     let first = tokio::select! {
         first = inbound.message() => first?,
@@ -34,6 +39,7 @@ pub(super) async fn subscribe(
             "the first request of a Subscribe stream must carry `subscription`",
         ));
     };
+    let as_sent = subscription.clone();
     let broadcast = match GroupMode::try_from(subscription.mode) {
         Ok(GroupMode::Clustering) => false,
         Ok(GroupMode::Broadcast) => true,
@@ -85,40 +91,32 @@ pub(super) async fn subscribe(
         max_unacked: max_unacked as usize,
         ack_timeout: Duration::from_millis(u64::from(ack_timeout_ms)),
     };
-    let (membership, deliveries) = service.groups.join(spec).await?;
-
-    let shutdown = service.shutdown.clone();
-    tokio::spawn(async move {
-        loop {
-            let next = tokio::select! {
-                next = inbound.message() => next,
-                () = shutdown.cancelled() => break,
-            };
-            match next {
-                Ok(Some(SubscribeRequest {
-                    request: Some(subscribe_request::Request::Ack(ack)),
-                })) => {
-                    if !membership.ack(ack.offsets).await {
-                        break;
-                    }
-                }
-                Ok(Some(_)) => {
-                    // Only acks may follow the first request; the member leaves, and what it
-                    // held goes to the others.
-                    membership.refuse(Status::invalid_argument(
-                        "after the first request a Subscribe stream takes only `ack`s",
-                    ));
-                    break;
-                }
-                Ok(None) => break,
-                Err(status) => {
-                    tracing::debug!(message = "A Subscribe stream failed.", %status);
-                    break;
-                }
-            }
-        }
-        drop(membership);
-    });
+    if spec.broadcast && spec.member.is_none() {
+        let (attachment, membership, deliveries) = service.groups.join_private(spec).await?;
+        return Ok(serve_joined(
+            &service, attachment, membership, deliveries, inbound,
+        ));
+    }
+    if relayed {
+        let (attachment, membership, deliveries) = service.groups.join_relayed(&spec)?;
+        return Ok(serve_joined(
+            &service, attachment, membership, deliveries, inbound,
+        ));
+    }
+    let attachment = service.groups.attach(&spec);
+    // Room for every delivery of a full window, `Subscribed` and a closing status.
+    let (out, deliveries) = tokio::sync::mpsc::channel(spec.max_unacked + 2);
+    let session = Session {
+        service: Arc::clone(&service),
+        attachment,
+        subscription: as_sent,
+        max_unacked: spec.max_unacked,
+        ack_timeout: spec.ack_timeout,
+        inbound,
+        out,
+        subscribed: false,
+    };
+    service.groups.spawn(session.run());
     Ok(Box::pin(ReceiverStream::new(deliveries)))
 }
 

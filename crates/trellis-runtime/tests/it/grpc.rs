@@ -249,13 +249,13 @@ async fn a_publish_stream_answers_every_batch_in_flight_once_and_stores_them_in_
 }
 
 /// A member's two halves: acks in, deliveries out.
-struct Member {
-    acks: mpsc::Sender<SubscribeRequest>,
-    deliveries: Streaming<SubscribeResponse>,
-    from_offset: u64,
+pub(crate) struct Member {
+    pub(crate) acks: mpsc::Sender<SubscribeRequest>,
+    pub(crate) deliveries: Streaming<SubscribeResponse>,
+    pub(crate) from_offset: u64,
 }
 
-fn subscription(topic: &str, group: &str, mode: GroupMode) -> Subscription {
+pub(crate) fn subscription(topic: &str, group: &str, mode: GroupMode) -> Subscription {
     Subscription {
         topic: topic.to_owned(),
         group: group.to_owned(),
@@ -267,7 +267,7 @@ fn subscription(topic: &str, group: &str, mode: GroupMode) -> Subscription {
     }
 }
 
-async fn join(server: &Server, subscription: Subscription) -> Member {
+pub(crate) async fn join(server: &Server, subscription: Subscription) -> Member {
     let (acks, outgoing) = mpsc::channel(64);
     acks.send(SubscribeRequest {
         request: Some(subscribe_request::Request::Subscription(subscription)),
@@ -301,14 +301,14 @@ async fn next(deliveries: &mut Streaming<SubscribeResponse>) -> SubscribeRespons
 }
 
 impl Member {
-    async fn delivery(&mut self) -> Delivery {
+    pub(crate) async fn delivery(&mut self) -> Delivery {
         match next(&mut self.deliveries).await.response {
             Some(subscribe_response::Response::Delivery(delivery)) => delivery,
             other => panic!("expected a delivery, got {other:?}"),
         }
     }
 
-    async fn ack(&self, offsets: Vec<u64>) {
+    pub(crate) async fn ack(&self, offsets: Vec<u64>) {
         self.acks
             .send(SubscribeRequest {
                 request: Some(subscribe_request::Request::Ack(Ack { offsets })),

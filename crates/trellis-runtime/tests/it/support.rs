@@ -70,6 +70,59 @@ impl Site {
         Server::start_with_meta(store, meta, config).await
     }
 
+    /// One replica of a cluster on this JetStream site, like [`Site::start_replica`], but on a
+    /// runtime of its own, so that [`Apart::crash`] can end it at once: every task, timer and
+    /// socket it has goes without any of its shutdown code running, as when its process is
+    /// killed (its lease is left to expire).
+    pub(crate) fn start_replica_apart(
+        &self,
+        config: RuntimeConfig,
+        meta: Arc<dyn trellis_meta::MetadataStore>,
+    ) -> Apart {
+        let nats = self
+            .nats
+            .as_ref()
+            .expect("a replica apart needs a JetStream site");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime for the replica");
+        let bind = || {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.set_nonblocking(true).expect("non-blocking");
+            listener
+        };
+        let (http, grpc) = (bind(), bind());
+        let base = format!("http://{}", http.local_addr().expect("local addr"));
+        let grpc_url = format!("http://{}", grpc.local_addr().expect("local addr"));
+        let mut options = JetStreamOptions::new(nats.url());
+        options.dedup_window = config.dedup_window;
+        options.request_timeout = NATS_REQUEST_TIMEOUT;
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = runtime.spawn(async move {
+            let store: Arc<dyn EventStore> = Arc::new(
+                JetStreamStore::connect(options)
+                    .await
+                    .expect("connect to the test's nats-server"),
+            );
+            let http = tokio::net::TcpListener::from_std(http).expect("listener");
+            let grpc = tokio::net::TcpListener::from_std(grpc).expect("listener");
+            trellis_runtime::serve_with_grpc(http, Some(grpc), store, meta, config, stop).await
+        });
+        Apart {
+            server: Some(Server {
+                base,
+                grpc: grpc_url,
+                client: reqwest::Client::new(),
+                shutdown,
+                task,
+            }),
+            runtime: Some(runtime),
+        }
+    }
+
     /// The event store a `trellis serve` with `config` would open on this site.
     async fn event_store(&self, config: &RuntimeConfig) -> Arc<dyn EventStore> {
         match &self.nats {
@@ -257,6 +310,35 @@ impl Server {
                 .expect("request"),
         )
         .await
+    }
+}
+
+/// A replica on a runtime of its own ([`Site::start_replica_apart`]).
+pub(crate) struct Apart {
+    server: Option<Server>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Apart {
+    pub(crate) fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    /// Ends the replica at once, as a kill would: nothing of it runs from here on.
+    pub(crate) fn crash(mut self) {
+        self.server = None;
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Apart {
+    fn drop(&mut self) {
+        // A runtime may not be dropped from within another: let it go in the background.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 
