@@ -16,6 +16,8 @@ pub(crate) struct Got {
     pub(crate) at: Instant,
     pub(crate) id: String,
     pub(crate) offset: u64,
+    /// 1 on first delivery, more when the event comes again.
+    pub(crate) attempt: u32,
     /// Whether the member acked it.
     pub(crate) acked: bool,
 }
@@ -42,7 +44,7 @@ impl Member {
         habits: Habits,
     ) -> Member {
         let Habits {
-            hold,
+            hold_first,
             max_unacked,
             work,
         } = habits;
@@ -56,7 +58,7 @@ impl Member {
                 ..RetryPolicy::default()
             });
         let mut consumer = Consumer::new(config).expect("a valid consumer config");
-        let got = Arc::new(Mutex::new(Vec::new()));
+        let got: Arc<Mutex<Vec<Got>>> = Arc::new(Mutex::new(Vec::new()));
         let holding = Arc::new(AtomicBool::new(true));
         let stop = CancellationToken::new();
         let task = {
@@ -72,7 +74,8 @@ impl Member {
                         // ends the member.
                         break;
                     };
-                    let held = holding.load(Ordering::SeqCst) && hold(delivery.offset);
+                    let held_so_far = lock(&got).iter().filter(|got| !got.acked).count();
+                    let held = holding.load(Ordering::SeqCst) && held_so_far < hold_first;
                     if !work.is_zero() {
                         tokio::time::sleep(work).await;
                     }
@@ -83,6 +86,7 @@ impl Member {
                         at: Instant::now(),
                         id: delivery.event.id.clone(),
                         offset: delivery.offset,
+                        attempt: delivery.attempt,
                         acked: !held,
                     });
                 }
@@ -117,8 +121,8 @@ impl Member {
 /// How a member treats its deliveries.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Habits {
-    /// While holding, the deliveries whose offset this picks are left unacked.
-    pub(crate) hold: fn(u64) -> bool,
+    /// Until released, its first this many deliveries are left unacked.
+    pub(crate) hold_first: usize,
     /// Its window: deliveries it may have unacked at once.
     pub(crate) max_unacked: u32,
     /// How long it works on each delivery before acking it.
@@ -128,7 +132,7 @@ pub(crate) struct Habits {
 impl Default for Habits {
     fn default() -> Habits {
         Habits {
-            hold: |_| false,
+            hold_first: 0,
             max_unacked: 1000,
             work: Duration::ZERO,
         }
