@@ -413,6 +413,30 @@ fn create_stream_error(topic: &str, error: jetstream::context::CreateStreamError
     }
 }
 
+/// A read of one message whose request timed out or found no responder is unavailability,
+/// not a failure of the stream: JetStream answers so while it recovers its streams after a
+/// server restart, or while a stream elects a leader, and a reader that gives up then stops for
+/// good on what was a pause.
+fn raw_message_error(error: stream::RawMessageError) -> StorageError {
+    use jetstream::context::{RequestError, RequestErrorKind};
+    use std::error::Error as _;
+    let transient = matches!(error.kind(), stream::RawMessageErrorKind::Other)
+        && error
+            .source()
+            .and_then(|source| source.downcast_ref::<RequestError>())
+            .is_some_and(|request| {
+                matches!(
+                    request.kind(),
+                    RequestErrorKind::TimedOut | RequestErrorKind::NoResponders
+                )
+            });
+    if transient {
+        unavailable(error)
+    } else {
+        backend(error)
+    }
+}
+
 fn publish_error(topic: &str, error: jetstream::context::PublishError) -> StorageError {
     use jetstream::context::PublishErrorKind;
     match error.kind() {
@@ -790,7 +814,7 @@ impl TopicStore for JetStreamTopic {
                         }
                         break;
                     }
-                    return Err(backend(error));
+                    return Err(raw_message_error(error));
                 }
             };
             let size = message.payload.len();

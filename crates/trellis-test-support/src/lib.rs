@@ -152,6 +152,25 @@ impl TrellisProcess {
         self.wait_exit()
     }
 
+    /// SIGSTOP, as a long GC pause, a frozen VM or a debugger would stop it; returns once every
+    /// thread of it is stopped, so nothing it does afterwards predates the call.
+    pub fn freeze(&self) -> std::io::Result<()> {
+        self.signal(Signal::SIGSTOP)?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while !all_threads_stopped(self.child.id()) {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("trellis did not stop after SIGSTOP"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// SIGCONT: a frozen process goes on where it stopped.
+    pub fn thaw(&self) -> std::io::Result<()> {
+        self.signal(Signal::SIGCONT)
+    }
+
     fn signal(&self, signal: Signal) -> std::io::Result<()> {
         let pid = i32::try_from(self.child.id()).map_err(std::io::Error::other)?;
         kill(Pid::from_raw(pid), signal).map_err(std::io::Error::other)
@@ -188,6 +207,23 @@ impl Drop for TrellisProcess {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/PID/task/TID/stat`).
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.filter_map(Result::ok).all(|task| {
+        // A thread that ended meanwhile has no stat left: it runs no more either.
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok();
+        stat.is_none_or(|stat| {
+            // The state follows the command name, which is in parentheses and may hold spaces.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
 }
 
 fn collect(pipe: impl Read, sink: &Mutex<String>) {

@@ -130,3 +130,25 @@ async fn a_wait_beyond_the_next_offset_is_not_ended_by_the_next_record() {
         .expect("the task ends");
     assert!(answer.is_ok(), "{answer:?}");
 }
+
+#[test]
+fn a_read_that_timed_out_or_found_no_responder_is_unavailability() {
+    use jetstream::context::{RequestError, RequestErrorKind};
+    for kind in [RequestErrorKind::TimedOut, RequestErrorKind::NoResponders] {
+        let error = stream::RawMessageError::with_source(
+            stream::RawMessageErrorKind::Other,
+            RequestError::new(kind),
+        );
+        assert!(
+            matches!(raw_message_error(error), StorageError::Unavailable(_)),
+            "{kind:?}"
+        );
+    }
+    let error = stream::RawMessageError::with_source(
+        stream::RawMessageErrorKind::Other,
+        RequestError::new(RequestErrorKind::Other),
+    );
+    assert!(matches!(raw_message_error(error), StorageError::Backend(_)));
+    let error = stream::RawMessageError::new(stream::RawMessageErrorKind::InvalidSubject);
+    assert!(matches!(raw_message_error(error), StorageError::Backend(_)));
+}
