@@ -148,7 +148,7 @@ url_of() { echo "http://127.0.0.1:${HTTP_PORT[$1]}"; }
 # Starts the processes of step kind $1 (embedded, single or cluster) and sets NAMES to their
 # names, first the one admin calls go through.
 start_step() {
-  local i
+  local i name
   PIDS=() HTTP_PORT=() GRPC_PORT=() NAMES=()
   case $1 in
     embedded)
@@ -229,9 +229,9 @@ wrk_bad() {
 # rate, non-2xx + errors, p99 ms (loadgen; - for wrk), events stored, trellis CPU per event
 # (all processes, us), and the 2xx answers per replica (loadgen).
 throughput_step() {
-  local kind=$1 tool=$2 round=$3 name topic ticks rate bad p99 stored spread="-"
-  name=$kind-$tool-$round
-  topic=tp-$name
+  local kind=$1 tool=$2 round=$3 run topic ticks rate bad p99 stored spread="-"
+  run=$kind-$tool-$round
+  topic=tp-$run
   log "round $round: $kind, $tool (load average $(cut -d ' ' -f 1 /proc/loadavg))"
   start_step "$kind"
   create_topic "$topic"
@@ -240,22 +240,22 @@ throughput_step() {
   if [[ $tool == loadgen ]]; then
     "$BIN/trellis-loadgen" "${URL_ARGS[@]}" "${CE_ARGS[@]}" --body-size "$BODY_SIZE" \
       --connections "$CONNECTIONS" --duration "$DURATION" --warmup "$WARMUP" --json \
-      >"$WORK_DIR/$name.json"
-    rate=$(json_field "$WORK_DIR/$name.json" rate)
-    bad=$(($(json_field "$WORK_DIR/$name.json" non_2xx) + $(json_field "$WORK_DIR/$name.json" errors)))
-    p99=$(json_field "$WORK_DIR/$name.json" p99_ms)
-    spread=$(sed -n 's/.*"ok_by_url":\[\([^]]*\)\].*/\1/p' "$WORK_DIR/$name.json" | tr ',' '/')
+      >"$WORK_DIR/$run.json"
+    rate=$(json_field "$WORK_DIR/$run.json" rate)
+    bad=$(($(json_field "$WORK_DIR/$run.json" non_2xx) + $(json_field "$WORK_DIR/$run.json" errors)))
+    p99=$(json_field "$WORK_DIR/$run.json" p99_ms)
+    spread=$(sed -n 's/.*"ok_by_url":\[\([^]]*\)\].*/\1/p' "$WORK_DIR/$run.json" | tr ',' '/')
   else
     local addrs="" wrk_name
     for wrk_name in "${NAMES[@]}"; do addrs+="${addrs:+,}127.0.0.1:${HTTP_PORT[$wrk_name]}"; done
     if [[ $WARMUP != 0 ]]; then
       WRK_ADDRS=$addrs wrk -t3 -c"$CONNECTIONS" -d"${WARMUP}s" -s "$ROOT/bench/wrk-publish.lua" \
-        "$(url_of "${NAMES[0]}")/v1/topics/$topic/events" >"$WORK_DIR/$name.warmup.wrk"
+        "$(url_of "${NAMES[0]}")/v1/topics/$topic/events" >"$WORK_DIR/$run.warmup.wrk"
     fi
     WRK_ADDRS=$addrs wrk -t3 -c"$CONNECTIONS" -d"${DURATION}s" -s "$ROOT/bench/wrk-publish.lua" \
-      "$(url_of "${NAMES[0]}")/v1/topics/$topic/events" >"$WORK_DIR/$name.wrk"
-    rate=$(wrk_rate "$WORK_DIR/$name.wrk")
-    bad=$(wrk_bad "$WORK_DIR/$name.wrk")
+      "$(url_of "${NAMES[0]}")/v1/topics/$topic/events" >"$WORK_DIR/$run.wrk"
+    rate=$(wrk_rate "$WORK_DIR/$run.wrk")
+    bad=$(wrk_bad "$WORK_DIR/$run.wrk")
     p99=-
   fi
   ticks=$(($(step_ticks) - ticks))
@@ -264,7 +264,7 @@ throughput_step() {
   curl -s -o /dev/null --max-time 30 -X DELETE "$(url_of "${NAMES[0]}")/v1/topics/$topic" || true
   stop_step
   # Warm-up included: the events stored count the warm-up's, and so does the CPU.
-  echo "$rate $bad $p99 ${stored:-0} $(us_per "$ticks" "${stored:-0}") $spread" >"$WORK_DIR/$name.extra"
+  echo "$rate $bad $p99 ${stored:-0} $(us_per "$ticks" "${stored:-0}") $spread" >"$WORK_DIR/$run.extra"
 }
 
 # Receiver helpers.
