@@ -39,7 +39,7 @@ pub mod worker;
 pub use callback::{Completion, SendCallback, SendError, SendExceptionContext, SendResult};
 pub use config::{ConfigError, ConfigKey, ConnectorConfig};
 pub use error::ConnectorError;
-pub use offsets::{OffsetReader, OffsetStore, OffsetWriter, SubmittedRecords};
+pub use offsets::{OffsetGuard, OffsetReader, OffsetStore, OffsetWriter, SubmittedRecords};
 pub use position::{Offset, Partition, Position};
 pub use record::ConnectRecord;
 pub use sink::{Sink, SinkContext};

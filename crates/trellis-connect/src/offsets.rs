@@ -38,7 +38,7 @@ pub mod submitted;
 pub mod writer;
 
 pub use reader::OffsetReader;
-pub use store::{OffsetStore, OffsetStoreError};
+pub use store::{OffsetGuard, OffsetStore, OffsetStoreError};
 pub use submitted::{SubmittedRecord, SubmittedRecords};
 pub use writer::{
     DEFAULT_FLUSH_TIMEOUT, FlushId, FlushOutcome, OffsetWriter, OffsetWriterStats, PendingFlush,

@@ -226,3 +226,68 @@ async fn concurrent_staging_and_flushing_lose_no_offset() {
         assert_eq!(committed.get(&p(&format!("p{i}"))), Some(&Offset(WRITES)));
     }
 }
+
+/// An ownership fence as a cluster replica has one: the owner key's revision when the term
+/// began, and whether the lease is provably alive.
+struct Owner {
+    key: String,
+    revision: u64,
+    alive: std::sync::atomic::AtomicBool,
+}
+
+impl trellis_connect::OffsetGuard for Owner {
+    fn holds(&self) -> bool {
+        self.alive.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    fn guard(&self, put: trellis_meta::GuardedPut) -> trellis_meta::GuardedPut {
+        put.guard(
+            self.key.clone(),
+            trellis_meta::Expect::ModRevision(self.revision),
+        )
+    }
+}
+
+#[tokio::test]
+async fn a_guarded_store_writes_only_while_its_owner_still_owns_the_connector() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let meta: Arc<dyn MetadataStore> =
+        Arc::new(EmbeddedStore::open(&dir.path().join("meta.redb")).expect("open"));
+    let revision = meta
+        .put("/cluster/owners/connector/c", "me".into())
+        .await
+        .expect("own");
+    let owner = Arc::new(Owner {
+        key: "/cluster/owners/connector/c".to_owned(),
+        revision,
+        alive: true.into(),
+    });
+    let store = OffsetStore::new(meta.clone(), "c").guarded(owner.clone());
+    let offsets = [(p("x"), Offset(1))].into_iter().collect();
+    store.put_all(&offsets).await.expect("written while owned");
+    assert_eq!(store.read(&p("x")).await.expect("read"), Some(Offset(1)));
+
+    // Another term took the connector: the owner key moved on.
+    meta.put("/cluster/owners/connector/c", "other".into())
+        .await
+        .expect("taken");
+    let later = [(p("x"), Offset(9))].into_iter().collect();
+    assert!(
+        store.put_all(&later).await.is_err(),
+        "a former owner writes nothing"
+    );
+    assert_eq!(store.read(&p("x")).await.expect("read"), Some(Offset(1)));
+
+    // A lease that cannot be proven alive: not even tried.
+    let revision = meta
+        .put("/cluster/owners/connector/c", "me again".into())
+        .await
+        .expect("own again");
+    let owner = Arc::new(Owner {
+        key: "/cluster/owners/connector/c".to_owned(),
+        revision,
+        alive: false.into(),
+    });
+    let store = OffsetStore::new(meta.clone(), "c").guarded(owner);
+    assert!(store.put_all(&later).await.is_err());
+    assert_eq!(store.read(&p("x")).await.expect("read"), Some(Offset(1)));
+}

@@ -98,6 +98,15 @@ struct Inner {
     resumed: watch::Sender<u64>,
     counters: Counters,
     metrics: EngineMetrics,
+    /// Asked right before each request is sent; see [`Engine::set_gate`].
+    gate: RwLock<Option<Arc<dyn AttemptGate>>>,
+}
+
+/// Says whether this process may still send attempts. A cluster replica that can no longer
+/// prove it owns a subscription must not make another attempt, even one a retry timer set up
+/// before it lost ownership (a process frozen past its lease wakes with such timers due).
+pub trait AttemptGate: Send + Sync {
+    fn is_open(&self) -> bool;
 }
 
 /// Counter handles built once: looking a labelled counter up per record costs an allocation
@@ -286,6 +295,7 @@ impl Engine {
                 resumed,
                 counters: Counters::default(),
                 metrics: EngineMetrics::new(subscription),
+                gate: RwLock::new(None),
             }),
         })
     }
@@ -497,6 +507,13 @@ impl Engine {
             };
             let request = || request::build(prepared, &attempt);
             let timeout = settings.request_timeout.min(remaining);
+            if !inner.gate_open() {
+                // Not final: the record stays uncommitted for whoever owns it now.
+                return Err(Failed::new(
+                    FailureClass::Cancelled,
+                    "this process may no longer deliver for the subscription",
+                ));
+            }
             let sent_at = Instant::now();
             let answer =
                 tokio::time::timeout(timeout, send(inner, &target.endpoint, request)).await;
@@ -702,6 +719,16 @@ impl Engine {
         }
     }
 
+    /// Every attempt from now on first asks `gate`; a closed gate ends the record as
+    /// [`FailureClass::Cancelled`] (not final, so it stays uncommitted) with no request sent.
+    pub fn set_gate(&self, gate: Arc<dyn AttemptGate>) {
+        *self
+            .inner
+            .gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Some(gate);
+    }
+
     /// Lifts the pause of every URL that answered 410 Gone.
     pub fn resume(&self) {
         for target in &self.inner.targets {
@@ -738,6 +765,14 @@ impl Engine {
 impl Inner {
     fn settings(&self) -> Arc<Settings> {
         Arc::clone(&self.settings.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn gate_open(&self) -> bool {
+        self.gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_none_or(|gate| gate.is_open())
     }
 
     fn connector(&self) -> Connector {

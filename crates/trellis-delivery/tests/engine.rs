@@ -256,6 +256,43 @@ async fn always_503_ends_when_attempts_run_out() {
     assert_eq!(receiver.n_requests(), 4);
 }
 
+/// Opens for a number of checks, then stays closed: a replica that loses its lease between
+/// two attempts of one record.
+struct ClosesAfter(std::sync::atomic::AtomicUsize);
+
+impl trellis_delivery::engine::AttemptGate for ClosesAfter {
+    fn is_open(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        self.0
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok()
+    }
+}
+
+#[tokio::test]
+async fn a_closed_gate_sends_no_further_attempt_and_leaves_the_record_unfinished() {
+    let receiver = Receiver::answering(503).await.expect("test step");
+    let (engine, outcomes) = engine(
+        &sink(&[receiver.url("/")], json!({})),
+        &fast(json!({"max_attempts": 10})),
+    );
+    engine.set_gate(Arc::new(ClosesAfter(2.into())));
+    engine.deliver(record(4)).await;
+
+    outcomes.assert_one_callback_each(&[4]);
+    let failure = &outcomes.failed()[0];
+    assert_eq!(
+        failure.class,
+        FailureClass::Cancelled,
+        "not final: it stays uncommitted"
+    );
+    assert!(!failure.class.is_final());
+    assert_eq!(failure.attempts.len(), 2);
+    assert_eq!(receiver.n_requests(), 2, "no request once the gate closed");
+}
+
 #[tokio::test]
 async fn a_400_fails_at_once_without_retry() {
     let receiver = Receiver::answering(400).await.expect("test step");

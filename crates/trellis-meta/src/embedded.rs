@@ -46,10 +46,12 @@ pub const DEFAULT_WATCH_BUFFER: usize = 1024;
 /// compare-and-set and successful delete bumps the revision by one. The revision is persisted,
 /// so it continues across reopens.
 ///
-/// Leases expire by a timer thread in this process. Deadlines are kept in memory: after a
-/// reopen every lease that existed gets its full TTL again (as etcd does after a restart), so a
-/// key under a lease outlives a crash by at most one TTL. Revoking or expiring a lease deletes
-/// its keys one revision each (etcd uses one revision for all of them), in one transaction.
+/// Leases expire by a timer thread in this process. Every lease found at `open` is ended there,
+/// with its keys: the file is locked by one process, so a lease left in it belonged to a
+/// process that is gone, and a restarted single node must not wait a TTL to own its work again
+/// (etcd keeps leases across its own restarts because their holders live elsewhere). Lease ids
+/// are still not reused. Revoking or expiring a lease deletes its keys one revision each (etcd
+/// uses one revision for all of them), in one transaction.
 ///
 /// Watches replay from an in-memory ring of the last [`EmbeddedOptions::history_capacity`]
 /// events, which starts empty at `open`: a watch from a revision at or before the one the store
@@ -169,10 +171,10 @@ impl EmbeddedStore {
                 .into());
             }
         };
-        let (revision, leases) = initialise(&db, path)?;
+        let revision = initialise(&db, path)?;
         tracing::info!(message = "Opened metadata store.", path = %path.display(), revision);
         let feed = Arc::new(Feed::new(revision, &options));
-        let leases = Arc::new(Leases::new(leases));
+        let leases = Arc::new(Leases::new());
         let inner = Arc::new(Inner {
             path: path.to_owned(),
             db,
@@ -661,9 +663,9 @@ fn plan(
     Ok(Plan::Commit(event))
 }
 
-/// Creates the tables of a new store, checks the format of an existing one, and returns its
-/// revision and its leases with their TTLs.
-fn initialise(db: &Database, path: &Path) -> Result<(u64, Vec<(LeaseId, Duration)>), MetaError> {
+/// Creates the tables of a new store, checks the format of an existing one, ends the leases a
+/// previous process left (deleting their keys), and returns the revision after that.
+fn initialise(db: &Database, path: &Path) -> Result<u64, MetaError> {
     let open_error = |source: redb::Error| EmbeddedError::Open {
         path: path.to_owned(),
         source,
@@ -707,19 +709,32 @@ fn initialise(db: &Database, path: &Path) -> Result<(u64, Vec<(LeaseId, Duration
             }
         }
     };
-    let leases = {
+    let stale = {
         let table = txn.open_table(LEASES).map_err(|e| open_error(e.into()))?;
-        let mut leases = Vec::new();
+        let mut stale = Vec::new();
         for entry in table.iter().map_err(|e| open_error(e.into()))? {
-            let (id, ttl) = entry.map_err(|e| open_error(e.into()))?;
+            let (id, _ttl) = entry.map_err(|e| open_error(e.into()))?;
             if let Ok(id) = LeaseId::try_from(id.value()) {
-                leases.push((id, Duration::from_secs(ttl.value().max(1))));
+                stale.push(id);
             }
         }
-        leases
+        stale
+    };
+    // No watcher can exist before `open` returns, so the delete events need not be published;
+    // the revisions they used are before the feed's start.
+    let revision = if stale.is_empty() {
+        revision
+    } else {
+        let ended = delete_lease_keys(&txn, &stale)?;
+        tracing::info!(
+            message = "Ended the metadata leases of a previous process.",
+            leases = stale.len(),
+            keys = ended.len(),
+        );
+        ended.last().map_or(revision, WatchEvent::mod_revision)
     };
     txn.commit().map_err(|e| open_error(e.into()))?;
-    Ok((revision, leases))
+    Ok(revision)
 }
 
 /// Runs blocking redb work on tokio's blocking pool.

@@ -59,6 +59,32 @@ pub struct RuntimeConfig {
     /// After the shutdown signal, requests and calls in flight get this long to finish; then
     /// the connections still open are closed and the log is flushed.
     pub shutdown_timeout: Duration,
+    /// Who this replica is among the others sharing the metadata store.
+    pub cluster: ClusterConfig,
+}
+
+/// This replica's identity in the cluster, as the binary resolved it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// Unique per running process; `None`: the runtime makes one up.
+    pub node_id: Option<String>,
+    /// `HOST:PORT` other replicas and clients reach the HTTP API at; `None`: the bound address.
+    pub advertise_http: Option<String>,
+    /// `HOST:PORT` of the gRPC API, likewise.
+    pub advertise_grpc: Option<String>,
+    /// How long the member's lease outlives its last refresh.
+    pub lease_ttl: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: None,
+            advertise_http: None,
+            advertise_grpc: None,
+            lease_ttl: Duration::from_secs(5),
+        }
+    }
 }
 
 impl RuntimeConfig {
@@ -91,6 +117,7 @@ impl Default for RuntimeConfig {
             http_connections: ConnectionLimits::http_default(),
             grpc_connections: ConnectionLimits::grpc_default(),
             shutdown_timeout: Duration::from_secs(30),
+            cluster: ClusterConfig::default(),
         }
     }
 }

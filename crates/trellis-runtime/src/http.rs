@@ -2,6 +2,7 @@
 
 mod body;
 mod checks;
+mod cluster;
 mod connectors;
 mod ops;
 mod publish;
@@ -37,6 +38,7 @@ pub(crate) struct AppState {
     /// Asked, before a topic is deleted, which consumer groups read it.
     pub groups: Arc<crate::grpc::GroupRegistry>,
     pub connectors: Arc<crate::connectors::ConnectorRegistry>,
+    pub cluster: trellis_cluster::Cluster,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -44,6 +46,7 @@ pub(crate) fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/cluster", get(cluster::status))
         .route("/v1/topics", get(topics::list))
         .route(
             "/v1/topics/{topic}",

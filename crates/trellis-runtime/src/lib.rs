@@ -18,14 +18,17 @@
 //! This crate knows HTTP and CloudEvents; below it, the event store (`Arc<dyn EventStore>`)
 //! stores opaque records and the metadata store is a trait: neither names its backend here.
 
+mod cluster_load;
 mod config;
 mod connectors;
 mod error;
 mod event_store;
+mod follow;
 mod grpc;
 mod http;
 mod metrics;
 mod net;
+mod ownership;
 mod publisher;
 mod serve;
 mod stored_offset;

@@ -174,6 +174,9 @@ pub(crate) struct PublishMetrics {
     by_outcome: Arc<[(Counter, Histogram); 3]>,
     // A std lock: nothing awaits while holding it, and reads (the common case) do not contend.
     per_topic: Arc<RwLock<HashMap<String, TopicCounters>>>,
+    /// Events stored over all topics, read back for the load a replica reports to the cluster
+    /// (a Prometheus counter cannot be read).
+    stored: Arc<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -195,7 +198,18 @@ impl PublishMetrics {
         PublishMetrics {
             by_outcome: Arc::new([handles("accepted"), handles("rejected"), handles("failed")]),
             per_topic: Arc::default(),
+            stored: Arc::default(),
         }
+    }
+
+    pub(crate) fn count_stored(&self, events: u64) {
+        self.stored
+            .fetch_add(events, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Events stored since the start, over all topics.
+    pub(crate) fn stored(&self) -> u64 {
+        self.stored.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn record_request(&self, outcome: PublishOutcome, seconds: f64) {

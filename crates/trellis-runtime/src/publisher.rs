@@ -186,6 +186,7 @@ impl Publisher {
         if n_stored > 0 {
             counters.requests.increment(1);
             counters.events.increment(n_stored);
+            self.metrics.count_stored(n_stored);
             counters.bytes.increment(n_bytes);
         }
         if n_duplicates > 0 {

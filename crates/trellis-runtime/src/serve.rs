@@ -36,6 +36,8 @@ pub enum ServeError {
     Grpc(#[source] tonic::transport::Error),
     #[error("closing the event store at shutdown failed")]
     Flush(#[source] StorageError),
+    #[error("joining the cluster failed")]
+    Cluster(#[source] trellis_cluster::ClusterError),
 }
 
 /// Serves the HTTP API on `listener` until `shutdown` is cancelled. On shutdown it stops
@@ -62,6 +64,7 @@ pub async fn serve_with_grpc(
     config: RuntimeConfig,
     shutdown: CancellationToken,
 ) -> Result<(), ServeError> {
+    let cluster = join_cluster(&meta, &config, &listener, grpc.as_ref()).await?;
     let topics = TopicRegistry::open(
         Arc::clone(&store),
         Arc::clone(&meta),
@@ -74,6 +77,7 @@ pub async fn serve_with_grpc(
     let subscriptions = Arc::new(
         SubscriptionRegistry::open(
             Arc::clone(&meta),
+            cluster.clone(),
             topics.clone(),
             Arc::new(AddressGuard::new(config.webhook_deny.clone())),
             match &config.webhook_tls {
@@ -91,6 +95,7 @@ pub async fn serve_with_grpc(
     crate::net::describe_metrics();
     crate::subscriptions::describe_metrics();
     crate::connectors::describe_metrics();
+    trellis_cluster::describe_metrics();
     let shutting_down = Arc::new(AtomicBool::new(false));
     let publish_metrics = crate::metrics::PublishMetrics::new();
     let publisher = Arc::new(Publisher::new(topics.clone(), publish_metrics.clone()));
@@ -106,6 +111,7 @@ pub async fn serve_with_grpc(
             },
             limits: config.event_limits(),
             max_event_bytes: config.max_event_bytes,
+            cluster: cluster.clone(),
         })
         .await
         .map_err(|error| ServeError::Subscriptions(error.message))?,
@@ -133,6 +139,7 @@ pub async fn serve_with_grpc(
         publisher: Arc::clone(&publisher),
         groups: Arc::clone(&groups),
         connectors: Arc::clone(&connectors),
+        cluster: cluster.clone(),
     };
 
     let tasks = TaskTracker::new();
@@ -142,6 +149,58 @@ pub async fn serve_with_grpc(
         shutdown.child_token(),
     ));
     tasks.spawn(metrics_upkeep(metrics, shutdown.child_token()));
+    tasks.spawn(crate::cluster_load::report(
+        cluster.clone(),
+        Arc::clone(&subscriptions),
+        state.publish_metrics.clone(),
+        shutdown.child_token(),
+    ));
+    // What other replicas change reaches this one's registries (and this one's own changes
+    // come back, finding nothing to do). Stopped with `shutdown`, before the registries stop.
+    {
+        let topics = state.topics.clone();
+        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
+        tasks.spawn(async move {
+            let from = topics.loaded_at();
+            crate::follow::follow(
+                meta.as_ref(),
+                TopicRegistry::PREFIX,
+                from,
+                &stop,
+                |change| {
+                    let topics = topics.clone();
+                    Box::pin(async move { topics.apply(change).await })
+                },
+            )
+            .await;
+        });
+    }
+    {
+        let subscriptions = Arc::clone(&subscriptions);
+        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
+        tasks.spawn(async move {
+            let from = subscriptions.loaded_at();
+            let prefix = SubscriptionRegistry::PREFIX;
+            crate::follow::follow(meta.as_ref(), prefix, from, &stop, |change| {
+                let subscriptions = Arc::clone(&subscriptions);
+                Box::pin(async move { subscriptions.apply(change).await })
+            })
+            .await;
+        });
+    }
+    {
+        let connectors = Arc::clone(&connectors);
+        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
+        tasks.spawn(async move {
+            let from = connectors.loaded_at();
+            let prefix = ConnectorRegistry::PREFIX;
+            crate::follow::follow(meta.as_ref(), prefix, from, &stop, |change| {
+                let connectors = Arc::clone(&connectors);
+                Box::pin(async move { connectors.apply(change).await })
+            })
+            .await;
+        });
+    }
 
     let app = router(state);
     let http_listener = Listener::new(listener, "http", config.http_connections.clone(), true);
@@ -198,6 +257,9 @@ pub async fn serve_with_grpc(
             message = "Subscriptions and consumer groups did not stop in time; flushing the log without them."
         );
     }
+    // Every term has ended and released its unit: now the lease goes, and with it this
+    // replica's member key, so the others take what is left at once instead of after the TTL.
+    cluster.leave().await;
     let closed = store.close().await;
     if let Some(((), served_grpc)) = drained.output {
         served_grpc?;
@@ -205,6 +267,45 @@ pub async fn serve_with_grpc(
     closed.map_err(ServeError::Flush)?;
     tracing::info!(message = "Stopped; the log is flushed.");
     Ok(())
+}
+
+/// Joins the cluster of replicas sharing `meta` (a single node is a cluster of one), as the
+/// member `config.cluster` names, advertising the addresses it gives or the bound ones.
+async fn join_cluster(
+    meta: &Arc<dyn MetadataStore>,
+    config: &RuntimeConfig,
+    http: &TcpListener,
+    grpc: Option<&TcpListener>,
+) -> Result<trellis_cluster::Cluster, ServeError> {
+    let bound = |listener: &TcpListener| {
+        listener
+            .local_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_default()
+    };
+    let settings = trellis_cluster::ClusterSettings {
+        member_id: config.cluster.node_id.clone().unwrap_or_else(|| {
+            format!(
+                "trellis-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        }),
+        http: config
+            .cluster
+            .advertise_http
+            .clone()
+            .unwrap_or_else(|| bound(http)),
+        grpc: config
+            .cluster
+            .advertise_grpc
+            .clone()
+            .or_else(|| grpc.map(bound)),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        lease_ttl: config.cluster.lease_ttl,
+    };
+    trellis_cluster::Cluster::join(Arc::clone(meta), settings)
+        .await
+        .map_err(ServeError::Cluster)
 }
 
 async fn retention_loop(store: Arc<dyn EventStore>, every: Duration, shutdown: CancellationToken) {

@@ -17,13 +17,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::watch;
-use trellis_meta::MetadataStore;
+use trellis_meta::{CasOutcome, Expect, KeyValue, MetadataStore};
 use trellis_storage::{Durability, EventStore, StorageError, TopicInfo};
 
 use axum::http::StatusCode;
 
 use crate::error::{ApiError, error_chain};
 use crate::event_store::TopicHandle;
+use crate::follow::Change;
 
 const TOPIC_KEY_PREFIX: &str = "/topics/";
 
@@ -239,6 +240,8 @@ pub(crate) struct TopicRegistry {
     topics: Arc<RwLock<HashMap<String, (TopicHandle, Incarnation)>>>,
     /// Bumped after every creation and deletion: subscribers waiting for a topic watch it.
     changes: Arc<watch::Sender<u64>>,
+    /// The metadata store's revision when the records were loaded; `follow` goes on from it.
+    loaded_at: u64,
 }
 
 /// What `put` did.
@@ -335,7 +338,157 @@ impl TopicRegistry {
             admin: Arc::default(),
             topics: Arc::new(RwLock::new(topics)),
             changes: Arc::new(watch::Sender::new(0)),
+            loaded_at: stored.revision,
         })
+    }
+
+    /// The metadata store's revision the registry loaded; follow `/topics/` from after it.
+    pub(crate) fn loaded_at(&self) -> u64 {
+        self.loaded_at
+    }
+
+    /// The prefix of topic records, for `follow`.
+    pub(crate) const PREFIX: &'static str = TOPIC_KEY_PREFIX;
+
+    /// Applies a change another replica (or this one) made to the topic records: a topic
+    /// created elsewhere is opened here under its incarnation; one being deleted or deleted is
+    /// forgotten, so its readers wait for the next incarnation.
+    pub(crate) async fn apply(&self, change: Change) {
+        match change {
+            Change::Put(kv) => self.adopt(&kv).await,
+            Change::Delete(key) => {
+                if let Some(name) = key.strip_prefix(TOPIC_KEY_PREFIX) {
+                    self.forget(name);
+                }
+            }
+            Change::Snapshot(kvs) => {
+                let kept: std::collections::HashSet<&str> = kvs
+                    .iter()
+                    .filter_map(|kv| kv.key.strip_prefix(TOPIC_KEY_PREFIX))
+                    .collect();
+                let gone: Vec<String> = self
+                    .topics
+                    .read()
+                    .map(|topics| {
+                        topics
+                            .iter()
+                            // A legacy topic has no record to keep it.
+                            .filter(|(name, (_, incarnation))| {
+                                !kept.contains(name.as_str()) && !incarnation.as_str().is_empty()
+                            })
+                            .map(|(name, _)| name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for name in gone {
+                    self.forget(&name);
+                }
+                for kv in &kvs {
+                    self.adopt(kv).await;
+                }
+            }
+        }
+    }
+
+    async fn adopt(&self, kv: &KeyValue) {
+        let Some(name) = kv.key.strip_prefix(TOPIC_KEY_PREFIX) else {
+            return;
+        };
+        let record = match TopicRecord::decode(&kv.value) {
+            Ok(record) => record,
+            Err(error) => {
+                tracing::warn!(message = "A topic record another replica stored is unreadable; ignoring it.", topic = name, error = %error);
+                return;
+            }
+        };
+        // After any local admin change of the topic, which may be this very record.
+        let _admin = self.admin.lock().await;
+        if let Err(error) = self.adopt_locked(name, record).await {
+            tracing::warn!(message = "Opening a topic another replica created failed.", topic = name, error = %error.message);
+        }
+    }
+
+    /// Makes the registry agree with `record`; the caller holds the admin lock.
+    async fn adopt_locked(
+        &self,
+        name: &str,
+        record: TopicRecord,
+    ) -> Result<Option<TopicHandle>, ApiError> {
+        if record.deleting {
+            self.forget(name);
+            return Ok(None);
+        }
+        if let Some((topic, incarnation)) = self.current(name)
+            && incarnation == record.incarnation
+        {
+            return Ok(Some(topic));
+        }
+        let settings = record
+            .settings
+            .as_ref()
+            .unwrap_or(&self.defaults)
+            .to_storage();
+        let topic = self
+            .store
+            .get_or_create_topic(name, settings)
+            .await
+            .map_err(|error| ApiError::storage("opening a topic", &error))?;
+        self.set_current(name, Some((Arc::clone(&topic), record.incarnation)));
+        Ok(Some(topic))
+    }
+
+    fn forget(&self, name: &str) {
+        if self.current(name).is_some() {
+            self.set_current(name, None);
+        }
+    }
+
+    /// Stores the record of a topic this replica creates, unless another replica stored one
+    /// first: then that topic (and its incarnation) is the one, and is returned instead.
+    async fn store_new_record(
+        &self,
+        name: &str,
+        record: &TopicRecord,
+    ) -> Result<Option<TopicHandle>, ApiError> {
+        let outcome = self
+            .meta
+            .compare_and_set(&topic_key(name), Expect::Absent, record.encode()?)
+            .await
+            .map_err(|error| ApiError::internal("storing topic settings", &error))?;
+        match outcome {
+            CasOutcome::Written { .. } => Ok(None),
+            CasOutcome::Conflict { current: None } => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "topic_changing",
+                format!(
+                    "topic {:?} is being changed by another replica; try again",
+                    truncated(name)
+                ),
+            )),
+            CasOutcome::Conflict { current: Some(kv) } => {
+                let record = TopicRecord::decode(&kv.value).map_err(|error| {
+                    ApiError::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "internal",
+                        format!(
+                            "the stored record of topic {:?} is unreadable: {error}",
+                            truncated(name)
+                        ),
+                    )
+                })?;
+                match self.adopt_locked(name, record).await? {
+                    Some(topic) => Ok(Some(topic)),
+                    None => Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "topic_changing",
+                        format!(
+                            "topic {:?} is being deleted; try again once it is gone",
+                            truncated(name)
+                        ),
+                    )),
+                }
+            }
+        }
     }
 
     /// The topic and its incarnation, if it exists now.
@@ -467,15 +620,14 @@ impl TopicRegistry {
         // next start turns into an empty topic of this incarnation.
         self.check_room(name)?;
         let incarnation = Incarnation::fresh();
-        self.store_record(
-            name,
-            &TopicRecord {
-                settings: None,
-                incarnation: incarnation.clone(),
-                deleting: false,
-            },
-        )
-        .await?;
+        let record = TopicRecord {
+            settings: None,
+            incarnation: incarnation.clone(),
+            deleting: false,
+        };
+        if let Some(topic) = self.store_new_record(name, &record).await? {
+            return Ok(topic);
+        }
         let topic = self.create(name, self.defaults.to_storage()).await?;
         self.set_current(name, Some((Arc::clone(&topic), incarnation)));
         Ok(topic)
@@ -543,15 +695,34 @@ impl TopicRegistry {
                 .map_or_else(Incarnation::legacy, |(_, incarnation)| incarnation),
             None => Incarnation::fresh(),
         };
-        self.store_record(
-            name,
-            &TopicRecord {
-                settings: Some(settings.clone()),
-                incarnation: incarnation.clone(),
-                deleting: false,
+        let record = TopicRecord {
+            settings: Some(settings.clone()),
+            incarnation: incarnation.clone(),
+            deleting: false,
+        };
+        let existing = match existing {
+            Some(topic) => {
+                self.store_record(name, &record).await?;
+                Some(topic)
+            }
+            // Created by another replica meanwhile: this becomes a change of its settings.
+            None => match self.store_new_record(name, &record).await? {
+                Some(topic) => {
+                    self.store_record(
+                        name,
+                        &TopicRecord {
+                            incarnation: self
+                                .current(name)
+                                .map_or_else(Incarnation::legacy, |(_, incarnation)| incarnation),
+                            ..record
+                        },
+                    )
+                    .await?;
+                    Some(topic)
+                }
+                None => None,
             },
-        )
-        .await?;
+        };
         let (outcome, topic) = match existing {
             Some(topic) => (PutOutcome::Updated, topic),
             None => (

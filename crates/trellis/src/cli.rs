@@ -22,6 +22,7 @@ pub(crate) struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // Built once per process: boxing `serve`'s flags saves nothing.
 pub(crate) enum Command {
     /// Run the Trellis runtime: the HTTP API over a durable log on local disk.
     Serve(ServeArgs),
@@ -37,6 +38,10 @@ pub(crate) enum Command {
     Subscribe(SubscribeArgs),
     /// Run one connector in this process against a running trellis's HTTP API (standalone).
     Connect(ConnectArgs),
+    /// Show the replicas sharing a trellis's metadata and what each runs, through the HTTP API
+    /// of any one of them.
+    // Its arguments live beside their code in `cluster_cmd.rs`.
+    Cluster(crate::cluster_cmd::ClusterArgs),
 }
 
 #[derive(Debug, Args)]
@@ -61,6 +66,36 @@ pub(crate) struct ServeArgs {
     /// With NATS storage: PEM CA certificates to trust for the servers' TLS certificates
     #[arg(long, env = "TRELLIS_NATS_TLS_CA", value_name = "FILE")]
     pub(crate) nats_tls_ca: Option<PathBuf>,
+    /// Where metadata (subscriptions, connectors, offsets, cluster membership) is kept:
+    /// `embedded` (in the data dir) or etcd at etcd://HOST:PORT[,HOST:PORT...] (etcds:// for
+    /// TLS), shared by every replica; etcd needs NATS storage, and the data dir then only holds
+    /// its lock [default: embedded]
+    #[arg(long, env = "TRELLIS_META", value_name = "embedded|etcd://HOST:PORT")]
+    pub(crate) meta: Option<String>,
+    /// With etcd: PEM CA certificates to trust for etcd's TLS certificates; etcds:// needs it,
+    /// and it turns TLS on for etcd:// too
+    #[arg(long, env = "TRELLIS_META_CA", value_name = "FILE")]
+    pub(crate) meta_ca: Option<PathBuf>,
+    /// With etcd: the user to authenticate as (needs --meta-password-file)
+    #[arg(long, env = "TRELLIS_META_USER", value_name = "USER")]
+    pub(crate) meta_user: Option<String>,
+    /// With etcd: a file holding the user's password (a trailing newline is ignored)
+    #[arg(long, env = "TRELLIS_META_PASSWORD_FILE", value_name = "FILE")]
+    pub(crate) meta_password_file: Option<PathBuf>,
+    /// This replica's id among those sharing the metadata, unique per running process
+    /// (A-Z a-z 0-9 . _ -) [default: hostname-<6 random hex digits>]
+    #[arg(long, env = "TRELLIS_NODE_ID", value_name = "ID")]
+    pub(crate) node_id: Option<String>,
+    /// Where other replicas and clients reach this one's HTTP API [default: the bound address]
+    #[arg(long, env = "TRELLIS_ADVERTISE_HTTP", value_name = "HOST:PORT")]
+    pub(crate) advertise_http: Option<String>,
+    /// Where other replicas and clients reach this one's gRPC API [default: the bound address]
+    #[arg(long, env = "TRELLIS_ADVERTISE_GRPC", value_name = "HOST:PORT")]
+    pub(crate) advertise_grpc: Option<String>,
+    /// Milliseconds this replica's lease outlives its last refresh: a dead replica's work moves
+    /// to another within about this (1000 to 3600000) [default: 5000]
+    #[arg(long, env = "TRELLIS_LEASE_TTL_MS", value_name = "MS")]
+    pub(crate) lease_ttl_ms: Option<u64>,
     /// Address of the HTTP API [default: 127.0.0.1:10105]
     #[arg(long, env = "TRELLIS_HTTP_ADDR", value_name = "HOST:PORT")]
     pub(crate) http_addr: Option<String>,

@@ -14,6 +14,10 @@ use trellis_runtime::{
 
 use crate::cli::ServeArgs;
 
+mod cluster;
+
+pub(crate) use cluster::MetaBackend;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub(crate) enum LogFormat {
@@ -44,6 +48,10 @@ struct FileConfig {
     grpc: FileGrpc,
     #[serde(default)]
     topics: FileTopics,
+    #[serde(default)]
+    meta: cluster::FileMeta,
+    #[serde(default)]
+    cluster: cluster::FileCluster,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -141,6 +149,7 @@ pub(crate) struct Settings {
     pub(crate) runtime: RuntimeConfig,
     pub(crate) log_resources: LogResources,
     pub(crate) storage: StorageBackend,
+    pub(crate) meta: MetaBackend,
 }
 
 /// Where events are stored.
@@ -268,7 +277,7 @@ impl Settings {
         if let Err(message) = topic.validate() {
             bail!("invalid storage settings: {message}");
         }
-        let runtime = RuntimeConfig {
+        let mut runtime = RuntimeConfig {
             max_event_bytes: args
                 .max_event_bytes
                 .or(file.http.max_event_bytes)
@@ -347,7 +356,9 @@ impl Settings {
                         .context("delivery.webhook_ca_file is not usable")?,
                 ),
             },
+            cluster: defaults.cluster,
         };
+        cluster::resolve_cluster(args, &file.cluster, &mut runtime)?;
         if runtime.max_event_bytes == 0 || runtime.max_batch_bytes < runtime.max_event_bytes {
             bail!(
                 "http.max_event_bytes must be at least 1 and at most http.max_batch_bytes ({}); got {}",
@@ -412,8 +423,10 @@ impl Settings {
             .or(file.grpc_addr)
             .unwrap_or_else(|| DEFAULT_GRPC_ADDR.to_owned());
         let storage = StorageBackend::resolve(args, &file.storage)?;
+        let meta = MetaBackend::resolve(args, &file.meta, &storage)?;
         Ok(Settings {
             storage,
+            meta,
             data_dir: args
                 .data_dir
                 .clone()

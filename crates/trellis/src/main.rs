@@ -3,6 +3,7 @@
 
 mod api_client;
 mod cli;
+mod cluster_cmd;
 mod config;
 mod connect_cmd;
 mod connectors_cmd;
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         cli::Command::Publish(args) => publish_cmd::run(args),
         cli::Command::Subscribe(args) => subscribe_cmd::run(args),
         cli::Command::Connect(args) => connect_cmd::run(args),
+        cli::Command::Cluster(args) => cluster_cmd::run(args),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
-//! `trellis serve`: opens the data directory (embedded log and metadata store), binds the HTTP
-//! and gRPC APIs, prints where they listen, and runs until SIGTERM or SIGINT, then drains (for at
+//! `trellis serve`: opens the data directory (embedded log and metadata store) or connects to
+//! etcd and NATS JetStream, binds the HTTP and gRPC APIs, prints where they listen, and runs until SIGTERM or SIGINT, then drains (for at
 //! most the shutdown timeout) and flushes. A second signal skips the rest of the drain.
 
 use std::fs::{File, TryLockError};
@@ -11,11 +11,11 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
-use trellis_meta::EmbeddedStore;
+use trellis_meta::{EmbeddedStore, EtcdStore, MetaError, MetadataStore};
 use trellis_storage::{EmbeddedOptions, EventStore, JetStreamOptions, JetStreamStore};
 
 use crate::cli::ServeArgs;
-use crate::config::{Settings, StorageBackend};
+use crate::config::{MetaBackend, Settings, StorageBackend};
 
 /// Blocking-pool threads at most: segment reads are short positional reads, mostly from the
 /// page cache, so a few threads keep up, and the process stays at a few dozen threads in all.
@@ -49,7 +49,7 @@ enum Stopped {
     Cut,
 }
 
-async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
+async fn serve(mut settings: Settings) -> anyhow::Result<Stopped> {
     // Bind first: a port in use is the most common start-up failure and costs nothing to find.
     let listener = TcpListener::bind(settings.http_addr)
         .await
@@ -64,11 +64,20 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
 
     // Before the log opens, so what recovery counts reaches /metrics.
     trellis_runtime::install_metrics_recorder();
+    // etcd before anything that logs, so that a failure to reach it is the one line printed.
+    let etcd = connect_etcd(&settings).await?;
     // The runtime sees the event store only as `Arc<dyn EventStore>`.
     let store = open_event_store(&settings).await?;
-    let meta_path = data_dir.join("meta.redb");
-    let meta = EmbeddedStore::open(&meta_path)
-        .with_context(|| format!("cannot open the metadata store {}", meta_path.display()))?;
+    let meta = match etcd {
+        Some(etcd) => etcd,
+        None => {
+            let meta_path = data_dir.join("meta.redb");
+            let meta = EmbeddedStore::open(&meta_path).with_context(|| {
+                format!("cannot open the metadata store {}", meta_path.display())
+            })?;
+            Arc::new(meta)
+        }
+    };
 
     // Signal handlers exist before we say we listen, so a signal sent right after never hits the
     // default action (which would kill the process without a flush).
@@ -79,12 +88,27 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
     let grpc_addr = grpc_listener
         .local_addr()
         .context("cannot read the gRPC listening address")?;
+    let cluster = &mut settings.runtime.cluster;
+    if cluster.advertise_http.is_none() || cluster.advertise_grpc.is_none() {
+        if settings.meta != MetaBackend::Embedded && local_addr.ip().is_unspecified() {
+            tracing::warn!(
+                message = "Listening on every interface without --advertise-http/--advertise-grpc: other replicas are told an address they cannot reach.",
+                http = %local_addr
+            );
+        }
+        cluster
+            .advertise_http
+            .get_or_insert_with(|| local_addr.to_string());
+        cluster
+            .advertise_grpc
+            .get_or_insert_with(|| grpc_addr.to_string());
+    }
     // One line on stdout, for people and for scripts that started us with port 0.
     println!(
         "trellis listening on http://{local_addr} grpc://{grpc_addr} (data dir {})",
         data_dir.display()
     );
-    tracing::info!(message = "Trellis started.", http = %local_addr, grpc = %grpc_addr, data_dir = %data_dir.display(), storage = %settings.storage.describe());
+    tracing::info!(message = "Trellis started.", http = %local_addr, grpc = %grpc_addr, data_dir = %data_dir.display(), storage = %settings.storage.describe(), meta = %settings.meta.describe(), node_id = %settings.runtime.cluster.node_id.as_deref().unwrap_or_default());
 
     let shutdown = CancellationToken::new();
     let event_store = Arc::clone(&store);
@@ -92,7 +116,7 @@ async fn serve(settings: Settings) -> anyhow::Result<Stopped> {
         listener,
         Some(grpc_listener),
         store,
-        Arc::new(meta),
+        meta,
         settings.runtime,
         shutdown.clone(),
     ));
@@ -169,6 +193,54 @@ async fn open_event_store(settings: &Settings) -> anyhow::Result<Arc<dyn EventSt
             Ok(Arc::new(store))
         }
     }
+}
+
+/// The etcd metadata store, when configured (`None`: the embedded one). An unreachable etcd is
+/// an error here, like an unreachable NATS: a replica that cannot coordinate with the others
+/// never starts serving.
+async fn connect_etcd(settings: &Settings) -> anyhow::Result<Option<Arc<dyn MetadataStore>>> {
+    match &settings.meta {
+        MetaBackend::Embedded => Ok(None),
+        MetaBackend::Etcd(etcd) => match EtcdStore::connect(etcd.options()).await {
+            Ok(store) => Ok(Some(Arc::new(store))),
+            Err(error) => {
+                let verb = match error {
+                    MetaError::Unavailable(_) => "cannot reach",
+                    _ => "cannot use",
+                };
+                anyhow::bail!(
+                    "{verb} the etcd metadata store at {}: {}",
+                    etcd.describe(),
+                    error_chain(&error)
+                )
+            }
+        },
+    }
+}
+
+/// What went wrong with etcd, on one line: the causes under the store's error, each said once
+/// (a gRPC status by its message alone, as its display repeats its source in debug form).
+fn error_chain(error: &MetaError) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = std::error::Error::source(error);
+    while let Some(cause) = next {
+        let text = match cause.downcast_ref::<tonic::Status>() {
+            Some(status) if !status.message().is_empty() => status.message().to_owned(),
+            _ => cause.to_string(),
+        };
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        next = cause.source();
+    }
+    if parts.is_empty() {
+        parts.push(error.to_string());
+    }
+    parts
+        .join(": ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 const STOPPED_WITH_ERROR: &str = "the runtime stopped with an error";

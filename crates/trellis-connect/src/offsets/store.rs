@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use trellis_meta::{MetaError, MetadataStore};
+use trellis_meta::{GuardedOutcome, GuardedPut, MetaError, MetadataStore};
 
 use crate::position::{Offset, Partition, Position};
 
@@ -20,6 +20,10 @@ use crate::position::{Offset, Partition, Position};
 pub enum OffsetStoreError {
     #[error("the metadata store failed for connector offsets")]
     Meta(#[from] MetaError),
+    /// The guard set with [`OffsetStore::guarded`] refused the write: the process no longer
+    /// owns the connector, and nothing was written.
+    #[error("offsets of connector {connector} not written: this process no longer owns it")]
+    NotOwner { connector: String },
     #[error("the stored offset under {key} is not a position")]
     Corrupt {
         key: String,
@@ -34,6 +38,16 @@ pub struct OffsetStore {
     store: Arc<dyn MetadataStore>,
     connector: String,
     prefix: String,
+    guard: Option<Arc<dyn OffsetGuard>>,
+}
+
+/// Makes every offset write conditional on the writer still owning the connector (a cluster
+/// replica's ownership fence), so one that lost it can never move an offset.
+pub trait OffsetGuard: Send + Sync {
+    /// Whether writing may be tried at all (for example, the owner's lease is provably alive).
+    fn holds(&self) -> bool;
+    /// Adds the conditions the store checks atomically with the write.
+    fn guard(&self, put: GuardedPut) -> GuardedPut;
 }
 
 impl std::fmt::Debug for OffsetStore {
@@ -53,7 +67,14 @@ impl OffsetStore {
             store,
             connector,
             prefix,
+            guard: None,
         }
+    }
+
+    /// The same store, writing only while `guard` holds and its conditions pass.
+    pub fn guarded(mut self, guard: Arc<dyn OffsetGuard>) -> OffsetStore {
+        self.guard = Some(guard);
+        self
     }
 
     pub fn connector(&self) -> &str {
@@ -87,9 +108,24 @@ impl OffsetStore {
                     key: self.key(partition),
                     source,
                 })?;
-            self.store
-                .put(&self.key(partition), Bytes::from(value))
-                .await?;
+            let key = self.key(partition);
+            match &self.guard {
+                None => {
+                    self.store.put(&key, Bytes::from(value)).await?;
+                }
+                Some(guard) => {
+                    let not_owner = || OffsetStoreError::NotOwner {
+                        connector: self.connector.clone(),
+                    };
+                    if !guard.holds() {
+                        return Err(not_owner());
+                    }
+                    let put = guard.guard(GuardedPut::new(key, Bytes::from(value)));
+                    if let GuardedOutcome::Conflict { .. } = self.store.guarded_put(put).await? {
+                        return Err(not_owner());
+                    }
+                }
+            }
         }
         Ok(())
     }

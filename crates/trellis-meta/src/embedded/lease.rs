@@ -1,7 +1,8 @@
 //! The embedded store's lease clock: when each live lease expires, and the thread that expires
 //! them.
 //!
-//! Deadlines live in memory only; the lease rows in redb say which leases exist and their TTL.
+//! Deadlines live in memory only; the lease rows in redb say which leases exist and their TTL,
+//! and those found at open are ended there (their holder was a process that is gone).
 //! The timer thread sleeps until the earliest deadline (or until woken), then asks the store to
 //! expire what is due. Expiry takes the store's write lock, and a put under a lease checks the
 //! lease under the same lock, so a key is never attached to a lease that was already expired.
@@ -30,15 +31,11 @@ pub(super) struct LeaseState {
 }
 
 impl Leases {
-    pub(super) fn new(existing: impl IntoIterator<Item = (LeaseId, Duration)>) -> Leases {
-        let now = Instant::now();
-        let live = existing
-            .into_iter()
-            .map(|(id, ttl)| (id, (ttl, now + ttl)))
-            .collect();
+    /// No lease is live at open: the store ends those a previous process left (see `open_with`).
+    pub(super) fn new() -> Leases {
         Leases {
             state: Mutex::new(LeaseState {
-                live,
+                live: HashMap::new(),
                 closed: false,
             }),
             wake: Condvar::new(),

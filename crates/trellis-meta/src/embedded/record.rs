@@ -7,7 +7,7 @@
 //!   `format`, the layout version ([`FORMAT_VERSION`]), and `last_lease`, the last lease id
 //!   granted (ids are never reused, even across reopens).
 //! - `leases` (`u64` → `u64`): one row per live lease, id → TTL in seconds. Deadlines are not
-//!   stored: after a reopen every lease gets its full TTL again, as etcd does after a restart.
+//!   stored: a reopen ends every lease it finds (their holder was a process that is gone).
 //! - `lease_keys` (`&str` → `u64`): key → the lease it was put under, for keys under a lease.
 //!   Older files have neither lease table; they are created on open, so the format is unchanged.
 //!

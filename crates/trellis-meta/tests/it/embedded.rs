@@ -321,44 +321,47 @@ async fn next_events(stream: &mut WatchStream, n_events: usize) -> Vec<WatchEven
     res
 }
 
-/// Leases outlive a reopen as etcd's outlive a restart: the lease gets its full TTL again, then
-/// expires with its keys unless kept alive; lease ids are not handed out twice.
+/// A lease left in the file belonged to a process that is gone (one process holds the file):
+/// the reopen ends it and deletes its keys at once, so a restarted node owns its work without
+/// waiting a TTL; the lease is gone for keep-alive too, and lease ids are not handed out twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn leases_survive_reopen_then_expire() {
+async fn leases_end_at_reopen() {
     use trellis_meta::GuardedPut;
 
     let dir = tempfile::tempdir().expect("tempdir");
     let path = store_path(&dir);
-    let lease = {
+    let (lease, revision_before) = {
         let store = EmbeddedStore::open(&path).expect("open");
         let lease = store
-            .lease_grant(Duration::from_secs(1))
+            .lease_grant(Duration::from_secs(60))
             .await
             .expect("lease_grant");
         store
             .guarded_put(GuardedPut::new("owners/a", "me").lease(lease.id))
             .await
             .expect("guarded_put");
-        lease
+        store.put("plain", Bytes::from("kept")).await.expect("put");
+        (lease, store.range("").await.expect("range").revision)
     };
     let store = EmbeddedStore::open(&path).expect("reopen");
-    assert!(
-        store.get("owners/a").await.expect("get").is_some(),
-        "the key is still there right after the reopen"
-    );
-    let revision = store.range("").await.expect("range").revision;
-    let mut stream = store
-        .watch("owners/", Some(revision + 1))
-        .await
-        .expect("watch");
-    let event = next_event(&mut stream).await;
     assert_eq!(
-        event,
-        WatchEvent::Delete {
-            key: "owners/a".to_owned(),
-            mod_revision: revision + 1
-        },
-        "the lease expires after the reopen"
+        store.get("owners/a").await.expect("get"),
+        None,
+        "the key under the dead process's lease is gone right after the reopen"
+    );
+    assert!(
+        store.get("plain").await.expect("get").is_some(),
+        "keys under no lease stay"
+    );
+    assert_eq!(
+        store.range("").await.expect("range").revision,
+        revision_before + 1,
+        "the delete used a revision, as an expiry does"
+    );
+    assert_eq!(
+        store.lease_keep_alive(lease.id).await.expect("keep_alive"),
+        None,
+        "the old lease no longer exists"
     );
     let next = store
         .lease_grant(Duration::from_secs(1))

@@ -26,6 +26,7 @@ use trellis_connectors::plugins::{self, Kind};
 use trellis_meta::{CasOutcome, Expect};
 
 use crate::error::ApiError;
+use crate::follow::Change;
 pub(crate) use metrics::describe_metrics;
 pub(crate) use run::Env;
 use run::{Progress, Run};
@@ -41,6 +42,8 @@ pub(crate) struct ConnectorRegistry {
     failures: mpsc::UnboundedSender<run::Failed>,
     /// Ends the task that stores failures.
     stop: CancellationToken,
+    /// The metadata store's revision when the connectors were loaded; `follow` goes on from it.
+    loaded_at: u64,
 }
 
 struct Entry {
@@ -61,6 +64,7 @@ impl ConnectorRegistry {
             tasks: TaskTracker::new(),
             failures,
             stop: CancellationToken::new(),
+            loaded_at: 0,
         };
         registry.tasks.spawn(pause_failed(
             Arc::clone(&registry.entries),
@@ -74,12 +78,13 @@ impl ConnectorRegistry {
             .range(CONFIG_KEY_PREFIX)
             .await
             .map_err(|error| ApiError::internal("reading connectors", &error))?;
+        let registry = ConnectorRegistry {
+            loaded_at: stored.revision,
+            ..registry
+        };
         let mut entries = registry.entries.lock().await;
         for kv in stored.kvs {
-            let spec = serde_json::from_slice::<Value>(&kv.value)
-                .map_err(|error| error.to_string())
-                .and_then(|value| ConnectorSpec::from_stored(&value));
-            match spec {
+            match decode(&kv.value) {
                 Ok(spec) => {
                     let entry = registry.entry(spec);
                     entries.insert(entry.spec.name.clone(), entry);
@@ -252,11 +257,10 @@ impl ConnectorRegistry {
                 })
                 .collect(),
             Kind::Sink => {
-                let running = match &entry.run {
-                    Some(Run {
-                        progress: Progress::Sink { stats, .. },
-                        ..
-                    }) if stats.offset_loaded.load(Ordering::Acquire) => {
+                let running = match entry.run.as_ref().and_then(Run::progress) {
+                    Some(Progress::Sink { stats, .. })
+                        if stats.offset_loaded.load(Ordering::Acquire) =>
+                    {
                         Some(stats.committed.load(Ordering::Relaxed))
                     }
                     _ => None,
@@ -309,6 +313,95 @@ impl ConnectorRegistry {
             .map_err(|error| ApiError::internal("deleting a connector", &error))?;
         self.forget_offsets(name).await?;
         Ok(())
+    }
+
+    /// The prefix of stored connector configs, for `follow`.
+    pub(crate) const PREFIX: &'static str = CONFIG_KEY_PREFIX;
+
+    /// The metadata store's revision the registry loaded; follow [`Self::PREFIX`] from after it.
+    pub(crate) fn loaded_at(&self) -> u64 {
+        self.loaded_at
+    }
+
+    /// Applies a change of the stored connectors, made through any replica (this one's own
+    /// changes arrive here too, and find nothing left to do).
+    pub(crate) async fn apply(&self, change: Change) {
+        match change {
+            Change::Put(kv) => self.apply_stored(&kv).await,
+            Change::Delete(key) => {
+                if let Some(name) = key.strip_prefix(CONFIG_KEY_PREFIX) {
+                    let entry = self.entries.lock().await.remove(name);
+                    if let Some(entry) = entry {
+                        stop(entry.run).await;
+                    }
+                }
+            }
+            Change::Snapshot(kvs) => {
+                let kept: std::collections::HashSet<&str> = kvs
+                    .iter()
+                    .filter_map(|kv| kv.key.strip_prefix(CONFIG_KEY_PREFIX))
+                    .collect();
+                let gone: Vec<Entry> = {
+                    let mut entries = self.entries.lock().await;
+                    let names: Vec<String> = entries
+                        .keys()
+                        .filter(|name| !kept.contains(name.as_str()))
+                        .cloned()
+                        .collect();
+                    names
+                        .iter()
+                        .filter_map(|name| entries.remove(name))
+                        .collect()
+                };
+                for entry in gone {
+                    stop(entry.run).await;
+                }
+                for kv in &kvs {
+                    self.apply_stored(kv).await;
+                }
+            }
+        }
+    }
+
+    async fn apply_stored(&self, kv: &trellis_meta::KeyValue) {
+        let spec = match decode(&kv.value) {
+            Ok(spec) => spec,
+            Err(error) => {
+                tracing::error!(message = "A stored connector is unreadable; it is not started.", key = %kv.key, error);
+                return;
+            }
+        };
+        let mut entries = self.entries.lock().await;
+        if let Some(entry) = entries.get_mut(&spec.name) {
+            if encode(&entry.spec).is_ok_and(|stored| stored == kv.value) {
+                return;
+            }
+            // A new config, a pause or a resume through another replica: a connector only ever
+            // starts and stops.
+            stop(entry.run.take()).await;
+            entry.spec = spec;
+            if !entry.spec.paused {
+                self.start(entry);
+            }
+            return;
+        }
+        let entry = self.entry(spec);
+        entries.insert(entry.spec.name.clone(), entry);
+    }
+
+    /// The units of running connectors no replica owns this moment.
+    pub(crate) async fn unowned(&self) -> Vec<String> {
+        let entries = self.entries.lock().await;
+        entries
+            .values()
+            .filter(|entry| {
+                entry
+                    .run
+                    .as_ref()
+                    .is_some_and(|run| run.owner.borrow().is_none())
+            })
+            .map(|entry| format!("connector/{}", entry.spec.name))
+            .collect()
     }
 
     /// The sink connectors reading `topic`, for the check before the topic is deleted.
@@ -446,20 +539,20 @@ fn state(entry: &Entry) -> (&'static str, Option<String>) {
     if entry.spec.paused {
         return ("PAUSED", None);
     }
-    match &entry.run {
-        None => ("FAILED", None),
-        Some(Run {
-            progress: Progress::Source(status),
-            ..
-        }) => source_state(status),
-        Some(Run {
-            progress:
-                Progress::Sink {
-                    stats,
-                    lifecycle,
-                    last_error,
-                    ..
-                },
+    let Some(run) = &entry.run else {
+        return ("FAILED", None);
+    };
+    match run.progress() {
+        // Another replica runs it (Kafka Connect's workers show the same), or none does yet.
+        None => match run.owner.borrow().clone() {
+            Some(owner) => ("STANDBY", Some(format!("running on replica {owner}"))),
+            None => ("UNASSIGNED", None),
+        },
+        Some(Progress::Source(status)) => source_state(&status),
+        Some(Progress::Sink {
+            stats,
+            lifecycle,
+            last_error,
             ..
         }) => {
             if let Some(reason) = stats.stopped_reason() {
@@ -496,11 +589,8 @@ fn status(entry: &Entry) -> Value {
     if let Some(trace) = trace {
         connector.insert("trace".to_owned(), Value::from(trace));
     }
-    let records = match &entry.run {
-        Some(Run {
-            progress: Progress::Source(status),
-            ..
-        }) => {
+    let records = match entry.run.as_ref().and_then(Run::progress) {
+        Some(Progress::Source(status)) => {
             let counts = status.counters();
             let offsets = status.offsets();
             json!({
@@ -514,14 +604,10 @@ fn status(entry: &Entry) -> Value {
                 "begin_flush_refused": offsets.begin_flush_refused,
             })
         }
-        Some(Run {
-            progress:
-                Progress::Sink {
-                    stats,
-                    counters,
-                    engine,
-                    ..
-                },
+        Some(Progress::Sink {
+            stats,
+            counters,
+            engine,
             ..
         }) => {
             let (put, failed) = match engine {
@@ -543,6 +629,13 @@ fn status(entry: &Entry) -> Value {
         }
         None => json!({}),
     };
+    if let Some(owner) = entry
+        .run
+        .as_ref()
+        .and_then(|run| run.owner.borrow().clone())
+    {
+        connector.insert("worker_id".to_owned(), Value::from(owner));
+    }
     json!({
         "name": entry.spec.name,
         "type": entry.spec.kind(),
@@ -611,6 +704,12 @@ async fn stop(run: Option<Run>) {
         run.stop.cancel();
         let _ = run.done.await;
     }
+}
+
+fn decode(stored: &[u8]) -> Result<ConnectorSpec, String> {
+    serde_json::from_slice::<Value>(stored)
+        .map_err(|error| error.to_string())
+        .and_then(|value| ConnectorSpec::from_stored(&value))
 }
 
 fn encode(spec: &ConnectorSpec) -> Result<Bytes, ApiError> {

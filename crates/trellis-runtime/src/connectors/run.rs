@@ -9,8 +9,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::EventLimits;
+use trellis_cluster::{Cluster, Fence, Placement};
 use trellis_connect::worker::{SourceWorker, Tolerance, WorkerSettings, WorkerStatus, settings};
-use trellis_connect::{OffsetStore, SinkContext};
+use trellis_connect::{OffsetGuard, OffsetStore, SinkContext};
 use trellis_connectors::plugins::{self, Kind};
 use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::Engine;
@@ -22,6 +23,7 @@ use super::publish_sink::PublishSink;
 use super::sink_deliver::{SinkCounters, SinkDeliver, SinkTask};
 use super::spec::ConnectorSpec;
 use crate::error::error_chain;
+use crate::ownership::{FenceGate, TermEnd, while_owned};
 use crate::publisher::Publisher;
 use crate::subscriptions::{
     DeadLetterTarget, DispatcherStats, Lifecycle, OnFailure, Start, Supervisor, ToDispatcher,
@@ -53,9 +55,11 @@ pub(crate) struct Env {
     pub(crate) tls: WebhookTls,
     pub(crate) limits: EventLimits,
     pub(crate) max_event_bytes: usize,
+    pub(crate) cluster: Cluster,
 }
 
-/// What the status shows of a run while it lasts.
+/// What the status shows of a term of a run while it lasts.
+#[derive(Clone)]
 pub(crate) enum Progress {
     Source(Arc<WorkerStatus>),
     Sink {
@@ -68,10 +72,24 @@ pub(crate) enum Progress {
     },
 }
 
+/// A connector that is not paused: every replica has a run of it, and the one that owns it
+/// runs terms of it (a source worker or a sink dispatcher) while it owns it.
 pub(crate) struct Run {
     pub(crate) stop: CancellationToken,
     pub(crate) done: tokio::task::JoinHandle<()>,
-    pub(crate) progress: Progress,
+    /// The current term's progress here; `None` while no term runs on this replica.
+    progress: Arc<std::sync::Mutex<Option<Progress>>>,
+    /// The replica that owns the connector now, if any.
+    pub(crate) owner: watch::Receiver<Option<String>>,
+}
+
+impl Run {
+    pub(crate) fn progress(&self) -> Option<Progress> {
+        self.progress
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 /// A run that ended by itself, told to the registry so it pauses the connector.
@@ -113,12 +131,70 @@ pub(crate) fn start(
     ended: &Report,
     tasks: &tokio_util::task::TaskTracker,
 ) -> Result<Run, String> {
+    // Checked here, so a bad config fails at once on every replica, owner or not.
     let settings = WorkerSettings::from_config(&spec.config).map_err(|error| error.to_string())?;
     let stop = CancellationToken::new();
-    let ended = ended.clone();
-    match spec.plugin.kind {
-        Kind::Source => start_source(env, spec, settings, ended, tasks, stop),
-        Kind::Sink => start_sink(env, spec, &settings, ended, tasks, stop),
+    let unit = env
+        .cluster
+        .unit(&format!("connector/{}", spec.name), Placement::Balanced);
+    let owner = unit.owner();
+    let progress = Arc::new(std::sync::Mutex::new(None));
+    let slot = Arc::clone(&progress);
+    let (env, spec, ended) = (env.clone(), spec.clone(), ended.clone());
+    let terms = while_owned(unit, stop.clone(), move |fence, stop| {
+        let (env, spec, settings, slot) = (env.clone(), spec.clone(), settings, Arc::clone(&slot));
+        async move {
+            let term = match spec.plugin.kind {
+                Kind::Source => start_source(&env, &spec, settings, fence, stop),
+                Kind::Sink => start_sink(&env, &spec, &settings, fence, stop),
+            };
+            let (progress, done) = match term {
+                Ok(term) => term,
+                Err(reason) => return TermEnd::Failed(reason),
+            };
+            set(&slot, Some(progress));
+            let failed = done.await.unwrap_or_else(|error| {
+                Some(format!("the connector's task ended abnormally: {error}"))
+            });
+            set(&slot, None);
+            match failed {
+                Some(reason) => TermEnd::Failed(reason),
+                None => TermEnd::Stopped,
+            }
+        }
+    });
+    let done = tasks.spawn(async move {
+        if let Some(reason) = terms.await {
+            ended.failed(reason);
+        }
+    });
+    Ok(Run {
+        stop,
+        done,
+        progress,
+        owner,
+    })
+}
+
+fn set(slot: &std::sync::Mutex<Option<Progress>>, progress: Option<Progress>) {
+    *slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = progress;
+}
+
+/// One term's work and how it ended (`Some` with why, if it failed).
+type Term = (Progress, tokio::task::JoinHandle<Option<String>>);
+
+/// A connector's offsets are written only through its owner's fence.
+struct FencedOffsets(Fence);
+
+impl OffsetGuard for FencedOffsets {
+    fn holds(&self) -> bool {
+        self.0.holds()
+    }
+
+    fn guard(&self, put: trellis_meta::GuardedPut) -> trellis_meta::GuardedPut {
+        self.0.guard(put)
     }
 }
 
@@ -126,10 +202,9 @@ fn start_source(
     env: &Env,
     spec: &ConnectorSpec,
     settings: WorkerSettings,
-    ended: Report,
-    tasks: &tokio_util::task::TaskTracker,
+    fence: Fence,
     stop: CancellationToken,
-) -> Result<Run, String> {
+) -> Result<Term, String> {
     let source = plugins::new_source(spec.plugin.class)
         .ok_or_else(|| format!("plugin {:?} is not a source", spec.plugin.class))?;
     let defaults =
@@ -146,31 +221,23 @@ fn start_source(
         spec.config.clone(),
         source,
         Box::new(destination),
-        OffsetStore::new(Arc::clone(&env.meta), spec.name.clone()),
+        OffsetStore::new(Arc::clone(&env.meta), spec.name.clone())
+            .guarded(Arc::new(FencedOffsets(fence))),
         settings,
     );
     let status = worker.status();
-    let token = stop.clone();
-    let done = tasks.spawn(async move {
-        if let Err(failed) = worker.run(token).await {
-            ended.failed(failed.reason);
-        }
-    });
-    Ok(Run {
-        stop,
-        done,
-        progress: Progress::Source(status),
-    })
+    let done =
+        tokio::spawn(async move { worker.run(stop).await.err().map(|failed| failed.reason) });
+    Ok((Progress::Source(status), done))
 }
 
 fn start_sink(
     env: &Env,
     spec: &ConnectorSpec,
     settings: &WorkerSettings,
-    ended: Report,
-    tasks: &tokio_util::task::TaskTracker,
+    fence: Fence,
     stop: CancellationToken,
-) -> Result<Run, String> {
+) -> Result<Term, String> {
     // Names of subscriptions cannot hold ':', so no connector's dead letters, logs or
     // series can be taken for a subscription's.
     let label = format!("connector:{}", spec.name);
@@ -201,6 +268,7 @@ fn start_sink(
                     )),
                 )
                 .map_err(|error| error.to_string())?;
+                engine.set_gate(FenceGate::of(&fence));
                 (
                     Arc::new(engine.clone()),
                     http.delivery.batch.clone(),
@@ -221,6 +289,7 @@ fn start_sink(
                     retry_timeout: settings.errors.retry_timeout,
                     counters: Arc::clone(&counters),
                     last_error: Arc::clone(&last_error),
+                    gate: FenceGate::of(&fence),
                 };
                 (
                     Arc::new(SinkDeliver {
@@ -240,7 +309,7 @@ fn start_sink(
         settings::dead_letter_topic(&spec.name, &spec.config).map_err(|error| error.to_string())?;
     let (paused_tx, paused) = watch::channel(false);
     let (_batch_tx, batch) = watch::channel(batch);
-    let supervisor = Supervisor {
+    let mut supervisor = Supervisor {
         name: label,
         topic_name: spec.topic().to_owned(),
         start,
@@ -253,7 +322,7 @@ fn start_sink(
         offset_key: topic_offset_key(&spec.name),
         target,
         on_failure,
-        outcomes,
+        outcomes: Some(outcomes),
         max_in_flight: SINK_MAX_IN_FLIGHT,
         commit_interval: if spec.config.get("offsets.commit.interval.ms").is_some() {
             settings.commit_interval
@@ -262,14 +331,12 @@ fn start_sink(
         },
         paused,
         batch,
-        stop: stop.clone(),
         stats: Arc::clone(&stats),
         lifecycle: Arc::clone(&lifecycle),
     };
     let name = spec.name.clone();
     let config = spec.config.clone();
-    let token = stop.clone();
-    let done = tasks.spawn(async move {
+    let done = tokio::spawn(async move {
         // Kept alive for the run: a dropped sender reads as a resume.
         let _paused = paused_tx;
         let sink_stop = CancellationToken::new();
@@ -280,32 +347,27 @@ fn start_sink(
                     .start(SinkContext::new(name.clone(), config))
                     .await
                 {
-                    ended.failed(format!("the sink did not start: {}", error_chain(&error)));
-                    return;
+                    return Some(format!("the sink did not start: {}", error_chain(&error)));
                 }
                 Some(tokio::spawn(task.run(sink_stop.clone())))
             }
             None => None,
         };
-        let failed = supervisor.run().await;
+        let failed = supervisor.run(fence, stop).await;
         sink_stop.cancel();
         if let Some(sink_done) = sink_done {
             let _ = sink_done.await;
         }
-        if let Some(reason) = failed {
-            ended.failed(reason);
-        }
-        drop(token);
+        failed
     });
-    Ok(Run {
-        stop,
-        done,
-        progress: Progress::Sink {
+    Ok((
+        Progress::Sink {
             stats,
             lifecycle,
             counters,
             engine,
             last_error,
         },
-    })
+        done,
+    ))
 }

@@ -22,6 +22,7 @@ use trellis_connect::{
     ConnectorError, Position, SendCallback, SendError, SendExceptionContext, SendResult, Sink,
 };
 use trellis_delivery::backoff::BackoffSettings;
+use trellis_delivery::engine::AttemptGate;
 use trellis_delivery::engine::Record;
 use trellis_delivery::report::{DeliveryFailure, FailureClass, RecordContext};
 
@@ -67,6 +68,8 @@ pub(crate) struct SinkTask {
     pub(crate) counters: Arc<SinkCounters>,
     /// The last `put` error, for the status while it lasts.
     pub(crate) last_error: Arc<std::sync::Mutex<Option<String>>>,
+    /// Closed once this replica cannot prove it owns the connector: nothing more is put.
+    pub(crate) gate: Arc<dyn AttemptGate>,
 }
 
 /// Retry waits: 100 ms doubling to 5 s, full jitter.
@@ -136,6 +139,11 @@ impl SinkTask {
                 })
                 .collect();
             drop(callback);
+            if !self.gate.is_open() {
+                // The term is ending: the records stay uncommitted for the next owner.
+                stop.cancelled().await;
+                return false;
+            }
             let put = tokio::select! {
                 () = stop.cancelled() => return false,
                 put = self.sink.put(records) => put,

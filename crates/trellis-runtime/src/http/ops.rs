@@ -24,6 +24,12 @@ pub(crate) async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, &
             StatusCode::SERVICE_UNAVAILABLE,
             "the event store is unavailable\n",
         )
+    } else if !state.cluster.healthy() {
+        // It still takes publishes; it delivers nothing it owned until the store answers.
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the metadata store cannot be reached: this replica cannot prove its lease, so it delivers nothing\n",
+        )
     } else {
         (StatusCode::OK, "ready\n")
     }

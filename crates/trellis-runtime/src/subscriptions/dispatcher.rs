@@ -25,11 +25,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use trellis_cloudevents::CloudEvent;
+use trellis_cluster::Fence;
 use trellis_delivery::config::BatchSpec;
 use trellis_delivery::engine::{Engine, Record};
 use trellis_delivery::offsets::OffsetTracker;
 use trellis_delivery::report::{DeliveryCallbacks, DeliveryFailure, DeliveryReport};
 use trellis_meta::MetadataStore;
+
+use crate::ownership::fenced_put;
 use trellis_storage::{DamagedRange, EventStore, StorageError};
 
 use super::dead_letter::DeadLetterTarget;
@@ -152,13 +155,13 @@ impl DispatcherStats {
 const MARKERS_PER_APPEND: u64 = 512;
 
 /// Why `Dispatcher::run` returned.
+/// Each carries the outcomes channel back, for the next dispatcher of the subscription.
 pub(crate) enum Ended {
-    /// Stopped, or failed for good.
-    Stopped,
-    /// The topic was deleted: the outcomes channel, to start again on its next incarnation.
+    Stopped(mpsc::UnboundedReceiver<Outcome>),
+    /// The topic was deleted: start again on its next incarnation.
     TopicDeleted(mpsc::UnboundedReceiver<Outcome>),
     /// A record failed for good under [`OnFailure::Stop`]: why.
-    Failed(String),
+    Failed(String, mpsc::UnboundedReceiver<Outcome>),
 }
 
 pub(crate) struct Dispatcher {
@@ -183,6 +186,9 @@ pub(crate) struct Dispatcher {
     pub(crate) batch: watch::Receiver<Option<BatchSpec>>,
     pub(crate) stop: CancellationToken,
     pub(crate) stats: Arc<DispatcherStats>,
+    /// This replica's ownership of the subscription: records are handed out and offsets
+    /// committed only while it holds.
+    pub(crate) fence: Fence,
 }
 
 /// What settling an outcome did.
@@ -241,7 +247,11 @@ impl Dispatcher {
             // Read in batches: refilling one slot at a time would read the log once per
             // delivery. Read when a good share of the slots is free, or nothing is in flight.
             let worth_reading = room >= (self.max_in_flight / 4).max(1) || tracker.in_flight() == 0;
-            if !paused && !stopped && storage_retry.is_none() && room > 0 && worth_reading {
+            // A replica that cannot prove it still owns the subscription hands out nothing;
+            // its term is about to be stopped.
+            let owned = self.fence.holds();
+            if owned && !paused && !stopped && storage_retry.is_none() && room > 0 && worth_reading
+            {
                 let read = self.read(next, room).await;
                 if !matches!(read, Err(StorageError::Unavailable(_))) && storage.waiting() {
                     storage.succeeded();
@@ -381,8 +391,8 @@ impl Dispatcher {
         }
         self.persist(tracker.committable(), persisted).await;
         match failed {
-            Some(reason) => Ended::Failed(reason),
-            None => Ended::Stopped,
+            Some(reason) => Ended::Failed(reason, self.outcomes),
+            None => Ended::Stopped(self.outcomes),
         }
     }
 
@@ -587,16 +597,20 @@ impl Dispatcher {
         }
         let value = crate::stored_offset::encode(committable, &self.incarnation);
         let started = std::time::Instant::now();
-        let stored = self.meta.put(&self.offset_key, value).await;
+        let stored = fenced_put(&self.fence, self.meta.as_ref(), &self.offset_key, value).await;
         if let Some(metrics) = &self.stats.commit_metrics {
             metrics.seconds.record(started.elapsed().as_secs_f64());
             match &stored {
-                Ok(_) => metrics.commits.increment(1),
-                Err(_) => metrics.failures.increment(1),
+                Ok(true) => metrics.commits.increment(1),
+                Ok(false) | Err(_) => metrics.failures.increment(1),
             }
         }
         match stored {
-            Ok(_) => committable,
+            Ok(true) => committable,
+            Ok(false) => {
+                tracing::warn!(message = "Not storing the committed offset: this replica no longer owns the subscription.", subscription = %self.name);
+                persisted
+            }
             Err(error) => {
                 tracing::warn!(message = "Storing the committed offset failed; retrying at the next interval.", subscription = %self.name, error = %error_chain(&error));
                 persisted

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use trellis_cluster::Fence;
 use trellis_delivery::config::BatchSpec;
 use trellis_meta::MetadataStore;
 use trellis_storage::EventStore;
@@ -17,6 +18,7 @@ use super::dispatcher::{Deliver, Dispatcher, DispatcherStats, Ended, OnFailure, 
 use super::spec::Start;
 use crate::error::error_chain;
 use crate::event_store::{StorageWait, TopicHandle, until_available};
+use crate::ownership::fenced_put;
 use crate::topics::{Incarnation, TopicRegistry};
 
 /// 1 while a subscription waits for its topic to exist, so a stranded one can be alerted on.
@@ -74,95 +76,98 @@ pub(crate) struct Supervisor {
     pub(crate) offset_key: String,
     pub(crate) target: Arc<dyn Deliver>,
     pub(crate) on_failure: OnFailure,
-    pub(crate) outcomes: mpsc::UnboundedReceiver<Outcome>,
+    /// `None` only while a dispatcher has it.
+    pub(crate) outcomes: Option<mpsc::UnboundedReceiver<Outcome>>,
     pub(crate) max_in_flight: usize,
     pub(crate) commit_interval: Duration,
     pub(crate) paused: watch::Receiver<bool>,
     pub(crate) batch: watch::Receiver<Option<BatchSpec>>,
-    pub(crate) stop: CancellationToken,
     pub(crate) stats: Arc<DispatcherStats>,
     pub(crate) lifecycle: Arc<Lifecycle>,
 }
 
 impl Supervisor {
-    /// Runs until stopped (`None`), or until a record fails for good under
-    /// [`OnFailure::Stop`] (`Some` with why).
-    pub(crate) async fn run(self) -> Option<String> {
-        let Supervisor {
-            name,
-            topic_name,
-            start,
-            topics,
-            dead_letter,
-            meta,
-            offset_key,
-            target,
-            on_failure,
-            mut outcomes,
-            max_in_flight,
-            commit_interval,
-            paused,
-            batch,
-            stop,
-            stats,
-            lifecycle,
-        } = self;
+    /// Runs one term of ownership: until `stop` (`None`), or until a record fails for good
+    /// under [`OnFailure::Stop`] (`Some` with why). Every commit goes through `fence`.
+    pub(crate) async fn run(&mut self, fence: Fence, stop: CancellationToken) -> Option<String> {
+        let topic_name = self.topic_name.clone();
         let mut reason =
             format!("topic {topic_name:?} does not exist; waiting for it to be created");
-        loop {
+        let result = loop {
             // `None` from either: stopped meanwhile.
-            let (topic, incarnation) =
-                wait_for_topic(&topics, &topic_name, &stop, &lifecycle, reason).await?;
-            let from = start_offset(
-                (topics.store().as_ref(), &stats),
-                meta.as_ref(),
-                &offset_key,
+            let Some((topic, incarnation)) =
+                wait_for_topic(&self.topics, &topic_name, &stop, &self.lifecycle, reason).await
+            else {
+                break None;
+            };
+            let Some(from) = start_offset(
+                (self.topics.store().as_ref(), &self.stats),
+                (self.meta.as_ref(), &fence),
+                &self.offset_key,
                 &topic,
                 &incarnation,
-                start,
+                self.start,
                 &stop,
             )
-            .await?;
-            lifecycle.set_waiting(None);
+            .await
+            else {
+                break None;
+            };
+            let Some(outcomes) = self.outcomes.take() else {
+                break Some("the subscription's outcome channel is gone".to_owned());
+            };
+            self.lifecycle.set_waiting(None);
             let dispatcher = Dispatcher {
-                name: name.clone(),
+                name: self.name.clone(),
                 topic,
-                store: Arc::clone(topics.store()),
+                store: Arc::clone(self.topics.store()),
                 incarnation,
-                dead_letter: dead_letter.clone(),
-                meta: Arc::clone(&meta),
-                offset_key: offset_key.clone(),
-                target: Arc::clone(&target),
-                on_failure,
+                dead_letter: self.dead_letter.clone(),
+                meta: Arc::clone(&self.meta),
+                offset_key: self.offset_key.clone(),
+                target: Arc::clone(&self.target),
+                on_failure: self.on_failure,
                 outcomes,
                 start: from,
-                max_in_flight,
-                commit_interval,
-                paused: paused.clone(),
-                batch: batch.clone(),
+                max_in_flight: self.max_in_flight,
+                commit_interval: self.commit_interval,
+                paused: self.paused.clone(),
+                batch: self.batch.clone(),
                 stop: stop.clone(),
-                stats: Arc::clone(&stats),
+                stats: Arc::clone(&self.stats),
+                fence: fence.clone(),
             };
             match dispatcher.run().await {
-                Ended::Stopped => return None,
-                Ended::Failed(reason) => return Some(reason),
+                Ended::Stopped(back) => {
+                    self.outcomes = Some(back);
+                    break None;
+                }
+                Ended::Failed(failure, back) => {
+                    self.outcomes = Some(back);
+                    break Some(failure);
+                }
                 Ended::TopicDeleted(back) => {
-                    // The next topic's offset is loaded afresh.
-                    stats
-                        .offset_loaded
-                        .store(false, std::sync::atomic::Ordering::Release);
+                    self.outcomes = Some(back);
                     tracing::warn!(
                         message = "The subscription's topic was deleted; it waits for the topic to be created again and will read it from its beginning.",
-                        subscription = %name,
+                        subscription = %self.name,
                         topic = %topic_name,
                     );
-                    outcomes = back;
                     reason = format!(
                         "topic {topic_name:?} was deleted; waiting for it to be created again, to read it from its beginning"
                     );
                 }
             }
-        }
+            // The next topic's offset is loaded afresh.
+            self.stats
+                .offset_loaded
+                .store(false, std::sync::atomic::Ordering::Release);
+        };
+        // The next term (maybe on another replica) loads the offset afresh.
+        self.stats
+            .offset_loaded
+            .store(false, std::sync::atomic::Ordering::Release);
+        result
     }
 }
 
@@ -198,7 +203,7 @@ async fn wait_for_topic(
 /// status (the second) meanwhile.
 async fn start_offset(
     storage: (&dyn EventStore, &DispatcherStats),
-    meta: &dyn MetadataStore,
+    (meta, fence): (&dyn MetadataStore, &Fence),
     key: &str,
     topic: &TopicHandle,
     incarnation: &Incarnation,
@@ -238,11 +243,14 @@ async fn start_offset(
                 }
             }
         };
-        if let Err(error) = meta
-            .put(key, crate::stored_offset::encode(from, incarnation))
-            .await
-        {
-            tracing::warn!(message = "Storing a subscription's new start failed; it is stored at the next commit.", key, error = %error_chain(&error));
+        let value = crate::stored_offset::encode(from, incarnation);
+        match fenced_put(fence, meta, key, value).await {
+            Ok(true) => {}
+            // The term is over; it stops before it delivers anything.
+            Ok(false) => return None,
+            Err(error) => {
+                tracing::warn!(message = "Storing a subscription's new start failed; it is stored at the next commit.", key, error = %error_chain(&error));
+            }
         }
         return Some(from);
     }

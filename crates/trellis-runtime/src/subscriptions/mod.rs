@@ -26,7 +26,11 @@ use trellis_delivery::config::SpecError;
 use trellis_delivery::engine::{Engine, EngineStatus};
 use trellis_delivery::guard::AddressGuard;
 use trellis_delivery::tls::WebhookTls;
-use trellis_meta::{CasOutcome, Expect, MetadataStore};
+use trellis_meta::{CasOutcome, Expect, GuardedOutcome, GuardedPut, MetadataStore};
+
+use crate::follow::Change;
+use crate::ownership::{FenceGate, TermEnd, while_owned};
+use trellis_cluster::{Cluster, Placement};
 
 use crate::error::ApiError;
 use crate::topics::TopicRegistry;
@@ -53,6 +57,7 @@ const COMMIT_INTERVAL: Duration = Duration::from_millis(500);
 
 pub(crate) struct SubscriptionRegistry {
     meta: Arc<dyn MetadataStore>,
+    cluster: Cluster,
     topics: TopicRegistry,
     guard: Arc<AddressGuard>,
     tls: WebhookTls,
@@ -60,6 +65,9 @@ pub(crate) struct SubscriptionRegistry {
     webhook_origin: String,
     running: Mutex<BTreeMap<String, Running>>,
     tasks: TaskTracker,
+    /// The metadata store's revision when the subscriptions were loaded; `follow` goes on
+    /// from it.
+    loaded_at: u64,
 }
 
 struct Running {
@@ -72,6 +80,8 @@ struct Running {
     done: tokio::task::JoinHandle<()>,
     redrive: Arc<RedriveStats>,
     lifecycle: Arc<Lifecycle>,
+    /// The replica that owns the subscription now, if any; only it delivers.
+    owner: watch::Receiver<Option<String>>,
 }
 
 /// `GET /v1/subscriptions/{name}`'s live part.
@@ -84,6 +94,8 @@ pub(crate) struct SubscriptionStatus {
     pub(crate) committed_offset: u64,
     /// Events published but not yet ended for this subscription.
     pub(crate) lag: u64,
+    /// `standby` (another replica, `owner`, runs it; the counters here are this replica's),
+    /// `unowned` (no replica runs it at the moment: one takes it within the lease TTL),
     /// `running`, `paused`, `waiting_for_topic` (its topic was deleted or does not exist yet;
     /// it reads the next incarnation from its beginning), `waiting_for_storage` (the event
     /// store cannot be reached; it goes on by itself once it can) or `stopped` (it cannot go
@@ -96,12 +108,15 @@ pub(crate) struct SubscriptionStatus {
     pub(crate) urls: Vec<trellis_delivery::engine::TargetStatus>,
     /// The last redrive of the dead-letter topic, if any.
     pub(crate) redrive: redrive::RedriveView,
+    /// The replica that runs the subscription (the only one that delivers it), if any.
+    pub(crate) owner: Option<String>,
 }
 
 impl SubscriptionRegistry {
     /// Starts every stored subscription from its committed offset (see `lifecycle`).
     pub(crate) async fn open(
         meta: Arc<dyn MetadataStore>,
+        cluster: Cluster,
         topics: TopicRegistry,
         guard: Arc<AddressGuard>,
         tls: WebhookTls,
@@ -109,25 +124,26 @@ impl SubscriptionRegistry {
     ) -> Result<SubscriptionRegistry, ApiError> {
         let registry = SubscriptionRegistry {
             meta,
+            cluster,
             topics,
             guard,
             tls,
             webhook_origin,
             running: Mutex::new(BTreeMap::new()),
             tasks: TaskTracker::new(),
+            loaded_at: 0,
         };
         let stored = registry
             .meta
             .range(SUBSCRIPTION_KEY_PREFIX)
             .await
             .map_err(|error| ApiError::internal("reading subscriptions", &error))?;
+        let registry = SubscriptionRegistry {
+            loaded_at: stored.revision,
+            ..registry
+        };
         for kv in stored.kvs {
-            let spec = serde_json::from_slice::<Value>(&kv.value)
-                .map_err(|error| error.to_string())
-                .and_then(|value| {
-                    SubscriptionSpec::from_stored(&value).map_err(|error| error.to_string())
-                });
-            let spec = match spec {
+            let spec = match decode(&kv.value) {
                 Ok(spec) => spec,
                 Err(error) => {
                     tracing::error!(message = "A stored subscription is unreadable; it is not started.", key = %kv.key, error);
@@ -170,6 +186,29 @@ impl SubscriptionRegistry {
         let stored = encode(&spec)?;
         let mut running = self.running.lock().await;
         refuse_dead_letter_cycle(&spec, running.values().map(|entry| &entry.spec))?;
+        let exists = || {
+            ApiError::new(
+                http::StatusCode::CONFLICT,
+                "subscription_exists",
+                format!("a subscription named {:?} already exists", spec.name),
+            )
+        };
+        // The offset before the subscription: whichever replica owns it reads the offset as
+        // soon as it sees the subscription, so it must be there first. Only while no
+        // subscription of the name exists, so an existing one's offset is never overwritten.
+        let offset = GuardedPut::new(
+            offset_key(&spec.name),
+            crate::stored_offset::encode(start, &incarnation),
+        )
+        .guard(subscription_key(&spec.name), Expect::Absent);
+        if let GuardedOutcome::Conflict { .. } = self
+            .meta
+            .guarded_put(offset)
+            .await
+            .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?
+        {
+            return Err(exists());
+        }
         match self
             .meta
             .compare_and_set(&subscription_key(&spec.name), Expect::Absent, stored)
@@ -177,21 +216,8 @@ impl SubscriptionRegistry {
             .map_err(|error| ApiError::internal("storing a subscription", &error))?
         {
             CasOutcome::Written { .. } => {}
-            CasOutcome::Conflict { .. } => {
-                return Err(ApiError::new(
-                    http::StatusCode::CONFLICT,
-                    "subscription_exists",
-                    format!("a subscription named {:?} already exists", spec.name),
-                ));
-            }
+            CasOutcome::Conflict { .. } => return Err(exists()),
         }
-        self.meta
-            .put(
-                &offset_key(&spec.name),
-                crate::stored_offset::encode(start, &incarnation),
-            )
-            .await
-            .map_err(|error| ApiError::internal("storing a subscription's offset", &error))?;
         let view = view_json(&spec)?;
         let handle = self.spawn(spec, engine);
         // What the status says until the dispatcher has started, which it does from here.
@@ -332,6 +358,144 @@ impl SubscriptionRegistry {
             .run(),
         );
         Ok(serde_json::json!({"from": from, "to": to, "events": to - from}))
+    }
+
+    /// The prefix of stored subscriptions, for `follow`.
+    pub(crate) const PREFIX: &'static str = SUBSCRIPTION_KEY_PREFIX;
+
+    /// The metadata store's revision the registry loaded; follow [`Self::PREFIX`] from after it.
+    pub(crate) fn loaded_at(&self) -> u64 {
+        self.loaded_at
+    }
+
+    /// Applies a change of the stored subscriptions, made through any replica (this one's own
+    /// changes arrive here too, and find nothing left to do).
+    pub(crate) async fn apply(&self, change: Change) {
+        match change {
+            Change::Put(kv) => self.apply_stored(&kv).await,
+            Change::Delete(key) => {
+                if let Some(name) = key.strip_prefix(SUBSCRIPTION_KEY_PREFIX) {
+                    self.forget(name).await;
+                }
+            }
+            Change::Snapshot(kvs) => {
+                let kept: std::collections::HashSet<&str> = kvs
+                    .iter()
+                    .filter_map(|kv| kv.key.strip_prefix(SUBSCRIPTION_KEY_PREFIX))
+                    .collect();
+                let gone: Vec<String> = self
+                    .running
+                    .lock()
+                    .await
+                    .keys()
+                    .filter(|name| !kept.contains(name.as_str()))
+                    .cloned()
+                    .collect();
+                for name in gone {
+                    self.forget(&name).await;
+                }
+                for kv in &kvs {
+                    self.apply_stored(kv).await;
+                }
+            }
+        }
+    }
+
+    async fn apply_stored(&self, kv: &trellis_meta::KeyValue) {
+        let spec = match decode(&kv.value) {
+            Ok(spec) => spec,
+            Err(error) => {
+                tracing::error!(message = "A stored subscription is unreadable; it is not started.", key = %kv.key, error);
+                return;
+            }
+        };
+        let mut running = self.running.lock().await;
+        if let Some(entry) = running.get_mut(&spec.name) {
+            if encode(&entry.spec).is_ok_and(|stored| stored == kv.value) {
+                return;
+            }
+            if entry.spec.topic == spec.topic
+                && entry.spec.dead_letter_topic == spec.dead_letter_topic
+                && entry.spec.sink == spec.sink
+            {
+                // What `PATCH` and pause/resume change, applied as they apply it.
+                entry.engine.update_delivery(&spec.delivery);
+                entry.batch.send_replace(spec.delivery.batch.clone());
+                entry.paused.send_replace(spec.paused);
+                if !spec.paused {
+                    entry.engine.resume();
+                }
+                entry.spec = spec;
+                return;
+            }
+            // Deleted and made again elsewhere, in between two reads of the store.
+            if let Some(entry) = running.remove(&spec.name) {
+                entry.stop.cancel();
+                let _ = entry.done.await;
+            }
+        }
+        let name = spec.name.clone();
+        match self.engine(&spec) {
+            Ok(engine) => {
+                let handle = self.spawn(spec, engine);
+                running.insert(name, handle);
+            }
+            Err(error) => {
+                tracing::error!(message = "A stored subscription cannot start.", subscription = name, error = %error.message);
+            }
+        }
+    }
+
+    /// Stops a subscription deleted through another replica.
+    async fn forget(&self, name: &str) {
+        let mut running = self.running.lock().await;
+        if let Some(entry) = running.remove(name) {
+            entry.stop.cancel();
+            let _ = entry.done.await;
+            crate::metrics::removable().remove(&[("subscription", name)]);
+        }
+    }
+
+    /// The lag of the subscriptions this replica runs, summed: events stored and not yet
+    /// ended for them, as their dispatchers last published it.
+    pub(crate) async fn owned_lag(&self) -> u64 {
+        // Gathered under the lock, asked of the store after it: a slow store must not hold up
+        // the API.
+        let mut committed_by_topic: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        {
+            let running = self.running.lock().await;
+            let me = self.cluster.member_id();
+            for entry in running.values() {
+                if entry.owner.borrow().as_deref() == Some(me) {
+                    committed_by_topic
+                        .entry(entry.spec.topic.clone())
+                        .or_default()
+                        .push(entry.stats.committed.load(Ordering::Relaxed));
+                }
+            }
+        }
+        let mut lag = 0u64;
+        for (topic, committed) in committed_by_topic {
+            let Some(topic) = self.topics.handle(&topic) else {
+                continue;
+            };
+            if let Ok(info) = topic.info().await {
+                for committed in committed {
+                    lag = lag.saturating_add(info.next_offset.saturating_sub(committed));
+                }
+            }
+        }
+        lag
+    }
+
+    /// The units of subscriptions no replica owns this moment.
+    pub(crate) async fn unowned(&self) -> Vec<String> {
+        let running = self.running.lock().await;
+        running
+            .values()
+            .filter(|entry| entry.owner.borrow().is_none())
+            .map(|entry| unit_name(&entry.spec.name))
+            .collect()
     }
 
     /// Dispatchers (and redrives) running, for the drain's progress lines.
@@ -483,18 +647,31 @@ impl SubscriptionRegistry {
             offset_key: offset_key(&spec.name),
             target: Arc::new(engine.clone()),
             on_failure: OnFailure::DeadLetter,
-            outcomes,
+            outcomes: Some(outcomes),
             max_in_flight: MAX_IN_FLIGHT,
             commit_interval: COMMIT_INTERVAL,
             paused,
             batch,
-            stop: stop.clone(),
             stats: Arc::clone(&stats),
             lifecycle: Arc::clone(&lifecycle),
         };
+        let unit = self
+            .cluster
+            .unit(&unit_name(&spec.name), Placement::Balanced);
+        let owner = unit.owner();
+        let supervisor = Arc::new(tokio::sync::Mutex::new(supervisor));
+        let term_engine = engine.clone();
+        let terms = while_owned(unit, stop.clone(), move |fence, stop| {
+            term_engine.set_gate(FenceGate::of(&fence));
+            let supervisor = Arc::clone(&supervisor);
+            async move {
+                // Subscriptions dead-letter their failures: only a stop ends a term.
+                let _ = supervisor.lock().await.run(fence, stop).await;
+                TermEnd::Stopped
+            }
+        });
         let done = self.tasks.spawn(async move {
-            // Subscriptions dead-letter their failures: only a stop ends them.
-            let _ = supervisor.run().await;
+            let _ = terms.await;
         });
         Running {
             spec,
@@ -506,6 +683,7 @@ impl SubscriptionRegistry {
             done,
             redrive: Arc::default(),
             lifecycle,
+            owner,
         }
     }
 
@@ -517,7 +695,22 @@ impl SubscriptionRegistry {
             in_flight,
             targets,
         } = running.engine.status();
-        let committed = running.stats.committed.load(Ordering::Relaxed);
+        let owner = running.owner.borrow().clone();
+        let here = owner.as_deref() == Some(self.cluster.member_id());
+        let committed = if here {
+            running.stats.committed.load(Ordering::Relaxed)
+        } else {
+            // Another replica commits it: what it stored last.
+            match self.topics.current(&running.spec.topic) {
+                Some((_, incarnation)) => self
+                    .stored_u64(&offset_key(&running.spec.name), &incarnation)
+                    .await
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0),
+                None => 0,
+            }
+        };
         let waiting = running.lifecycle.waiting_reason();
         let storage = running.stats.storage_reason();
         // Asking an unreachable store would only wait out its timeout.
@@ -533,6 +726,8 @@ impl SubscriptionRegistry {
         let stopped = running.stats.stopped_reason();
         let loaded = running.stats.offset_loaded.load(Ordering::Acquire);
         let state = match (&stopped, &waiting, &storage, loaded, running.spec.paused) {
+            _ if !here && owner.is_some() => "standby",
+            _ if !here => "unowned",
             (Some(_), _, _, _, _) => "stopped",
             (None, Some(_), _, _, _) => "waiting_for_topic",
             (None, None, Some(_), _, _) => "waiting_for_storage",
@@ -552,6 +747,7 @@ impl SubscriptionRegistry {
             paused: running.spec.paused,
             urls: targets,
             redrive: running.redrive.view(),
+            owner,
         }
     }
 
@@ -635,6 +831,12 @@ fn refuse_dead_letter_cycle<'a>(
     Ok(())
 }
 
+fn decode(stored: &[u8]) -> Result<SubscriptionSpec, String> {
+    serde_json::from_slice::<Value>(stored)
+        .map_err(|error| error.to_string())
+        .and_then(|value| SubscriptionSpec::from_stored(&value).map_err(|error| error.to_string()))
+}
+
 fn encode(spec: &SubscriptionSpec) -> Result<Bytes, ApiError> {
     serde_json::to_vec(&spec.to_stored())
         .map(Bytes::from)
@@ -655,6 +857,11 @@ fn not_found(name: &str) -> ApiError {
         "subscription_not_found",
         format!("no subscription named {name:?}"),
     )
+}
+
+/// The subscription's name among the cluster's units of work.
+fn unit_name(name: &str) -> String {
+    format!("subscription/{name}")
 }
 
 fn subscription_key(name: &str) -> String {

@@ -8,6 +8,7 @@ mod grpc;
 mod grpc_errors;
 mod ops;
 mod publish;
+mod replicas;
 mod support;
 mod topic_lifecycle;
 mod topics;

@@ -59,6 +59,17 @@ impl Site {
         Server::start_on(store, self.path(), config).await
     }
 
+    /// One replica of a cluster on this JetStream site: its own connection to the site's
+    /// nats-server, and `meta` shared with the other replicas (as they would share etcd).
+    pub(crate) async fn start_replica(
+        &self,
+        config: RuntimeConfig,
+        meta: Arc<dyn trellis_meta::MetadataStore>,
+    ) -> Server {
+        let store = self.event_store(&config).await;
+        Server::start_with_meta(store, meta, config).await
+    }
+
     /// The event store a `trellis serve` with `config` would open on this site.
     async fn event_store(&self, config: &RuntimeConfig) -> Arc<dyn EventStore> {
         match &self.nats {
@@ -113,6 +124,14 @@ impl Server {
     /// A runtime over `store`, its metadata in `dir`.
     async fn start_on(store: Arc<dyn EventStore>, dir: &Path, config: RuntimeConfig) -> Server {
         let meta = EmbeddedStore::open(&dir.join("meta.redb")).expect("open metadata store");
+        Server::start_with_meta(store, Arc::new(meta), config).await
+    }
+
+    async fn start_with_meta(
+        store: Arc<dyn EventStore>,
+        meta: Arc<dyn trellis_meta::MetadataStore>,
+        config: RuntimeConfig,
+    ) -> Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -126,7 +145,7 @@ impl Server {
             listener,
             Some(grpc_listener),
             store,
-            Arc::new(meta),
+            meta,
             config,
             shutdown.clone(),
         ));

@@ -10,6 +10,7 @@
 
 mod cli;
 mod cli_subscriptions;
+mod cluster_cli;
 mod connect_standalone;
 mod connections;
 mod connectors;
