@@ -292,12 +292,13 @@ create_subscription() {
 # Publish-to-webhook latency of step kind $1. Writes latency-<kind>.json (the receiver's stats)
 # and latency-<kind>.publish.json (the load generator's report).
 latency_step() {
-  local kind=$1 n
+  local kind=$1 n topic=live-$1
   log "latency: $kind, $LATENCY_RATE events/s open loop"
   start_step "$kind"
-  create_topic live
-  create_subscription live live /live
-  urls_for /v1/topics/live/events
+  # A topic of its own: the JetStream steps share one nats-server.
+  create_topic "$topic"
+  create_subscription "$topic" "$topic" /live
+  urls_for "/v1/topics/$topic/events"
   local args=("${URL_ARGS[@]}" "${CE_ARGS[@]}" --body-size "$BODY_SIZE" --connections 12
     --rate "$LATENCY_RATE" --send-time-header ce-sentns --warmup 0)
   receiver_reset
@@ -312,6 +313,8 @@ latency_step() {
   n=$(json_field "$WORK_DIR/latency-$kind.publish.json" ok)
   wait_received "$n" 60 || log "$kind: not every measured event was delivered within 60 s"
   receiver_stats "$WORK_DIR/latency-$kind.json"
+  curl -s -o /dev/null --max-time 30 -X DELETE "$(url_of "${NAMES[0]}")/v1/subscriptions/$topic" || true
+  curl -s -o /dev/null --max-time 30 -X DELETE "$(url_of "${NAMES[0]}")/v1/topics/$topic?force=true" || true
   stop_step
 }
 
