@@ -256,6 +256,7 @@ throughput_step() {
       "$(url_of "${NAMES[0]}")/v1/topics/$topic/events" >"$WORK_DIR/$run.wrk"
     rate=$(wrk_rate "$WORK_DIR/$run.wrk")
     bad=$(wrk_bad "$WORK_DIR/$run.wrk")
+    ((bad == 0)) || log "wrk: $(grep -E 'Non-2xx|Socket errors' "$WORK_DIR/$run.wrk" | tr '\n' ' ')"
     p99=-
   fi
   ticks=$(($(step_ticks) - ticks))
@@ -485,8 +486,9 @@ for tool in "${tools[@]}"; do
     ratio=$(calc "100 * $cluster / $single")
     [[ $tool == loadgen ]] && cluster_ratios+=("$ratio")
     for kind in "${kinds[@]}"; do bad_all+=("$(extra "$kind-$tool-$round" 2)"); done
-    rows+=("$(printf '%-8s %-6s %-11s %-11s %-11s %-11s %-11s %s' "$tool" "$round" "$(calc "$emb")" \
+    rows+=("$(printf '%-8s %-6s %-11s %-11s %-11s %-15s %-12s %-10s %s' "$tool" "$round" "$(calc "$emb")" \
       "$(calc "$single")" "$(calc "$cluster")" "$ratio %" "$(calc "100 * $cluster / $emb") %" \
+      "$(extra "embedded-$tool-$round" 2)/$(extra "single-$tool-$round" 2)/$(extra "cluster-$tool-$round" 2)" \
       "$(extra "cluster-$tool-$round" 6)")")
   done
 done
@@ -512,9 +514,10 @@ echo "Cluster benchmark: $REPLICAS replicas on etcd $(etcd --version | sed -n 's
   "events, ${DURATION} s measured after ${WARMUP} s warm-up, $ROUNDS rounds; lease TTL $LEASE_TTL_MS ms;"
 echo "load average at start $load_at_start, at end $load_at_end"
 echo
-echo "Publish throughput, events/s (cluster: spread over the replicas; spread = 2xx per replica):"
-printf '%-8s %-6s %-11s %-11s %-11s %-11s %-11s %s\n' tool round embedded single cluster \
-  cluster/single cluster/emb spread
+echo "Publish throughput, events/s (cluster: spread over the replicas; errors = non-2xx and"
+echo "transport errors, embedded/single/cluster; spread = the cluster's 2xx per replica):"
+printf '%-8s %-6s %-11s %-11s %-11s %-15s %-12s %-10s %s\n' tool round embedded single cluster \
+  cluster/single cluster/emb "errors" spread
 printf '%s\n' "${rows[@]}"
 echo
 echo "Failover, $KILLS SIGKILLs of the owner of subscription/failover at $KILL_RATE events/s:"
@@ -546,7 +549,8 @@ for kind in "${kinds[@]}"; do
     "$(json_field "$f" p50_ms) / $(json_field "$f" p99_ms) / $(json_field "$f" max_ms) ms" "" ""
   row "  received / published" "$(json_field "$f" latency_count) / $(json_field "$WORK_DIR/latency-$kind.publish.json" ok)" "" ""
 done
-row "  cluster / embedded, p50 / p99" "$(calc "$(json_field "$WORK_DIR/latency-cluster.json" p50_ms) / $(json_field "$WORK_DIR/latency-embedded.json" p50_ms)")x / $(calc "$(json_field "$WORK_DIR/latency-cluster.json" p99_ms) / $(json_field "$WORK_DIR/latency-embedded.json" p99_ms)")x" "" ""
+ratio2() { awk "BEGIN { printf \"%.2f\", $1 / $2 }"; }
+row "  cluster / embedded, p50 / p99" "$(ratio2 "$(json_field "$WORK_DIR/latency-cluster.json" p50_ms)" "$(json_field "$WORK_DIR/latency-embedded.json" p50_ms)")x / $(ratio2 "$(json_field "$WORK_DIR/latency-cluster.json" p99_ms)" "$(json_field "$WORK_DIR/latency-embedded.json" p99_ms)")x" "" ""
 row "failover, kill to 1st delivery, min/median/max" "$(printf '%s\n' "${failover_ms[@]}" | sort -g | head -n 1) / $(median "${failover_ms[@]}") / $(printf '%s\n' "${failover_ms[@]}" | sort -g | tail -n 1) ms" "" ""
 row "  kills within TTL + 1 s" "$n_met of $KILLS" "<= $MAX_FAILOVER_MS ms, all" "${results[1]}"
 row "  delivery gap, min/median/max" "$(printf '%s\n' "${gap_ms[@]}" | sort -g | head -n 1) / $(median "${gap_ms[@]}") / $(printf '%s\n' "${gap_ms[@]}" | sort -g | tail -n 1) ms" "" ""
