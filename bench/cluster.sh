@@ -72,6 +72,8 @@ ETCD_PID=""
 # shellcheck disable=SC2317 # run by the EXIT trap
 cluster_cleanup() {
   local rc=$? name
+  # Everything below runs whatever fails; errexit would end the trap at the first failure.
+  set +e
   for name in "${!PIDS[@]}"; do kill -TERM "${PIDS[$name]}" 2>/dev/null || true; done
   for name in "${!PIDS[@]}"; do stop_process "${PIDS[$name]}" 30; done
   if [[ -n $ETCD_PID ]]; then stop_process "$ETCD_PID" 10; fi
@@ -430,7 +432,8 @@ log "etcd $(etcd --version | sed -n 's/^etcd Version: //p') at $etcd_url, nats-s
 RECEIVER_PID=$!
 receiver_addr=""
 for _ in {1..100}; do
-  receiver_addr=$(sed -n 's/^listening on //p' "$WORK_DIR/receiver.out")
+  # The file is made by the child after the fork, so it may not exist yet.
+  receiver_addr=$(sed -n 's/^listening on //p' "$WORK_DIR/receiver.out" 2>/dev/null || true)
   [[ -n $receiver_addr ]] && break
   is_running "$RECEIVER_PID" || die "trellis-bench-receiver exited: $(cat "$WORK_DIR/receiver.out")"
   sleep 0.05
