@@ -5,12 +5,26 @@
 -- and the run's id as globals, which `request` must read as globals (a `local` of the same name
 -- would give every thread the same ids, and half the requests would be duplicates). The run id
 -- (start time and a random number) keeps a warm-up run and the measured run after it apart.
+-- With WRK_ADDRS=HOST:PORT,HOST:PORT,... in the environment (bench/cluster.sh), thread i sends
+-- to the i-th of those servers (modulo their number) instead of the URL's host: run as many
+-- threads as servers, or a multiple, to spread the load evenly over them.
 local counter = 0
 local threads = 0
 math.randomseed(os.time())
 local this_run = string.format("%d-%d", os.time(), math.random(1, 1000000000))
 
+local servers = {}
+for server in string.gmatch(os.getenv("WRK_ADDRS") or "", "[^,]+") do
+  local host, port = string.match(server, "^(.+):(%d+)$")
+  if host then
+    servers[#servers + 1] = wrk.lookup(host, port)[1]
+  end
+end
+
 function setup(thread)
+  if #servers > 0 then
+    thread.addr = servers[threads % #servers + 1]
+  end
   thread:set("thread_id", threads)
   thread:set("run_id", this_run)
   threads = threads + 1

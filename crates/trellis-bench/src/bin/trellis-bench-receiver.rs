@@ -11,6 +11,9 @@
 //! counts requests, keeps the wall-clock times of the first and the last one, and, for requests
 //! that carry a send time (`ce-sentns` by default, nanoseconds since the Unix epoch, set by
 //! `trellis-loadgen --send-time-header`), records send-to-receipt latency in an HDR histogram.
+//! It also keeps the longest gap between two receipts and when it ended: with events published
+//! at a steady rate, that is how long deliveries stopped while a subscription moved from a
+//! killed replica to another (`bench/cluster.sh`).
 //! `GET /stats` answers those figures as JSON and `POST /stats/reset` clears them; neither
 //! request is counted. Sender and receiver must share a clock, which holds on one machine.
 
@@ -78,6 +81,9 @@ struct Stats {
     /// Wall-clock receipt times, nanoseconds since the Unix epoch; 0 before the first request.
     first_ns: AtomicU64,
     last_ns: AtomicU64,
+    /// The longest time between two receipts since the reset, and the receipt that ended it,
+    /// nanoseconds since the Unix epoch; (0, 0) before the second request.
+    max_gap: Mutex<(u64, u64)>,
     /// Requests whose send-time header was missing or not a number.
     n_without_sent: AtomicU64,
     /// Requests whose send time was after their receipt (clock trouble); recorded as 0.
@@ -114,6 +120,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             n_requests: AtomicU64::new(0),
             first_ns: AtomicU64::new(0),
             last_ns: AtomicU64::new(0),
+            max_gap: Mutex::new((0, 0)),
             n_without_sent: AtomicU64::new(0),
             n_sent_in_future: AtomicU64::new(0),
             latency_us: Mutex::new(latency_us),
@@ -215,7 +222,17 @@ impl Stats {
         let _ = self
             .first_ns
             .compare_exchange(0, now_ns, Ordering::Relaxed, Ordering::Relaxed);
-        self.last_ns.fetch_max(now_ns, Ordering::Relaxed);
+        let previous_ns = self.last_ns.fetch_max(now_ns, Ordering::Relaxed);
+        if previous_ns != 0 && now_ns > previous_ns {
+            let gap_ns = now_ns - previous_ns;
+            let mut max_gap = self
+                .max_gap
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if gap_ns > max_gap.0 {
+                *max_gap = (gap_ns, now_ns);
+            }
+        }
         let Some(sent_ns) = sent_ns else {
             self.n_without_sent.fetch_add(1, Ordering::Relaxed);
             return;
@@ -236,6 +253,10 @@ impl Stats {
         self.n_requests.store(0, Ordering::Relaxed);
         self.first_ns.store(0, Ordering::Relaxed);
         self.last_ns.store(0, Ordering::Relaxed);
+        *self
+            .max_gap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = (0, 0);
         self.n_without_sent.store(0, Ordering::Relaxed);
         self.n_sent_in_future.store(0, Ordering::Relaxed);
         self.latency_us
@@ -255,6 +276,10 @@ impl Stats {
         } else {
             0.0
         };
+        let (max_gap_ns, max_gap_end_ns) = *self
+            .max_gap
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let histogram = self
             .latency_us
             .lock()
@@ -266,6 +291,8 @@ impl Stats {
             "last_ns": last_ns,
             "window_s": window_s,
             "rate": (rate * 10.0).round() / 10.0,
+            "max_gap_ms": max_gap_ns as f64 / 1e6,
+            "max_gap_end_ns": max_gap_end_ns,
             "without_sent": self.n_without_sent.load(Ordering::Relaxed),
             "sent_in_future": self.n_sent_in_future.load(Ordering::Relaxed),
             "latency_count": histogram.len(),

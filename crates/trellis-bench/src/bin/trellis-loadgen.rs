@@ -14,6 +14,10 @@
 //! `--topics N` spreads the requests over N URLs: `{topic}` in `--url` becomes `0` to `N - 1`,
 //! taken in turn by every request of every connection (`bench/topics.sh`).
 //!
+//! `--url` given several times spreads the connections over several servers with the same
+//! path, connection `i` going to the `i`-th URL modulo their number (the replicas of a cluster,
+//! `bench/cluster.sh`); the report then counts the 2xx answers of each URL.
+//!
 //! It runs on the same cores as the server it measures, so the hot loop avoids allocating where
 //! that is easy: the body and headers are built once and shared by reference count.
 //! It deliberately speaks only plain HTTP/1.1: no TLS, no HTTP/2, no redirects.
@@ -42,8 +46,9 @@ use tokio::time::{Instant, Sleep};
 #[command(name = "trellis-loadgen", version)]
 struct Args {
     /// Target URL, e.g. `http://127.0.0.1:8080/v1/topics/t/events`. Only `http://` is supported.
-    #[arg(long)]
-    url: String,
+    /// Repeat it to spread the connections over several servers (the same path on each).
+    #[arg(long = "url", required = true)]
+    urls: Vec<String>,
     /// Number of keep-alive connections, one worker task each.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -116,17 +121,24 @@ const MAX_PHASE_SECS: f64 = 7.0 * 24.0 * 3600.0;
 /// Latencies are recorded in microseconds, up to one minute, to three significant digits.
 const LATENCY_MAX_US: u64 = 60_000_000;
 
-/// Everything a worker needs that does not change between requests.
-struct Target {
+/// One server of `--url`: where its connections go, and the headers of its requests.
+struct Server {
     /// `host:port`, as `TcpStream::connect` takes it.
     connect_addr: String,
+    /// `--header`s and this server's `Host`.
+    headers: HeaderMap,
+}
+
+/// Everything a worker needs that does not change between requests.
+struct Target {
+    /// One per `--url`; connection `i` uses server `i % servers.len()`.
+    servers: Vec<Server>,
     method: Method,
-    /// The origin-form request targets (`/v1/topics/t/events`), with `Host` in `headers`: one,
+    /// The origin-form request targets (`/v1/topics/t/events`), the same on every server: one,
     /// or one per topic with `--topics`.
     paths: Vec<Uri>,
     /// Which of `paths` the next request takes, over all connections.
     next_path: AtomicU64,
-    headers: HeaderMap,
     body: Bytes,
     ce_binary: bool,
     /// The `<run>` part of every `ce-id`.
@@ -166,6 +178,8 @@ struct Stats {
     n_non_2xx: u64,
     n_errors: u64,
     n_reconnects: u64,
+    /// 2xx answers per `--url`, in their order.
+    n_ok_by_server: Vec<u64>,
     /// Every answer, 2xx or not; transport errors have no latency.
     latency_us: Histogram<u64>,
     /// Open loop only: how late each request left against its schedule. This is the load
@@ -193,55 +207,7 @@ fn main() -> anyhow::Result<()> {
 
 fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
     let example = "http://127.0.0.1:8080/v1/topics/t/events";
-    let has_placeholder = args.url.contains(TOPIC_PLACEHOLDER);
-    match args.topics {
-        Some(0) => bail!("--topics must be at least 1; got 0"),
-        Some(_) if !has_placeholder => {
-            bail!(
-                "--topics needs `{TOPIC_PLACEHOLDER}` in --url, e.g. `http://127.0.0.1:8080/v1/topics/t-{TOPIC_PLACEHOLDER}/events`"
-            )
-        }
-        None if has_placeholder => bail!("`{TOPIC_PLACEHOLDER}` in --url needs --topics"),
-        _ => {}
-    }
-    let url_of = |topic: u64| args.url.replace(TOPIC_PLACEHOLDER, &topic.to_string());
-    let url: Uri = url_of(0)
-        .parse()
-        .with_context(|| format!("--url must be a URL, e.g. `{example}`; got `{}`", args.url))?;
-    if url.scheme_str() != Some("http") {
-        bail!(
-            "--url must start with http://, e.g. `{example}`; got `{}`",
-            args.url
-        );
-    }
-    let Some(authority) = url.authority() else {
-        bail!(
-            "--url must name a host, e.g. `{example}`; got `{}`",
-            args.url
-        );
-    };
-    let connect_addr = format!(
-        "{}:{}",
-        authority.host(),
-        authority.port_u16().unwrap_or(80)
-    );
-    let mut paths = Vec::new();
-    for topic in 0..args.topics.unwrap_or(1) {
-        let url: Uri = url_of(topic)
-            .parse()
-            .with_context(|| format!("--url has an invalid path: `{}`", args.url))?;
-        let path: Uri = url
-            .path_and_query()
-            .map_or("/", |path_and_query| path_and_query.as_str())
-            .parse()
-            .with_context(|| format!("--url has an invalid path: `{}`", args.url))?;
-        paths.push(path);
-    }
-
     let mut headers = HeaderMap::new();
-    let host = HeaderValue::from_str(authority.as_str())
-        .with_context(|| format!("--url host is not a valid Host header: `{}`", args.url))?;
-    headers.insert(HOST, host);
     for raw in &args.headers {
         let (name, value) = parse_header(raw)?;
         if args.ce_binary && name == CE_ID {
@@ -252,7 +218,20 @@ fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
         }
         headers.append(name, value);
     }
-
+    let mut servers = Vec::with_capacity(args.urls.len());
+    let mut paths = Vec::new();
+    for raw_url in &args.urls {
+        let (server, server_paths) = parse_url(args, raw_url, &headers)?;
+        if servers.is_empty() {
+            paths = server_paths;
+        } else if server_paths != paths {
+            bail!(
+                "every --url must have the same path, e.g. `{example}` on each server; got `{}` and `{raw_url}`",
+                args.urls[0]
+            );
+        }
+        servers.push(server);
+    }
     if args.connections == 0 {
         bail!("--connections must be at least 1; got 0");
     }
@@ -286,11 +265,10 @@ fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
     };
 
     let target = Target {
-        connect_addr,
+        servers,
         method: args.method.clone(),
         paths,
         next_path: AtomicU64::new(0),
-        headers,
         body,
         ce_binary: args.ce_binary,
         run_id: unix_now_ns(),
@@ -304,6 +282,64 @@ fn validate(args: &Args) -> anyhow::Result<(Target, Plan)> {
         max_requests: args.requests,
     };
     Ok((target, plan))
+}
+
+/// One `--url`: its server (with `headers` and its `Host`) and its paths, one per topic.
+fn parse_url(
+    args: &Args,
+    raw_url: &str,
+    headers: &HeaderMap,
+) -> anyhow::Result<(Server, Vec<Uri>)> {
+    let example = "http://127.0.0.1:8080/v1/topics/t/events";
+    let has_placeholder = raw_url.contains(TOPIC_PLACEHOLDER);
+    match args.topics {
+        Some(0) => bail!("--topics must be at least 1; got 0"),
+        Some(_) if !has_placeholder => {
+            bail!(
+                "--topics needs `{TOPIC_PLACEHOLDER}` in --url, e.g. `http://127.0.0.1:8080/v1/topics/t-{TOPIC_PLACEHOLDER}/events`"
+            )
+        }
+        None if has_placeholder => bail!("`{TOPIC_PLACEHOLDER}` in --url needs --topics"),
+        _ => {}
+    }
+    let url_of = |topic: u64| raw_url.replace(TOPIC_PLACEHOLDER, &topic.to_string());
+    let url: Uri = url_of(0)
+        .parse()
+        .with_context(|| format!("--url must be a URL, e.g. `{example}`; got `{raw_url}`"))?;
+    if url.scheme_str() != Some("http") {
+        bail!("--url must start with http://, e.g. `{example}`; got `{raw_url}`");
+    }
+    let Some(authority) = url.authority() else {
+        bail!("--url must name a host, e.g. `{example}`; got `{raw_url}`");
+    };
+    let connect_addr = format!(
+        "{}:{}",
+        authority.host(),
+        authority.port_u16().unwrap_or(80)
+    );
+    let mut paths = Vec::new();
+    for topic in 0..args.topics.unwrap_or(1) {
+        let url: Uri = url_of(topic)
+            .parse()
+            .with_context(|| format!("--url has an invalid path: `{raw_url}`"))?;
+        let path: Uri = url
+            .path_and_query()
+            .map_or("/", |path_and_query| path_and_query.as_str())
+            .parse()
+            .with_context(|| format!("--url has an invalid path: `{raw_url}`"))?;
+        paths.push(path);
+    }
+    let mut headers = headers.clone();
+    let host = HeaderValue::from_str(authority.as_str())
+        .with_context(|| format!("--url host is not a valid Host header: `{raw_url}`"))?;
+    headers.insert(HOST, host);
+    Ok((
+        Server {
+            connect_addr,
+            headers,
+        },
+        paths,
+    ))
 }
 
 fn parse_header(raw: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
@@ -323,8 +359,8 @@ fn parse_header(raw: &str) -> anyhow::Result<(HeaderName, HeaderValue)> {
 async fn run(target: Arc<Target>, plan: Plan) -> anyhow::Result<(Stats, Duration)> {
     // Connect first, so the clock starts with every connection open and the warm-up is all load.
     let mut conns = Vec::with_capacity(plan.n_connections);
-    for _ in 0..plan.n_connections {
-        conns.push(connect(&target.connect_addr).await?);
+    for conn_idx in 0..plan.n_connections {
+        conns.push(connect(&target.server(conn_idx).connect_addr).await?);
     }
 
     let empty = Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
@@ -351,7 +387,7 @@ async fn run(target: Arc<Target>, plan: Plan) -> anyhow::Result<(Stats, Duration
             target: Arc::clone(&target),
             phases,
             schedule,
-            stats: Stats::new(&empty),
+            stats: Stats::new(&empty, target.servers.len()),
             ce_id: String::with_capacity(32),
             seq: 0,
             budget: budget.clone(),
@@ -359,7 +395,7 @@ async fn run(target: Arc<Target>, plan: Plan) -> anyhow::Result<(Stats, Duration
         workers.push(tokio::spawn(worker.run(conn)));
     }
 
-    let mut total = Stats::new(&empty);
+    let mut total = Stats::new(&empty, target.servers.len());
     for worker in workers {
         let stats = worker.await.context("a worker task panicked")?;
         total.merge(&stats)?;
@@ -486,7 +522,9 @@ impl Worker {
                 Ok(status) => {
                     if in_window {
                         let send_lag = due.map(|due| sent.saturating_duration_since(due));
-                        self.stats.record(status, done - timed_from, send_lag);
+                        let server = self.conn_idx % self.target.servers.len();
+                        self.stats
+                            .record(server, status, done - timed_from, send_lag);
                     }
                 }
                 Err(error) => {
@@ -511,7 +549,7 @@ impl Worker {
         loop {
             let res = tokio::select! {
                 biased;
-                res = connect(&self.target.connect_addr) => res,
+                res = connect(&self.target.server(self.conn_idx).connect_addr) => res,
                 _ = &mut stop => return None,
             };
             match res {
@@ -563,7 +601,7 @@ fn build_request(
     *request.method_mut() = target.method.clone();
     let path_idx = target.next_path.fetch_add(1, Ordering::Relaxed) % target.paths.len() as u64;
     *request.uri_mut() = target.paths[path_idx as usize].clone();
-    *request.headers_mut() = target.headers.clone();
+    *request.headers_mut() = target.server(conn_idx).headers.clone();
     if target.ce_binary {
         ce_id.clear();
         // Writing to a `String` cannot fail, and digits and `-` always make a valid header value.
@@ -609,6 +647,13 @@ async fn send(
     Ok(status)
 }
 
+impl Target {
+    /// The server connection `conn_idx` talks to.
+    fn server(&self, conn_idx: usize) -> &Server {
+        &self.servers[conn_idx % self.servers.len()]
+    }
+}
+
 impl Schedule {
     /// `None` when the time is past what `Instant` can hold, which is also after the run.
     fn due(&self, seq: u64) -> Option<Instant> {
@@ -619,12 +664,13 @@ impl Schedule {
 }
 
 impl Stats {
-    fn new(empty: &Histogram<u64>) -> Stats {
+    fn new(empty: &Histogram<u64>, n_servers: usize) -> Stats {
         Stats {
             n_ok: 0,
             n_non_2xx: 0,
             n_errors: 0,
             n_reconnects: 0,
+            n_ok_by_server: vec![0; n_servers],
             latency_us: empty.clone(),
             send_lag_us: empty.clone(),
             first_error: None,
@@ -632,9 +678,18 @@ impl Stats {
         }
     }
 
-    fn record(&mut self, status: StatusCode, latency: Duration, send_lag: Option<Duration>) {
+    fn record(
+        &mut self,
+        server: usize,
+        status: StatusCode,
+        latency: Duration,
+        send_lag: Option<Duration>,
+    ) {
         if status.is_success() {
             self.n_ok += 1;
+            if let Some(n_ok) = self.n_ok_by_server.get_mut(server) {
+                *n_ok += 1;
+            }
         } else {
             self.n_non_2xx += 1;
             self.first_non_2xx.get_or_insert(status);
@@ -657,6 +712,9 @@ impl Stats {
         self.n_non_2xx += other.n_non_2xx;
         self.n_errors += other.n_errors;
         self.n_reconnects += other.n_reconnects;
+        for (n_ok, other_n_ok) in self.n_ok_by_server.iter_mut().zip(&other.n_ok_by_server) {
+            *n_ok += other_n_ok;
+        }
         self.latency_us
             .add(&other.latency_us)
             .context("merging latency histograms")?;
@@ -732,6 +790,7 @@ fn report(stats: &Stats, plan: &Plan, measured: Duration, json: bool) {
             "max_ms": max_ms,
             "reconnects": stats.n_reconnects,
             "send_lag_p99_ms": send_lag_p99_ms,
+            "ok_by_url": stats.n_ok_by_server,
         });
         println!("{object}");
     } else {
