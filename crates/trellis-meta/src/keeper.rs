@@ -89,8 +89,14 @@ impl LeaseKeeper {
     }
 
     /// Follows the status as it changes, e.g. to stop work the moment the lease is lost.
+    ///
+    /// The receiver counts the status as of now as seen: its `changed()` waits for the next
+    /// change. (A plain clone would inherit the keeper's own unseen version, and every
+    /// `changed()` after the first refresh would return at once: a busy loop.)
     pub fn subscribe(&self) -> watch::Receiver<LeaseStatus> {
-        self.status.clone()
+        let mut status = self.status.clone();
+        status.mark_unchanged();
+        status
     }
 }
 

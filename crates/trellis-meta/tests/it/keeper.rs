@@ -71,3 +71,35 @@ async fn a_dropped_keeper_lets_the_lease_expire() {
         .expect("no watch error");
     assert!(matches!(event, WatchEvent::Delete { key, .. } if key == "owners/a"));
 }
+
+/// A subscriber taken after refreshes waits for the next change: it is not told of changes
+/// it never saw as new (with a plain clone of the keeper's receiver, `changed()` returned at
+/// once forever after the first refresh, and whoever looped on it spun a core).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_after_refreshes_waits_for_the_next_change() {
+    use futures::FutureExt;
+    let (_dir, store) = fresh_store();
+    let store: Arc<dyn MetadataStore> = Arc::new(store);
+    let lease = store
+        .lease_grant(Duration::from_secs(1))
+        .await
+        .expect("lease_grant");
+    let keeper = LeaseKeeper::spawn(store.clone(), lease);
+    let mut early = keeper.subscribe();
+    // At least one refresh (every third of the TTL).
+    tokio::time::timeout(EVENT_TIMEOUT, early.changed())
+        .await
+        .expect("a refresh within the TTL")
+        .expect("keeper alive");
+    let mut late = keeper.subscribe();
+    assert!(
+        late.changed().now_or_never().is_none(),
+        "nothing new since it subscribed"
+    );
+    assert!(store.lease_revoke(lease.id).await.expect("lease_revoke"));
+    let lost = tokio::time::timeout(EVENT_TIMEOUT, late.wait_for(|s| *s == LeaseStatus::Lost))
+        .await
+        .expect("the loss is reported")
+        .map(|status| *status);
+    assert_eq!(lost.expect("keeper alive"), LeaseStatus::Lost);
+}
