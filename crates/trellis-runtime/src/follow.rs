@@ -25,6 +25,23 @@ pub(crate) enum Change {
     Snapshot(Vec<KeyValue>),
 }
 
+/// The names among `known` that a snapshot of `prefix` no longer holds: gone meanwhile.
+pub(crate) fn gone_from<'a>(
+    snapshot: &[KeyValue],
+    prefix: &str,
+    known: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    let kept: std::collections::HashSet<&str> = snapshot
+        .iter()
+        .filter_map(|kv| kv.key.strip_prefix(prefix))
+        .collect();
+    known
+        .into_iter()
+        .filter(|name| !kept.contains(name.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// How long to wait before reading the prefix again after the store failed.
 const RETRY: Duration = Duration::from_secs(1);
 

@@ -158,50 +158,42 @@ pub async fn serve_with_grpc(
     ));
     // What other replicas change reaches this one's registries (and this one's own changes
     // come back, finding nothing to do). Stopped with `shutdown`, before the registries stop.
-    {
-        let topics = state.topics.clone();
-        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
-        tasks.spawn(async move {
-            let from = topics.loaded_at();
-            crate::follow::follow(
-                meta.as_ref(),
-                TopicRegistry::PREFIX,
-                from,
-                &stop,
-                |change| {
-                    let topics = topics.clone();
-                    Box::pin(async move { topics.apply(change).await })
-                },
-            )
-            .await;
-        });
-    }
-    {
-        let subscriptions = Arc::clone(&subscriptions);
-        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
-        tasks.spawn(async move {
-            let from = subscriptions.loaded_at();
-            let prefix = SubscriptionRegistry::PREFIX;
-            crate::follow::follow(meta.as_ref(), prefix, from, &stop, |change| {
-                let subscriptions = Arc::clone(&subscriptions);
-                Box::pin(async move { subscriptions.apply(change).await })
-            })
-            .await;
-        });
-    }
-    {
-        let connectors = Arc::clone(&connectors);
-        let (meta, stop) = (Arc::clone(&meta), shutdown.child_token());
-        tasks.spawn(async move {
-            let from = connectors.loaded_at();
-            let prefix = ConnectorRegistry::PREFIX;
-            crate::follow::follow(meta.as_ref(), prefix, from, &stop, |change| {
-                let connectors = Arc::clone(&connectors);
-                Box::pin(async move { connectors.apply(change).await })
-            })
-            .await;
-        });
-    }
+    let topics = state.topics.clone();
+    follow_in(
+        &tasks,
+        &meta,
+        &shutdown,
+        TopicRegistry::PREFIX,
+        topics.loaded_at(),
+        move |change| {
+            let topics = topics.clone();
+            Box::pin(async move { topics.apply(change).await })
+        },
+    );
+    let registry = Arc::clone(&subscriptions);
+    follow_in(
+        &tasks,
+        &meta,
+        &shutdown,
+        SubscriptionRegistry::PREFIX,
+        registry.loaded_at(),
+        move |change| {
+            let registry = Arc::clone(&registry);
+            Box::pin(async move { registry.apply(change).await })
+        },
+    );
+    let registry = Arc::clone(&connectors);
+    follow_in(
+        &tasks,
+        &meta,
+        &shutdown,
+        ConnectorRegistry::PREFIX,
+        registry.loaded_at(),
+        move |change| {
+            let registry = Arc::clone(&registry);
+            Box::pin(async move { registry.apply(change).await })
+        },
+    );
 
     let app = router(state);
     let http_listener = Listener::new(listener, "http", config.http_connections.clone(), true);
@@ -268,6 +260,24 @@ pub async fn serve_with_grpc(
     closed.map_err(ServeError::Flush)?;
     tracing::info!(message = "Stopped; the log is flushed.");
     Ok(())
+}
+
+/// Follows `prefix` from after revision `from` in a task of `tasks`, handing each change to
+/// `apply`, until `shutdown`.
+fn follow_in<F>(
+    tasks: &TaskTracker,
+    meta: &Arc<dyn MetadataStore>,
+    shutdown: &CancellationToken,
+    prefix: &'static str,
+    from: u64,
+    apply: F,
+) where
+    F: FnMut(crate::follow::Change) -> futures::future::BoxFuture<'static, ()> + Send + 'static,
+{
+    let (meta, stop) = (Arc::clone(meta), shutdown.child_token());
+    tasks.spawn(
+        async move { crate::follow::follow(meta.as_ref(), prefix, from, &stop, apply).await },
+    );
 }
 
 /// Joins the cluster of replicas sharing `meta` (a single node is a cluster of one), as the

@@ -362,22 +362,16 @@ impl TopicRegistry {
                 }
             }
             Change::Snapshot(kvs) => {
-                let kept: std::collections::HashSet<&str> = kvs
-                    .iter()
-                    .filter_map(|kv| kv.key.strip_prefix(TOPIC_KEY_PREFIX))
-                    .collect();
-                let gone: Vec<String> = self
+                let gone = self
                     .topics
                     .read()
                     .map(|topics| {
-                        topics
+                        // A legacy topic has no record to keep it.
+                        let recorded = topics
                             .iter()
-                            // A legacy topic has no record to keep it.
-                            .filter(|(name, (_, incarnation))| {
-                                !kept.contains(name.as_str()) && !incarnation.as_str().is_empty()
-                            })
-                            .map(|(name, _)| name.clone())
-                            .collect()
+                            .filter(|(_, (_, incarnation))| !incarnation.as_str().is_empty())
+                            .map(|(name, _)| name);
+                        crate::follow::gone_from(&kvs, TOPIC_KEY_PREFIX, recorded)
                     })
                     .unwrap_or_default();
                 for name in gone {

@@ -347,17 +347,9 @@ impl ConnectorRegistry {
                 }
             }
             Change::Snapshot(kvs) => {
-                let kept: std::collections::HashSet<&str> = kvs
-                    .iter()
-                    .filter_map(|kv| kv.key.strip_prefix(CONFIG_KEY_PREFIX))
-                    .collect();
                 let gone: Vec<Entry> = {
                     let mut entries = self.entries.lock().await;
-                    let names: Vec<String> = entries
-                        .keys()
-                        .filter(|name| !kept.contains(name.as_str()))
-                        .cloned()
-                        .collect();
+                    let names = crate::follow::gone_from(&kvs, CONFIG_KEY_PREFIX, entries.keys());
                     names
                         .iter()
                         .filter_map(|name| entries.remove(name))
@@ -410,7 +402,7 @@ impl ConnectorRegistry {
                     .as_ref()
                     .is_some_and(|run| run.owner.borrow().is_none())
             })
-            .map(|entry| format!("connector/{}", entry.spec.name))
+            .map(|entry| run::unit_name(&entry.spec.name))
             .collect()
     }
 

@@ -119,6 +119,11 @@ impl Report {
     }
 }
 
+/// The connector's name among the cluster's units of work.
+pub(crate) fn unit_name(name: &str) -> String {
+    format!("connector/{name}")
+}
+
 /// The metadata key of a sink connector's committed topic offset.
 pub(crate) fn topic_offset_key(name: &str) -> String {
     format!("/connectors/{name}/topic-offset")
@@ -136,7 +141,7 @@ pub(crate) fn start(
     let stop = CancellationToken::new();
     let unit = env
         .cluster
-        .unit(&format!("connector/{}", spec.name), Placement::Balanced);
+        .unit(&unit_name(&spec.name), Placement::Balanced);
     let owner = unit.owner();
     let progress = Arc::new(std::sync::Mutex::new(None));
     let slot = Arc::clone(&progress);

@@ -379,18 +379,11 @@ impl SubscriptionRegistry {
                 }
             }
             Change::Snapshot(kvs) => {
-                let kept: std::collections::HashSet<&str> = kvs
-                    .iter()
-                    .filter_map(|kv| kv.key.strip_prefix(SUBSCRIPTION_KEY_PREFIX))
-                    .collect();
-                let gone: Vec<String> = self
-                    .running
-                    .lock()
-                    .await
-                    .keys()
-                    .filter(|name| !kept.contains(name.as_str()))
-                    .cloned()
-                    .collect();
+                let gone = crate::follow::gone_from(
+                    &kvs,
+                    SUBSCRIPTION_KEY_PREFIX,
+                    self.running.lock().await.keys(),
+                );
                 for name in gone {
                     self.forget(&name).await;
                 }
